@@ -1,0 +1,3 @@
+from reduxd.cli import main
+
+raise SystemExit(main())
