@@ -1,0 +1,41 @@
+# reduxd: `make demo` runs the service on a simulated night, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The daemon on the default config.toml while the simulator writes a night in
+# real time into the watched folder (demo/night); products in demo/analysis.
+demo: venv
+	rm -rf demo
+	$(BIN)/reduxd simulate demo/night --realtime --cadence 1.0 --flats-last & \
+	sim=$$!; \
+	$(BIN)/reduxd watch --config config.toml --exit-when-idle 20; status=$$?; \
+	wait $$sim; \
+	$(BIN)/reduxd status --config config.toml; exit $$status
+
+test: venv lint
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check reduxd tests benchmarks
+	$(BIN)/ruff format --check reduxd tests benchmarks
+
+bench: venv
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,140 @@
+"""The photometry table contract: one row per star per light, CSV and ECSV.
+
+Other tools (TOPCAT, pandas, the old script's users) read these files, so the
+columns, units and meanings are fixed here and nowhere else. CSV is appended
+to as lights arrive; ECSV carries units and descriptions in its YAML header and
+is appended to the same way (data lines after the header). When measurements
+are superseded (a light re-reduced with a better master), both files are
+rewritten from the ledger, atomically.
+"""
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+from astropy.table import Table
+
+from reduxd.fitsio import fsync_dir
+
+# name, numpy dtype, unit, description
+PHOT_COLUMNS = (
+    ("night", "U10", None, "observing night (local date at the evening's start)"),
+    ("file", "U256", None, "raw frame, path relative to the data root"),
+    ("object", "U64", None, "OBJECT card, or the target folder"),
+    ("filter", "U16", None, "filter, normalised"),
+    ("exptime", "f8", "s", "exposure time"),
+    ("date_obs", "U26", None, "mid-exposure time, ISO 8601 UTC"),
+    ("mjd", "f8", "d", "mid-exposure time, MJD (UTC)"),
+    ("star_id", "i8", None, "star identifier, stable across the frames of a field"),
+    ("x", "f8", "pix", "0-based column of the star in the calibrated frame"),
+    ("y", "f8", "pix", "0-based row of the star in the calibrated frame"),
+    ("fwhm", "f8", "pix", "full width at half maximum of the star"),
+    ("sky", "f8", "adu", "sky level per pixel"),
+    ("sky_err", "f8", "adu", "uncertainty of the sky level per pixel"),
+    ("flux", "f8", "adu", "sky-subtracted counts in the aperture"),
+    ("flux_err", "f8", "adu", "1-sigma uncertainty of flux (CCD equation)"),
+    ("mag_inst", "f8", "mag", "instrumental magnitude -2.5 log10(flux / exptime)"),
+    ("mag_err", "f8", "mag", "1-sigma uncertainty of mag_inst"),
+    ("snr", "f8", None, "signal-to-noise ratio flux / flux_err"),
+    ("flags", "i8", None, "bitmask, see reduxd.steps.measure.Flags"),
+    ("radius", "f8", "pix", "aperture radius"),
+    ("calib", "U64", None, "calibration applied: bias, dark, scaled dark, flat, or none"),
+    ("version", "i8", None, "reduction number of this frame (1 = first)"),
+    ("current", "i8", None, "1 = the frame's current measurement, 0 = superseded"),
+)
+NAMES = tuple(c[0] for c in PHOT_COLUMNS)
+_FLOAT_FORMAT = {"mjd": ".8f", "x": ".3f", "y": ".3f", "exptime": ".6g"}
+
+
+def empty_table():
+    """Return an empty :class:`astropy.table.Table` with the contract's columns and units."""
+    table = Table(names=NAMES, dtype=[c[1] for c in PHOT_COLUMNS])
+    for name, _dtype, unit, description in PHOT_COLUMNS:
+        table[name].unit = unit
+        table[name].description = description
+    table.meta["comments"] = ["reduxd photometry: one row per star per light"]
+    return table
+
+
+def rows_to_table(rows):
+    """Return a contract table holding ``rows`` (dicts keyed by column name)."""
+    table = empty_table()
+    for row in rows:
+        table.add_row([row[name] for name in NAMES])
+    return table
+
+
+def _format(name, value):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan"
+        return format(value, _FLOAT_FORMAT.get(name, ".6g"))
+    return str(value)
+
+
+def _csv_lines(rows):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        writer.writerow([_format(name, row[name]) for name in NAMES])
+    return buf.getvalue()
+
+
+def _ecsv_lines(rows):
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=" ", lineterminator="\n")
+    for row in rows:
+        writer.writerow([_format(name, row[name]) for name in NAMES])
+    return buf.getvalue()
+
+
+def _ecsv_header():
+    buf = io.StringIO()
+    empty_table().write(buf, format="ascii.ecsv")
+    return buf.getvalue()
+
+
+def table_paths(outdir, save=""):
+    """Return the CSV and ECSV paths of the photometry table under ``outdir``."""
+    base = f"{save}_photometry" if save else "photometry"
+    return Path(outdir) / f"{base}.csv", Path(outdir) / f"{base}.ecsv"
+
+
+def append_rows(outdir, rows, *, save=""):
+    """Append ``rows`` to the CSV and ECSV tables, creating them with headers if needed."""
+    csv_path, ecsv_path = table_paths(outdir, save)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _append(csv_path, ",".join(NAMES) + "\n", _csv_lines(rows))
+    _append(ecsv_path, _ecsv_header(), _ecsv_lines(rows))
+    return csv_path, ecsv_path
+
+
+def _append(path, header, lines):
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", encoding="utf-8") as fh:
+        if new:
+            fh.write(header)
+        fh.write(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def rewrite_rows(outdir, rows, *, save=""):
+    """Rewrite both tables with exactly ``rows`` (atomically: temp file + rename)."""
+    csv_path, ecsv_path = table_paths(outdir, save)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(csv_path, ",".join(NAMES) + "\n" + _csv_lines(rows))
+    _replace(ecsv_path, _ecsv_header() + _ecsv_lines(rows))
+    return csv_path, ecsv_path
+
+
+def _replace(path, text):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

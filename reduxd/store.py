@@ -1,0 +1,755 @@
+"""The ledger: what reduxd has seen and done, in one SQLite file on local disk.
+
+One connection, owned by the thread that opened it (Python's sqlite3 refuses use
+from another thread). Every state change is its own committed transaction, and an
+attempt is committed *before* the work starts, so a frame that kills the process
+is retried at most ``max_tries`` times instead of crash-looping the service.
+
+Frame states::
+
+    seen -> processing -> done
+                       -> seen (retry) -> ... -> failed (attempts exhausted)
+                       -> quarantined (broken file, with the reason)
+    done -> changed (the file changed after it was reduced: alert, do not redo silently)
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reduxd.errors import ReduxdError
+from reduxd.steps.select import MasterRecord
+from reduxd.watch.watcher import is_network_fs, mount_fstype
+
+SCHEMA_VERSION = 1
+STATES = ("seen", "processing", "done", "failed", "quarantined", "changed")
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE frames (
+    id INTEGER PRIMARY KEY,
+    root TEXT NOT NULL,
+    relpath TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    checksum TEXT,
+    kind TEXT,
+    night TEXT,
+    state TEXT NOT NULL CHECK (state IN
+        ('seen', 'processing', 'done', 'failed', 'quarantined', 'changed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    info TEXT,                 -- JSON
+    first_seen TEXT NOT NULL,  -- UTC ISO
+    updated TEXT NOT NULL,
+    started TEXT,
+    finished TEXT,
+    latency REAL,              -- seconds from file mtime to done
+    UNIQUE (root, relpath)
+);
+CREATE INDEX frames_state ON frames (state);
+CREATE INDEX frames_night ON frames (night, kind);
+CREATE TABLE masters (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    ny INTEGER NOT NULL, nx INTEGER NOT NULL,
+    xbin INTEGER NOT NULL, ybin INTEGER NOT NULL,
+    gain REAL, exptime REAL, filter TEXT, ccd_temp REAL,
+    date_start TEXT, date_end TEXT,
+    ncombine INTEGER NOT NULL,
+    night TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('valid', 'rejected')),
+    reason TEXT,
+    created TEXT NOT NULL,
+    UNIQUE (path, checksum)
+);
+CREATE INDEX masters_kind ON masters (kind, instrument, status);
+CREATE TABLE reductions (
+    id INTEGER PRIMARY KEY,
+    frame_id INTEGER NOT NULL REFERENCES frames (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    calib TEXT NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    UNIQUE (frame_id, version)
+);
+CREATE TABLE reduction_masters (
+    reduction_id INTEGER NOT NULL REFERENCES reductions (id) ON DELETE CASCADE,
+    master_id INTEGER NOT NULL REFERENCES masters (id),
+    PRIMARY KEY (reduction_id, master_id)
+);
+CREATE TABLE measurements (
+    id INTEGER PRIMARY KEY,
+    reduction_id INTEGER NOT NULL REFERENCES reductions (id) ON DELETE CASCADE,
+    data TEXT NOT NULL          -- one photometry row, JSON
+);
+CREATE INDEX measurements_reduction ON measurements (reduction_id);
+CREATE TABLE field_refs (
+    field_key TEXT PRIMARY KEY,
+    data TEXT NOT NULL,         -- JSON
+    updated TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(ReduxdError):
+    """The ledger cannot be used (network filesystem, newer schema, bad state change)."""
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One raw frame as the ledger knows it."""
+
+    id: int
+    root: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    checksum: str | None
+    kind: str | None
+    night: str | None
+    state: str
+    attempts: int
+    last_error: str | None
+    info: dict
+    first_seen: str
+    updated: str
+    started: str | None
+    finished: str | None
+    latency: float | None
+    changed: bool = False  # set by observe() on the transition done -> changed
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the raw file."""
+        return Path(self.root) / self.relpath
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One stored photometry row with where it came from."""
+
+    frame_id: int
+    version: int
+    calib: str
+    superseded: bool
+    night: str | None
+    relpath: str
+    row: dict = field(default_factory=dict)
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601 with milliseconds.
+
+    Examples
+    --------
+    >>> utc_now()  # doctest: +SKIP
+    '2025-06-01T03:12:45.123+00:00'
+    """
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def file_checksum(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
+    """BLAKE2b (160-bit) hex digest of a file's content, read in chunks.
+
+    Examples
+    --------
+    >>> file_checksum("/data/night/light_0001.fits")  # doctest: +SKIP
+    '3f1c...'
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_default(obj):
+    """numpy scalars/arrays and datetimes in measurement rows."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise TypeError(f"cannot store {type(obj).__name__} in the ledger: {obj!r}")
+
+
+def _dumps(data):
+    return json.dumps(data, default=_json_default, allow_nan=True)
+
+
+def _check_local(path, allow_network_fs):
+    if not is_network_fs(path):
+        return
+    msg = (
+        f"ledger {path} is on a network filesystem ({mount_fstype(path)}): SQLite's WAL "
+        "and locking do not work there and the database can be corrupted; put it on a "
+        "local disk (e.g. /var/lib/reduxd)"
+    )
+    if not allow_network_fs:
+        raise LedgerError(msg)
+    warnings.warn(msg, stacklevel=3)
+
+
+class Ledger:
+    """SQLite ledger of frames, masters, measurements and field references.
+
+    Parameters
+    ----------
+    path : path-like
+        Database file (created with its schema when missing).
+    allow_network_fs : bool
+        Refuse a path on NFS/CIFS/... unless True (then only warn).
+    busy_timeout : float
+        Seconds to wait for a lock held by another process (e.g. a report
+        reading the database).
+
+    Notes
+    -----
+    WAL journal with ``synchronous=FULL``: readers never block the writer, and a
+    commit is on disk before it returns, so an attempt recorded before the work
+    (or a frame marked done) survives a power cut, which small observatories do
+    have. The cost, one fsync of the WAL per commit, is nothing at a few commits
+    per frame. ``NORMAL`` would be safe against a process crash but could lose
+    the last commits on power loss.
+
+    Examples
+    --------
+    >>> ledger = Ledger("/var/lib/reduxd/ledger.sqlite")  # doctest: +SKIP
+    >>> row = ledger.observe("/data/sharpcap", "M51/Light_001.fits", size=1, mtime_ns=1)
+    ... # doctest: +SKIP
+    >>> attempt = ledger.begin(row.id)  # doctest: +SKIP
+    >>> ledger.finish(row.id, kind="light", checksum="ab12", night="2025-06-01")
+    ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        allow_network_fs: bool = False,
+        busy_timeout: float = 10.0,
+    ):
+        self.path = Path(path)
+        _check_local(self.path, allow_network_fs)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._setup(busy_timeout)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    # -- setup ---------------------------------------------------------------------
+
+    def _setup(self, busy_timeout):
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise LedgerError(f"{self.path}: cannot switch to WAL journal (got {mode!r})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        with self._tx():
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+            ).fetchone()
+            if not exists:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
+            )
+
+    def _tx(self):
+        return _Transaction(self._db)
+
+    @property
+    def schema_version(self) -> int:
+        """Schema version stored in the database."""
+        return self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    # -- frames --------------------------------------------------------------------
+
+    def observe(self, root: str, relpath: str, *, size: int, mtime_ns: int) -> FrameRow:
+        """Record a frame as seen, or return its existing row.
+
+        A frame that is ``done`` and whose size or mtime changed goes to
+        ``changed`` and comes back with ``changed=True`` (once): raise an
+        alert rather than redo it silently. A ``failed`` or ``quarantined``
+        frame that changed (rewritten) is given a fresh start as ``seen``.
+
+        Examples
+        --------
+        >>> row = ledger.observe("/data", "n1/a.fits", size=2880, mtime_ns=0)  # doctest: +SKIP
+        >>> row.state  # doctest: +SKIP
+        'seen'
+        """
+        root, relpath = str(root), str(relpath)
+        old = self._find(root, relpath)
+        if old is None:
+            now = utc_now()
+            with self._tx():
+                self._db.execute(
+                    "INSERT INTO frames (root, relpath, size, mtime_ns, state, first_seen,"
+                    " updated) VALUES (?, ?, ?, ?, 'seen', ?, ?) ON CONFLICT DO NOTHING",
+                    (root, relpath, size, mtime_ns, now, now),
+                )
+            return self._find(root, relpath)
+        if (old.size, old.mtime_ns) == (size, mtime_ns):
+            return old
+        return self._on_change(old, size, mtime_ns)
+
+    def _on_change(self, old, size, mtime_ns):
+        note = f"file changed: size {old.size} -> {size}, mtime_ns {old.mtime_ns} -> {mtime_ns}"
+        sets, args = "size = ?, mtime_ns = ?", [size, mtime_ns]
+        if old.state == "done":
+            sets += ", state = 'changed', last_error = ?"
+            args.append(note)
+        elif old.state in ("failed", "quarantined"):
+            sets += ", state = 'seen', attempts = 0, last_error = ?"
+            args.append(f"{note} (was {old.state}: {old.last_error})")
+        self._update(old.id, sets, args)
+        return dataclasses.replace(self.frame(old.id), changed=old.state == "done")
+
+    def begin(self, frame_id: int) -> int:
+        """Record and commit a new attempt (state ``processing``) before the work; return it.
+
+        Starting again from ``done`` or ``changed`` (a re-reduction) restarts
+        the attempt count.
+
+        Raises
+        ------
+        LedgerError
+            If the frame is already ``processing``.
+
+        Examples
+        --------
+        >>> attempt = ledger.begin(row.id)  # then do the work  # doctest: +SKIP
+        """
+        row = self._get(frame_id)
+        if row.state == "processing":
+            raise LedgerError(f"frame {frame_id} ({row.relpath}) is already being processed")
+        attempts = 1 if row.state in ("done", "changed") else row.attempts + 1
+        self._update(
+            frame_id,
+            "state = 'processing', attempts = ?, started = ?",
+            [attempts, utc_now()],
+        )
+        return attempts
+
+    def finish(
+        self,
+        frame_id: int,
+        *,
+        kind: str,
+        checksum: str | None,
+        night: str | None = None,
+        info: dict | None = None,
+    ) -> FrameRow:
+        """Mark a frame done, with its kind, checksum, night and any extra info (JSON).
+
+        Examples
+        --------
+        >>> ledger.finish(row.id, kind="light", checksum=file_checksum(row.path),
+        ...               night="2025-06-01", info={"filter": "V"})  # doctest: +SKIP
+        """
+        row = self._get(frame_id)
+        latency = max(0.0, time.time() - row.mtime_ns / 1e9)
+        self._update(
+            frame_id,
+            "state = 'done', kind = ?, checksum = ?, night = ?, info = ?, finished = ?,"
+            " latency = ?, last_error = NULL",
+            [kind, checksum, night, _dumps(info or {}), utc_now(), latency],
+        )
+        return self.frame(frame_id)
+
+    def fail(self, frame_id: int, reason: str, *, max_tries: int) -> str:
+        """Record a failed attempt; return the new state (``seen`` to retry, or ``failed``).
+
+        Examples
+        --------
+        >>> ledger.fail(row.id, "FrameIncomplete: short data", max_tries=3)  # doctest: +SKIP
+        'seen'
+        """
+        row = self._get(frame_id)
+        state = "seen" if row.attempts < max_tries else "failed"
+        self._update(frame_id, "state = ?, last_error = ?", [state, reason])
+        return state
+
+    def quarantine(self, frame_id: int, reason: str) -> None:
+        """Set a broken frame aside for good, with the reason."""
+        self._get(frame_id)
+        self._update(frame_id, "state = 'quarantined', last_error = ?", [reason])
+
+    def reset(self, frame_id: int) -> None:
+        """Back to ``seen`` with no attempts (operator retry of a failed/changed frame)."""
+        self._get(frame_id)
+        self._update(frame_id, "state = 'seen', attempts = 0", [])
+
+    def recover_interrupted(self, *, max_tries: int) -> list[FrameRow]:
+        """At start: frames left ``processing`` by a crash go back to ``seen`` or to ``failed``.
+
+        Returns the updated rows. A frame whose attempts are exhausted is
+        ``failed``, so a frame that kills the process cannot crash-loop it.
+
+        Examples
+        --------
+        >>> for row in ledger.recover_interrupted(max_tries=3):  # doctest: +SKIP
+        ...     log.warning("interrupted frame", path=str(row.path), state=row.state)
+        """
+        rows = self._select("WHERE state = 'processing'")
+        for row in rows:
+            state = "seen" if row.attempts < max_tries else "failed"
+            reason = f"interrupted during attempt {row.attempts} (process died or was killed)"
+            self._update(row.id, "state = ?, last_error = ?", [state, reason])
+        return [self.frame(row.id) for row in rows]
+
+    def pending(self) -> list[FrameRow]:
+        """Frames waiting for work (``seen``), oldest first."""
+        return self._select("WHERE state = 'seen' ORDER BY id")
+
+    def counts(self) -> dict[str, int]:
+        """Number of frames per state (every state present, zeros included)."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._db.execute("SELECT state, count(*) FROM frames GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def recent(self, n: int = 20) -> list[FrameRow]:
+        """The ``n`` most recently updated frames, newest first."""
+        return self._select("ORDER BY updated DESC, id DESC LIMIT ?", (n,))
+
+    def failures(self) -> list[FrameRow]:
+        """Frames that need a person: ``failed``, ``quarantined`` and ``changed``."""
+        return self._select("WHERE state IN ('failed', 'quarantined', 'changed') ORDER BY id")
+
+    def frames(
+        self, *, night: str | None = None, kind: str | None = None, state: str | None = None
+    ) -> list[FrameRow]:
+        """Frames filtered by night, kind and state (None: any)."""
+        where, args = _where(night=night, kind=kind, state=state)
+        return self._select(f"{where} ORDER BY id", args)
+
+    def frame(
+        self, frame_id: int | None = None, *, root: str | None = None, relpath: str | None = None
+    ) -> FrameRow | None:
+        """One frame by id, or by ``root`` and ``relpath``; None if unknown."""
+        if frame_id is not None:
+            rows = self._select("WHERE id = ?", (frame_id,))
+            return rows[0] if rows else None
+        return self._find(str(root), str(relpath))
+
+    def _find(self, root, relpath):
+        rows = self._select("WHERE root = ? AND relpath = ?", (root, relpath))
+        return rows[0] if rows else None
+
+    def _get(self, frame_id):
+        row = self.frame(frame_id)
+        if row is None:
+            raise LedgerError(f"no frame with id {frame_id}")
+        return row
+
+    def _select(self, tail, args=()):
+        cur = self._db.execute(f"SELECT * FROM frames {tail}", args)
+        return [_frame_row(r) for r in cur]
+
+    def _update(self, frame_id, sets, args):
+        with self._tx():
+            self._db.execute(
+                f"UPDATE frames SET {sets}, updated = ? WHERE id = ?",
+                [*args, utc_now(), frame_id],
+            )
+
+    # -- masters -------------------------------------------------------------------
+
+    def add_master(self, rec: MasterRecord, *, status: str = "valid", reason: str | None = None):
+        """Store a master calibration; return its id (the existing id if already stored).
+
+        Examples
+        --------
+        >>> master_id = ledger.add_master(rec)  # doctest: +SKIP
+        """
+        old = self._db.execute(
+            "SELECT id FROM masters WHERE path = ? AND checksum = ?", (rec.path, rec.checksum)
+        ).fetchone()
+        if old:
+            return old[0]
+        values = _master_values(rec)
+        cols = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        with self._tx():
+            cur = self._db.execute(
+                f"INSERT INTO masters ({cols}, status, reason, created) VALUES ({marks}, ?, ?, ?)",
+                [*values.values(), status, reason, utc_now()],
+            )
+        return cur.lastrowid
+
+    def masters(
+        self,
+        kind: str | None = None,
+        *,
+        instrument: str | None = None,
+        status: str | None = "valid",
+    ) -> list[MasterRecord]:
+        """Stored masters (with ``id`` set), filtered; ``status=None`` for all."""
+        where, args = _where(kind=kind, instrument=instrument, status=status)
+        cur = self._db.execute(f"SELECT * FROM masters {where} ORDER BY id", args)
+        return [_master_record(r) for r in cur]
+
+    def master_status(self, master_id: int) -> tuple[str, str | None]:
+        """``(status, reason)`` of a master."""
+        row = self._db.execute(
+            "SELECT status, reason FROM masters WHERE id = ?", (master_id,)
+        ).fetchone()
+        if row is None:
+            raise LedgerError(f"no master with id {master_id}")
+        return row["status"], row["reason"]
+
+    def reject_master(self, master_id: int, reason: str) -> None:
+        """Mark a master unusable (it stays stored, for the record)."""
+        self.master_status(master_id)
+        with self._tx():
+            self._db.execute(
+                "UPDATE masters SET status = 'rejected', reason = ? WHERE id = ?",
+                (reason, master_id),
+            )
+
+    # -- measurements --------------------------------------------------------------
+
+    def add_measurements(
+        self, frame_id: int, rows: list[dict], *, calib: str, master_ids: list[int]
+    ) -> int:
+        """Store a frame's photometry rows as a new version; older versions are superseded.
+
+        ``calib`` says how the frame was calibrated (e.g. ``'bias+dark+flat'``),
+        ``master_ids`` which masters were used. Returns the new version number.
+
+        Examples
+        --------
+        >>> ledger.add_measurements(row.id, rows, calib="bias+dark+flat",
+        ...                         master_ids=[bias.id, dark.id, flat.id])  # doctest: +SKIP
+        1
+        """
+        self._get(frame_id)
+        with self._tx():
+            db = self._db
+            version = db.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM reductions WHERE frame_id = ?",
+                (frame_id,),
+            ).fetchone()[0]
+            db.execute("UPDATE reductions SET superseded = 1 WHERE frame_id = ?", (frame_id,))
+            red_id = db.execute(
+                "INSERT INTO reductions (frame_id, version, calib, created) VALUES (?, ?, ?, ?)",
+                (frame_id, version, calib, utc_now()),
+            ).lastrowid
+            db.executemany(
+                "INSERT INTO reduction_masters VALUES (?, ?)",
+                [(red_id, m) for m in dict.fromkeys(master_ids)],
+            )
+            db.executemany(
+                "INSERT INTO measurements (reduction_id, data) VALUES (?, ?)",
+                [(red_id, _dumps(row)) for row in rows],
+            )
+        return version
+
+    def measurements(
+        self, *, current_only: bool = True, night: str | None = None, frame_id: int | None = None
+    ) -> list[Measurement]:
+        """Stored photometry rows, in frame then version then insertion order."""
+        where, args = ["1"], []
+        if current_only:
+            where.append("r.superseded = 0")
+        if night is not None:
+            where.append("f.night = ?")
+            args.append(night)
+        if frame_id is not None:
+            where.append("f.id = ?")
+            args.append(frame_id)
+        cur = self._db.execute(
+            "SELECT f.id AS frame_id, r.version, r.calib, r.superseded, f.night, f.relpath,"
+            " m.data FROM measurements m JOIN reductions r ON m.reduction_id = r.id"
+            " JOIN frames f ON r.frame_id = f.id"
+            f" WHERE {' AND '.join(where)} ORDER BY f.id, r.version, m.id",
+            args,
+        )
+        return [
+            Measurement(
+                r["frame_id"],
+                r["version"],
+                r["calib"],
+                bool(r["superseded"]),
+                r["night"],
+                r["relpath"],
+                json.loads(r["data"]),
+            )
+            for r in cur
+        ]
+
+    def masters_used(self, frame_id: int) -> list[int]:
+        """Ids of the masters used by a frame's current reduction."""
+        cur = self._db.execute(
+            "SELECT rm.master_id FROM reduction_masters rm JOIN reductions r"
+            " ON rm.reduction_id = r.id WHERE r.frame_id = ? AND r.superseded = 0"
+            " ORDER BY rm.master_id",
+            (frame_id,),
+        )
+        return [r[0] for r in cur]
+
+    def frames_calibrated_with(self, master_id: int) -> list[int]:
+        """Frames whose current reduction used ``master_id`` (e.g. to redo after a rejection)."""
+        cur = self._db.execute(
+            "SELECT DISTINCT r.frame_id FROM reductions r JOIN reduction_masters rm"
+            " ON rm.reduction_id = r.id WHERE rm.master_id = ? AND r.superseded = 0"
+            " ORDER BY r.frame_id",
+            (master_id,),
+        )
+        return [r[0] for r in cur]
+
+    def frames_reduced_without(
+        self, master_kind: str, *, night: str | None = None, kind: str = "light"
+    ) -> list[int]:
+        """Frames (lights by default) whose current reduction used no master of ``master_kind``.
+
+        E.g. ``frames_reduced_without('flat', night='2025-06-01')`` when the flats
+        of that night arrive after the lights.
+
+        Examples
+        --------
+        >>> ledger.frames_reduced_without("flat", night="2025-06-01")  # doctest: +SKIP
+        [12, 13, 14]
+        """
+        where, args = "", [master_kind, kind]
+        if night is not None:
+            where, args = " AND f.night = ?", [*args, night]
+        cur = self._db.execute(
+            "SELECT f.id FROM frames f JOIN reductions r ON r.frame_id = f.id"
+            " AND r.superseded = 0 WHERE NOT EXISTS (SELECT 1 FROM reduction_masters rm"
+            " JOIN masters m ON m.id = rm.master_id WHERE rm.reduction_id = r.id"
+            f" AND m.kind = ?) AND f.kind = ?{where} ORDER BY f.id",
+            args,
+        )
+        return [r[0] for r in cur]
+
+    # -- field references ----------------------------------------------------------
+
+    def save_reference(self, field_key: str, data: dict) -> None:
+        """Store (replace) the reference star catalogue of a field, as JSON.
+
+        Examples
+        --------
+        >>> ledger.save_reference("M51|V", {"stars": [...]})  # doctest: +SKIP
+        >>> ledger.load_reference("M51|V")["stars"]  # doctest: +SKIP
+        """
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO field_refs VALUES (?, ?, ?) ON CONFLICT (field_key)"
+                " DO UPDATE SET data = excluded.data, updated = excluded.updated",
+                (field_key, _dumps(data), utc_now()),
+            )
+
+    def load_reference(self, field_key: str) -> dict | None:
+        """The stored reference of a field, or None."""
+        row = self._db.execute(
+            "SELECT data FROM field_refs WHERE field_key = ?", (field_key,)
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _where(**filters):
+    pairs = [(k, v) for k, v in filters.items() if v is not None]
+    if not pairs:
+        return "", []
+    return "WHERE " + " AND ".join(f"{k} = ?" for k, _ in pairs), [v for _, v in pairs]
+
+
+def _frame_row(r):
+    data = dict(r)
+    data["info"] = json.loads(data["info"]) if data["info"] else {}
+    return FrameRow(**data)
+
+
+def _iso(value):
+    return None if value is None else value.isoformat()
+
+
+def _master_values(rec):
+    return {
+        "kind": rec.kind,
+        "path": str(rec.path),
+        "checksum": rec.checksum,
+        "instrument": rec.instrument,
+        "ny": rec.shape[0],
+        "nx": rec.shape[1],
+        "xbin": rec.binning[0],
+        "ybin": rec.binning[1],
+        "gain": rec.gain,
+        "exptime": rec.exptime,
+        "filter": rec.filter,
+        "ccd_temp": rec.ccd_temp,
+        "date_start": _iso(rec.date_start),
+        "date_end": _iso(rec.date_end),
+        "ncombine": rec.ncombine,
+        "night": rec.night,
+    }
+
+
+def _master_record(r):
+    def when(text):
+        return None if text is None else datetime.fromisoformat(text)
+
+    return MasterRecord(
+        kind=r["kind"],
+        path=r["path"],
+        checksum=r["checksum"],
+        instrument=r["instrument"],
+        shape=(r["ny"], r["nx"]),
+        binning=(r["xbin"], r["ybin"]),
+        gain=r["gain"],
+        exptime=r["exptime"],
+        filter=r["filter"],
+        ccd_temp=r["ccd_temp"],
+        date_start=when(r["date_start"]),
+        date_end=when(r["date_end"]),
+        ncombine=r["ncombine"],
+        night=r["night"],
+        id=r["id"],
+    )
