@@ -4,9 +4,25 @@ Raw frames are read with plain file I/O, never memory-mapped: the headers are
 parsed and checked (complete through END, declared data size below a limit,
 file long enough) before a single pixel is allocated. Pixel data become float32
 before any arithmetic (uint16 frames are stored as int16 + BZERO=32768).
+
+Outcome for unusual inputs (tests/test_fitsio.py):
+
+===============================================  ================================
+input                                            outcome
+===============================================  ================================
+0 bytes; header without END yet                  FrameIncomplete (retry later)
+truncated data; header declaring data, no data   FrameIncomplete (retry later)
+text named .fits (no SIMPLE card)                FrameRejected (quarantine)
+declared data size above ``max_bytes``           FrameRejected, nothing allocated
+3-D cube (NAXIS3 > 1); no image HDU at all       FrameRejected
+``.fits.fz`` (image in extension 1)              accepted
+uncompressed image in an IMAGE extension         accepted
+EXPTIME '30.0' (a string); no FILTER; 'r'        accepted by ``frames.classify``
+===============================================  ================================
 """
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -52,6 +68,25 @@ class RawFrame:
     data: np.ndarray
     header: fits.Header
     layout: FitsLayout
+    checksum: str  # SHA-1 of the file's bytes, as read
+
+
+def file_checksum(path):
+    """Return the SHA-1 (hex) of a file's bytes, read in 1 MB chunks.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as fh:
+    ...     _ = fh.write(b'abc'); fh.flush()
+    ...     file_checksum(fh.name)[:8]
+    'a9993e36'
+    """
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _declared_shape(header, compressed):
@@ -226,11 +261,13 @@ def read_frame(path, *, max_bytes):
     except OSError as exc:
         raise FrameIncomplete(path, f"cannot read: {exc.strerror or exc}") from exc
     layout = _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=len(buf))
+    checksum = hashlib.sha1(buf).hexdigest()
     if layout.compressed:
-        return RawFrame(_read_compressed(path, layout), layout.header, layout)
+        return RawFrame(_read_compressed(path, layout), layout.header, layout, checksum)
     count = layout.shape[0] * layout.shape[1]
     raw = np.frombuffer(buf, dtype=_DTYPES[layout.bitpix], count=count, offset=layout.data_offset)
-    return RawFrame(_to_float32(raw, layout).reshape(layout.shape), layout.header, layout)
+    data = _to_float32(raw, layout).reshape(layout.shape)
+    return RawFrame(data, layout.header, layout, checksum)
 
 
 def _read_compressed(path, layout):

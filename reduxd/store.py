@@ -14,7 +14,6 @@ Frame states::
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import sqlite3
@@ -25,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reduxd.errors import ReduxdError
+from reduxd.fsinfo import is_network_fs, mount_fstype
 from reduxd.steps.select import MasterRecord
-from reduxd.watch.watcher import is_network_fs, mount_fstype
 
 SCHEMA_VERSION = 1
 STATES = ("seen", "processing", "done", "failed", "quarantined", "changed")
@@ -157,21 +156,6 @@ def utc_now() -> str:
     '2025-06-01T03:12:45.123+00:00'
     """
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def file_checksum(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """BLAKE2b (160-bit) hex digest of a file's content, read in chunks.
-
-    Examples
-    --------
-    >>> file_checksum("/data/night/light_0001.fits")  # doctest: +SKIP
-    '3f1c...'
-    """
-    digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(obj):
@@ -405,6 +389,28 @@ class Ledger:
         """Set a broken frame aside for good, with the reason."""
         self._get(frame_id)
         self._update(frame_id, "state = 'quarantined', last_error = ?", [reason])
+
+    def defer(self, frame_id: int, reason: str) -> None:
+        """Back to ``seen`` without spending an attempt: the frame waits (e.g. for a master).
+
+        Examples
+        --------
+        >>> ledger.defer(row.id, "waiting for calibration: no flat in V")  # doctest: +SKIP
+        """
+        row = self._get(frame_id)
+        attempts = max(row.attempts - 1, 0) if row.state == "processing" else row.attempts
+        self._update(frame_id, "state = 'seen', attempts = ?, last_error = ?", [attempts, reason])
+
+    def annotate(self, frame_ids, info: dict) -> None:
+        """Merge ``info`` into the JSON info of each frame in ``frame_ids`` (one transaction)."""
+        with self._tx():
+            for frame_id in frame_ids:
+                row = self._get(frame_id)
+                merged = _dumps({**row.info, **info})
+                self._db.execute(
+                    "UPDATE frames SET info = ?, updated = ? WHERE id = ?",
+                    (merged, utc_now(), frame_id),
+                )
 
     def reset(self, frame_id: int) -> None:
         """Back to ``seen`` with no attempts (operator retry of a failed/changed frame)."""

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from reduxd import fsinfo
+from reduxd.fitsio import file_checksum
 from reduxd.steps.select import MasterRecord
-from reduxd.store import Ledger, LedgerError, file_checksum
-from reduxd.watch import watcher
+from reduxd.store import Ledger, LedgerError
 
 ROOT = "/data/sharpcap"
 
@@ -81,7 +82,7 @@ def test_newer_schema_is_refused(db_path):
 def test_network_filesystem_is_refused(tmp_path, monkeypatch):
     fake = tmp_path / "mountinfo"
     fake.write_text(f"1 0 0:1 / / rw - ext4 /dev/vda rw\n2 1 0:2 / {tmp_path} rw - nfs4 n:/x rw\n")
-    monkeypatch.setattr(watcher, "MOUNTINFO", str(fake))
+    monkeypatch.setattr(fsinfo, "MOUNTINFO", str(fake))
     with pytest.raises(LedgerError, match=r"network filesystem.*nfs4"):
         Ledger(tmp_path / "ledger.sqlite")
     assert not (tmp_path / "ledger.sqlite").exists()
@@ -243,9 +244,9 @@ def test_file_checksum(tmp_path):
     path = tmp_path / "a.fits"
     data = np.arange(100_000, dtype=">i2").tobytes()
     path.write_bytes(data)
-    assert file_checksum(path, chunk_size=4096) == hashlib.blake2b(data, digest_size=20).hexdigest()
+    assert file_checksum(path) == hashlib.sha1(data).hexdigest()
     path.write_bytes(data[:-1] + b"\x01")
-    assert file_checksum(path) != hashlib.blake2b(data, digest_size=20).hexdigest()
+    assert file_checksum(path) != hashlib.sha1(data).hexdigest()
 
 
 # -- masters ------------------------------------------------------------------------------

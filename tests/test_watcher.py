@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from reduxd.fsinfo import NETWORK_FS, is_network_fs, mount_fstype, parse_mountinfo
 from reduxd.watch.stability import StabilityTracker
-from reduxd.watch.watcher import (
-    NETWORK_FS,
-    FileFilter,
-    Watcher,
-    WatchError,
-    is_network_fs,
-    mount_fstype,
-    parse_mountinfo,
-    scan,
-    wanted,
-)
+from reduxd.watch.watcher import FileFilter, Watcher, WatchError, scan, wanted
 
 KINDS = ["polling", "inotify"]
 POLL = 0.1

@@ -1,0 +1,149 @@
+"""Band-wise combination: equals numpy/astropy, stays within its memory limit."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clip
+
+from reduxd import fitsio
+from reduxd.steps.combine import band_rows, clipped_mean, combine_files, frame_median
+
+SHAPE = (61, 47)
+
+
+def _write(tmp_path, cube, *, bitpix16=True):
+    paths = []
+    for i, plane in enumerate(cube):
+        path = tmp_path / f"f{i:02d}.fits"
+        data = plane.astype(np.uint16) if bitpix16 else plane.astype(np.float32)
+        fits.PrimaryHDU(data).writeto(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def cube(rng):
+    values = rng.normal(1000.0, 30.0, size=(7, *SHAPE)).round()
+    values[2, 5, 5] = 60000.0  # a cosmic ray
+    return values
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(42)
+
+
+@pytest.mark.parametrize("nframes", [7, 6])
+def test_median_equals_numpy(tmp_path, cube, nframes):
+    paths = _write(tmp_path, cube[:nframes])
+    out = combine_files(paths)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.median(cube[:nframes], axis=0).astype(np.float32))
+
+
+def test_bands_and_threads_do_not_change_the_result(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    ref = np.median(cube, axis=0).astype(np.float32)
+    for threads in (1, 2, 3):
+        for mb in (0.05, 64):
+            out = combine_files(paths, max_memory_mb=mb, threads=threads)
+            np.testing.assert_array_equal(out, ref)
+
+
+def test_accepts_layouts(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    layouts = [fitsio.probe(p, max_bytes=10**7) for p in paths]
+    np.testing.assert_array_equal(combine_files(layouts), combine_files(paths))
+
+
+def test_offsets_and_scale(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    n = len(paths)
+    pattern = np.linspace(0, 50, SHAPE[0] * SHAPE[1]).reshape(SHAPE).astype(np.float32)
+    times = np.arange(1.0, n + 1.0)
+    scale = 1.0 / times
+    expected = np.median([(cube[i] - pattern * times[i]) * scale[i] for i in range(n)], axis=0)
+
+    def offsets(i, y0, y1):
+        return pattern[y0:y1] * np.float32(times[i])
+
+    out = combine_files(paths, offsets=offsets, scale=scale, max_memory_mb=0.05)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-3)
+    as_arrays = combine_files(paths, offsets=[pattern * t for t in times], scale=scale)
+    np.testing.assert_allclose(as_arrays, expected, rtol=1e-6, atol=1e-3)
+    scalars = combine_files(paths, offsets=[100.0] * n)
+    np.testing.assert_array_equal(scalars, np.median(cube, axis=0) - 100.0)
+
+
+def test_inputs_are_not_modified(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    pattern = np.ones(SHAPE, np.float32)
+    before = [p.read_bytes() for p in paths]
+    combine_files(paths, offsets=[pattern] * len(paths))
+    assert [p.read_bytes() for p in paths] == before
+    np.testing.assert_array_equal(pattern, 1.0)
+
+
+def test_sigma_clip_equals_astropy(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    out = combine_files(paths, method="sigma_clip", clip_sigma=2.5, max_memory_mb=0.05)
+    ref = sigma_clip(cube, sigma=2.5, maxiters=5, axis=0, cenfunc="median", stdfunc="std")
+    np.testing.assert_allclose(out, ref.mean(axis=0).filled(np.nan), rtol=1e-6)
+    assert out[5, 5] < 1200  # the cosmic ray was clipped
+
+
+def test_clipped_mean_keeps_a_value_in_every_lane():
+    lane = np.array([[[5.0, 5.0, 5.0]], [[1.0, 2.0, 3.0]]], np.float32)
+    np.testing.assert_allclose(clipped_mean(lane, clip_sigma=0.1), [[5.0], [2.0]])
+
+
+def test_memory_stays_within_the_limit(tmp_path, rng):
+    cube = rng.integers(0, 60000, size=(12, 300, 200))
+    paths = _write(tmp_path, cube)
+    layouts = [fitsio.probe(p, max_bytes=10**8) for p in paths]
+    limit_mb = 1.0  # the result alone is 0.23 MB; the whole stack would be 2.9 MB
+    for method in ("median", "sigma_clip"):
+        tracemalloc.start()
+        out = combine_files(layouts, method=method, max_memory_mb=limit_mb, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak <= limit_mb * 2**20, f"{method}: peak {peak / 2**20:.2f} MB"
+    np.testing.assert_array_equal(out.shape, (300, 200))
+
+
+def test_band_rows_limits():
+    assert band_rows((100, 100), 5, max_memory_mb=100) == 100
+    with pytest.raises(ValueError, match="too small"):
+        band_rows((1000, 1000), 5, max_memory_mb=1)
+
+
+def test_bad_arguments(tmp_path, cube):
+    paths = _write(tmp_path, cube)
+    with pytest.raises(ValueError, match="unknown combine method"):
+        combine_files(paths, method="mean")
+    with pytest.raises(ValueError, match="no frames"):
+        combine_files([])
+    with pytest.raises(ValueError, match="scale has 2 entries"):
+        combine_files(paths, scale=[1.0, 2.0])
+    other = tmp_path / "other.fits"
+    fits.PrimaryHDU(np.zeros((3, 3), np.uint16)).writeto(other)
+    with pytest.raises(ValueError, match="differ in shape"):
+        combine_files([*paths, other])
+
+
+def test_float_frames(tmp_path, cube):
+    paths = _write(tmp_path, cube / 7.0, bitpix16=False)
+    expected = np.median((cube / 7.0).astype(np.float32), axis=0)
+    np.testing.assert_array_equal(combine_files(paths), expected)
+
+
+def test_frame_median(tmp_path, cube):
+    paths = _write(tmp_path, cube[:1])
+    layout = fitsio.probe(paths[0], max_bytes=10**7)
+    pattern = np.full(SHAPE, 10.0, np.float32)
+    assert frame_median(layout) == np.median(cube[0])
+    assert frame_median(layout, offset=pattern) == np.median(cube[0]) - 10.0
+    band = frame_median(layout, offset=lambda y0, y1: pattern[y0:y1])
+    assert band == np.median(cube[0]) - 10.0
