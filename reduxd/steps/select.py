@@ -195,6 +195,7 @@ class Plan:
     skipped: tuple[str, ...]
     ok: bool
     reason: str
+    bad_pixels: object = None  # uint8 mask from these masters, set by the caller
 
     def sources(self):
         """Return ``{name: (file, checksum)}`` for the masters the plan uses."""

@@ -1,0 +1,791 @@
+"""The pipeline: one worker that classifies, routes and reduces frames.
+
+The daemon, the batch command and the tests all drive :class:`Pipeline`:
+
+- :meth:`Pipeline.handle` takes one raw file: it records it in the ledger, reads
+  it once, classifies it, and either adds it to a calibration set or reduces it
+  (calibrate, measure, write rows and products).
+- :meth:`Pipeline.tick` builds the masters of calibration sets that have stopped
+  growing; :meth:`Pipeline.flush` builds all of them (batch, shutdown).
+- When a master is registered, lights of that night that waited for it, or were
+  reduced without it or with an older one, are reduced again; their new rows
+  supersede the old ones (kept in the ledger, marked superseded).
+
+Exceptions are caught in one place (:meth:`Pipeline.handle`): a bad file is
+quarantined with the reason, a failing frame is retried up to ``max_tries``, and
+the service goes on.
+"""
+
+import dataclasses
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration
+from reduxd.fitsio import file_checksum, probe
+from reduxd.frames import classify
+from reduxd.log import get_logger
+from reduxd.products import lightcurve, tables
+from reduxd.products.fitsout import read_master, write_master
+from reduxd.reduce import (
+    MasterCache,
+    compute_light,
+    field_key,
+    measured,
+    read_light,
+    reduce_light,
+    write_products,
+)
+from reduxd.steps import masters as steps_masters
+from reduxd.steps.match import FieldReference
+from reduxd.steps.select import MasterRecord, calibration_plan, select_master
+
+CALIBRATION_KINDS = ("bias", "dark", "flat")
+BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
+WAITING = "waiting for calibration"
+
+log = get_logger("reduxd.pipeline")
+
+
+@dataclass
+class Outcome:
+    """What happened to one file (one summary log line each)."""
+
+    path: str
+    status: str  # reduced|ingested|skipped|excluded|incomplete|quarantined|failed|waiting|changed
+    kind: str | None = None
+    reason: str | None = None
+    n_stars: int = 0
+    latency_ms: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class CalSet:
+    """Calibration frames that will make one master."""
+
+    kind: str
+    night: str
+    members: list = field(default_factory=list)  # (frame_id, path, FrameInfo)
+    last_arrival: float = 0.0
+
+
+def safe_name(text):
+    """Return ``text`` usable in a file name (letters, digits and ``._+-``)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "none"
+
+
+def _fmt(value):
+    if value is None:
+        return "na"
+    return f"{value:g}"
+
+
+class Pipeline:
+    """Classify, route and reduce frames, with the ledger as the source of truth.
+
+    Parameters
+    ----------
+    config : reduxd.config.Config
+    ledger : reduxd.store.Ledger
+        Owned by the calling thread.
+    clock : callable
+        Monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, config, *, ledger, clock=time.monotonic):
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock
+        self.outdir = Path(config.paths.outdir)
+        self.cache = MasterCache()
+        self.sets = {}
+        self.references = {}
+        self.incomplete_since = {}
+        self.dirty_curves = set()
+        self._masters = None
+        self._bpm = {}
+        self._restore_sets()
+
+    # -- entry points ------------------------------------------------------------
+
+    def handle(self, path, root, *, since=None):
+        """Process one raw file found under ``root``; return its :class:`Outcome`.
+
+        ``since`` is when the file was seen stable (``clock`` time): the latency of
+        a light is measured from it to its rows being written (default: from now).
+        """
+        path, root = Path(path), Path(root)
+        rel = path.relative_to(root).as_posix()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return Outcome(str(path), "skipped", reason="file vanished")
+        row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if row.changed:
+            log.error("raw_frame_changed", file=rel, reason=row.last_error)
+            return Outcome(rel, "changed", reason=row.last_error)
+        if row.state != "seen":
+            return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
+        return self._process(row, path, rel, since)
+
+    def tick(self):
+        """Build the masters of calibration sets idle for ``set_timeout_seconds``."""
+        timeout = self.config.watch.set_timeout_seconds
+        now = self.clock()
+        ready = [k for k, s in self.sets.items() if now - s.last_arrival >= timeout]
+        built = self._build_sets(ready, final=False)
+        self.update_curves(min_interval=30.0)
+        return built
+
+    def flush(self):
+        """Build the masters of every pending calibration set (batch, shutdown)."""
+        built = self._build_sets(list(self.sets), final=True)
+        self.update_curves()
+        return built
+
+    def retry_waiting(self):
+        """Reduce lights that were waiting for a master; return their outcomes."""
+        out = []
+        for row in self.ledger.pending():
+            if (row.last_error or "").startswith(WAITING) and row.path.exists():
+                out.append(self._process(row, row.path, row.relpath))
+        return out
+
+    # -- one frame ---------------------------------------------------------------
+
+    def _process(self, row, path, rel, since=None):
+        started = self.clock() if since is None else since
+        try:
+            raw = read_light(path, self.config)
+            info = classify(raw.header, rel, self.config.classify)
+        except FrameIncomplete as exc:
+            return self._incomplete(row, rel, exc)
+        except FrameRejected as exc:
+            self.ledger.quarantine(row.id, exc.reason)
+            log.error("frame_quarantined", file=rel, reason=exc.reason)
+            return Outcome(rel, "quarantined", reason=exc.reason)
+        self.incomplete_since.pop(row.id, None)
+        self.ledger.begin(row.id)
+        try:
+            if info.kind == "light":
+                return self._light(row, raw, info, rel, started)
+            return self._calibration(row, raw, info, rel, path)
+        except MissingCalibration as exc:
+            self.ledger.defer(row.id, f"{WAITING}: {exc.reason}")
+            log.warning("light_waiting", file=rel, reason=exc.reason)
+            return Outcome(rel, "waiting", kind="light", reason=exc.reason)
+        except Exception as exc:  # the one place that catches everything
+            reason = f"{type(exc).__name__}: {exc}"
+            state = self.ledger.fail(row.id, reason, max_tries=self.config.watch.max_tries)
+            log.exception("frame_failed", file=rel, state=state, reason=reason)
+            return Outcome(rel, "failed", kind=info.kind, reason=reason)
+
+    def _incomplete(self, row, rel, exc):
+        first = self.incomplete_since.setdefault(row.id, self.clock())
+        if self.clock() - first >= self.config.watch.incomplete_timeout_seconds:
+            reason = f"still incomplete after {self.config.watch.incomplete_timeout_seconds:g} s: "
+            self.ledger.quarantine(row.id, reason + exc.reason)
+            log.error("frame_quarantined", file=rel, reason=reason + exc.reason)
+            return Outcome(rel, "quarantined", reason=reason + exc.reason)
+        self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9)
+        log.info("frame_incomplete", file=rel, reason=exc.reason)
+        return Outcome(rel, "incomplete", reason=exc.reason)
+
+    def _calibration(self, row, raw, info, rel, path):
+        night = info.night(self.config.site.utc_offset_hours)
+        key = (info.kind, night, steps_masters.group_key(info))
+        info_json = {"set": repr(key), "exptime": info.exptime, "filter": info.filter}
+        self.ledger.finish(
+            row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
+        )
+        cal_set = self.sets.setdefault(key, CalSet(info.kind, night))
+        cal_set.members.append((row.id, str(path), info))
+        cal_set.last_arrival = self.clock()
+        log.info(
+            "calibration_frame",
+            file=rel,
+            kind=info.kind,
+            rule=info.kind_rule,
+            filter=info.filter,
+            exptime=info.exptime,
+            set_size=len(cal_set.members),
+        )
+        return Outcome(rel, "ingested", kind=info.kind)
+
+    def _light(self, row, raw, info, rel, started):
+        cfg = self.config
+        night = info.night(cfg.site.utc_offset_hours)
+        if self._excluded(info):
+            return self._exclude(row, info, rel, raw.checksum, night)
+        plan = self._plan(info, rel)
+        key = field_key(info, rel)
+        base = self.reference(key)
+        result = reduce_light(
+            raw,
+            info,
+            plan,
+            cache=self.cache,
+            config=cfg,
+            camera=cfg.camera(info.instrument, info.gain),
+            reference=base,
+            night=night,
+            relpath=rel,
+        )
+        outcome = self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
+        write_products(self.outdir, rel, result, cfg.output)
+        return outcome
+
+    def _excluded(self, info):
+        excluded = {f.upper() for f in self.config.calibration.exclude_filters}
+        return bool(info.filter) and info.filter.upper() in excluded
+
+    def _exclude(self, row, info, rel, checksum, night):
+        self.ledger.finish(
+            row.id, kind="light", checksum=checksum, night=night, info={"excluded": info.filter}
+        )
+        return Outcome(rel, "excluded", kind="light", reason=f"filter {info.filter} excluded")
+
+    def _plan(self, info, rel):
+        plan = calibration_plan(
+            self.masters(),
+            info,
+            self.config.calibration,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        if not plan.ok:
+            raise MissingCalibration(rel, plan.reason)
+        return self._with_bad_pixels(plan, info)
+
+    def _commit(self, row, info, rel, plan, result, base, started):
+        """Record a reduced light: ledger, star IDs, tables, one log line."""
+        key = field_key(info, rel)
+        night = info.night(self.config.site.utc_offset_hours)
+        rows, reference = merge_new_stars(
+            self.reference(key),
+            base,
+            result.reference,
+            result.rows,
+            radius=self.config.photometry.match_radius,
+        )
+        master_ids = sorted(r.id for r in _plan_records(plan))
+        version = self.ledger.add_measurements(
+            row.id, rows, calib=result.calib, master_ids=master_ids
+        )
+        self._save_reference(key, reference)
+        extra = {
+            "object": key,
+            "filter": info.filter,
+            "exptime": info.exptime,
+            "gain": info.gain,
+            "n_stars": len(rows),
+            "offset": list(result.offset),
+            "fwhm": result.fwhm,
+            "calib": result.calib,
+            "version": version,
+        }
+        self.ledger.finish(row.id, kind="light", checksum=result.checksum, night=night, info=extra)
+        for r in rows:
+            r["version"], r["current"] = version, 1
+        self._write_rows(rows, version)
+        latency_ms = (self.clock() - started) * 1000.0
+        self._log_reduced(rel, key, info, rows, result, latency_ms, version)
+        self.dirty_curves.add((key, info.filter or ""))
+        return Outcome(
+            rel, "reduced", kind="light", n_stars=len(rows), latency_ms=latency_ms, info=extra
+        )
+
+    # -- batch: many lights, optionally in worker processes ----------------------
+
+    def handle_many(self, items, *, pool=None, progress=None):
+        """Reduce lights ``[(root, path)]`` in order; return their outcomes.
+
+        The first light of a field is reduced here; every later light of the field
+        is reduced against that field's reference as it was then (frozen), in
+        ``pool`` when given, and committed in the original order. Star IDs of new
+        stars are given at commit time, so any number of workers gives the same
+        tables.
+        """
+        outcomes, pending, frozen = [], [], {}
+        for root, path in items:
+            job = self._prepare(Path(root), Path(path))
+            if isinstance(job, Outcome):
+                outcomes.append(self._tick_progress(job, progress))
+                continue
+            row, rel, info, plan, key = job
+            if key not in frozen:
+                frozen[key] = self.reference(key)
+                if frozen[key] is None:  # first light of the field: reduce it here
+                    outcomes += self._finish_pending(pending, progress)
+                    outcomes.append(
+                        self._tick_progress(self._process(row, Path(path), rel), progress)
+                    )
+                    frozen[key] = self.reference(key)
+                    continue
+            night = info.night(self.config.site.utc_offset_hours)
+            self.ledger.begin(row.id)
+            args = (str(path), rel, plan, frozen[key], self.config, night)
+            work = pool.submit(compute_light, *args) if pool else _Done(compute_light, args)
+            pending.append((row, rel, info, plan, frozen[key], work, self.clock()))
+        outcomes += self._finish_pending(pending, progress)
+        return outcomes
+
+    def _tick_progress(self, outcome, progress):
+        if progress is not None:
+            progress.step(outcome.path)
+        return outcome
+
+    def _prepare(self, root, path):
+        """Ledger and plan for one light, from its header only; an Outcome if not to reduce."""
+        rel = path.relative_to(root).as_posix()
+        st = path.stat()
+        row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if row.state != "seen":
+            return self.handle(path, root)
+        info = self._header_info(row)
+        if info is None or info.kind != "light" or self._excluded(info):
+            return self._process(row, path, rel)
+        try:
+            plan = self._plan(info, rel)
+        except MissingCalibration:
+            return self._process(row, path, rel)
+        return row, rel, info, plan, field_key(info, rel)
+
+    def _finish_pending(self, pending, progress):
+        outcomes = []
+        for row, rel, info, plan, base, work, started in pending:
+            try:
+                result = work.result()
+                outcome = self._commit(row, info, rel, plan, result, base, started)
+            except Exception as exc:  # a worker's failure, recorded like any other
+                outcome = self._failed(row, rel, info, exc)
+            outcomes.append(self._tick_progress(outcome, progress))
+        pending.clear()
+        return outcomes
+
+    def _failed(self, row, rel, info, exc):
+        if isinstance(exc, FrameRejected):
+            self.ledger.quarantine(row.id, exc.reason)
+            log.error("frame_quarantined", file=rel, reason=exc.reason)
+            return Outcome(rel, "quarantined", reason=exc.reason)
+        reason = f"{type(exc).__name__}: {exc}"
+        state = self.ledger.fail(row.id, reason, max_tries=self.config.watch.max_tries)
+        log.error("frame_failed", file=rel, state=state, reason=reason)
+        return Outcome(rel, "failed", kind=info.kind, reason=reason)
+
+    def _log_reduced(self, rel, key, info, rows, result, latency_ms, version):
+        fields = {
+            "file": rel,
+            "object": key,
+            "filter": info.filter,
+            "n_stars": len(rows),
+            "latency_ms": round(latency_ms, 1),
+            "calib": result.calib,
+            "fwhm": round(result.fwhm, 2),
+        }
+        if version > 1:
+            fields["version"] = version
+        target = self._target_mag(rows)
+        if target is not None:
+            fields["target_mag"] = target
+        log.info("frame_reduced", **fields)
+
+    def _target_mag(self, rows):
+        spec = self.config.lightcurve.target
+        if not spec or not rows:
+            return None
+        if len(spec) == 1:
+            match = [r for r in rows if r["star_id"] == int(spec[0])]
+        else:
+            match = [min(rows, key=lambda r: (r["x"] - spec[0]) ** 2 + (r["y"] - spec[1]) ** 2)]
+        return round(match[0]["mag_inst"], 4) if match else None
+
+    def _write_rows(self, rows, version):
+        save = self.config.output.save
+        if version == 1:
+            tables.append_rows(self.outdir, rows, save=save)
+        else:
+            self.rewrite_tables()
+
+    def rewrite_tables(self):
+        """Rewrite the photometry tables from the ledger (all versions, marked)."""
+        rows = []
+        for m in self.ledger.measurements(current_only=False):
+            rows.append({**m.row, "version": m.version, "current": int(not m.superseded)})
+        tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+
+    def tables_in_sync(self):
+        """True when the CSV table holds exactly the ledger's rows (checked at start)."""
+        csv_path, _ = tables.table_paths(self.outdir, self.config.output.save)
+        n_ledger = len(self.ledger.measurements(current_only=False))
+        if not csv_path.exists():
+            return n_ledger == 0
+        with open(csv_path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        return len(lines) - 1 == n_ledger and all(line.count(",") for line in lines[1:])
+
+    # -- field references --------------------------------------------------------
+
+    def reference(self, key):
+        if key not in self.references:
+            data = self.ledger.load_reference(key)
+            self.references[key] = FieldReference.from_dict(data) if data else None
+        return self.references[key]
+
+    def _save_reference(self, key, reference):
+        if reference is not self.references.get(key):
+            self.references[key] = reference
+            self.ledger.save_reference(key, reference.to_dict())
+
+    # -- masters -----------------------------------------------------------------
+
+    def masters(self):
+        """Valid masters known to the ledger (cached until one is added)."""
+        if self._masters is None:
+            self._masters = self.ledger.masters()
+        return self._masters
+
+    def _with_bad_pixels(self, plan, info):
+        cal = self.config.calibration
+        dc = plan.dark_current or select_master(
+            self.masters(),
+            kind="dark_current",
+            info=info,
+            temperature_tolerance=cal.temperature_tolerance,
+            max_age_days=cal.max_age_days,
+            exptime=None,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        key = (dc.id if dc else None, plan.flat.id if plan.flat else None)
+        if key == (None, None):
+            return plan
+        if key not in self._bpm:
+            self._bpm[key] = steps_masters.bad_pixel_mask(
+                dark_current=self.cache.get(dc),
+                flat=self.cache.get(plan.flat),
+                hot_sigma=cal.hot_sigma,
+                low_flat=cal.low_flat,
+            )
+        return dataclasses.replace(plan, bad_pixels=self._bpm[key])
+
+    def _restore_sets(self):
+        """Rebuild pending calibration sets from the ledger (after a restart)."""
+        rows = [
+            r for kind in CALIBRATION_KINDS for r in self.ledger.frames(kind=kind, state="done")
+        ]
+        for row in rows:
+            if "master_id" in row.info or "set" not in row.info or not row.path.exists():
+                continue
+            info = self._header_info(row)
+            if info is None:
+                continue
+            key = (info.kind, row.night, steps_masters.group_key(info))
+            cal_set = self.sets.setdefault(key, CalSet(info.kind, row.night))
+            cal_set.members.append((row.id, str(row.path), info))
+            cal_set.last_arrival = self.clock()
+
+    def _header_info(self, row):
+        """Classify a known frame from its header only (no pixels read)."""
+        try:
+            layout = probe(row.path, max_bytes=self.config.reading.max_bytes)
+            return classify(layout.header, row.relpath, self.config.classify)
+        except (FrameIncomplete, FrameRejected):
+            return None
+
+    def _build_sets(self, keys, *, final):
+        built = []
+        for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
+            cal_set = self.sets.get(key)
+            if cal_set is None:
+                continue
+            records = self._build_set(key, cal_set, final=final)
+            if records is not None:
+                del self.sets[key]
+                built.extend(records)
+        if built:
+            nights = {r.night for r in built}
+            self.retry_waiting()
+            for night in sorted(nights):
+                self.rereduce(night)
+        return built
+
+    def _build_set(self, key, cal_set, *, final):
+        kind, night, _ = key
+        frames = [(info, path) for _fid, path, info in cal_set.members]
+        layouts = steps_masters.load_frames(
+            [p for _, p in frames],
+            max_bytes=self.config.reading.max_bytes,
+            rules=self.config.classify,
+        )
+        try:
+            results = self._make_masters(kind, layouts, cal_set)
+        except MissingCalibration as exc:
+            if not final:
+                return None
+            log.error("master_not_built", kind=kind, night=night, reason=exc.reason)
+            self._annotate(cal_set, {"master_id": None, "master_error": exc.reason})
+            return []
+        records = [self._register(result, night) for result in results]
+        self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})
+        return [r for r in records if r is not None]
+
+    def _annotate(self, cal_set, info):
+        self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
+
+    def _make_masters(self, kind, layouts, cal_set):
+        cal = self.config.calibration
+        opts = {
+            "method": cal.combine,
+            "clip_sigma": cal.clip_sigma,
+            "max_memory_mb": cal.max_memory_mb,
+        }
+        if kind == "bias":
+            return [steps_masters.make_bias(layouts, **opts)]
+        if kind == "dark":
+            dark = steps_masters.make_dark(layouts, **opts)
+            bias = self._pick_loaded("bias", layouts[0][0])
+            if bias is None:
+                return [dark]
+            return [dark, steps_masters.make_dark_current(dark, bias)]
+        return [self._make_flat(layouts, opts)]
+
+    def _make_flat(self, layouts, opts):
+        info = layouts[0][0]
+        cal = self.config.calibration
+        exposures = {i.exptime for i, _ in layouts}
+        dark = self._pick_loaded("dark", info) if len(exposures) == 1 else None
+        bias = self._pick_loaded("bias", info)
+        dark_current = self._pick_loaded("dark_current", info)
+        if dark is None and dark_current is None and not (cal.no_dark or cal.force):
+            raise MissingCalibration(
+                info.path, f"no dark for flats of {info.filter} ({sorted(exposures)} s)"
+            )
+        return steps_masters.make_flat(
+            layouts,
+            dark=dark,
+            bias=bias,
+            dark_current=dark_current,
+            flat_scale=cal.flat_scale,
+            **opts,
+        )
+
+    def _pick_loaded(self, kind, info):
+        cal = self.config.calibration
+        exptime = info.exptime if kind == "dark" else None
+        record = select_master(
+            self.masters(),
+            kind=kind,
+            info=info,
+            exptime=exptime,
+            filter=None,
+            temperature_tolerance=cal.temperature_tolerance,
+            max_age_days=cal.max_age_days,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        if record is None:
+            return None
+        return read_master(record.path, max_bytes=self.config.reading.max_bytes)
+
+    def _register(self, result, night):
+        name = self._master_name(result)
+        path = self.outdir / "masters" / night / name
+        previous = self._previous(result)
+        ok, reason = (True, "")
+        if previous is not None:
+            old = read_master(previous.path, max_bytes=self.config.reading.max_bytes)
+            ok, reason = steps_masters.check_master(
+                result, old, max_deviation=self.config.calibration.master_max_deviation
+            )
+        if not ok:
+            path = path.with_name(path.stem + ".rejected.fits")
+        write_master(path, result)
+        record = _record(result, path, file_checksum(path), night)
+        status = "valid" if ok else "rejected"
+        record_id = self.ledger.add_master(record, status=status, reason=reason or None)
+        self._masters = None
+        if not ok:
+            log.warning("master_rejected", kind=result.kind, file=str(path), reason=reason)
+            return None
+        log.info(
+            "master_built",
+            kind=result.kind,
+            file=str(path),
+            ncombine=result.ncombine,
+            filter=result.filter,
+            exptime=result.exptime,
+        )
+        return MasterRecord(**{**record.__dict__, "id": record_id})
+
+    def _previous(self, result):
+        same = [
+            m
+            for m in self.masters()
+            if m.kind == result.kind
+            and m.instrument == result.instrument
+            and m.shape == tuple(result.shape)
+            and m.binning == tuple(result.binning)
+            and m.gain == result.gain
+            and m.filter == result.filter
+            and (result.kind not in ("dark", "dark_current") or m.exptime == result.exptime)
+        ]
+        return same[-1] if same else None
+
+    def _master_name(self, result):
+        parts = [
+            result.kind,
+            safe_name(result.instrument or "camera"),
+            f"{result.shape[1]}x{result.shape[0]}",
+            f"bin{result.binning[0]}x{result.binning[1]}",
+            f"g{_fmt(result.gain)}",
+        ]
+        if result.kind in ("dark", "dark_current"):
+            parts.append(f"{_fmt(result.exptime)}s")
+        if result.filter:
+            parts.append(safe_name(result.filter))
+        return "_".join(parts) + ".fits"
+
+    # -- re-reduction ------------------------------------------------------------
+
+    def rereduce(self, night):
+        """Reduce again the lights of ``night`` whose best masters changed; return outcomes."""
+        out = []
+        for row in self.ledger.frames(night=night, kind="light", state="done"):
+            if "excluded" in row.info or not row.path.exists():
+                continue
+            if self._best_ids(row) == sorted(self.ledger.masters_used(row.id)):
+                continue
+            log.info("rereduce", file=row.relpath, reason="better masters available")
+            out.append(self._process(row, row.path, row.relpath))
+        return out
+
+    def _best_ids(self, row):
+        info = self._header_info(row)
+        if info is None:
+            return sorted(self.ledger.masters_used(row.id))
+        plan = calibration_plan(
+            self.masters(),
+            info,
+            self.config.calibration,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        return sorted(r.id for r in _plan_records(plan))
+
+    # -- light curves ------------------------------------------------------------
+
+    def update_curves(self, *, min_interval=0.0):
+        """Rewrite the light curves of fields that got new rows."""
+        now = self.clock()
+        if not self.dirty_curves or now - getattr(self, "_curves_at", -1e9) < min_interval:
+            return
+        self._curves_at = now
+        groups = defaultdict(list)
+        wanted = set(self.dirty_curves)
+        for m in self.ledger.measurements(current_only=True):
+            key = (m.row.get("object"), m.row.get("filter"))
+            if key in wanted:
+                groups[key].append({**m.row, "version": m.version, "current": 1})
+        lc = self.config.lightcurve
+        for (obj, filt), rows in groups.items():
+            try:
+                lightcurve.write_lightcurve(
+                    self.outdir,
+                    tables.rows_to_table(rows),
+                    object=obj,
+                    filter=filt,
+                    target=list(lc.target) or None,
+                    comparisons=[list(c) for c in lc.comparisons],
+                    n_comparisons=lc.n_comparisons,
+                    save=self.config.output.save,
+                )
+            except Exception as exc:
+                log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
+        self.dirty_curves.clear()
+
+
+class _Done:
+    """A computation run in-process, with the ``result()`` of a future."""
+
+    def __init__(self, func, args):
+        try:
+            self.value, self.error = func(*args), None
+        except Exception as exc:
+            self.value, self.error = None, exc
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def merge_new_stars(current, base, found, rows, *, radius):
+    """Give final IDs to stars a light found beyond the reference it was reduced with.
+
+    ``base`` is the field reference the light was measured against, ``found`` the
+    reference it returned (``base`` plus new stars), ``current`` the field's
+    reference now (it may have grown since ``base`` when lights are reduced in
+    parallel). New stars matching one added since ``base`` (within ``radius``, in
+    reference coordinates) take its ID; the others get the next free IDs.
+
+    Returns
+    -------
+    rows : list of dict
+        The rows with final ``star_id``.
+    reference : FieldReference
+        The field's reference after this light.
+    """
+    if current is None or current is base:
+        return rows, found
+    start = base.next_id if base is not None else 1
+    new = found.star_id >= start
+    if not new.any():
+        return rows, current
+    mapping, ref = {}, current
+    for sid, x, y, flux in zip(
+        found.star_id[new], found.x[new], found.y[new], found.flux[new], strict=True
+    ):
+        extra = ref.star_id >= start
+        d2 = (ref.x[extra] - x) ** 2 + (ref.y[extra] - y) ** 2
+        if d2.size and d2.min() <= radius**2:
+            mapping[int(sid)] = int(ref.star_id[extra][d2.argmin()])
+        else:
+            ref = ref.extend([x], [y], [flux])
+            mapping[int(sid)] = ref.next_id - 1
+    out = [{**r, "star_id": mapping.get(r["star_id"], r["star_id"])} for r in rows]
+    return out, ref
+
+
+def _plan_records(plan):
+    names = ("bias", "dark", "dark_current", "flat")
+    return [getattr(plan, n) for n in names if getattr(plan, n) is not None]
+
+
+def _record(result, path, checksum, night):
+    return MasterRecord(
+        kind=result.kind,
+        path=str(path),
+        checksum=checksum,
+        instrument=result.instrument,
+        shape=tuple(result.shape),
+        binning=tuple(result.binning),
+        gain=result.gain,
+        exptime=result.exptime,
+        filter=result.filter,
+        ccd_temp=result.ccd_temp,
+        date_start=result.date_start,
+        date_end=result.date_end,
+        ncombine=result.ncombine,
+        night=night,
+    )
+
+
+def relpath_under(path, roots):
+    """Return ``(root, relpath)`` for the root containing ``path``."""
+    path = Path(os.path.abspath(path))
+    for root in roots:
+        root = Path(os.path.abspath(root))
+        if path.is_relative_to(root):
+            return root, path.relative_to(root).as_posix()
+    raise ValueError(f"{path} is under none of {roots}")

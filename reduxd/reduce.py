@@ -1,0 +1,295 @@
+"""The per-light hot path: calibrate, measure, build contract rows.
+
+Nothing here touches the ledger, so the same code runs in the daemon's worker
+and in the batch command's worker processes. A light is read once; masters come
+from a small in-process cache keyed by path and checksum.
+"""
+
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+
+from reduxd.fitsio import read_frame
+from reduxd.frames import classify
+from reduxd.products.fitsout import write_calibrated
+from reduxd.products.quicklook import write_quicklook
+from reduxd.steps.calibrate import calibrate_light
+from reduxd.steps.masters import saturation_level
+from reduxd.steps.photometry import PhotParams, photometer
+
+
+@dataclass(frozen=True)
+class LightResult:
+    """What reducing one light produced (arrays stay in memory; nothing written)."""
+
+    data: np.ndarray
+    mask: np.ndarray
+    header: fits.Header
+    cards: list
+    phot: object  # reduxd.steps.photometry.PhotResult
+    rows: list
+    calib: str
+
+
+class MasterCache:
+    """Keep the last few master images in memory (masters are reused by every light)."""
+
+    def __init__(self, *, size=8):
+        self.size = size
+        self._items = OrderedDict()
+
+    def get(self, record):
+        if record is None:
+            return None
+        key = (record.path, record.checksum)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        with fits.open(record.path, memmap=False) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float32)
+        data.setflags(write=False)
+        self._items[key] = data
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return data
+
+
+def phot_params(config, camera):
+    """Return :class:`PhotParams` from the config and the camera entry of a light."""
+    p = config.photometry
+    region = tuple(p.sky_region) if p.sky_region else None
+    return PhotParams(
+        radius=p.radius,
+        radius_fwhm=p.radius_fwhm,
+        sky_method=p.sky_method,
+        subframe=p.subframe,
+        annulus=tuple(p.annulus),
+        sky_region=region,
+        smoothing=p.smoothing,
+        detect_sigma=p.detect_sigma,
+        fit_quality=p.fit_quality,
+        mesh_box=p.mesh_box,
+        min_snr=p.min_snr,
+        match_radius=p.match_radius,
+        max_offset=p.max_offset,
+        gain_e_per_adu=camera.gain_e_per_adu,
+        read_noise_e=camera.read_noise_e,
+    )
+
+
+def calib_label(plan):
+    """Return the short text of the ``calib`` column: what was applied."""
+    parts = []
+    if plan.dark is not None:
+        parts.append("dark")
+    elif plan.dark_current is not None:
+        parts.extend(["bias", "scaled dark"])
+    elif plan.bias is not None:
+        parts.append("bias")
+    if plan.flat is not None:
+        parts.append("flat")
+    return "+".join(parts) or "none"
+
+
+def field_key(info, relpath):
+    """Return the key of a light's field: its OBJECT (or target folder) without filter/exposure.
+
+    SharpCap names objects like ``pg2213_V_15s``; the V and R lights of that target
+    are one field, so a trailing ``_<filter>`` or ``_<exposure>s`` is dropped.
+
+    Examples
+    --------
+    >>> from reduxd.frames import FrameInfo
+    >>> info = FrameInfo('x', 'light', 'default', 'V', 15.0, None, None, (1, 1), (2, 2),
+    ...                  None, None, '', None, 'blaze_v_15s', None, None)
+    >>> field_key(info, 'blaze/blaze_v_15s/01_51_29/blaze_00001.fits')
+    'blaze'
+    """
+    name = info.object
+    if not name:
+        parts = Path(relpath).parts
+        name = parts[0] if len(parts) > 1 else Path(relpath).stem
+    tokens = name.split("_")
+    while len(tokens) > 1 and (
+        tokens[-1].lower() == (info.filter or "").lower()
+        or re.fullmatch(r"\d+(\.\d+)?s", tokens[-1].lower())
+    ):
+        tokens.pop()
+    return "_".join(tokens)
+
+
+def calibrate(raw, info, plan, *, cache, config, camera):
+    """Calibrate a raw light following ``plan`` (masters loaded through ``cache``)."""
+    cal = config.calibration
+    return calibrate_light(
+        raw.data,
+        info,
+        dark=cache.get(plan.dark),
+        bias=cache.get(plan.bias),
+        dark_current=cache.get(plan.dark_current),
+        flat=cache.get(plan.flat),
+        bad_pixels=plan.bad_pixels,
+        saturation=saturation_level(raw.header, camera),
+        no_dark=cal.no_dark,
+        no_flat=cal.no_flat,
+        force=cal.force,
+        sources=plan_sources(plan),
+    )
+
+
+def plan_sources(plan):
+    out = {}
+    for name in ("bias", "dark", "dark_current", "flat"):
+        record = getattr(plan, name)
+        if record is not None:
+            out[name] = (Path(record.path).name, record.checksum)
+    return out
+
+
+def contract_rows(table, *, info, night, relpath, obj, calib, radius):
+    """Return the photometry contract rows (dicts) for one light's star table."""
+    mid = info.date_mid
+    date_obs = mid.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if mid else ""
+    mjd = float(Time(mid).mjd) if mid else math.nan
+    base = {
+        "night": night,
+        "file": relpath,
+        "object": obj,
+        "filter": info.filter or "",
+        "exptime": float(info.exptime),
+        "date_obs": date_obs,
+        "mjd": mjd,
+        "calib": calib,
+    }
+    rows = []
+    for star in table:
+        row = dict(base)
+        for name in (
+            "x",
+            "y",
+            "fwhm",
+            "sky",
+            "sky_err",
+            "flux",
+            "flux_err",
+            "mag_inst",
+            "mag_err",
+            "snr",
+        ):
+            row[name] = float(star[name])
+        row["star_id"] = int(star["star_id"])
+        row["flags"] = int(star["flags"])
+        row["radius"] = float(star["radius"]) if "radius" in star.colnames else float(radius)
+        rows.append(row)
+    return rows
+
+
+def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath):
+    """Calibrate and measure one light; return a :class:`LightResult` (nothing written).
+
+    Parameters
+    ----------
+    raw : reduxd.fitsio.RawFrame
+        The light, read once.
+    info : reduxd.frames.FrameInfo
+    plan : reduxd.steps.select.Plan
+        Which masters to use (from :func:`reduxd.steps.select.calibration_plan`).
+    cache : MasterCache
+    config : reduxd.config.Config
+    camera : reduxd.config.Camera
+    reference : FieldReference or None
+        The field's star catalogue; None for the first light of a field.
+    night, relpath : str
+        For the contract rows.
+    """
+    cal = calibrate(raw, info, plan, cache=cache, config=config, camera=camera)
+    params = phot_params(config, camera)
+    phot = photometer(
+        cal.data, mask=cal.mask, exptime=info.exptime, params=params, reference=reference
+    )
+    label = calib_label(plan)
+    obj = field_key(info, relpath)
+    rows = contract_rows(
+        phot.table,
+        info=info,
+        night=night,
+        relpath=relpath,
+        obj=obj,
+        calib=label,
+        radius=params.radius,
+    )
+    header = raw.header
+    return LightResult(
+        cal.data, cal.mask, header, list(cal.cards) + list(phot.cards), phot, rows, label
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the ledger needs from a reduced light: small and picklable (for workers)."""
+
+    rows: list
+    reference: object  # FieldReference after this light
+    offset: tuple
+    fwhm: float
+    calib: str
+    checksum: str
+
+
+def measured(result, checksum):
+    """Return the :class:`Measured` part of a :class:`LightResult`."""
+    phot = result.phot
+    offset = tuple(float(v) for v in phot.offset)
+    return Measured(result.rows, phot.reference, offset, float(phot.fwhm), result.calib, checksum)
+
+
+def write_products(outdir, rel, result, output):
+    """Write the calibrated light and its finder chart (as ``output`` config asks)."""
+    outdir = Path(outdir)
+    if output.reduced:
+        write_calibrated(outdir / "reduced" / rel, result, result.header)
+    if output.quicklook:
+        write_quicklook(
+            quicklook_path(outdir, rel), result.data, result.phot.table, title=rel, mask=result.mask
+        )
+
+
+def quicklook_path(outdir, rel):
+    return Path(outdir) / "quicklook" / (rel.rsplit(".", 1)[0] + ".png")
+
+
+_WORKER_CACHE = MasterCache()
+
+
+def compute_light(path, rel, plan, reference, config, night):
+    """Worker entry point: read, calibrate, measure one light and write its products.
+
+    The ledger stays with the caller: this returns :class:`Measured`.
+    """
+    raw = read_light(path, config)
+    info = classify(raw.header, rel, config.classify)
+    camera = config.camera(info.instrument, info.gain)
+    result = reduce_light(
+        raw,
+        info,
+        plan,
+        cache=_WORKER_CACHE,
+        config=config,
+        camera=camera,
+        reference=reference,
+        night=night,
+        relpath=rel,
+    )
+    write_products(config.paths.outdir, rel, result, config.output)
+    return measured(result, raw.checksum)
+
+
+def read_light(path, config):
+    """Read a light once (see :func:`reduxd.fitsio.read_frame`)."""
+    return read_frame(path, max_bytes=config.reading.max_bytes)
