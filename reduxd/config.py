@@ -93,7 +93,7 @@ class Calibration:
 class Photometry:
     radius: float = field(default=15.0, metadata=POSITIVE)
     radius_fwhm: float = field(default=0.0, metadata=NON_NEGATIVE)
-    sky_method: str = field(default="radial", metadata=_one_of(SKY_METHODS))
+    sky_method: str = field(default="annulus", metadata=_one_of(SKY_METHODS))
     subframe: int = field(default=25, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
     annulus: tuple[float, float] = field(
         default=(20.0, 30.0), metadata=_check(lambda v: 0 < v[0] < v[1], "0 < r_in < r_out")
@@ -288,7 +288,7 @@ def load_config(path=None, overrides=None):
     --------
     >>> cfg = load_config(overrides={'photometry': {'radius': 12}})
     >>> cfg.photometry.radius, cfg.photometry.sky_method
-    (12.0, 'radial')
+    (12.0, 'annulus')
     """
     raw, source = {}, "<defaults>"
     if path is not None:

@@ -185,7 +185,7 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius):
             row[name] = float(star[name])
         row["star_id"] = int(star["star_id"])
         row["flags"] = int(star["flags"])
-        row["radius"] = float(star["radius"]) if "radius" in star.colnames else float(radius)
+        row["radius"] = float(radius)
         rows.append(row)
     return rows
 
@@ -222,7 +222,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         relpath=relpath,
         obj=obj,
         calib=label,
-        radius=params.radius,
+        radius=phot.radius,
     )
     header = raw.header
     return LightResult(

@@ -1,0 +1,544 @@
+"""Star detection (pure functions, inputs never modified).
+
+``detect_stars`` runs on the first frame of a field:
+
+1. a coarse background (clipped medians in boxes) is removed;
+2. the frame's FWHM is measured on the brightest peaks of a binned image
+   (adaptive Gaussian-windowed second moments, no guessed FWHM ladder);
+3. the image is convolved with a Gaussian matched to that FWHM (plus the
+   optional extra smoothing ``S``), thresholded at ``detect_sigma`` times its
+   noise, and connected regions of at least ``min_pixels`` pixels are kept;
+4. regions with several peaks are split by multi-threshold deblending
+   (a branch counts if it holds at least ``contrast`` of the region's light);
+5. each peak is centred with windowed moments and vetted on the unsmoothed
+   data (``vet_peaks``): a peak whose neighbours hold too little of its light
+   (hot pixel, cosmic ray, a saturated stroke of burned-in text next to its
+   black box), a peak with pixels far below the sky around it (that black
+   box), or a bright, strongly elongated peak (trail) is not a star; neither
+   is a source sharper than half the frame's FWHM, nor a faint smudge wider
+   than twice the FWHM (vignetting, glow).
+
+Saturated and defocused stars pass: they are flagged later, not dropped.
+``coarse_peaks`` is the cheap detector of the following frames of a field.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from reduxd import maskbits
+from reduxd.steps.sky import background_map
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+IGNORED = maskbits.BAD | maskbits.NONFINITE
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Stars found in a frame (0-based pixel positions, x = column)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    fwhm: np.ndarray  # per star, pixels (NaN when unmeasurable)
+    peak: np.ndarray  # highest pixel above the background, ADU
+    flux: np.ndarray  # windowed flux above the background (for ranking), ADU
+    blend: np.ndarray  # split from a region holding several stars
+    frame_fwhm: float
+    noise: float  # per-pixel background noise, ADU
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Local maxima of a binned image, brightest first, in full-frame pixels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    value: np.ndarray  # binned, background-removed value
+    noise: float  # noise of one binned pixel
+    binning: int
+
+
+def bin_image(data, factor):
+    """Mean over ``factor x factor`` blocks (the ragged border is dropped).
+
+    Examples
+    --------
+    >>> bin_image(np.arange(16.0).reshape(4, 4), 2).tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    ny, nx = (s // factor * factor for s in data.shape)
+    rows = data[0:ny:factor, :nx].astype(np.float32)  # strided sums: no full-frame copy
+    for k in range(1, factor):
+        rows += data[k:ny:factor, :nx]
+    out = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        out += rows[:, k::factor]
+    return out / np.float32(factor * factor)
+
+
+def robust_std(values):
+    """1.4826 * MAD of the finite values.
+
+    Examples
+    --------
+    >>> round(robust_std(np.random.default_rng(0).normal(0, 2, 100000)), 1)
+    2.0
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else np.nan
+
+
+def _suppress(x, y, value, radius):
+    """Keep the brightest of any group of points closer than ``radius``."""
+    order = np.argsort(-value, kind="stable")
+    keep = np.zeros(value.size, bool)
+    tree = cKDTree(np.column_stack([x, y]))
+    taken = np.zeros(value.size, bool)
+    for i in order:
+        if taken[i]:
+            continue
+        keep[i] = True
+        taken[tree.query_ball_point([x[i], y[i]], radius)] = True
+    return keep
+
+
+def coarse_peaks(data, *, binning=4, nsigma=5.0, scale=8):
+    """Local maxima of a binned, high-passed, lightly smoothed image (cheap).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Image (not modified).
+    binning : int
+        Block size of the binning.
+    nsigma : float
+        Threshold in units of the binned image's noise.
+    scale : int
+        Half size (binned pixels) of the running mean removed as background.
+
+    Returns
+    -------
+    Peaks
+        Brightest first; positions are block centres in full-frame pixels.
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> img = render_stars((128, 128), [40.2, 90.0], [30.0, 100.0], [4e4, 2e4], 3.0)
+    >>> rng = np.random.default_rng(0)
+    >>> p = coarse_peaks((img + rng.normal(100, 3, img.shape)).astype(np.float32))
+    >>> [(round(float(x)), round(float(y))) for x, y in zip(p.x, p.y)]
+    [(42, 30), (90, 102)]
+    """
+    binned = bin_image(data, binning)
+    bad = ~np.isfinite(binned)
+    if bad.any():
+        binned[bad] = np.nanmedian(binned) if not bad.all() else 0.0
+    binned = binned - ndimage.uniform_filter(binned, size=2 * scale + 1, mode="nearest")
+    noise = robust_std(binned[::2, ::2])
+    smooth = ndimage.gaussian_filter(binned, 0.7)
+    noise_s = robust_std(smooth[::2, ::2])
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > nsigma * noise_s)
+    iy, ix = np.nonzero(peaks)
+    value = binned[iy, ix]
+    x, y = ix * binning + 0.5 * (binning - 1), iy * binning + 0.5 * (binning - 1)
+    keep = _suppress(x, y, value, 1.5 * binning) if value.size else np.zeros(0, bool)
+    order = np.argsort(-value[keep], kind="stable")
+    return Peaks(x[keep][order], y[keep][order], value[keep][order], noise, binning)
+
+
+def _box(shape, x, y, half):
+    ny, nx = shape
+    xc, yc = round(float(x)), round(float(y))
+    return (
+        slice(max(yc - half, 0), min(yc + half + 1, ny)),
+        slice(max(xc - half, 0), min(xc + half + 1, nx)),
+    )
+
+
+def _gather(data, px, py, dx, dy, mask=None):
+    """Pixels at integer offsets around each position: (values, usable), shape (n, k).
+
+    Offsets falling off the frame, non-finite values and BAD/NONFINITE mask
+    pixels are not usable.
+    """
+    ny, nx = data.shape
+    xs, ys = px[:, None] + dx[None, :], py[:, None] + dy[None, :]
+    usable = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    xs, ys = np.clip(xs, 0, nx - 1), np.clip(ys, 0, ny - 1)
+    values = data[ys, xs].astype(np.float64)
+    usable &= np.isfinite(values)
+    if mask is not None:
+        usable &= (mask[ys, xs] & IGNORED) == 0
+    return values, usable
+
+
+def _square(half, *, border=False):
+    dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
+    keep = (np.maximum(abs(dx), abs(dy)) == half) if border else np.ones(dx.shape, bool)
+    return dx[keep], dy[keep]
+
+
+def local_background(data, x, y, *, half, mask=None):
+    """Median of the border pixels of a box around each position.
+
+    Examples
+    --------
+    >>> float(local_background(np.full((30, 30), 2.0), [15.0], [15.0], half=5)[0])
+    2.0
+    """
+    px = np.rint(np.atleast_1d(x)).astype(np.int64)
+    py = np.rint(np.atleast_1d(y)).astype(np.int64)
+    if px.size == 0:
+        return np.zeros(0)
+    values, usable = _gather(data, px, py, *_square(half, border=True), mask=mask)
+    with np.errstate(all="ignore"):
+        return np.nanmedian(np.where(usable, values, np.nan), axis=1)
+
+
+def peak_position(data, x, y, *, half):
+    """Integer position of the highest pixel in a box around each position.
+
+    Examples
+    --------
+    >>> img = np.zeros((20, 20)); img[7, 12] = 5.0
+    >>> [v.tolist() for v in peak_position(img, [10.0], [8.0], half=2)]
+    [[12], [7]]
+    """
+    px, py = np.zeros(np.size(x), int), np.zeros(np.size(x), int)
+    for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
+        sl = _box(data.shape, xi, yi, half)
+        stamp = np.nan_to_num(data[sl], nan=-np.inf)
+        jy, jx = np.unravel_index(np.argmax(stamp), stamp.shape)
+        px[i], py[i] = sl[1].start + jx, sl[0].start + jy
+    return px, py
+
+
+def _weighted_moments(stamp, sl, x, y, sigma_w):
+    yy, xx = np.ogrid[sl[0], sl[1]]
+    dx, dy = xx - x, yy - y
+    wi = np.exp(-0.5 * (dx * dx + dy * dy) / sigma_w**2) * stamp
+    total = wi.sum()
+    if not total > 0:
+        return None
+    mx, my = (wi * dx).sum() / total, (wi * dy).sum() / total
+    mxx = (wi * dx * dx).sum() / total - mx * mx
+    myy = (wi * dy * dy).sum() / total - my * my
+    mxy = (wi * dx * dy).sum() / total - mx * my
+    return total, mx, my, mxx, myy, mxy
+
+
+def refine_star(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, iters=12):
+    """Gaussian-windowed centroid, FWHM and elongation of one star.
+
+    ``resid - background`` is the star's light. The window adapts to the star's
+    size: it grows while the star fills it, up to ``max_fwhm`` (default 4 x
+    ``fwhm``), so a defocused star is measured too; a star still filling the
+    largest window gets a lower bound of its FWHM.
+    Returns ``(x, y, fwhm, elongation, windowed_flux)``; ``fwhm`` is NaN
+    when the star cannot be measured and the position is then unchanged.
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> img = render_stars((41, 41), [20.3], [19.6], [1e4], 4.0)
+    >>> x, y, fwhm, elong, _ = refine_star(img, 20.0, 20.0, fwhm=2.0)
+    >>> round(x, 2), round(y, 2), round(fwhm, 1), round(elong, 2)
+    (20.3, 19.6, 4.0, 1.0)
+    """
+    x0, y0 = float(x), float(y)
+    sigma_w = max(fwhm / FWHM_PER_SIGMA, 0.6)
+    sigma_max = max((4 * fwhm if max_fwhm is None else max_fwhm) / FWHM_PER_SIGMA, sigma_w)
+    sigma_s, result = np.nan, None
+    for _ in range(iters):
+        sl = _box(resid.shape, x, y, int(np.ceil(3 * sigma_w)) + 1)
+        stamp = resid[sl] - background
+        if mask is not None:
+            stamp = np.where(mask[sl] & IGNORED, 0.0, stamp)
+        moments = _weighted_moments(np.nan_to_num(stamp), sl, x, y, sigma_w)
+        if moments is None:
+            return x0, y0, np.nan, np.nan, np.nan
+        total, mx, my, mxx, myy, mxy = moments
+        x, y = x + 2 * mx, y + 2 * my
+        if abs(x - x0) > 6 * sigma_w + 3 or abs(y - y0) > 6 * sigma_w + 3:
+            return x0, y0, np.nan, np.nan, np.nan
+        m = 0.5 * (mxx + myy)
+        filled = m >= 0.9 * sigma_w**2
+        if filled and sigma_w < sigma_max:  # the star fills the window: widen it
+            sigma_w = min(2 * sigma_w, sigma_max)
+            continue
+        m = min(m, 0.9 * sigma_w**2)
+        new = np.sqrt(m * sigma_w**2 / (sigma_w**2 - m)) if m > 0 else np.nan
+        new = np.sqrt(new**2 - 1 / 12) if new**2 > 1 / 6 else np.nan  # pixel sampling
+        result = (mxx, myy, mxy, total)
+        converged = abs(new - sigma_s) < 0.01 * new and abs(mx) + abs(my) < 0.01
+        sigma_s, sigma_w = new, float(np.clip(new, 0.6, sigma_max))
+        if converged or not np.isfinite(new):
+            break
+    if result is None or not np.isfinite(sigma_s):
+        return x0, y0, np.nan, np.nan, np.nan
+    mxx, myy, mxy, total = result
+    half_diff = np.hypot(0.5 * (mxx - myy), mxy)
+    lam1, lam2 = 0.5 * (mxx + myy) + half_diff, 0.5 * (mxx + myy) - half_diff
+    elong = float(np.sqrt(lam1 / lam2)) if lam2 > 0 else np.inf
+    return float(x), float(y), float(FWHM_PER_SIGMA * sigma_s), elong, float(2 * total)
+
+
+def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None):
+    """``refine_star`` for many positions; returns arrays x, y, fwhm, elongation, flux.
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> img = render_stars((60, 60), [15.0, 40.0], [20.0, 41.0], [1e4, 1e4], 3.0)
+    >>> out = refine_stars(img, [15.4, 39.6], [20.4, 41.4], fwhm=3.0)
+    >>> np.round(out[0], 2).tolist(), np.round(out[2], 1).tolist()
+    ([15.0, 40.0], [3.0, 3.0])
+    """
+    x, y = np.atleast_1d(x), np.atleast_1d(y)
+    fwhm = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), x.shape)
+    bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), x.shape)
+    top = np.broadcast_to(np.asarray(4 * fwhm if max_fwhm is None else max_fwhm, float), x.shape)
+    rows = [
+        refine_star(resid, xi, yi, fwhm=fi, background=bi, max_fwhm=mi, mask=mask)
+        for xi, yi, fi, bi, mi in zip(x, y, fwhm, bkg, top, strict=True)
+    ]
+    out = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return tuple(out[:, k] for k in range(5))
+
+
+def vet_peaks(
+    resid, px, py, *, noise, background=0.0, elongation=None, mask=None, max_elongation=2.5
+):
+    """True where an integer peak looks like a star rather than an artefact.
+
+    Rejects: a peak whose eight neighbours hold almost no light, or one of
+    them none at all (hot pixel, single-pixel cosmic ray, a saturated stroke of
+    burned-in text next to its black box); a peak with at least two pixels below
+    ``-5 * noise`` within 4 pixels (burned-in text on a black box, frame-edge
+    garbage); a peak above 10 sigma with elongation above ``max_elongation``
+    (trails, text strokes).
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> img = render_stars((40, 40), [10.0], [10.0], [2000.0], 3.0)
+    >>> img[30, 30] = 500.0  # hot pixel
+    >>> vet_peaks(img, [10, 30], [10, 30], noise=1.0).tolist()
+    [True, False]
+    """
+    px = np.atleast_1d(np.asarray(px, dtype=np.int64))
+    py = np.atleast_1d(np.asarray(py, dtype=np.int64))
+    if px.size == 0:
+        return np.zeros(0, bool)
+    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), px.shape)[:, None]
+    bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), px.shape)[:, None]
+    dx, dy = _square(1)
+    values, usable = _gather(resid, px, py, dx, dy, mask)
+    values -= bkg
+    centre = (dx == 0) & (dy == 0)
+    peak = values[:, centre][:, 0]
+    n_nb = np.maximum(usable[:, ~centre].sum(axis=1), 1)
+    mean_nb = np.where(usable[:, ~centre], values[:, ~centre], 0.0).sum(axis=1) / n_nb
+    sharp_ok = mean_nb >= 0.2 * peak - 3 * sigma[:, 0] / np.sqrt(n_nb)
+    # every neighbour of a star's peak holds some of its light (>= 1.7 % for FWHM 1.5)
+    min_nb = np.where(usable[:, ~centre], values[:, ~centre], np.inf).min(axis=1)
+    sharp_ok &= min_nb >= 0.01 * peak - 3 * sigma[:, 0]
+    values, usable = _gather(resid, px, py, *_square(4), mask)
+    hole = np.count_nonzero(usable & (values - bkg < -5 * sigma), axis=1) >= 2
+    ok = sharp_ok & ~hole
+    if elongation is not None:
+        ok &= ~((peak > 10 * sigma[:, 0]) & (np.asarray(elongation) > max_elongation))
+    return ok
+
+
+def _segment_peaks(det, region, thresh, contrast, min_pixels, nlevels=32):
+    """Peaks of one connected region, split by multi-threshold deblending."""
+    values = det[region]
+    peak = values.max()
+    if peak <= thresh:
+        return [np.unravel_index(np.argmax(np.where(region, det, -np.inf)), det.shape)], False
+    levels = thresh * (peak / thresh) ** (np.arange(1, nlevels) / nlevels)
+    min_flux = contrast * values.sum()
+    leaves = _split(det, region, levels, 0, min_flux, min_pixels)
+    return leaves, len(leaves) > 1
+
+
+def _split(det, region, levels, start, min_flux, min_pixels):
+    eight = np.ones((3, 3), bool)
+    for k in range(start, levels.size):
+        labels, n = ndimage.label(region & (det > levels[k]), structure=eight)
+        if n < 2:
+            continue
+        index = np.arange(1, n + 1)
+        npix = ndimage.sum_labels(np.ones_like(det), labels, index)
+        flux = ndimage.sum_labels(det, labels, index)
+        strong = index[(npix >= min_pixels) & (flux >= min_flux)]
+        if strong.size >= 2:
+            leaves = []
+            for lab in strong:
+                leaves += _split(det, labels == lab, levels, k + 1, min_flux, min_pixels)
+            return leaves
+    return [np.unravel_index(np.argmax(np.where(region, det, -np.inf)), det.shape)]
+
+
+def _candidates(det, thresh, *, min_pixels, contrast):
+    """Integer peaks of the detection image, whether each came from a split region,
+    and the diameter of the region (pixels)."""
+    labels, _ = ndimage.label(det > thresh, structure=np.ones((3, 3), bool))
+    xs, ys, blend, size = [], [], [], []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        region = labels[sl] == lab
+        if np.count_nonzero(region) < min_pixels:
+            continue
+        sub = det[sl]
+        maxima = (sub == ndimage.maximum_filter(sub, size=3)) & region
+        if np.count_nonzero(maxima) > 1:
+            leaves, split = _segment_peaks(sub, region, thresh, contrast, min_pixels)
+        else:
+            leaves, split = (
+                [np.unravel_index(np.argmax(np.where(region, sub, -np.inf)), sub.shape)],
+                False,
+            )
+        for jy, jx in leaves:
+            ys.append(sl[0].start + jy)
+            xs.append(sl[1].start + jx)
+            blend.append(split)
+            size.append(2 * np.sqrt(np.count_nonzero(region) / np.pi))
+    return np.array(xs, int), np.array(ys, int), np.array(blend, bool), np.array(size)
+
+
+def measure_frame_fwhm(resid, *, noise, mask=None, n=30, binning=4):
+    """Median FWHM of the brightest star-like peaks (binned search, adaptive windows).
+
+    Returns NaN when no star-like peak is found.
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> rng = np.random.default_rng(3)
+    >>> xy = rng.uniform(20, 180, (2, 15))
+    >>> img = render_stars((200, 200), xy[0], xy[1], np.full(15, 2e4), 5.0)
+    >>> round(measure_frame_fwhm(img + rng.normal(0, 5, img.shape), noise=5.0), 1)
+    5.0
+    """
+    peaks = coarse_peaks(resid, binning=binning, nsigma=10.0)
+    px, py = peak_position(resid, peaks.x[:n], peaks.y[:n], half=binning)
+    ok = vet_peaks(resid, px, py, noise=noise, mask=mask)
+    if mask is not None and ok.any():
+        ok &= np.array(
+            [
+                not np.any(mask[_box(mask.shape, a, b, 2)] & maskbits.SATURATED)
+                for a, b in zip(px, py, strict=True)
+            ]
+        )
+    if not ok.any():
+        return np.nan
+    _, _, fwhm, elong, _ = refine_stars(resid, px[ok], py[ok], fwhm=2.0, max_fwhm=64.0, mask=mask)
+    good = np.isfinite(fwhm) & (elong < 2.0)
+    return float(np.median(fwhm[good])) if good.any() else np.nan
+
+
+def _residual(data, mask, box):
+    """Data minus a coarse background (new float32 array; ignored pixels 0) and the noise."""
+    background, noise = background_map(data, mask=mask, box=box)
+    resid = np.subtract(data, background, dtype=np.float32)
+    if mask is not None:
+        ignore = (mask & IGNORED) != 0
+        if ignore.any():
+            resid[ignore] = 0.0
+    np.nan_to_num(resid, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return resid, noise
+
+
+def _measured_candidates(resid, det, thresh, *, fwhm, noise, mask, min_pixels, contrast):
+    """Candidate peaks that pass vetting: arrays x, y, fwhm, flux, blend, peak."""
+    px, py, blend, size = _candidates(det, thresh, min_pixels=min_pixels, contrast=contrast)
+    significance = det[py, px] / thresh  # in units of the threshold
+    px, py = peak_position(resid, px, py, half=1)
+    first = vet_peaks(resid, px, py, noise=noise, mask=mask)  # cheap: hot pixels out first
+    px, py, blend, size, significance = (v[first] for v in (px, py, blend, size, significance))
+    top = np.maximum(3 * fwhm, 2 * size)
+    x, y, fw, elong, flux = refine_stars(resid, px, py, fwhm=fwhm, max_fwhm=top, mask=mask)
+    ok = vet_peaks(resid, px, py, noise=noise, elongation=elong, mask=mask)
+    ok &= (flux > 0) & ~(fw < 0.5 * fwhm)  # sharper than the PSF: cosmic ray, hot pixel
+    ok &= ~((fw > 2 * fwhm) & (significance < 4))  # faint smudge: background structure
+    peak = resid[py, px].astype(np.float64)
+    return tuple(v[ok] for v in (x, y, fw, flux, blend, peak))
+
+
+def detect_stars(
+    data,
+    *,
+    mask=None,
+    detect_sigma=5.0,
+    smoothing=0.0,
+    box=64,
+    fwhm=None,
+    min_pixels=5,
+    contrast=0.005,
+):
+    """Find stars in a calibrated frame (see the module docstring for the method).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Calibrated image (not modified).
+    mask : numpy.ndarray of uint8, optional
+        ``reduxd.maskbits`` bits; BAD and NONFINITE pixels are ignored.
+    detect_sigma : float
+        Threshold in units of the detection image's noise.
+    smoothing : float
+        Extra Gaussian smoothing sigma (pixels) for detection only; 0 = off.
+    box : int
+        Box size of the coarse background.
+    fwhm : float, optional
+        Known FWHM; measured from the data when None.
+    min_pixels : int
+        Smallest connected region above the threshold.
+    contrast : float
+        Deblending contrast (fraction of the region's light).
+
+    Returns
+    -------
+    Detections
+
+    Examples
+    --------
+    >>> from reduxd.synth import render_stars
+    >>> rng = np.random.default_rng(2)
+    >>> img = render_stars((100, 100), [30.0, 70.0], [40.0, 60.0], [5e3, 8e3], 3.0)
+    >>> img = (img + rng.normal(50, 2, img.shape)).astype(np.float32)
+    >>> img[80, 20] += 3000  # hot pixel
+    >>> found = detect_stars(img, box=50)
+    >>> np.round(found.x).tolist(), np.round(found.y).tolist(), round(found.frame_fwhm)
+    ([70.0, 30.0], [60.0, 40.0], 3)
+    """
+    resid, noise = _residual(data, mask, box)
+    if fwhm is None:
+        fwhm = measure_frame_fwhm(resid, noise=noise, mask=mask)
+    fwhm = float(fwhm) if np.isfinite(fwhm) else 3.0
+    sigma_k = float(np.clip(np.hypot(fwhm / FWHM_PER_SIGMA, smoothing), 0.5, 10.0))
+    det = ndimage.gaussian_filter(resid, sigma_k)
+    thresh = detect_sigma * robust_std(det[::3, ::3])
+    x, y, fw, flux, blend, peak = _measured_candidates(
+        resid,
+        det,
+        thresh,
+        fwhm=fwhm,
+        noise=noise,
+        mask=mask,
+        min_pixels=min_pixels,
+        contrast=contrast,
+    )
+    keep = _suppress(x, y, flux, 0.5 * fwhm) if x.size else np.zeros(0, bool)
+    order = np.argsort(-flux[keep], kind="stable")
+    x, y, fw, flux, blend, peak = (v[keep][order] for v in (x, y, fw, flux, blend, peak))
+    typical = (fw >= 0.5 * fwhm) & (fw <= 2 * fwhm)  # the frame's PSF, not defocused ones
+    frame_fwhm = float(np.median(fw[typical][:50])) if typical.any() else fwhm
+    return Detections(x, y, fw, peak, flux, blend, frame_fwhm, noise)

@@ -1,0 +1,264 @@
+"""Aperture fluxes, CCD-equation errors, instrumental magnitudes and flags (pure).
+
+Noise model (``noise="measured"``, the default): the per-pixel sky variance is
+the measured variance of the sky pixels, converted to electrons. That variance
+already contains sky photon noise, read noise, dark-current noise and the noise
+of the calibration masters, so read noise and dark current are *not* added
+again. With ``noise="model"`` the per-pixel variance is built from the terms
+instead: ``sky * g + dark_e_per_s * exptime + read_noise_e**2``.
+
+In electrons, with ``n_ap`` the aperture area and ``sky_err`` the uncertainty
+of the sky level::
+
+    var = flux * g + n_ap * var_pix + n_ap**2 * sky_err**2
+
+For median skies ``sky_err**2 = var_pix / n_sky``, which is the textbook
+``n_ap * (1 + n_ap / n_sky) * var_pix``; for the radial fit ``sky_err`` is
+the sky noise propagated through the fit (``n_sky`` is then the effective
+number of sky pixels) and, because that fit also uses pixels inside the
+aperture, the covariance term ``- 2 * n_ap * var_pix * aperture_cov`` is added
+(``SkyEstimate.aperture_cov``; 0 for the other methods).
+``flux_err = sqrt(var) / g`` (ADU),
+``mag_err = 1.0857 * flux_err / flux``, ``snr = flux / flux_err``.
+"""
+
+import enum
+
+import numpy as np
+from astropy import units as u
+from astropy.table import Table
+
+from reduxd import maskbits, phot_columns
+
+MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857
+
+
+class Flag(enum.IntFlag):
+    """Bits of the ``flags`` column (0 = clean measurement)."""
+
+    SATURATED = 1  # a pixel of the aperture is saturated in the raw frame (mask bit)
+    NEAR_EDGE = 2  # the aperture extends beyond the frame
+    BAD_PIXEL = 4  # a BAD/NONFINITE mask pixel or a non-finite value in the aperture
+    SKY_FIT_REJECTED = 8  # radial sky fit rejected: the annulus sky was used
+    LOW_SNR = 16  # snr below min_snr
+    BLEND = 32  # another star inside the aperture, or split from a blended region
+    NONPOSITIVE_FLUX = 64  # flux <= 0: no magnitude
+    LARGE_FWHM = 128  # FWHM more than twice the frame's median (defocused, extended)
+
+
+Flags = Flag  # the name used in reduxd.products.tables
+
+
+COLUMNS = {
+    "star_id": (None, "star identifier, persistent within the field"),
+    "x": (u.pix, "x centre, 0-based column of the calibrated frame"),
+    "y": (u.pix, "y centre, 0-based row of the calibrated frame"),
+    "fwhm": (u.pix, "full width at half maximum (windowed moments)"),
+    "sky": (u.adu, "sky level per pixel"),
+    "sky_err": (u.adu, "uncertainty of the sky level per pixel"),
+    "flux": (u.adu, "aperture sum minus sky times aperture area"),
+    "flux_err": (u.adu, "1-sigma flux uncertainty (CCD equation)"),
+    "mag_inst": (u.mag, "-2.5 log10(flux / exptime)"),
+    "mag_err": (u.mag, "1.0857 * flux_err / flux"),
+    "snr": (None, "flux / flux_err"),
+    "flags": (None, "bitmask of reduxd.steps.measure.Flag"),
+}
+
+
+def flux_error(
+    flux,
+    *,
+    n_ap,
+    sky_std,
+    sky_err,
+    gain,
+    exptime=0.0,
+    sky=0.0,
+    sky_npix=1.0,
+    read_noise_e=0.0,
+    dark_e_per_s=0.0,
+    noise="measured",
+    aperture_cov=0.0,
+):
+    """CCD-equation flux uncertainty in ADU (see the module docstring).
+
+    Examples
+    --------
+    >>> float(flux_error(100.0, n_ap=1.0, sky_std=0.0, sky_err=0.0, gain=1.0))
+    10.0
+    >>> e = flux_error(0.0, n_ap=4.0, sky_std=3.0, sky_err=3.0 / 2, gain=1.0)
+    >>> float(e) == float(np.sqrt(4 * (1 + 4 / 4) * 9))
+    True
+    """
+    g = gain
+    source = np.clip(np.asarray(flux, dtype=np.float64) * g, 0.0, None)
+    if noise == "measured":
+        var_pix = (np.asarray(sky_std) * g) ** 2
+        var_level = (np.asarray(sky_err) * g) ** 2
+    elif noise == "model":
+        var_pix = np.clip(np.asarray(sky) * g, 0, None) + dark_e_per_s * exptime + read_noise_e**2
+        var_level = var_pix / np.asarray(sky_npix, dtype=np.float64)
+    else:
+        raise ValueError(f"noise must be 'measured' or 'model', not {noise!r}")
+    cross = 2 * n_ap * var_pix * np.asarray(aperture_cov)  # sky fitted on aperture pixels
+    return np.sqrt(np.clip(source + n_ap * var_pix + n_ap**2 * var_level - cross, 0, None)) / g
+
+
+def aperture_flags(shape, x, y, radius, mask=None):
+    """SATURATED, BAD_PIXEL and NEAR_EDGE bits for circular apertures.
+
+    A pixel counts when its centre is within ``radius + 0.5`` of the star.
+
+    Examples
+    --------
+    >>> m = np.zeros((50, 50), np.uint8); m[20, 22] = maskbits.SATURATED
+    >>> [Flag(f).name for f in aperture_flags(m.shape, [20.0, 2.0], [20.0, 40.0], 3.0, m)]
+    ['SATURATED', 'NEAR_EDGE']
+    """
+    ny, nx = shape
+    x, y = np.atleast_1d(x), np.atleast_1d(y)
+    flags = np.zeros(x.size, np.int64)
+    edge = (x - radius < -0.5) | (y - radius < -0.5) | (x + radius > nx - 0.5)
+    edge |= y + radius > ny - 0.5
+    flags[edge] |= Flag.NEAR_EDGE
+    if mask is None:
+        return flags
+    reach = radius + 0.5
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        x0, x1 = max(int(np.floor(xi - reach)), 0), min(int(np.ceil(xi + reach)) + 1, nx)
+        y0, y1 = max(int(np.floor(yi - reach)), 0), min(int(np.ceil(yi + reach)) + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        inside = (xx - xi) ** 2 + (yy - yi) ** 2 <= reach**2
+        bits = np.bitwise_or.reduce(mask[y0:y1, x0:x1][inside], axis=None)
+        if bits & maskbits.SATURATED:
+            flags[i] |= Flag.SATURATED
+        if bits & (maskbits.BAD | maskbits.NONFINITE):
+            flags[i] |= Flag.BAD_PIXEL
+    return flags
+
+
+def _sums_and_areas(data, x, y, radius, flags):
+    sums = phot_columns.aperture_sums(data, x, y, radius)
+    areas = np.full(sums.size, np.pi * radius**2)
+    redo = ~np.isfinite(sums)
+    if redo.any():  # non-finite pixels are left out of the sum and of the area
+        bad = ~np.isfinite(data)
+        sums[redo] = phot_columns.aperture_sums(data, x[redo], y[redo], radius, mask=bad)
+        areas[redo] = phot_columns.aperture_areas(data, x[redo], y[redo], radius, mask=bad)
+        flags[redo] |= Flag.BAD_PIXEL
+    edge = (flags & Flag.NEAR_EDGE) != 0
+    edge &= ~redo
+    if edge.any():
+        areas[edge] = phot_columns.aperture_areas(data, x[edge], y[edge], radius)
+    return sums, areas
+
+
+def measure(
+    data,
+    x,
+    y,
+    *,
+    radius,
+    sky,
+    exptime,
+    gain_e_per_adu=1.0,
+    read_noise_e=0.0,
+    dark_e_per_s=0.0,
+    mask=None,
+    min_snr=5.0,
+    noise="measured",
+):
+    """Aperture photometry at given positions with a given sky.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Calibrated image in ADU (not modified).
+    x, y : array_like
+        0-based centres (x = column).
+    radius : float
+        Aperture radius, pixels.
+    sky : reduxd.steps.sky.SkyEstimate
+        Sky per star (level, per-pixel std, pixel count, level error).
+    exptime : float
+        Exposure time, seconds.
+    gain_e_per_adu, read_noise_e, dark_e_per_s : float
+        Detector parameters (read noise and dark current only with ``noise="model"``).
+    mask : numpy.ndarray of uint8, optional
+        ``reduxd.maskbits`` bits.
+    min_snr : float
+        Below this S/N the LOW_SNR flag is set.
+    noise : {'measured', 'model'}
+        Per-pixel sky variance from the sky pixels or from the detector terms.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns x, y, sky, sky_err, flux, flux_err, mag_inst, mag_err, snr, flags.
+
+    Examples
+    --------
+    >>> from reduxd.steps.sky import global_sky
+    >>> img = np.full((40, 40), 10.0); img[20, 20] += 1000.0
+    >>> t = measure(img, [20.0], [20.0], radius=3, sky=global_sky(img), exptime=10.0)
+    >>> round(float(t["flux"][0]), 6), round(float(t["mag_inst"][0]), 4)
+    (1000.0, -5.0)
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
+    flags = aperture_flags(data.shape, x, y, radius, mask)
+    sums, areas = _sums_and_areas(data, x, y, radius, flags)
+    value = np.broadcast_to(sky.value, x.shape)
+    flux = sums - value * areas
+    flux_err = flux_error(
+        flux,
+        n_ap=areas,
+        sky_std=sky.std,
+        sky_err=sky.err,
+        gain=gain_e_per_adu,
+        exptime=exptime,
+        sky=value,
+        sky_npix=sky.npix,
+        read_noise_e=read_noise_e,
+        dark_e_per_s=dark_e_per_s,
+        noise=noise,
+        aperture_cov=sky.aperture_cov,
+    )
+    positive = flux > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(positive, -2.5 * np.log10(flux / exptime), np.nan)
+        mag_err = np.where(positive, MAG_PER_LN * flux_err / flux, np.nan)
+        snr = flux / flux_err
+    flags[~positive] |= Flag.NONPOSITIVE_FLUX
+    flags[~(snr >= min_snr)] |= Flag.LOW_SNR
+    flags[np.broadcast_to(sky.rejected, x.shape)] |= Flag.SKY_FIT_REJECTED
+    columns = {
+        "x": x,
+        "y": y,
+        "sky": value,
+        "sky_err": np.broadcast_to(sky.err, x.shape),
+        "flux": flux,
+        "flux_err": flux_err,
+        "mag_inst": mag,
+        "mag_err": mag_err,
+        "snr": snr,
+        "flags": flags,
+    }
+    return describe(Table({k: np.array(v) for k, v in columns.items()}))
+
+
+def describe(table):
+    """Set units and descriptions of the known columns (returns the same table).
+
+    Examples
+    --------
+    >>> str(describe(Table({"flux": [1.0]}))["flux"].unit)
+    'adu'
+    """
+    for name, (unit, text) in COLUMNS.items():
+        if name in table.colnames:
+            table[name].unit = unit
+            table[name].description = text
+    return table
