@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml
 # real time into the watched folder (demo/night); products in demo/analysis.
 demo: venv
 	rm -rf demo
-	$(BIN)/reduxd simulate demo/night --realtime --cadence 1.0 --flats-last & \
+	$(BIN)/reduxd simulate demo/night --realtime --cadence 1.0 --n-bias 5 --n-darks 5 \
+		--n-flats 5 --n-lights 12 & \
 	sim=$$!; \
-	$(BIN)/reduxd watch --config config.toml --exit-when-idle 20; status=$$?; \
+	$(BIN)/reduxd watch --config config.toml --exit-when-idle 15; status=$$?; \
 	wait $$sim; \
 	$(BIN)/reduxd status --config config.toml; exit $$status
 

@@ -135,7 +135,7 @@ class Watch:
     poll_interval: float = field(default=2.0, metadata=POSITIVE)
     settle_seconds: float = field(default=2.0, metadata=NON_NEGATIVE)
     reconcile_seconds: float = field(default=60.0, metadata=POSITIVE)
-    set_timeout_seconds: float = field(default=120.0, metadata=NON_NEGATIVE)
+    set_timeout_seconds: float = field(default=30.0, metadata=NON_NEGATIVE)
     incomplete_timeout_seconds: float = field(default=600.0, metadata=POSITIVE)
     max_tries: int = field(default=3, metadata=POSITIVE)
     ignore_patterns: tuple[str, ...] = (".*", "*.tmp", "*.part", "*~", "*.swp")

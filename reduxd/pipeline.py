@@ -134,12 +134,16 @@ class Pipeline:
 
     def tick(self):
         """Build the masters of calibration sets idle for ``set_timeout_seconds``."""
-        timeout = self.config.watch.set_timeout_seconds
         now = self.clock()
-        ready = [k for k, s in self.sets.items() if now - s.last_arrival >= timeout]
+        ready = [k for k, s in self.sets.items() if now - s.last_arrival >= self._timeout(s)]
         built = self._build_sets(ready, final=False)
         self.update_curves(min_interval=30.0)
         return built
+
+    def _timeout(self, cal_set):
+        # the next frame of a set comes one exposure later: wait at least two exposures
+        exptime = max((info.exptime or 0.0) for _fid, _p, info in cal_set.members)
+        return max(self.config.watch.set_timeout_seconds, 2.0 * exptime)
 
     def flush(self):
         """Build the masters of every pending calibration set (batch, shutdown)."""
@@ -221,6 +225,8 @@ class Pipeline:
         night = info.night(cfg.site.utc_offset_hours)
         if self._excluded(info):
             return self._exclude(row, info, rel, raw.checksum, night)
+        if self.sets:  # the camera moved on to lights: pending calibration sets are complete
+            self._build_sets(list(self.sets), final=False)
         plan = self._plan(info, rel)
         key = field_key(info, rel)
         base = self.reference(key)
