@@ -21,10 +21,7 @@ EXPTIME '30.0' (a string); no FILTER; 'r'        accepted by ``frames.classify``
 ===============================================  ================================
 """
 
-import contextlib
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +29,7 @@ import numpy as np
 from astropy.io import fits
 
 from reduxd.errors import FrameIncomplete, FrameRejected
+from reduxd.files import atomic_write
 
 BLOCK = 2880
 CARD = 80
@@ -329,33 +327,9 @@ def add_cards(header, cards):
 
 
 def write_fits_atomic(path, hdul):
-    """Write an HDUList atomically: temporary file in the same folder, fsync, rename.
+    """Write an HDUList atomically (see :func:`reduxd.files.atomic_write`), with checksums.
 
-    Checksums (CHECKSUM/DATASUM) are added to every HDU. The folder is created if
-    needed and fsynced after the rename, so a crash leaves either the old file or
-    the new one, never a partial file under the final name.
+    CHECKSUM/DATASUM are added to every HDU; a card that is not FITS-legal raises
+    before anything is renamed into place.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            hdul.writeto(fh, output_verify="exception", checksum=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(folder):
-    """Fsync a folder so a rename inside it survives a crash."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda fh: hdul.writeto(fh, output_verify="exception", checksum=True))

@@ -17,7 +17,6 @@ the service goes on.
 """
 
 import dataclasses
-import os
 import re
 import time
 from collections import defaultdict
@@ -41,7 +40,7 @@ from reduxd.reduce import (
 )
 from reduxd.steps import masters as steps_masters
 from reduxd.steps.match import FieldReference
-from reduxd.steps.select import MasterRecord, calibration_plan, select_master
+from reduxd.steps.select import calibration_plan, select_master
 
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
@@ -608,7 +607,9 @@ class Pipeline:
         if not ok:
             path = path.with_name(path.stem + ".rejected.fits")
         write_master(path, result)
-        record = _record(result, path, file_checksum(path), night)
+        record = result.record(
+            path, checksum=file_checksum(path), utc_offset_hours=self.config.site.utc_offset_hours
+        )
         status = "valid" if ok else "rejected"
         record_id = self.ledger.add_master(record, status=status, reason=reason or None)
         self._masters = None
@@ -623,7 +624,7 @@ class Pipeline:
             filter=result.filter,
             exptime=result.exptime,
         )
-        return MasterRecord(**{**record.__dict__, "id": record_id})
+        return dataclasses.replace(record, id=record_id)
 
     def _previous(self, result):
         same = [
@@ -766,32 +767,3 @@ def merge_new_stars(current, base, found, rows, *, radius):
 def _plan_records(plan):
     names = ("bias", "dark", "dark_current", "flat")
     return [getattr(plan, n) for n in names if getattr(plan, n) is not None]
-
-
-def _record(result, path, checksum, night):
-    return MasterRecord(
-        kind=result.kind,
-        path=str(path),
-        checksum=checksum,
-        instrument=result.instrument,
-        shape=tuple(result.shape),
-        binning=tuple(result.binning),
-        gain=result.gain,
-        exptime=result.exptime,
-        filter=result.filter,
-        ccd_temp=result.ccd_temp,
-        date_start=result.date_start,
-        date_end=result.date_end,
-        ncombine=result.ncombine,
-        night=night,
-    )
-
-
-def relpath_under(path, roots):
-    """Return ``(root, relpath)`` for the root containing ``path``."""
-    path = Path(os.path.abspath(path))
-    for root in roots:
-        root = Path(os.path.abspath(root))
-        if path.is_relative_to(root):
-            return root, path.relative_to(root).as_posix()
-    raise ValueError(f"{path} is under none of {roots}")

@@ -47,13 +47,10 @@ during a night the choice (and the dmag zero point) may change; configure
 ``comparisons`` to pin them.
 """
 
-import contextlib
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +59,7 @@ from astropy.table import Table
 from matplotlib.figure import Figure
 
 from reduxd.errors import ReduxdError
-from reduxd.fitsio import fsync_dir
+from reduxd.files import atomic_write
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
 MISSING = -1  # flags value of a star not measured in a frame
@@ -599,23 +596,6 @@ def lightcurve_paths(outdir, *, object, filter, save=""):
     return outdir / f"{base}.csv", outdir / f"{base}.ecsv", outdir / f"{base}.png"
 
 
-def _write_atomic(path, payload):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
 def _column_strings(column):
     values = np.asarray(column)
     fmt = column.format if isinstance(column.format, str) else None
@@ -732,9 +712,9 @@ def write_lightcurve(
         outdir, object=object, filter=filter, save=save
     )
     csv_bytes, ecsv_bytes = _table_bytes(lc)
-    _write_atomic(csv_path, csv_bytes)
-    _write_atomic(ecsv_path, ecsv_bytes)
-    _write_atomic(png_path, plot_lightcurve(lc, title=f"{object}  {filter}"))
+    png = plot_lightcurve(lc, title=f"{object}  {filter}")
+    for path, payload in ((csv_path, csv_bytes), (ecsv_path, ecsv_bytes), (png_path, png)):
+        atomic_write(path, lambda fh, payload=payload: fh.write(payload))
     return [csv_path, ecsv_path, png_path]
 
 

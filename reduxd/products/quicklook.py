@@ -5,11 +5,6 @@ is safe in the daemon's worker thread. Files are written atomically: a
 temporary file in the same folder, then ``os.replace``.
 """
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -20,27 +15,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
+from reduxd.files import atomic_write
 from reduxd.steps.sky import ring_profile
 
 MAX_SIDE = 1600  # display pixels; larger frames are shown block-averaged
 
 
 def _save_atomic(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        with os.fdopen(fd, "wb") as handle:
-            FigureCanvasAgg(fig).print_png(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: FigureCanvasAgg(fig).print_png(fh))
 
 
 def _display(data):

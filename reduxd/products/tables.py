@@ -16,7 +16,7 @@ from pathlib import Path
 
 from astropy.table import Table
 
-from reduxd.fitsio import fsync_dir
+from reduxd.files import atomic_write
 
 # name, numpy dtype, unit, description
 PHOT_COLUMNS = (
@@ -131,10 +131,4 @@ def rewrite_rows(outdir, rows, *, save=""):
 
 
 def _replace(path, text):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -1,0 +1,53 @@
+"""Writing files so that a crash never leaves a partial file under the final name."""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(folder):
+    """Fsync a folder so a rename inside it survives a crash."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write, *, mode=0o644):
+    """Write ``path`` atomically: ``write(fileobj)`` into a temporary file, fsync, rename.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final name; its folder is created if needed.
+    write : callable
+        Called with a binary file object opened in the same folder.
+    mode : int
+        Permissions of the result (products are read by other users: 0o644).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / 'a.txt'
+    >>> _ = atomic_write(target, lambda fh: fh.write(b'done'))
+    >>> target.read_bytes(), oct(target.stat().st_mode & 0o777)
+    (b'done', '0o644')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
