@@ -19,7 +19,9 @@ EXPECTED = {
     "Service": {
         "Type": "notify",
         "NotifyAccess": "main",
-        "ExecStart": "/opt/reduxd/.venv/bin/reduxd watch --config /etc/reduxd/config.toml",
+        "ExecStart": "/opt/reduxd/.venv/bin/reduxd watch --config /etc/reduxd/config.toml"
+        " --root /data/sharpcap --outdir /srv/reduxd/analysis"
+        " --state /var/lib/reduxd/reduxd.sqlite",
         "WatchdogSec": "60",
         "Restart": "on-failure",
         "RestartSec": "30",
