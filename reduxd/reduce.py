@@ -18,7 +18,7 @@ from astropy.time import Time
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
 from reduxd.products.fitsout import write_calibrated
-from reduxd.products.quicklook import write_quicklook
+from reduxd.products.quicklook import write_profile_plot, write_quicklook
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.masters import saturation_level
 from reduxd.steps.photometry import PhotParams, photometer
@@ -80,6 +80,7 @@ def phot_params(config, camera):
         max_offset=p.max_offset,
         gain_e_per_adu=camera.gain_e_per_adu,
         read_noise_e=camera.read_noise_e,
+        keep_profiles=config.output.profile_plots,
     )
 
 
@@ -257,6 +258,14 @@ def write_products(outdir, rel, result, output):
     if output.quicklook:
         write_quicklook(
             quicklook_path(outdir, rel), result.data, result.phot.table, title=rel, mask=result.mask
+        )
+    for profile in result.phot.profiles or ():
+        folder = quicklook_path(outdir, rel).with_suffix("")
+        write_profile_plot(
+            folder / f"star_{profile['star_id']:04d}.png",
+            profile,
+            radius=result.phot.radius,
+            title=f"{rel} star {profile['star_id']}",
         )
 
 
