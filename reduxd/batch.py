@@ -4,6 +4,16 @@ It drives the same :class:`reduxd.pipeline.Pipeline` as the daemon. Calibration
 frames are combined first, then lights. With ``--jobs N`` lights are reduced in
 N worker processes; the ledger, the tables and star numbering stay in the main
 process, in frame order, so any number of jobs gives the same tables.
+
+Running again into the same output folder does only what is missing (frames the
+ledger knows as done are skipped; products are not rewritten when nothing
+changed). ``--redo`` reduces everything again: the new photometry rows supersede
+the old ones (``version``, ``current`` columns).
+
+Exit status: 0 when something was reduced (or had been, in an earlier run),
+even if some files were refused (they are listed in the summary, with the
+reason); 1 when nothing could be reduced (no FITS files, or every one refused);
+2 when the inputs are unusable (a data folder that does not exist).
 """
 
 import json
@@ -18,13 +28,18 @@ from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
-from reduxd.pipeline import Outcome, Pipeline
+from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.products import stacks
 from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
 OLD_FILTERS = ("U", "B", "V", "R", "I")
+EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
+
+
+class InputError(Exception):
+    """The command's inputs cannot be used at all (exit status 2)."""
 
 
 def register(subparsers):
@@ -65,6 +80,13 @@ def register(subparsers):
         action="store_true",
         help="reduce again frames already done (new rows supersede old)",
     )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10)",
+    )
     p.set_defaults(func=run)
 
 
@@ -91,18 +113,35 @@ def overrides_from_args(args):
     return out
 
 
-def discover(roots, config):
-    """Return ``(root, path)`` of every FITS file under ``roots`` (sorted, no duplicates)."""
+def discover(roots, config, *, exclude=()):
+    """Return ``(root, path)`` of every FITS file under ``roots`` (sorted, no duplicates).
+
+    Files below a folder of ``exclude`` (the output folder, when it lies inside a
+    data folder: ``-D . -O analysis``) are left out, so products are never taken
+    for raw frames.
+
+    Raises
+    ------
+    InputError
+        A root is not a readable folder.
+    """
     file_filter = FileFilter(config.watch.ignore_patterns, config.reading.extensions)
+    skip = [Path(p).resolve() for p in exclude]
     seen, out = set(), []
     for root in roots:
         root = Path(root).resolve()
         if not root.is_dir():
-            raise SystemExit(f"reduxd reduce: {root} is not a folder")
-        for path in scan(root, file_filter=file_filter):
-            if path.resolve() not in seen:
-                seen.add(path.resolve())
-                out.append((root, path))
+            raise InputError(f"{root} is not a folder")
+        try:
+            paths = list(scan(root, file_filter=file_filter))
+        except OSError as exc:
+            raise InputError(f"{root}: cannot read: {exc.strerror or exc}") from exc
+        for path in paths:
+            resolved = path.resolve()
+            if resolved in seen or any(resolved.is_relative_to(s) for s in skip):
+                continue
+            seen.add(resolved)
+            out.append((root, path))
     return out
 
 
@@ -125,39 +164,81 @@ def sort_frames(found, config):
 
 
 class Progress:
-    """A progress bar on a terminal, plain periodic lines otherwise."""
+    """A progress bar on a terminal; plain lines every ``every`` seconds otherwise.
 
-    def __init__(self, total, *, stream=sys.stderr, every=10.0):
-        self.total, self.done, self.stream, self.every = total, 0, stream, every
-        self.tty = stream.isatty()
-        self.started = self.last = time.monotonic()
+    Off a terminal (a log file, a pipe, cron) a line such as
+    ``progress: 40/160 frames (25%), 2.4 frames/s, about 50 s left`` is written
+    when ``every`` seconds have passed since the last one, and always for the
+    last frame; ``every=0`` writes one line per frame.
+
+    Examples
+    --------
+    >>> import io
+    >>> ticks = iter([0.0, 4.0, 11.0, 12.0])
+    >>> out = io.StringIO()
+    >>> p = Progress(3, stream=out, every=10.0, clock=lambda: next(ticks))
+    >>> for name in 'abc':
+    ...     p.step(name)
+    >>> print(out.getvalue(), end='')
+    progress: 2/3 frames (67%), 0.2 frames/s, about 6 s left
+    progress: 3/3 frames (100%), 0.2 frames/s, done in 12 s
+    """
+
+    def __init__(self, total, *, stream=None, every=10.0, clock=time.monotonic):
+        self.total, self.done, self.every, self.clock = total, 0, max(float(every), 0.0), clock
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.started = self.last = clock()
 
     def step(self, label=""):
         self.done += 1
-        now = time.monotonic()
+        now = self.clock()
         if self.tty:
             width = 30
             filled = int(width * self.done / max(self.total, 1))
             bar = "#" * filled + "-" * (width - filled)
             self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[-40:]:<40}")
-            if self.done == self.total:
+            if self.done >= self.total:
                 self.stream.write("\n")
             self.stream.flush()
-        elif now - self.last >= self.every or self.done == self.total:
+        elif now - self.last >= self.every or self.done >= self.total:
             self.last = now
-            rate = self.done / max(now - self.started, 1e-9)
-            self.stream.write(f"progress: {self.done}/{self.total} frames ({rate:.1f}/s)\n")
+            self.stream.write(self.line(now) + "\n")
             self.stream.flush()
+
+    def line(self, now):
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        pct = 100.0 * self.done / max(self.total, 1)
+        text = f"progress: {self.done}/{self.total} frames ({pct:.0f}%), {rate:.1f} frames/s"
+        if self.done >= self.total:
+            return f"{text}, done in {elapsed:.0f} s"
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        return f"{text}, about {left:.0f} s left"
 
 
 def run(args):
+    """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
     config = load_config(args.config, overrides_from_args(args))
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
     started = time.monotonic()
     outdir = Path(config.paths.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     roots = list(config.paths.data) + list(config.paths.calibration)
-    found = discover(roots, config)
+    try:
+        found = discover(roots, config, exclude=[outdir])
+    except InputError as exc:
+        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not found:
+        where = ", ".join(str(Path(r).resolve()) for r in roots) or "(no data folder given)"
+        exts = " ".join(config.reading.extensions)
+        print(
+            f"reduxd reduce: nothing to reduce: no FITS files ({exts}) under {where}",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING
+    outdir.mkdir(parents=True, exist_ok=True)
     cal, lights = sort_frames(found, config)
     with Ledger(config.paths.state_file) as ledger:
         pipeline = Pipeline(config, ledger=ledger)
@@ -165,17 +246,24 @@ def run(args):
             _reset_done(ledger, found)
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
-        progress = Progress(len(cal) + len(lights))
+        progress = Progress(len(cal) + len(lights), every=args.progress_every)
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
         pipeline.flush()
         outcomes += reduce_lights(pipeline, lights, jobs=max(args.jobs, 1), progress=progress)
         outcomes += pipeline.retry_waiting()
         pipeline.update_curves()
         stacked = stacks.write_stacks(pipeline) if config.output.stack else []
-        summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started)
+        summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     write_summary(outdir, summary, save=config.output.save)
     print(format_summary(summary))
-    return 0 if summary["reduced"] or summary["already_done"] else 1
+    if summary["usable"]:
+        return EXIT_OK
+    print(
+        f"reduxd reduce: nothing could be reduced: {len(summary['refused'])} of "
+        f"{summary['frames']} files refused (see the summary above)",
+        file=sys.stderr,
+    )
+    return EXIT_NOTHING
 
 
 def _step(pipeline, root, path, progress):
@@ -184,8 +272,12 @@ def _step(pipeline, root, path, progress):
     return outcome
 
 
+def _wanted(found):
+    return {(str(root), path.relative_to(root).as_posix()) for root, path in found}
+
+
 def _reset_done(ledger, found):
-    wanted = {(str(root), path.relative_to(root).as_posix()) for root, path in found}
+    wanted = _wanted(found)
     for row in ledger.frames(state="done"):
         if (row.root, row.relpath) in wanted:
             ledger.reset(row.id)
@@ -199,25 +291,60 @@ def reduce_lights(pipeline, lights, *, jobs, progress):
         return pipeline.handle_many(lights, pool=pool, progress=progress)
 
 
-def make_summary(ledger, outcomes, stacked, seconds):
-    """Return the run summary (a JSON-able dict)."""
+def refused_files(ledger, found):
+    """Files of this run that are not done, from the ledger (this run's or earlier runs').
+
+    Returns a list of ``{'file', 'status', 'reason'}``: ``status`` is the ledger
+    state (``quarantined``, ``failed``, ``changed``), or for a frame still to be
+    retried ``incomplete`` or ``waiting`` (for a master).
+    """
+    wanted = _wanted(found)
+    rows = [r for r in ledger.failures() + ledger.pending() if (r.root, r.relpath) in wanted]
+    out = []
+    for row in sorted(rows, key=lambda r: (r.root, r.relpath)):
+        reason = row.last_error or ""
+        status = row.state
+        if status == "seen":
+            if reason.startswith(WAITING):
+                status, reason = "waiting", reason[len(WAITING) :].lstrip(": ")
+            elif reason.startswith("incomplete"):
+                status, reason = "incomplete", reason[len("incomplete") :].lstrip(": ")
+            else:
+                status = "retry"
+        out.append({"file": row.relpath, "status": status, "reason": reason or "unknown"})
+    return out
+
+
+def make_summary(ledger, outcomes, stacked, seconds, *, found=None):
+    """Return the run summary (a JSON-able dict).
+
+    ``found`` (the run's ``(root, path)`` list) lets the refused files come from
+    the ledger, so a re-run lists files refused in earlier runs too; without it,
+    from this run's outcomes.
+    """
     status = Counter(o.status for o in outcomes)
     groups = Counter()
     for o in outcomes:
         if o.status in ("reduced", "ingested"):
             groups[_group(o)] += 1
-    refused = [
-        {"file": o.path, "status": o.status, "reason": o.reason}
-        for o in outcomes
-        if o.status in ("quarantined", "failed", "incomplete", "waiting", "changed")
-    ]
+    if found is not None:
+        refused = refused_files(ledger, found)
+    else:
+        refused = [
+            {"file": o.path, "status": o.status, "reason": o.reason}
+            for o in outcomes
+            if o.status in ("quarantined", "failed", "incomplete", "waiting", "changed")
+        ]
+    already = sum(1 for o in outcomes if o.status == "skipped" and o.reason == "done")
+    masters = ledger.masters()
     return {
-        "frames": len(outcomes),
+        "frames": len(found) if found is not None else len(outcomes),
         "reduced": status.get("reduced", 0),
         "ingested": status.get("ingested", 0),
-        "already_done": status.get("skipped", 0),
+        "already_done": already,
         "excluded": status.get("excluded", 0),
-        "status": dict(status),
+        "usable": bool(status.get("reduced") or status.get("ingested") or already or masters),
+        "status": dict(sorted(status.items())),
         "groups": dict(sorted(groups.items())),
         "masters": [
             {
@@ -227,7 +354,7 @@ def make_summary(ledger, outcomes, stacked, seconds):
                 "exptime": m.exptime,
                 "ncombine": m.ncombine,
             }
-            for m in ledger.masters()
+            for m in masters
         ],
         "stacks": [str(p) for p in stacked],
         "refused": refused,
@@ -238,14 +365,16 @@ def make_summary(ledger, outcomes, stacked, seconds):
 def _group(outcome):
     info = outcome.info or {}
     if outcome.kind == "light":
-        return f"light {info.get('object')} {info.get('filter')} {info.get('exptime'):g}s"
+        exptime = info.get("exptime")
+        exp = f"{exptime:g}s" if isinstance(exptime, int | float) else "?s"
+        return f"light {info.get('object')} {info.get('filter')} {exp}"
     return outcome.kind or "unknown"
 
 
 def format_summary(summary):
     """Return the summary as readable text."""
     lines = [
-        f"reduxd reduce: {summary['frames']} frames in {summary['seconds']:.1f} s: "
+        f"reduxd reduce: {summary['frames']} files in {summary['seconds']:.1f} s: "
         f"{summary['reduced']} lights reduced, {summary['ingested']} calibration frames, "
         f"{summary['already_done']} already done, {summary['excluded']} excluded, "
         f"{len(summary['refused'])} refused",
@@ -257,7 +386,7 @@ def format_summary(summary):
         lines.append(f"stacks ({len(summary['stacks'])}):")
         lines += [f"  {p}" for p in summary["stacks"]]
     if summary["refused"]:
-        lines.append("refused:")
+        lines.append(f"refused ({len(summary['refused'])}):")
         lines += [f"  {r['file']}: {r['status']}: {r['reason']}" for r in summary["refused"]]
     return "\n".join(lines)
 
@@ -268,4 +397,4 @@ def write_summary(outdir, summary, *, save=""):
     (Path(outdir) / f"{base}.txt").write_text(format_summary(summary) + "\n")
 
 
-__all__ = ["Outcome", "register", "run"]
+__all__ = ["Outcome", "Progress", "register", "run"]

@@ -317,10 +317,16 @@ def clean_header(header):
 
 
 def add_cards(header, cards):
-    """Append ``(keyword, value, comment)`` cards (HISTORY/COMMENT allowed) to ``header``."""
+    """Append ``(keyword, value, comment)`` cards (HISTORY/COMMENT allowed) to ``header``.
+
+    A non-finite float (FITS cannot store NaN or inf, e.g. the saturation level of
+    float data) is written as an undefined value.
+    """
     for key, value, comment in cards:
         if key in ("HISTORY", "COMMENT"):
             header.add_history(value) if key == "HISTORY" else header.add_comment(value)
+        elif isinstance(value, float | np.floating) and not np.isfinite(value):
+            header[key] = (None, f"{comment} ({value})".strip())
         else:
             header[key] = (value, comment)
     return header

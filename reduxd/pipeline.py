@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration
+from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
 from reduxd.fitsio import file_checksum, probe
 from reduxd.frames import classify
 from reduxd.log import get_logger
@@ -93,12 +93,16 @@ class Pipeline:
         Owned by the calling thread.
     clock : callable
         Monotonic clock (injectable for tests).
+    progress : callable, optional
+        Called with the relative path before each frame is processed, including
+        re-reductions run inside :meth:`tick` (the daemon feeds the watchdog there).
     """
 
-    def __init__(self, config, *, ledger, clock=time.monotonic):
+    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None):
         self.config = config
         self.ledger = ledger
         self.clock = clock
+        self.progress = progress
         self.outdir = Path(config.paths.outdir)
         self.cache = MasterCache()
         self.sets = {}
@@ -161,6 +165,8 @@ class Pipeline:
     # -- one frame ---------------------------------------------------------------
 
     def _process(self, row, path, rel, since=None):
+        if self.progress is not None:
+            self.progress(rel)
         started = self.clock() if since is None else since
         try:
             raw = read_light(path, self.config)
@@ -241,7 +247,10 @@ class Pipeline:
             relpath=rel,
         )
         outcome = self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
-        write_products(self.outdir, rel, result, cfg.output)
+        try:
+            write_products(self.outdir, rel, result, cfg.output)
+        except Exception as exc:  # rows are committed: failing the frame would redo it
+            log.exception("products_failed", file=rel, reason=f"{type(exc).__name__}: {exc}")
         return outcome
 
     def _excluded(self, info):
@@ -613,6 +622,10 @@ class Pipeline:
         status = "valid" if ok else "rejected"
         record_id = self.ledger.add_master(record, status=status, reason=reason or None)
         self._masters = None
+        for stale in self.masters():  # same file name rewritten: the old record is gone
+            if stale.path == record.path and stale.id != record_id:
+                self.ledger.reject_master(stale.id, f"replaced on disk by master {record_id}")
+                self._masters = None
         if not ok:
             log.warning("master_rejected", kind=result.kind, file=str(path), reason=reason)
             return None
@@ -696,17 +709,21 @@ class Pipeline:
                 groups[key].append({**m.row, "version": m.version, "current": 1})
         lc = self.config.lightcurve
         for (obj, filt), rows in groups.items():
+            table = tables.rows_to_table(rows)
+            common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
+                          save=self.config.output.save)  # fmt: skip
             try:
-                lightcurve.write_lightcurve(
-                    self.outdir,
-                    tables.rows_to_table(rows),
-                    object=obj,
-                    filter=filt,
-                    target=list(lc.target) or None,
-                    comparisons=[list(c) for c in lc.comparisons],
-                    n_comparisons=lc.n_comparisons,
-                    save=self.config.output.save,
-                )
+                try:
+                    lightcurve.write_lightcurve(
+                        self.outdir, table, target=list(lc.target) or None,
+                        comparisons=[list(c) for c in lc.comparisons], **common,
+                    )  # fmt: skip
+                except ReduxdError as exc:
+                    if not lc.target:
+                        raise
+                    # the configured target (and its comparisons) is in another field
+                    log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
+                    lightcurve.write_lightcurve(self.outdir, table, target=None, **common)
             except Exception as exc:
                 log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
         self.dirty_curves.clear()

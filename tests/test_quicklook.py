@@ -27,7 +27,7 @@ def test_finder_chart_is_a_png_with_circles(tmp_path):
     out = write_quicklook(tmp_path / "ql" / "frame.png", data, result.table, title="t", mask=mask)
     assert out.read_bytes()[:8] == PNG
     image = imread(out)
-    assert image.shape[0] > 300 and image.shape[1] == 1000
+    assert image.shape[0] > 300 and image.shape[1] >= 800  # small frames shown enlarged
     # circles are drawn in green (clean) or orange (flagged): some strongly coloured pixels
     rgb = image[..., :3]
     assert np.count_nonzero((rgb[..., 1] > 0.6) & (rgb[..., 2] < 0.3)) > 100

@@ -1,8 +1,10 @@
 """Quicklook PNGs: the finder chart of a frame and per-star radial profiles.
 
-matplotlib's object API on the Agg canvas (no pyplot, no global state), so it
-is safe in the daemon's worker thread. Files are written atomically: a
-temporary file in the same folder, then ``os.replace``.
+The finder chart is on the per-light hot path, so it is drawn straight into a
+Pillow image (zscale + asinh in numpy, circles and labels with ImageDraw): about
+a tenth of the time matplotlib takes. Profile plots use matplotlib's object API
+on the Agg canvas (no pyplot, no global state). Files are written atomically.
+Pillow comes with matplotlib (a dependency of it), so nothing is added.
 """
 
 import matplotlib
@@ -10,37 +12,60 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
-from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
+from astropy.visualization import AsinhStretch, ZScaleInterval
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
+from PIL import Image, ImageDraw, ImageFont
 
 from reduxd.files import atomic_write
 from reduxd.steps.sky import ring_profile
 
 MAX_SIDE = 1600  # display pixels; larger frames are shown block-averaged
+MIN_WIDTH = 800  # smaller frames are shown enlarged
+TITLE_HEIGHT = 24
+FONT_SIZE = 14
+# palette: GREYS grey levels, then the colours drawn on top
+GREYS = 250
+CLEAN, FLAGGED, MASKED, BLACK, WHITE = range(GREYS, GREYS + 5)
+PALETTE = [v for g in range(GREYS) for v in (g * 255 // (GREYS - 1),) * 3] + [
+    0, 255, 0,  # clean star: green
+    255, 165, 0,  # flagged star: orange
+    255, 0, 0,  # masked pixel: red
+    0, 0, 0,
+    255, 255, 255,
+]  # fmt: skip
 
 
 def _save_atomic(fig, path):
-    return atomic_write(path, lambda fh: FigureCanvasAgg(fig).print_png(fh))
+    png = {"compress_level": 1}
+    return atomic_write(path, lambda fh: FigureCanvasAgg(fig).print_png(fh, pil_kwargs=png))
 
 
 def _display(data):
-    """Block-average big frames for display; returns (image, factor)."""
+    """Frame as shown: block-averaged if big, repeated if small; returns (image, scale).
+
+    ``scale`` is display pixels per frame pixel.
+    """
     factor = max(1, int(np.ceil(max(data.shape) / MAX_SIDE)))
     if factor == 1:
-        return np.asarray(data, dtype=np.float32), 1
+        zoom = max(1, -(-MIN_WIDTH // data.shape[1]))  # ceil
+        image = np.asarray(data, dtype=np.float32)
+        return (image.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else image), float(zoom)
     ny, nx = (s // factor * factor for s in data.shape)
     blocks = np.asarray(data[:ny, :nx], dtype=np.float32).reshape(
         ny // factor, factor, nx // factor, factor
     )
-    return np.nanmean(blocks, axis=(1, 3)), factor
+    mean = blocks.mean(axis=(1, 3))
+    if not np.isfinite(mean).all():  # only then pay for nanmean
+        mean = np.nanmean(blocks, axis=(1, 3))
+    return mean, 1.0 / factor
 
 
-def _default_radius(table, factor):
+def _default_radius(table, scale):
+    """Circle radius in frame pixels: 3 FWHM, and at least 6 display pixels."""
     fwhm = np.asarray(table["fwhm"], dtype=float) if "fwhm" in table.colnames else np.zeros(0)
     fwhm = fwhm[np.isfinite(fwhm)]
-    return max(6.0 * factor, 3.0 * float(np.median(fwhm)) if fwhm.size else 0.0)
+    return max(6.0 / scale, 3.0 * float(np.median(fwhm)) if fwhm.size else 0.0)
 
 
 def _label(row):
@@ -75,6 +100,7 @@ def write_quicklook(path, data, table, *, title="", mask=None, radius=None):
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> from astropy.table import Table
     >>> t = Table({"star_id": [1], "x": [20.0], "y": [30.0], "mag_inst": [-7.5], "flags": [0]})
     >>> with tempfile.TemporaryDirectory() as d:
@@ -82,44 +108,44 @@ def write_quicklook(path, data, table, *, title="", mask=None, radius=None):
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    image, factor = _display(data)
-    finite = image[np.isfinite(image)]
-    norm = ImageNormalize(
-        finite if finite.size else np.zeros(1), interval=ZScaleInterval(), stretch=AsinhStretch()
-    )
-    ny, nx = image.shape
-    height = 10 * ny / nx
-    fig = Figure(figsize=(10, height + 0.5), dpi=100)
-    ax = fig.add_axes((0, 0, 1, height / (height + 0.5)))
-    ax.imshow(
-        np.nan_to_num(image),
-        origin="lower",
-        cmap="gray",
-        norm=norm,
-        extent=(-0.5, nx * factor - 0.5, -0.5, ny * factor - 0.5),
-    )
+    image, scale = _display(data)
+    pixels = (_stretch(image).astype(np.uint16) * GREYS // 256).astype(np.uint8)
     if mask is not None and np.any(mask):
         shown, _ = _display((np.asarray(mask) != 0).astype(np.float32))
-        overlay = np.ma.masked_less_equal(shown, 0)
-        ax.imshow(
-            overlay,
-            origin="lower",
-            cmap="autumn",
-            alpha=0.6,
-            vmin=0,
-            vmax=1,
-            extent=(-0.5, nx * factor - 0.5, -0.5, ny * factor - 0.5),
-        )
-    r = radius or _default_radius(table, factor)
+        pixels[shown > 0] = MASKED
+    canvas = Image.new("P", (image.shape[1], image.shape[0] + TITLE_HEIGHT), WHITE)
+    canvas.putpalette(PALETTE)
+    canvas.paste(Image.fromarray(pixels[::-1], mode="L"), (0, TITLE_HEIGHT))  # row 0 at bottom
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    r = (radius or _default_radius(table, scale)) * scale
+    top = TITLE_HEIGHT + image.shape[0] - 1
     for row in table:
-        colour = "lime" if int(row["flags"]) == 0 else "orange"
-        ax.add_patch(Circle((row["x"], row["y"]), r, fill=False, color=colour, lw=0.8))
-        ax.annotate(_label(row), (row["x"] + 0.8 * r, row["y"] + 0.8 * r), color=colour, fontsize=8)
-    ax.set_xlim(-0.5, nx * factor - 0.5)
-    ax.set_ylim(-0.5, ny * factor - 0.5)
-    ax.set_axis_off()
-    fig.suptitle(title or f"{len(table)} stars (green: clean, orange: flagged)", fontsize=10)
-    return _save_atomic(fig, path)
+        colour = CLEAN if int(row["flags"]) == 0 else FLAGGED
+        x, y = (row["x"] + 0.5) * scale - 0.5, top - ((row["y"] + 0.5) * scale - 0.5)
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=1)
+        draw.text((x + 0.8 * r, y - 0.8 * r - FONT_SIZE), _label(row), fill=colour, font=font)
+    caption = title or f"{len(table)} stars (green: clean, orange: flagged)"
+    draw.text((6, 4), caption, fill=BLACK, font=font)
+    # an 8-bit palette image, zlib level 1: a fraction of the time of RGB at level 6
+    return atomic_write(path, lambda fh: canvas.save(fh, format="PNG", compress_level=1))
+
+
+def _stretch(image):
+    """zscale limits, asinh stretch, to uint8 (as DS9's zscale + asinh)."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return np.zeros(image.shape, np.uint8)
+    lo, hi = ZScaleInterval().get_limits(finite)
+    scaled = np.clip((np.nan_to_num(image, nan=lo) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return (255.0 * AsinhStretch()(scaled, clip=True)).astype(np.uint8)
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (OSError, TypeError):  # Pillow without FreeType: its small bitmap font
+        return ImageFont.load_default()
 
 
 def write_profile_plot(path, profile, *, radius=None, title=""):
@@ -131,6 +157,7 @@ def write_profile_plot(path, profile, *, radius=None, title=""):
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> prof = {"r": np.arange(10.0), "values": 5 * np.exp(-np.arange(10.0) ** 2 / 8) + 1,
     ...         "params": (5.0, 0.0, 2.0, 1.0), "ok": True, "reason": "", "r2": 1.0}
     >>> with tempfile.TemporaryDirectory() as d:

@@ -9,11 +9,13 @@ rewritten from the ledger, atomically.
 """
 
 import csv
+import functools
 import io
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
@@ -59,10 +61,20 @@ def empty_table():
 
 
 def rows_to_table(rows):
-    """Return a contract table holding ``rows`` (dicts keyed by column name)."""
-    table = empty_table()
-    for row in rows:
-        table.add_row([row[name] for name in NAMES])
+    """Return a contract table holding ``rows`` (dicts keyed by column name).
+
+    Built column by column (``Table.add_row`` per row took ~4 ms a row: 30 s for
+    a night of 8000 rows).
+    """
+    rows = list(rows)
+    if not rows:
+        return empty_table()
+    columns = [np.array([row[name] for row in rows], dtype=dt) for name, dt, _, _ in PHOT_COLUMNS]
+    table = Table(columns, names=NAMES, copy=False)
+    for name, _dtype, unit, description in PHOT_COLUMNS:
+        table[name].unit = unit
+        table[name].description = description
+    table.meta["comments"] = list(empty_table().meta["comments"])
     return table
 
 
@@ -90,6 +102,7 @@ def _ecsv_lines(rows):
     return buf.getvalue()
 
 
+@functools.cache  # astropy's YAML header costs ~70 ms; it was built for every append
 def _ecsv_header():
     buf = io.StringIO()
     empty_table().write(buf, format="ascii.ecsv")

@@ -1,0 +1,257 @@
+"""Benchmark: ``reduxd reduce`` on a whole night versus a plain ccdproc + photutils recipe.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_batch.py              # 60 calibration frames, 100 lights
+    .venv/bin/python benchmarks/bench_batch.py --lights 20  # quicker
+    .venv/bin/python benchmarks/bench_batch.py --profile    # + where reduxd's time goes
+
+A night is simulated first (not timed; ``reduxd.simulate``, ZWO ASI432MM,
+1608x1104): 20 bias, 10 darks at each of the light (15 s) and flat (2 s)
+exposures, 20 flats, and ``--lights`` lights in V. Then, in the same run and on
+the same files:
+
+reduxd
+    ``reduxd reduce -D <lights> -C <calibration> -O <out> --jobs 2`` as a
+    subprocess (wall time, start-up included), with the camera's e-/ADU and read
+    noise in a config file, everything else at its default: masters, calibrated
+    lights (FITS + mask), finder-chart PNGs, photometry tables, light curve, stack
+    with its photometry. A second run with ``[output] quicklook = false`` shows
+    what the PNGs cost.
+plain recipe
+    ``ccdproc.combine(method='median')`` for the bias, the darks (per exposure,
+    bias subtracted) and the flats (bias and dark subtracted, scaled to their
+    median); per light ``CCDData.read``, ``subtract_bias``, ``subtract_dark``,
+    ``flat_correct``, then photutils ``sigma_clipped_stats`` + ``DAOStarFinder`` +
+    ``aperture_photometry`` (r = 15 px) with a sky annulus (20-30 px, median via
+    ``ApertureStats``); one CSV at the end. It writes no images.
+
+Prints a table of the times and the ratio (target: reduxd at least 8x faster).
+"""
+
+import argparse
+import cProfile
+import glob
+import io
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reduxd.simulate import NightSpec, simulate_night  # noqa: E402
+
+TARGET = 8.0
+RADIUS, ANNULUS, FWHM = 15.0, (20.0, 30.0), 3.5
+
+
+def night_spec(n_lights, shape):
+    return NightSpec(
+        filters=("V",),
+        n_lights=n_lights,
+        n_bias=20,
+        n_darks=10,  # at 15 s and at 2 s
+        n_flats=20,
+        shape=shape,
+    )
+
+
+def reduxd_command():
+    script = Path(sys.executable).with_name("reduxd")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "reduxd"]
+
+
+def write_config(path, truth, *, quicklook=True):
+    cam = truth["camera"]
+    path.write_text(
+        f"""
+[[calibration.cameras]]
+instrument = "{cam["instrument"]}"
+gain_e_per_adu = {cam["gain_e_per_adu"]}
+read_noise_e = {cam["read_noise_e"]}
+saturation_adu = {cam["saturation_adu"]}
+
+[output]
+quicklook = {"true" if quicklook else "false"}
+"""
+    )
+    return path
+
+
+def run_reduxd(night, outdir, config, jobs):
+    args = [*reduxd_command(), "reduce", "-D", str(night / "pg2213"),
+            "-C", str(night / "calibration"), "-O", str(outdir), "--config", str(config),
+            "--jobs", str(jobs), "--level", "WARNING"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"reduxd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+# -- the plain recipe -------------------------------------------------------------
+
+
+def plain_recipe(night, outdir):
+    """ccdproc masters + per-light calibration and photutils photometry; returns timings."""
+    import astropy.units as u
+    import ccdproc
+    from astropy.nddata import CCDData
+    from astropy.stats import sigma_clipped_stats
+    from astropy.table import vstack
+    from photutils.aperture import (
+        ApertureStats,
+        CircularAnnulus,
+        CircularAperture,
+        aperture_photometry,
+    )
+    from photutils.detection import DAOStarFinder
+
+    def files(pattern):
+        return sorted(glob.glob(str(night / pattern), recursive=True))
+
+    times = {}
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ccdproc/astropy header and unit chatter
+        bias = ccdproc.combine(files("calibration/bias/**/*.fits"), method="median", unit="adu")
+        darks = {}
+        for folder in sorted((night / "calibration" / "darks").iterdir()):
+            dark = ccdproc.combine(files(f"{folder}/**/*.fits"), method="median", unit="adu")
+            dark = ccdproc.subtract_bias(dark, bias)
+            darks[float(dark.header["EXPTIME"])] = dark
+        flats = []
+        for path in files("calibration/flats/**/*.fits"):
+            ccd = ccdproc.subtract_bias(CCDData.read(path, unit="adu"), bias)
+            dark = darks[float(ccd.header["EXPTIME"])]
+            flats.append(
+                ccdproc.subtract_dark(ccd, dark, exposure_time="EXPTIME", exposure_unit=u.s)
+            )
+        flat = ccdproc.combine(flats, method="median", scale=lambda a: 1.0 / np.median(a))
+        times["masters"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        tables = []
+        for path in files("pg2213/**/*.fits"):
+            ccd = ccdproc.subtract_bias(CCDData.read(path, unit="adu"), bias)
+            dark = darks[float(ccd.header["EXPTIME"])]
+            ccd = ccdproc.subtract_dark(ccd, dark, exposure_time="EXPTIME", exposure_unit=u.s)
+            ccd = ccdproc.flat_correct(ccd, flat)
+            data = np.asarray(ccd.data)
+            _, median, std = sigma_clipped_stats(data, sigma=3.0)
+            found = DAOStarFinder(fwhm=FWHM, threshold=5.0 * std)(data - median)
+            if found is None:
+                continue
+            xy = np.column_stack([found["xcentroid"], found["ycentroid"]])
+            aperture = CircularAperture(xy, r=RADIUS)
+            sky = ApertureStats(data, CircularAnnulus(xy, *ANNULUS)).median
+            table = aperture_photometry(data, aperture)
+            table["sky"] = sky
+            table["flux"] = table["aperture_sum"] - sky * aperture.area
+            table["file"] = os.path.relpath(path, night)
+            tables.append(table)
+        vstack(tables).write(outdir / "plain_photometry.csv", format="ascii.csv", overwrite=True)
+        times["lights"] = time.perf_counter() - start
+    return times, sum(len(t) for t in tables)
+
+
+# -- profile ----------------------------------------------------------------------
+
+
+def profile_reduxd(night, outdir, config, top=25):
+    """Run ``reduxd reduce --jobs 1`` in this process under cProfile; print the top entries."""
+    from reduxd.cli import main
+
+    args = ["reduce", "-D", str(night / "pg2213"), "-C", str(night / "calibration"),
+            "-O", str(outdir), "--config", str(config), "--jobs", "1",
+            "--level", "WARNING"]  # fmt: skip
+    profiler = cProfile.Profile()
+    stdout, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        profiler.runcall(main, args)
+    finally:
+        sys.stdout = stdout
+    stats = pstats.Stats(profiler).sort_stats("cumulative")
+    buf = io.StringIO()
+    stats.stream = buf
+    stats.print_stats(r"reduxd/", top)
+    print("\nreduxd --jobs 1 under cProfile (cumulative, reduxd functions):")
+    print(buf.getvalue().split("function calls", 1)[-1])
+
+
+# -- main -------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lights", type=int, default=100, help="lights (default 100)")
+    parser.add_argument("--shape", default="1608x1104", help="WIDTHxHEIGHT (default 1608x1104)")
+    parser.add_argument("--jobs", type=int, default=2, help="reduxd --jobs (default 2)")
+    parser.add_argument("--profile", action="store_true", help="also profile reduxd (--jobs 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+    nx, ny = (int(v) for v in args.shape.lower().split("x"))
+
+    work = Path(tempfile.mkdtemp(prefix="reduxd-bench-batch-"))
+    try:
+        night = work / "night"
+        t0 = time.perf_counter()
+        truth = simulate_night(night, night_spec(args.lights, (ny, nx)))
+        n_cal, n_lights = len(truth["calibration"]), len(truth["lights"])
+        print(
+            f"simulated {n_cal} calibration frames + {n_lights} lights of {nx}x{ny} "
+            f"in {time.perf_counter() - t0:.1f} s ({os.cpu_count()} CPUs)",
+            flush=True,
+        )
+        config = write_config(work / "reduxd.toml", truth)
+        fast = write_config(work / "reduxd-noql.toml", truth, quicklook=False)
+
+        t_reduxd, _ = run_reduxd(night, work / "reduxd", config, args.jobs)
+        print(f"reduxd reduce --jobs {args.jobs}: {t_reduxd:.1f} s", flush=True)
+        t_noql, _ = run_reduxd(night, work / "reduxd-noql", fast, args.jobs)
+        print(f"reduxd reduce --jobs {args.jobs}, no quicklook: {t_noql:.1f} s", flush=True)
+        (work / "plain").mkdir()
+        plain, n_rows = plain_recipe(night, work / "plain")
+        t_plain = sum(plain.values())
+        print(f"plain ccdproc + photutils: {t_plain:.1f} s ({n_rows} star rows)", flush=True)
+
+        rows = [
+            ("plain ccdproc + photutils (1 process)", t_plain,
+             f"masters {plain['masters']:.1f} s + lights {plain['lights']:.1f} s"),
+            (f"reduxd reduce --jobs {args.jobs}", t_reduxd, "defaults: FITS, PNGs, tables, stack"),
+            (f"reduxd reduce --jobs {args.jobs}, quicklook=false", t_noql, "no finder PNGs"),
+        ]  # fmt: skip
+        print()
+        print(f"{'':44s} {'seconds':>8s} {'per light':>10s} {'plain/x':>8s}")
+        for name, seconds, note in rows:
+            print(
+                f"{name:44s} {seconds:8.1f} {seconds / n_lights:10.3f} "
+                f"{t_plain / seconds:7.1f}x   {note}"
+            )
+        ratio = t_plain / t_reduxd
+        verdict = "met" if ratio >= TARGET else "MISSED"
+        print(
+            f"\nreduxd is {ratio:.1f}x faster than the plain recipe (target {TARGET:g}x: {verdict})"
+        )
+        if args.profile:
+            profile_reduxd(night, work / "reduxd-profile", config)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
