@@ -132,7 +132,7 @@ class Output:
 class Watch:
     roots: tuple[str, ...] = ()
     observer: str = field(default="auto", metadata=_one_of(OBSERVERS))
-    poll_interval: float = field(default=2.0, metadata=POSITIVE)
+    poll_interval: float = field(default=5.0, metadata=POSITIVE)
     settle_seconds: float = field(default=2.0, metadata=NON_NEGATIVE)
     reconcile_seconds: float = field(default=60.0, metadata=POSITIVE)
     set_timeout_seconds: float = field(default=30.0, metadata=NON_NEGATIVE)

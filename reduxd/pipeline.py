@@ -108,6 +108,7 @@ class Pipeline:
         self.sets = {}
         self.references = {}
         self.incomplete_since = {}
+        self._incomplete_seen = set()
         self.dirty_curves = set()
         self._masters = None
         self._bpm = {}
@@ -201,8 +202,14 @@ class Pipeline:
             log.error("frame_quarantined", file=rel, reason=reason + exc.reason)
             return Outcome(rel, "quarantined", reason=reason + exc.reason)
         self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9)
-        log.info("frame_incomplete", file=rel, reason=exc.reason)
+        if not self._incomplete_logged(row.id):
+            log.info("frame_incomplete", file=rel, reason=exc.reason)  # once per frame
         return Outcome(rel, "incomplete", reason=exc.reason)
+
+    def _incomplete_logged(self, frame_id):
+        logged = frame_id in self._incomplete_seen
+        self._incomplete_seen.add(frame_id)
+        return logged
 
     def _calibration(self, row, raw, info, rel, path):
         night = info.night(self.config.site.utc_offset_hours)

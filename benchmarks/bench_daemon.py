@@ -1,0 +1,356 @@
+"""Benchmark: ``reduxd watch`` latency on a realtime night, and its CPU use while idle.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_daemon.py                 # both parts (~4 min)
+    .venv/bin/python benchmarks/bench_daemon.py --part latency --lights 20 --cadence 1.5
+    .venv/bin/python benchmarks/bench_daemon.py --part idle --frames 5000 --idle-seconds 60
+
+Latency: the simulator writes a night of 1608x1104 frames (ZWO ASI432MM) in real
+time into the watched folder (in chunks, ``--cadence`` seconds apart) while the
+daemon runs as a subprocess with JSON on stdout. Each light's ``frame_reduced``
+line gives ``latency_ms``: from the file being found stable (after
+``settle_seconds``) to its photometry rows being written. Target: median < 150 ms.
+
+Idle CPU: ``--frames`` tiny frames in a SharpCap-like tree are reduced in a first
+pass (so they are in the ledger as done), then the daemon is started again with a
+polling observer and its utime + stime (``/proc/<pid>/stat``) measured over
+``--idle-seconds`` of doing nothing. Target: < 2 % of one core. The cost of one
+watchdog polling snapshot and of one reconciliation pass over the tree are timed
+in-process to show what costs what.
+
+Temporary files are removed at the end.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reduxd.simulate import (  # noqa: E402
+    NightSpec,
+    fits_bytes,
+    sharpcap_cards,
+    simulate_night,
+    write_frame,
+)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def write_config(tmp, *, root, observer, settle, poll_interval=2.0, reconcile=60.0):
+    path = tmp / "config.toml"
+    path.write_text(
+        f"""
+[paths]
+data = ["{root}"]
+outdir = "{tmp / "out"}"
+[calibration]
+force = true
+[[calibration.cameras]]
+instrument = "ZWO ASI432MM"
+gain_e_per_adu = 0.25
+read_noise_e = 4.0
+saturation_adu = 65520.0
+[output]
+stack = false
+[watch]
+observer = "{observer}"
+poll_interval = {poll_interval}
+settle_seconds = {settle}
+reconcile_seconds = {reconcile}
+set_timeout_seconds = 5.0
+"""
+    )
+    return path
+
+
+def start_daemon(config, log_path, *, exit_when_idle=None):
+    cmd = [sys.executable, "-m", "reduxd", "watch", "--config", str(config)]
+    if exit_when_idle is not None:
+        cmd += ["--exit-when-idle", str(exit_when_idle)]
+    out = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+    proc.log_file = out
+    return proc
+
+
+def events(log_path, name):
+    out = []
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == name:
+            out.append(event)
+    return out
+
+
+def wait_for(log_path, name, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events(log_path, name):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited ({proc.returncode}) before {name}")
+        time.sleep(0.1)
+    raise TimeoutError(f"no {name} within {timeout} s")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.log_file.close()
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+# -- latency ---------------------------------------------------------------------------
+
+
+def deliver(stage, root, *, cadence):
+    """Write the staged frames into ``root`` in time order, ``cadence`` s apart, in chunks."""
+    frames = sorted(stage.rglob("*.fits"), key=lambda p: p.stat().st_mtime_ns)
+    due = time.monotonic()
+    for path in frames:
+        time.sleep(max(0.0, due - time.monotonic()))
+        due += cadence
+        dest = root / path.relative_to(stage)
+        write_frame(dest, path.read_bytes(), delivery="chunks", chunk_bytes=256 * 1024, pause=0.02)
+
+
+def bench_latency(tmp, *, lights, cadence, settle, observer, live):
+    root = tmp / "raw"
+    root.mkdir()
+    config = write_config(tmp, root=root, observer=observer, settle=settle)
+    spec = NightSpec(n_lights=lights, lights_per_run=10, n_bias=5, n_darks=3, n_flats=3)
+    if live:  # the simulator renders while the daemon works (it shares the CPUs)
+        writer = threading.Thread(
+            target=simulate_night,
+            args=(root, spec),
+            kwargs={"realtime": True, "cadence": cadence, "overwrite": True},
+        )
+    else:  # rendered beforehand: the camera computer is another machine
+        simulate_night(tmp / "stage", spec)
+        writer = threading.Thread(
+            target=deliver, args=(tmp / "stage", root), kwargs={"cadence": cadence}
+        )
+    log_path = tmp / "latency.jsonl"
+    proc = start_daemon(config, log_path)
+    try:
+        wait_for(log_path, "service_started", proc, 60)
+        t0 = time.monotonic()
+        writer.start()
+        writer.join()
+        written = time.monotonic() - t0
+        n_lights = lights * len(spec.filters)
+        deadline = time.monotonic() + 120
+        while len(events(log_path, "frame_reduced")) < n_lights:
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every light was reduced")
+            time.sleep(0.2)
+        cpu = cpu_seconds(proc.pid)
+    finally:
+        stop(proc)
+    reduced = [e for e in events(log_path, "frame_reduced") if "version" not in e]
+    latency = [e["latency_ms"] for e in reduced]
+    later = latency[1:]  # the first light also builds every pending master
+    return {
+        "frames written": f"{len(list(root.rglob('*.fits')))} in {written:.0f} s"
+        + (" (simulator running alongside)" if live else " (pre-rendered)"),
+        "lights reduced": len(reduced),
+        "first light (builds masters)": f"{latency[0]:.0f} ms",
+        "latency median": f"{statistics.median(later):.0f} ms  (target < 150 ms)",
+        "latency p95": f"{percentile(later, 95):.0f} ms",
+        "latency max": f"{max(later):.0f} ms",
+        "settle time (not included)": f"{settle:g} s",
+        "daemon CPU for the night": f"{cpu:.1f} s",
+    }
+
+
+# -- idle CPU --------------------------------------------------------------------------
+
+
+def make_tree(root, n):
+    """``n`` tiny bias frames in SharpCap's nested layout, 100 per capture folder."""
+    rng = np.random.default_rng(1)
+    cards = sharpcap_cards("bias", exptime=3.2e-05, date_obs=0)
+    for i in range(n):
+        folder = root / f"night_{i // 1000:02d}" / "calibration" / "bias" / f"{i // 100:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        data = (600 + 16 * rng.integers(0, 4, (16, 16))).astype(np.uint16)
+        (folder / f"bias_{i:05d}.fits").write_bytes(fits_bytes(data, cards))
+
+
+def breakdown(config_path, root, repeat=5):
+    """In-process timings of one polling snapshot and one reconciliation pass."""
+    from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
+
+    from reduxd.config import load_config
+    from reduxd.daemon import Service
+    from reduxd.store import Ledger
+    from reduxd.watch.stability import StabilityTracker
+    from reduxd.watch.watcher import Watcher
+
+    def cpu(fn):
+        t = time.process_time()
+        for _ in range(repeat):
+            fn()
+        return (time.process_time() - t) / repeat
+
+    snap = DirectorySnapshot(str(root))
+    snapshot = cpu(lambda: DirectorySnapshot(str(root)))
+    diff = cpu(lambda: DirectorySnapshotDiff(snap, DirectorySnapshot(str(root)))) - snapshot
+    config = load_config(config_path)
+    service = Service(config)
+    watcher = Watcher([root], observer="polling")
+    with Ledger(config.paths.state_file) as ledger:
+        reconcile = cpu(lambda: service._reconcile(ledger, StabilityTracker(), watcher))
+    return snapshot, diff, reconcile
+
+
+def idle_cpu(tmp, config, seconds, name):
+    """CPU use (% of one core) of a daemon that has nothing to do, and its log lines."""
+    log_path = tmp / f"idle-{name}.jsonl"
+    proc = start_daemon(config, log_path)
+    try:
+        wait_for(log_path, "service_started", proc, 120)
+        time.sleep(5)  # start-up done
+        c0, w0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, w1 = cpu_seconds(proc.pid), time.monotonic()
+        lines = len(Path(log_path).read_text().splitlines())
+    finally:
+        stop(proc)
+    queued = events(log_path, "service_started")[0]["queued"]
+    return 100 * (c1 - c0) / (w1 - w0), lines - 2, queued
+
+
+def bench_idle(tmp, *, frames, seconds, observers, reconcile):
+    root = tmp / "raw"
+    make_tree(root, frames)
+    observer, interval = observers[0]
+    config = write_config(tmp, root=root, observer=observer, settle=0.5, poll_interval=interval)
+    t0 = time.monotonic()
+    first = start_daemon(config, tmp / "first.jsonl", exit_when_idle=3)
+    try:
+        first.wait(1800)
+    finally:
+        stop(first)
+    first_pass = time.monotonic() - t0 - 3
+    out = {
+        "frames in the tree": frames,
+        "first pass (all reduced)": f"{first_pass:.0f} s ({frames / first_pass:.0f} frames/s)",
+    }
+    for observer, interval in observers:
+        name = f"{observer}" + (f" every {interval:g} s" if observer == "polling" else "")
+        config = write_config(
+            tmp,
+            root=root,
+            observer=observer,
+            settle=0.5,
+            poll_interval=interval,
+            reconcile=reconcile,
+        )
+        cpu, lines, queued = idle_cpu(tmp, config, seconds, name.replace(" ", "_"))
+        target = "  (target < 2 %)" if observer == "polling" else ""
+        out[f"idle CPU, {name}"] = f"{cpu:.2f} % of one core{target}"
+        out["  log lines while idle / queued at start"] = f"{lines} / {queued}"
+    polling = [i for o, i in observers if o == "polling"]
+    snapshot, diff, pass_cpu = breakdown(config, root)
+    interval = polling[0] if polling else 2.0
+    out["  watchdog polling snapshot of the tree"] = f"{snapshot * 1000:.0f} ms CPU per poll"
+    out["  watchdog snapshot diff"] = f"{diff * 1000:.0f} ms CPU per poll"
+    out[f"  reconciliation pass (every {reconcile:g} s)"] = f"{pass_cpu * 1000:.0f} ms CPU"
+    per_second = (snapshot + diff) / interval + pass_cpu / reconcile
+    out[f"  sum of these, polling every {interval:g} s"] = f"{100 * per_second:.2f} % + main loop"
+    return out
+
+
+def _observer(text):
+    kind, _, interval = text.partition(":")
+    return kind, float(interval or 2.0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("latency", "idle", "both"), default="both")
+    p.add_argument("--lights", type=int, default=20, help="lights per filter (2 filters)")
+    p.add_argument("--cadence", type=float, default=1.5, help="seconds between frames")
+    p.add_argument("--settle", type=float, default=1.0, help="settle_seconds")
+    p.add_argument("--observer", default="inotify", help="observer for the latency part")
+    p.add_argument(
+        "--live-simulator",
+        action="store_true",
+        help="render frames while the daemon runs (simulate_night realtime) instead of before",
+    )
+    p.add_argument("--frames", type=int, default=5000, help="frames in the idle tree")
+    p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument(
+        "--idle-observers",
+        default="polling:2,polling:5,inotify",
+        help="observer[:poll_interval] runs to measure (config.toml default: polling every 2 s)",
+    )
+    p.add_argument("--reconcile", type=float, default=60.0, help="as in config.toml")
+    args = p.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
+        tmp = Path(tmp)
+        if args.part in ("latency", "both"):
+            (tmp / "latency").mkdir()
+            results["latency (realtime night, 1608x1104)"] = bench_latency(
+                tmp / "latency",
+                lights=args.lights,
+                cadence=args.cadence,
+                settle=args.settle,
+                observer=args.observer,
+                live=args.live_simulator,
+            )
+            shutil.rmtree(tmp / "latency")
+        if args.part in ("idle", "both"):
+            (tmp / "idle").mkdir()
+            results["idle (polling observer)"] = bench_idle(
+                tmp / "idle",
+                frames=args.frames,
+                seconds=args.idle_seconds,
+                observers=[_observer(o) for o in args.idle_observers.split(",")],
+                reconcile=args.reconcile,
+            )
+    width = max(len(k) for part in results.values() for k in part)
+    for title, rows in results.items():
+        print(f"\n{title}")
+        print("-" * (width + 30))
+        for key, value in rows.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
