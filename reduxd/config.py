@@ -275,7 +275,9 @@ def load_config(path=None, overrides=None):
     Parameters
     ----------
     path : str or Path, optional
-        A TOML file; ``None`` uses the built-in defaults (the same as ``config.toml``).
+        A TOML file; ``None`` uses the built-in defaults. ``config.toml`` shows each of
+        them, except [paths] (the demo's folders), the camera entries and the light-curve
+        target, which are site settings with no sensible built-in value.
     overrides : dict, optional
         Values from the command line, e.g. ``{'photometry': {'radius': 15.0}}``.
 
