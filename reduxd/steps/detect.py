@@ -231,6 +231,67 @@ def _weighted_moments(stamp, sl, x, y, sigma_w):
     return total, mx, my, mxx, myy, mxy
 
 
+def _batch_moments(resid, x, y, sigma_w, half, background, mask):
+    """``_weighted_moments`` of stars whose boxes (same ``half``) lie inside the frame.
+
+    Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered by fancy indexing;
+    the arithmetic is that of ``_weighted_moments`` on one stamp, element by
+    element, and every sum runs over one stamp's pixels in row-major order.
+    Returns ``(total, mx, my, mxx, myy, mxy)`` arrays (total may be <= 0).
+    """
+    offsets = np.arange(-half, half + 1)
+    xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    xx = (xc[:, None] + offsets)[:, None, :]  # (n, 1, b)
+    yy = (yc[:, None] + offsets)[:, :, None]  # (n, b, 1)
+    stamp = resid[yy, xx] - background[:, None, None]
+    if mask is not None:
+        stamp = np.where(mask[yy, xx] & IGNORED, 0.0, stamp)
+    stamp = np.nan_to_num(stamp)
+    dx, dy = xx - x[:, None, None], yy - y[:, None, None]
+    sw2 = (sigma_w**2)[:, None, None]
+    wi = np.exp(-0.5 * (dx * dx + dy * dy) / sw2) * stamp
+    n = x.size
+
+    def total_of(values):
+        return values.reshape(n, -1).sum(axis=1)
+
+    total = total_of(wi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx, my = total_of(wi * dx) / total, total_of(wi * dy) / total
+        mxx = total_of(wi * dx * dx) / total - mx * mx
+        myy = total_of(wi * dy * dy) / total - my * my
+        mxy = total_of(wi * dx * dy) / total - mx * my
+    return total, mx, my, mxx, myy, mxy
+
+
+def _moments(resid, x, y, sigma_w, background, mask):
+    """Windowed moments of several stars (box half size ``ceil(3 sigma_w) + 1``).
+
+    Stars with boxes inside the frame are measured in batches of equal box
+    size; a box cut by the frame edge goes through ``_weighted_moments``.
+    Returns six arrays; ``total`` is NaN where the moments are undefined.
+    """
+    ny, nx = resid.shape
+    half = np.ceil(3 * sigma_w).astype(np.int64) + 1
+    xc, yc = np.rint(x), np.rint(y)
+    inside = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
+    out = np.full((6, x.size), np.nan)
+    for h in np.unique(half[inside]):
+        sel = np.flatnonzero(inside & (half == h))
+        sub = x[sel], y[sel], sigma_w[sel], int(h), background[sel]
+        out[:, sel] = _batch_moments(resid, *sub, mask)
+    for i in np.flatnonzero(~inside):
+        sl = _box(resid.shape, x[i], y[i], int(half[i]))
+        stamp = resid[sl] - background[i]
+        if mask is not None:
+            stamp = np.where(mask[sl] & IGNORED, 0.0, stamp)
+        moments = _weighted_moments(np.nan_to_num(stamp), sl, x[i], y[i], sigma_w[i])
+        if moments is not None:
+            out[:, i] = moments
+    out[:, ~(out[0] > 0)] = np.nan
+    return out
+
+
 def refine_star(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, iters=12):
     """Gaussian-windowed centroid, FWHM and elongation of one star.
 
@@ -249,46 +310,18 @@ def refine_star(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, 
     >>> round(x, 2), round(y, 2), round(fwhm, 1), round(elong, 2)
     (20.3, 19.6, 4.0, 1.0)
     """
-    x0, y0 = float(x), float(y)
-    sigma_w = max(fwhm / FWHM_PER_SIGMA, 0.6)
-    sigma_max = max((4 * fwhm if max_fwhm is None else max_fwhm) / FWHM_PER_SIGMA, sigma_w)
-    sigma_s, result = np.nan, None
-    for _ in range(iters):
-        sl = _box(resid.shape, x, y, int(np.ceil(3 * sigma_w)) + 1)
-        stamp = resid[sl] - background
-        if mask is not None:
-            stamp = np.where(mask[sl] & IGNORED, 0.0, stamp)
-        moments = _weighted_moments(np.nan_to_num(stamp), sl, x, y, sigma_w)
-        if moments is None:
-            return x0, y0, np.nan, np.nan, np.nan
-        total, mx, my, mxx, myy, mxy = moments
-        x, y = x + 2 * mx, y + 2 * my
-        if abs(x - x0) > 6 * sigma_w + 3 or abs(y - y0) > 6 * sigma_w + 3:
-            return x0, y0, np.nan, np.nan, np.nan
-        m = 0.5 * (mxx + myy)
-        filled = m >= 0.9 * sigma_w**2
-        if filled and sigma_w < sigma_max:  # the star fills the window: widen it
-            sigma_w = min(2 * sigma_w, sigma_max)
-            continue
-        m = min(m, 0.9 * sigma_w**2)
-        new = np.sqrt(m * sigma_w**2 / (sigma_w**2 - m)) if m > 0 else np.nan
-        new = np.sqrt(new**2 - 1 / 12) if new**2 > 1 / 6 else np.nan  # pixel sampling
-        result = (mxx, myy, mxy, total)
-        converged = abs(new - sigma_s) < 0.01 * new and abs(mx) + abs(my) < 0.01
-        sigma_s, sigma_w = new, float(np.clip(new, 0.6, sigma_max))
-        if converged or not np.isfinite(new):
-            break
-    if result is None or not np.isfinite(sigma_s):
-        return x0, y0, np.nan, np.nan, np.nan
-    mxx, myy, mxy, total = result
-    half_diff = np.hypot(0.5 * (mxx - myy), mxy)
-    lam1, lam2 = 0.5 * (mxx + myy) + half_diff, 0.5 * (mxx + myy) - half_diff
-    elong = float(np.sqrt(lam1 / lam2)) if lam2 > 0 else np.inf
-    return float(x), float(y), float(FWHM_PER_SIGMA * sigma_s), elong, float(2 * total)
+    out = refine_stars(
+        resid, [x], [y], fwhm=fwhm, background=background, max_fwhm=max_fwhm, mask=mask, iters=iters
+    )
+    return tuple(float(v[0]) for v in out)
 
 
-def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None):
+def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, iters=12):
     """``refine_star`` for many positions; returns arrays x, y, fwhm, elongation, flux.
+
+    All stars iterate together (each with its own window, exactly the steps of
+    ``refine_star``); the moments of the stars still iterating are computed
+    in batches of equal box size.
 
     Examples
     --------
@@ -298,16 +331,61 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None)
     >>> np.round(out[0], 2).tolist(), np.round(out[2], 1).tolist()
     ([15.0, 40.0], [3.0, 3.0])
     """
-    x, y = np.atleast_1d(x), np.atleast_1d(y)
-    fwhm = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), x.shape)
-    bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), x.shape)
-    top = np.broadcast_to(np.asarray(4 * fwhm if max_fwhm is None else max_fwhm, float), x.shape)
-    rows = [
-        refine_star(resid, xi, yi, fwhm=fi, background=bi, max_fwhm=mi, mask=mask)
-        for xi, yi, fi, bi, mi in zip(x, y, fwhm, bkg, top, strict=True)
-    ]
-    out = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    return tuple(out[:, k] for k in range(5))
+    x0 = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    y0 = np.atleast_1d(np.asarray(y, dtype=np.float64))
+    fwhm = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), x0.shape)
+    bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), x0.shape)
+    top = np.broadcast_to(np.asarray(4 * fwhm if max_fwhm is None else max_fwhm, float), x0.shape)
+    x, y = x0.copy(), y0.copy()
+    sigma_w = np.maximum(fwhm / FWHM_PER_SIGMA, 0.6)
+    sigma_max = np.maximum(top / FWHM_PER_SIGMA, sigma_w)
+    sigma_s = np.full(x0.size, np.nan)
+    result = np.full((4, x0.size), np.nan)  # mxx, myy, mxy, total of the last narrowing step
+    has_result = np.zeros(x0.size, bool)
+    failed = np.zeros(x0.size, bool)
+    active = np.ones(x0.size, bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(iters):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            sw = sigma_w[idx]
+            total, mx, my, mxx, myy, mxy = _moments(resid, x[idx], y[idx], sw, bkg[idx], mask)
+            bad = ~(total > 0)
+            nx_, ny_ = x[idx] + 2 * mx, y[idx] + 2 * my
+            far = (np.abs(nx_ - x0[idx]) > 6 * sw + 3) | (np.abs(ny_ - y0[idx]) > 6 * sw + 3)
+            bad |= far
+            x[idx] = np.where(bad, x[idx], nx_)
+            y[idx] = np.where(bad, y[idx], ny_)
+            m = 0.5 * (mxx + myy)
+            widen = ~bad & (m >= 0.9 * sw**2) & (sw < sigma_max[idx])
+            narrow = ~bad & ~widen
+            sigma_w[idx[widen]] = np.minimum(2 * sw[widen], sigma_max[idx[widen]])
+            m = np.minimum(m, 0.9 * sw**2)
+            new = np.where(m > 0, np.sqrt(m * sw**2 / (sw**2 - m)), np.nan)
+            new = np.where(new**2 > 1 / 6, np.sqrt(new**2 - 1 / 12), np.nan)
+            converged = (np.abs(new - sigma_s[idx]) < 0.01 * new) & (np.abs(mx) + np.abs(my) < 0.01)
+            k = idx[narrow]
+            result[:, k] = mxx[narrow], myy[narrow], mxy[narrow], total[narrow]
+            has_result[k] = True
+            sigma_s[k] = new[narrow]
+            sigma_w[k] = np.clip(new[narrow], 0.6, sigma_max[k])
+            failed[idx[bad]] = True
+            active[idx[bad]] = False
+            active[idx[narrow & (converged | ~np.isfinite(new))]] = False
+        failed |= ~has_result | ~np.isfinite(sigma_s)
+        mxx, myy, mxy, total = result
+        half_diff = np.hypot(0.5 * (mxx - myy), mxy)
+        lam1, lam2 = 0.5 * (mxx + myy) + half_diff, 0.5 * (mxx + myy) - half_diff
+        elong = np.where(lam2 > 0, np.sqrt(lam1 / lam2), np.inf)
+    nan = np.full(x0.size, np.nan)
+    return (
+        np.where(failed, x0, x),
+        np.where(failed, y0, y),
+        np.where(failed, nan, FWHM_PER_SIGMA * sigma_s),
+        np.where(failed, nan, elong),
+        np.where(failed, nan, 2 * total),
+    )
 
 
 def vet_peaks(

@@ -129,8 +129,91 @@ def _radii(sl, x, y):
     return np.hypot(xx - x, yy - y)
 
 
+def _annulus_offsets(r_in, r_out):
+    """Integer offsets ``(dx, dy)`` that can fall in the annulus of a star near a pixel centre.
+
+    A star lies within half a pixel (in x and y) of its nearest pixel centre, so
+    its distance to any pixel differs from the offset's length by at most
+    ``sqrt(0.5)``; the offsets are those of the square stamp of half size
+    ``ceil(r_out)`` (as ``_stamp``) within 1 pixel of the annulus, row-major.
+    """
+    half = int(np.ceil(r_out))
+    dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
+    dist = np.hypot(dx, dy)
+    near = (dist >= r_in - 1.0) & (dist < r_out + 1.0)
+    return dx[near], dy[near]
+
+
+def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
+    """``clipped_stats`` of every row at once (same clipping rule and iterations).
+
+    ``rows`` holds one star's candidate pixels per row, NaN where a pixel is not
+    usable (values are compared and summed in float64, as ``clipped_stats``).
+    Each row is sorted once: a clipped set ``|v - median| <= sigma * std``
+    is a contiguous run of the sorted row, tracked as ``(lo, n)``. Returns
+    ``(median, std, n)`` arrays; median and std are NaN where ``n == 0``.
+    """
+    s = np.sort(rows, axis=1)  # NaN last
+    n = np.count_nonzero(~np.isnan(s), axis=1)
+    s = s[:, : max(int(n.max(initial=0)), 1)].astype(np.float64)
+    n_rows, width = s.shape
+    index = np.arange(width)
+    lo = np.zeros(n_rows, np.int64)
+    active = n >= 3
+
+    def stats(which):
+        rr, lo_w, n_w = np.flatnonzero(which), lo[which], n[which]
+        a = s[rr, lo_w + (n_w - 1) // 2]
+        b = s[rr, lo_w + n_w // 2]
+        median = np.where(n_w % 2 == 1, a, (a + b) / 2.0)
+        inside = (index >= lo_w[:, None]) & (index < (lo_w + n_w)[:, None])
+        rows_w = s[rr]
+        mean = np.where(inside, rows_w, 0.0).sum(axis=1) / n_w
+        dev = np.where(inside, rows_w - mean[:, None], 0.0)
+        std = np.sqrt((dev * dev).sum(axis=1) / n_w)
+        return rr, rows_w, inside, median, std
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(maxiters):
+            if not active.any():
+                break
+            rr, rows_w, inside, median, std = stats(active)
+            keep = inside & (np.abs(rows_w - median[:, None]) <= sigma * std[:, None])
+            n_keep = keep.sum(axis=1)
+            done = n_keep == n[rr]
+            lo[rr] = np.where(done, lo[rr], np.argmax(keep, axis=1))
+            n[rr] = n_keep
+            active[rr] = ~done & (n_keep >= 3)
+        median, std = np.full(n_rows, np.nan), np.full(n_rows, np.nan)
+        some = n > 0
+        if some.any():
+            rr, _, _, median[some], std[some] = stats(some)
+    return median, std, n
+
+
 def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     """Sigma-clipped median in the annulus ``r_in <= r < r_out`` around each star.
+
+    All stars at once: the annulus pixels of every star are gathered into one
+    array (NaN for pixels off the frame, outside the star's annulus, non-finite
+    or masked) and clipped row by row as ``clipped_stats`` does.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Calibrated image (not modified).
+    x, y : array_like
+        Star centres (0-based).
+    r_in, r_out : float
+        Inner and outer radius of the annulus, pixels.
+    mask : numpy.ndarray, optional
+        Non-zero pixels are ignored.
+    sigma : float
+        Clipping threshold in standard deviations.
+
+    Returns
+    -------
+    SkyEstimate
 
     Examples
     --------
@@ -139,16 +222,29 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     >>> float(sky.value[0]), float(sky.std[0])
     (10.0, 0.0)
     """
-    x, y = np.atleast_1d(x), np.atleast_1d(y)
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     out = np.full((4, x.size), np.nan)
-    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
-        sl = _stamp(data, xi, yi, int(np.ceil(r_out)))
-        r = _radii(sl, xi, yi)
-        ring = (r >= r_in) & (r < r_out)
+    ny, nx = data.shape
+    dx, dy = _annulus_offsets(r_in, r_out)
+    chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
+    for start in range(0, x.size, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        px = np.rint(xs).astype(np.int64)[:, None] + dx
+        py = np.rint(ys).astype(np.int64)[:, None] + dy
+        r = np.hypot(px - xs[:, None], py - ys[:, None])
+        usable = (r >= r_in) & (r < r_out) & (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        px, py = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
         if mask is not None:
-            ring &= mask[sl] == 0
-        med, std, npix = clipped_stats(data[sl][ring], sigma=sigma)
-        out[:, i] = med, std, npix, std / np.sqrt(max(npix, 1))
+            usable &= mask[py, px] == 0
+        values = data[py, px]
+        if not np.issubdtype(values.dtype, np.floating):
+            values = values.astype(np.float64)
+        rows = np.where(usable, values, np.array(np.nan, values.dtype))
+        med, std, npix = _clipped_rows(rows, sigma=sigma)
+        block = slice(start, start + xs.size)
+        out[0, block], out[1, block], out[2, block] = med, std, npix
+        out[3, block] = std / np.sqrt(np.maximum(npix, 1))
     return SkyEstimate(*out, np.zeros(x.size, bool), "annulus")
 
 
