@@ -612,7 +612,7 @@ class Pipeline:
 
     def _register(self, result, night):
         name = self._master_name(result)
-        path = self.outdir / "masters" / night / name
+        path = (self.outdir / "masters" / night / name).absolute()  # valid from any cwd
         previous = self._previous(result)
         ok, reason = (True, "")
         if previous is not None:
