@@ -32,7 +32,7 @@ from reduxd.config import load_config
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
 from reduxd.store import Ledger
-from reduxd.watch.stability import StabilityTracker
+from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError
 
 log = get_logger("reduxd.daemon")
@@ -79,14 +79,6 @@ def run(args):
     config = load_config(args.config, overrides_from_args(args))
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
     return Service(config, exit_when_idle=args.exit_when_idle).run()
-
-
-def _signature(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 class Service:
@@ -275,7 +267,7 @@ class Service:
         except sqlite3.Error:
             raise
         except Exception as exc:
-            self.broken[str(path)] = _signature(path)
+            self.broken[str(path)] = file_signature(path)
             log.exception("frame_error", file=str(path), reason=f"{type(exc).__name__}: {exc}")
             self.counts["error"] = self.counts.get("error", 0) + 1
             return None

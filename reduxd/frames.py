@@ -71,10 +71,22 @@ class FrameInfo:
         >>> info.night(-4.0)
         '2024-07-01'
         """
-        if self.date_obs is None:
-            return "unknown"
-        local = self.date_obs + timedelta(hours=utc_offset_hours - 12.0)
-        return local.date().isoformat()
+        return night_of(self.date_obs, utc_offset_hours)
+
+
+def night_of(stamp, utc_offset_hours=0.0):
+    """Return the observing night 'YYYY-MM-DD' of a UTC time ('unknown' for None).
+
+    The night is named after the local date at its start: local time minus 12 h.
+
+    Examples
+    --------
+    >>> night_of(datetime(2025, 6, 2, 4, 10, tzinfo=UTC), -7.0)
+    '2025-06-01'
+    """
+    if stamp is None:
+        return "unknown"
+    return (stamp + timedelta(hours=utc_offset_hours - 12.0)).date().isoformat()
 
 
 def _text(header, key):

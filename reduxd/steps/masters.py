@@ -18,14 +18,14 @@ and returns a new :class:`MasterResult`; nothing passed in is modified.
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
 
 from reduxd import __version__, fitsio, maskbits
-from reduxd.frames import classify
+from reduxd.frames import classify, night_of
 from reduxd.steps.combine import combine_files, frame_median
 from reduxd.steps.select import MasterRecord
 
@@ -81,9 +81,7 @@ class MasterResult:
 
     def record(self, path, *, checksum, utc_offset_hours=0.0, id=None):
         """Return the :class:`MasterRecord` of this master once written to ``path``."""
-        night = "unknown"
-        if self.date_start is not None:
-            night = (self.date_start + timedelta(hours=utc_offset_hours - 12)).date().isoformat()
+        night = night_of(self.date_start, utc_offset_hours)
         return MasterRecord(
             kind=self.kind,
             path=str(path),

@@ -18,7 +18,7 @@ class _Entry:
     since: float  # monotonic time the signature was first seen
 
 
-def _signature(path):
+def file_signature(path):
     """(size, mtime_ns) of ``path``, or None when it is gone or unreadable."""
     try:
         st = os.stat(path)
@@ -76,7 +76,7 @@ class StabilityTracker:
         """
         path = Path(path)
         if path not in self._entries:
-            self._entries[path] = _Entry(_signature(path), self._clock())
+            self._entries[path] = _Entry(file_signature(path), self._clock())
         else:
             self._update(path, self._entries[path], self._clock())
 
@@ -107,7 +107,7 @@ class StabilityTracker:
 
     def _update(self, path, entry, now):
         """Refresh the signature; restart the timer on change. False if the file is gone."""
-        sig = _signature(path)
+        sig = file_signature(path)
         if sig is None:
             return False
         if sig != entry.signature:
