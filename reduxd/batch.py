@@ -145,6 +145,24 @@ def discover(roots, config, *, exclude=()):
     return out
 
 
+def unreadable_names(found):
+    """Split off files whose name is not valid UTF-8 (the ledger stores names as text)."""
+    good, bad = [], []
+    for root, path in found:
+        try:
+            str(path).encode("utf-8")
+            good.append((root, path))
+        except UnicodeEncodeError:
+            bad.append(
+                {
+                    "file": ascii(str(path)),
+                    "status": "quarantined",
+                    "reason": "file name is not valid UTF-8: rename it",
+                }
+            )
+    return good, bad
+
+
 def sort_frames(found, config):
     """Split into calibration frames and lights (lights in time order), by header only."""
     cal, lights = [], []
@@ -239,6 +257,9 @@ def run(args):
         )
         return EXIT_NOTHING
     outdir.mkdir(parents=True, exist_ok=True)
+    found, bad_names = unreadable_names(found)
+    for bad in bad_names:
+        log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
     with Ledger(config.paths.state_file) as ledger:
         pipeline = Pipeline(config, ledger=ledger)
@@ -254,6 +275,8 @@ def run(args):
         pipeline.update_curves()
         stacked = stacks.write_stacks(pipeline) if config.output.stack else []
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
+    summary["refused"] += bad_names
+    summary["frames"] += len(bad_names)
     write_summary(outdir, summary, save=config.output.save)
     print(format_summary(summary))
     if summary["usable"]:

@@ -205,6 +205,19 @@ def test_broken_files_are_listed_and_the_rest_is_reduced(night):
     assert len(set(phot(night / "analysis")["file"])) == N_LIGHTS
 
 
+def test_file_name_not_utf8_is_refused_not_a_crash(night):
+    run = next((night / "pg2213" / "pg2213_V_15s").iterdir())
+    good = sorted(run.glob("*.fits"))[0]
+    bad = os.fsencode(run) + b"/bad\xff.fits"  # a name only bytes can spell
+    with open(bad, "wb") as fh:
+        fh.write(good.read_bytes())
+    proc = ok(run_reduxd("reduce -D pg2213 -C calibration -O analysis", cwd=night))
+    refused = summary(night / "analysis")["refused"]
+    assert [r["reason"] for r in refused] == ["file name is not valid UTF-8: rename it"]
+    assert "bad" in refused[0]["file"] and "not valid UTF-8" in proc.stdout
+    assert len(set(phot(night / "analysis")["file"])) == N_LIGHTS
+
+
 @pytest.mark.slow
 def test_redo_supersedes_rows(night):
     line = "reduce -D pg2213 -C calibration -O analysis"
