@@ -292,7 +292,7 @@ class Pipeline:
             result.rows,
             radius=self.config.photometry.match_radius,
         )
-        master_ids = sorted(r.id for r in _plan_records(plan))
+        master_ids = sorted(r.id for r in plan.records().values())
         version = self.ledger.add_measurements(
             row.id, rows, calib=result.calib, master_ids=master_ids
         )
@@ -698,7 +698,7 @@ class Pipeline:
             self.config.calibration,
             utc_offset_hours=self.config.site.utc_offset_hours,
         )
-        return sorted(r.id for r in _plan_records(plan))
+        return sorted(r.id for r in plan.records().values())
 
     # -- light curves ------------------------------------------------------------
 
@@ -786,8 +786,3 @@ def merge_new_stars(current, base, found, rows, *, radius):
             mapping[int(sid)] = ref.next_id - 1
     out = [{**r, "star_id": mapping.get(r["star_id"], r["star_id"])} for r in rows]
     return out, ref
-
-
-def _plan_records(plan):
-    names = ("bias", "dark", "dark_current", "flat")
-    return [getattr(plan, n) for n in names if getattr(plan, n) is not None]

@@ -140,17 +140,8 @@ def calibrate(raw, info, plan, *, cache, config, camera):
         no_dark=cal.no_dark,
         no_flat=cal.no_flat,
         force=cal.force,
-        sources=plan_sources(plan),
+        sources=plan.sources(),
     )
-
-
-def plan_sources(plan):
-    out = {}
-    for name in ("bias", "dark", "dark_current", "flat"):
-        record = getattr(plan, name)
-        if record is not None:
-            out[name] = (Path(record.path).name, record.checksum)
-    return out
 
 
 def contract_rows(table, *, info, night, relpath, obj, calib, radius):

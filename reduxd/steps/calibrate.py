@@ -6,13 +6,12 @@ the raw frame and the masters are never modified.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from reduxd import __version__, maskbits
 from reduxd.errors import MissingCalibration
-from reduxd.steps.masters import SOURCE_KEYS
+from reduxd.steps.masters import source_cards
 
 _BLOCK_ROWS = 256  # rows per block when scaling the dark current (small temporaries)
 
@@ -220,12 +219,7 @@ def _cards(mode, masters, missing, history, sources, saturation, info, *, no_dar
         cards.append(
             ("RDXDEXP", float(info.exptime), "[s] exposure the dark current was scaled to")
         )
-    for name in _used(mode, masters):
-        if name in sources:
-            file, checksum = sources[name]
-            key, sum_key = SOURCE_KEYS[name]
-            cards.append((key, Path(str(file)).name, f"master {name} file"))
-            cards.append((sum_key, str(checksum), f"sha1 of the {key} file"))
+    cards += source_cards({n: sources[n] for n in _used(mode, masters) if n in sources})
     prefix = f"reduxd {__version__}: "
     cards += [("HISTORY", prefix + line, "") for line in history]
     cards += [("HISTORY", f"{prefix}skipped {s} (requested)", "") for s in skipped]

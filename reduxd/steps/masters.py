@@ -432,7 +432,7 @@ def make_dark_current(dark, bias):
     )
     history = [
         ("HISTORY", f"reduxd {__version__}: (master dark - master bias) / {dark.exptime} s", ""),
-        *_source_cards({"dark": _source(dark), "bias": _source(bias)}),
+        *source_cards({"dark": _source(dark), "bias": _source(bias)}),
     ]
     settings = {key: _card(dark.cards, key) for key in ("OFFSET", "READOUTM")}
     cards = _cards(result, settings, None) + history + _input_history(inputs)
@@ -458,14 +458,14 @@ SOURCE_KEYS = {
 }
 
 
-def _source_cards(sources):
+def source_cards(sources):
     """Cards naming each master used: file name and checksum."""
     cards = []
     for name, source in sources.items():
         if source is None:
             continue
         key, sum_key = SOURCE_KEYS[name]
-        cards.append((key, str(source[0]), f"master {name} file"))
+        cards.append((key, Path(str(source[0])).name, f"master {name} file"))
         cards.append((sum_key, str(source[1]), f"sha1 of the {key} file"))
     return cards
 
@@ -614,7 +614,7 @@ def _flat_cards(how, flat_scale, level, sources):
     ]
     names = {"dark": ("dark",), "bias": ("bias",), "bias+dark_current*t": ("bias", "dark_current")}
     keep = {n for h in used for n in names.get(h, ())}
-    cards += _source_cards({k: v for k, v in sources.items() if k in keep})
+    cards += source_cards({k: v for k, v in sources.items() if k in keep})
     for h in used:
         cards.append(("HISTORY", f"reduxd {__version__}: flats minus {h}, then combined", ""))
     cards.append(("HISTORY", f"reduxd {__version__}: divided by its median {level:.3f}", ""))

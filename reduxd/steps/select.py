@@ -197,15 +197,14 @@ class Plan:
     reason: str
     bad_pixels: object = None  # uint8 mask from these masters, set by the caller
 
+    def records(self):
+        """Return ``{name: MasterRecord}`` for the masters the plan uses."""
+        names = ("dark", "bias", "dark_current", "flat")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
     def sources(self):
         """Return ``{name: (file, checksum)}`` for the masters the plan uses."""
-        records = {
-            "dark": self.dark,
-            "bias": self.bias,
-            "dark_current": self.dark_current,
-            "flat": self.flat,
-        }
-        return {k: (r.path, r.checksum) for k, r in records.items() if r is not None}
+        return {k: (r.path, r.checksum) for k, r in self.records().items()}
 
 
 def calibration_plan(candidates, info, calib_config, *, utc_offset_hours=0.0):
