@@ -17,6 +17,7 @@ the service goes on.
 """
 
 import dataclasses
+import math
 import re
 import time
 from collections import defaultdict
@@ -109,6 +110,7 @@ class Pipeline:
         self.references = {}
         self.incomplete_since = {}
         self._incomplete_seen = set()
+        self._curves_at = -math.inf
         self.dirty_curves = set()
         self._masters = None
         self._bpm = {}
@@ -218,9 +220,7 @@ class Pipeline:
         self.ledger.finish(
             row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
         )
-        cal_set = self.sets.setdefault(key, CalSet(info.kind, night))
-        cal_set.members.append((row.id, str(path), info))
-        cal_set.last_arrival = self.clock()
+        cal_set = self._add_to_set(row.id, path, info, night)
         log.info(
             "calibration_frame",
             file=rel,
@@ -503,10 +503,15 @@ class Pipeline:
             info = self._header_info(row)
             if info is None:
                 continue
-            key = (info.kind, row.night, steps_masters.group_key(info))
-            cal_set = self.sets.setdefault(key, CalSet(info.kind, row.night))
-            cal_set.members.append((row.id, str(row.path), info))
-            cal_set.last_arrival = self.clock()
+            self._add_to_set(row.id, row.path, info, row.night)
+
+    def _add_to_set(self, frame_id, path, info, night):
+        """Put a calibration frame in its set (created if new); return the set."""
+        key = (info.kind, night, steps_masters.group_key(info))
+        cal_set = self.sets.setdefault(key, CalSet(info.kind, night))
+        cal_set.members.append((frame_id, str(path), info))
+        cal_set.last_arrival = self.clock()
+        return cal_set
 
     def _header_info(self, row):
         """Classify a known frame from its header only (no pixels read)."""
@@ -535,14 +540,10 @@ class Pipeline:
 
     def _build_set(self, key, cal_set, *, final):
         kind, night, _ = key
-        frames = [(info, path) for _fid, path, info in cal_set.members]
-        layouts = steps_masters.load_frames(
-            [p for _, p in frames],
-            max_bytes=self.config.reading.max_bytes,
-            rules=self.config.classify,
-        )
+        max_bytes = self.config.reading.max_bytes
+        layouts = [(info, probe(path, max_bytes=max_bytes)) for _f, path, info in cal_set.members]
         try:
-            results = self._make_masters(kind, layouts, cal_set)
+            results = self._make_masters(kind, layouts)
         except MissingCalibration as exc:
             if not final:
                 return None
@@ -556,7 +557,7 @@ class Pipeline:
     def _annotate(self, cal_set, info):
         self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
 
-    def _make_masters(self, kind, layouts, cal_set):
+    def _make_masters(self, kind, layouts):
         cal = self.config.calibration
         opts = {
             "method": cal.combine,
@@ -705,7 +706,7 @@ class Pipeline:
     def update_curves(self, *, min_interval=0.0):
         """Rewrite the light curves of fields that got new rows."""
         now = self.clock()
-        if not self.dirty_curves or now - getattr(self, "_curves_at", -1e9) < min_interval:
+        if not self.dirty_curves or now - self._curves_at < min_interval:
             return
         self._curves_at = now
         groups = defaultdict(list)
