@@ -7,8 +7,10 @@ process, in frame order, so any number of jobs gives the same tables.
 
 Running again into the same output folder does only what is missing (frames the
 ledger knows as done are skipped; products are not rewritten when nothing
-changed). ``--redo`` reduces everything again: the new photometry rows supersede
-the old ones (``version``, ``current`` columns).
+changed). Products are not fsynced one by one (the daemon's are): a light whose
+reduced FITS or finder chart is missing or empty, e.g. after a power cut, is
+reduced again by the next run. ``--redo`` reduces everything again: the new
+photometry rows supersede the old ones (``version``, ``current`` columns).
 
 Exit status: 0 when something was reduced (or had been, in an earlier run),
 even if some files were refused (they are listed in the summary, with the
@@ -16,8 +18,11 @@ reason); 1 when nothing could be reduced (no FITS files, or every one refused);
 2 when the inputs are unusable (a data folder that does not exist).
 """
 
+import contextlib
+import importlib
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -29,13 +34,19 @@ from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Outcome, Pipeline
-from reduxd.products import stacks
+from reduxd.reduce import LIGHT_MODULES, quicklook_path
 from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
 OLD_FILTERS = ("U", "B", "V", "R", "I")
 EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
+LATER_MODULES = (
+    *LIGHT_MODULES,
+    "reduxd.products.stacks",
+    "matplotlib.figure",  # light-curve plots
+    "matplotlib.backends.backend_agg",
+)
 
 
 class InputError(Exception):
@@ -261,19 +272,23 @@ def run(args):
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
-    with Ledger(config.paths.state_file) as ledger:
-        pipeline = Pipeline(config, ledger=ledger)
+    with Ledger(config.paths.state_file, durable=False) as ledger:
+        pipeline = Pipeline(config, ledger=ledger, durable=False)
         if args.redo:
             _reset_done(ledger, found)
+        else:
+            _reset_missing_products(ledger, found, config)
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
+        preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
         pipeline.flush()
-        outcomes += reduce_lights(pipeline, lights, jobs=max(args.jobs, 1), progress=progress)
-        outcomes += pipeline.retry_waiting()
-        pipeline.update_curves()
-        stacked = stacks.write_stacks(pipeline) if config.output.stack else []
+        preload.join()  # before any fork: no import lock held by a thread
+        with worker_pool(args.jobs) as pool:
+            outcomes += reduce_lights(pipeline, lights, pool=pool, progress=progress)
+            outcomes += pipeline.retry_waiting()
+            stacked = _stacks_and_curves(pipeline, pool)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
@@ -306,12 +321,66 @@ def _reset_done(ledger, found):
             ledger.reset(row.id)
 
 
-def reduce_lights(pipeline, lights, *, jobs, progress):
-    """Reduce lights in time order, with ``jobs`` worker processes when > 1."""
+def _reset_missing_products(ledger, found, config):
+    """Send back to ``seen`` the done lights of this run whose products are missing or empty."""
+    wanted = _wanted(found)
+    outdir, output = Path(config.paths.outdir), config.output
+    for row in ledger.frames(kind="light", state="done"):
+        if (row.root, row.relpath) not in wanted or "excluded" in row.info:
+            continue
+        expected = []
+        if output.reduced:
+            expected.append(outdir / "reduced" / row.relpath)
+        if output.quicklook:
+            expected.append(quicklook_path(outdir, row.relpath))
+        if any(not p.exists() or p.stat().st_size == 0 for p in expected):
+            log.warning("products_missing", file=row.relpath, action="reduced again")
+            ledger.reset(row.id)
+
+
+def worker_pool(jobs):
+    """A pool of ``jobs`` worker processes, or None (work in this process) for one job."""
     if jobs <= 1:
-        return pipeline.handle_many(lights, progress=progress)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return pipeline.handle_many(lights, pool=pool, progress=progress)
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(max_workers=jobs)
+
+
+def reduce_lights(pipeline, lights, *, pool, progress):
+    """Reduce lights in time order, in ``pool`` (None: in this process)."""
+    return pipeline.handle_many(lights, pool=pool, progress=progress)
+
+
+def _stacks_and_curves(pipeline, pool):
+    """Stacks in the workers while this process writes the light curves; the stack paths."""
+    from reduxd.products import stacks  # see LATER_MODULES
+
+    pending = stacks.start_stacks(pipeline, pool) if pipeline.config.output.stack else None
+    pipeline.update_curves()
+    return stacks.finish_stacks(pipeline, pending) if pending is not None else []
+
+
+class Preload:
+    """Import modules in a background thread; :meth:`join` before forking workers.
+
+    The calibration frames need numpy and astropy.io.fits only; photometry,
+    plotting and the stacks (about a second of imports) load meanwhile, mostly
+    while the masters are combined in numpy, which releases the GIL.
+    """
+
+    def __init__(self, names):
+        self._thread = threading.Thread(target=self._run, args=(names,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run(names):
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the import where the module is used reports it
+                return
+
+    def join(self):
+        self._thread.join()
 
 
 def refused_files(ledger, found):

@@ -14,7 +14,18 @@ class ConfigError(ReduxdError):
     """The configuration file is unusable (names the file, the key and what was expected)."""
 
 
-class FrameIncomplete(ReduxdError):
+class _PathReason(ReduxdError):
+    """An error about one file, with the reason; picklable, so it crosses worker pools.
+
+    (A default-pickled exception is rebuilt from its message alone, which these
+    constructors do not accept: the pool would break on the first one.)
+    """
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class FrameIncomplete(_PathReason):
     """The file is not complete yet (still being written): try again later."""
 
     def __init__(self, path, reason):
@@ -23,7 +34,7 @@ class FrameIncomplete(ReduxdError):
         super().__init__(f"{path}: not complete yet: {reason}")
 
 
-class FrameRejected(ReduxdError):
+class FrameRejected(_PathReason):
     """The file is not a usable frame: quarantine it, with the reason."""
 
     def __init__(self, path, reason):
@@ -32,7 +43,7 @@ class FrameRejected(ReduxdError):
         super().__init__(f"{path}: rejected: {reason}")
 
 
-class MissingCalibration(ReduxdError):
+class MissingCalibration(_PathReason):
     """No usable master for a light and the policy forbids going on without it."""
 
     def __init__(self, path, reason):

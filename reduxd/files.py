@@ -15,7 +15,7 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def atomic_write(path, write, *, mode=0o644):
+def atomic_write(path, write, *, mode=0o644, durable=True):
     """Write ``path`` atomically: ``write(fileobj)`` into a temporary file, fsync, rename.
 
     Parameters
@@ -26,6 +26,10 @@ def atomic_write(path, write, *, mode=0o644):
         Called with a binary file object opened in the same folder.
     mode : int
         Permissions of the result (products are read by other users: 0o644).
+    durable : bool
+        Fsync the file and its folder, so the file survives a power cut once this
+        returns. Without it the rename is still atomic (no partial file under
+        ``path`` after a crash of reduxd), but a power cut may lose the file.
 
     Examples
     --------
@@ -43,11 +47,13 @@ def atomic_write(path, write, *, mode=0o644):
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path

@@ -48,6 +48,7 @@ BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
 WAITING = "waiting for calibration"
 
 log = get_logger("reduxd.pipeline")
+MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
 
 
 @dataclass
@@ -97,10 +98,14 @@ class Pipeline:
     progress : callable, optional
         Called with the relative path before each frame is processed, including
         re-reductions run inside :meth:`tick` (the daemon feeds the watchdog there).
+    durable : bool
+        Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
+        False: it redoes lights whose products are missing on its next run.
     """
 
-    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None):
+    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None, durable=True):
         self.config = config
+        self.durable = durable
         self.ledger = ledger
         self.clock = clock
         self.progress = progress
@@ -113,6 +118,7 @@ class Pipeline:
         self._curves_at = -math.inf
         self.dirty_curves = set()
         self._masters = None
+        self._built = {}
         self._bpm = {}
         self._restore_sets()
 
@@ -255,7 +261,7 @@ class Pipeline:
         )
         outcome = self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
         try:
-            write_products(self.outdir, rel, result, cfg.output)
+            write_products(self.outdir, rel, result, cfg.output, durable=self.durable)
         except Exception as exc:  # rows are committed: failing the frame would redo it
             log.exception("products_failed", file=rel, reason=f"{type(exc).__name__}: {exc}")
         return outcome
@@ -348,7 +354,7 @@ class Pipeline:
                     continue
             night = info.night(self.config.site.utc_offset_hours)
             self.ledger.begin(row.id)
-            args = (str(path), rel, plan, frozen[key], self.config, night)
+            args = (str(path), rel, plan, frozen[key], self.config, night, self.durable)
             work = pool.submit(compute_light, *args) if pool else _Done(compute_light, args)
             pending.append((row, rel, info, plan, frozen[key], work, self.clock()))
         outcomes += self._finish_pending(pending, progress)
@@ -427,7 +433,7 @@ class Pipeline:
     def _write_rows(self, rows, version):
         save = self.config.output.save
         if version == 1:
-            tables.append_rows(self.outdir, rows, save=save)
+            tables.append_rows(self.outdir, rows, save=save, durable=self.durable)
         else:
             self.rewrite_tables()
 
@@ -541,7 +547,10 @@ class Pipeline:
     def _build_set(self, key, cal_set, *, final):
         kind, night, _ = key
         max_bytes = self.config.reading.max_bytes
-        layouts = [(info, probe(path, max_bytes=max_bytes)) for _f, path, info in cal_set.members]
+        layouts = [
+            (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
+            for fid, path, info in cal_set.members
+        ]
         try:
             results = self._make_masters(kind, layouts)
         except MissingCalibration as exc:
@@ -553,6 +562,11 @@ class Pipeline:
         records = [self._register(result, night) for result in results]
         self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})
         return [r for r in records if r is not None]
+
+    def _sha1(self, frame_id):
+        """The checksum the ledger took when the frame was read (None: not known)."""
+        row = self.ledger.frame(frame_id)
+        return row.checksum if row is not None else None
 
     def _annotate(self, cal_set, info):
         self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
@@ -609,6 +623,9 @@ class Pipeline:
         )
         if record is None:
             return None
+        built = self._built.get((record.path, record.checksum))
+        if built is not None:
+            return built
         return read_master(record.path, max_bytes=self.config.reading.max_bytes)
 
     def _register(self, result, night):
@@ -624,8 +641,9 @@ class Pipeline:
         if not ok:
             path = path.with_name(path.stem + ".rejected.fits")
         write_master(path, result)
+        checksum = file_checksum(path)
         record = result.record(
-            path, checksum=file_checksum(path), utc_offset_hours=self.config.site.utc_offset_hours
+            path, checksum=checksum, utc_offset_hours=self.config.site.utc_offset_hours
         )
         status = "valid" if ok else "rejected"
         record_id = self.ledger.add_master(record, status=status, reason=reason or None)
@@ -637,6 +655,12 @@ class Pipeline:
         if not ok:
             log.warning("master_rejected", kind=result.kind, file=str(path), reason=reason)
             return None
+        # masters made next from this one (dark current, flat) need not read it back
+        self._built[(record.path, checksum)] = dataclasses.replace(
+            result, path=record.path, checksum=checksum
+        )
+        while len(self._built) > MAX_BUILT:  # a month-long daemon builds many
+            self._built.pop(next(iter(self._built)))
         log.info(
             "master_built",
             kind=result.kind,

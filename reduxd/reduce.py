@@ -3,6 +3,10 @@
 Nothing here touches the ledger, so the same code runs in the daemon's worker
 and in the batch command's worker processes. A light is read once; masters come
 from a small in-process cache keyed by path and checksum.
+
+Photometry, finder charts and times are imported on first use (``LIGHT_MODULES``,
+about a second): a process busy with calibration frames does not wait for them,
+and ``reduxd reduce`` imports them in a thread while it combines the masters.
 """
 
 import math
@@ -13,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
 from reduxd.products.fitsout import write_calibrated
-from reduxd.products.quicklook import write_profile_plot, write_quicklook
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.masters import saturation_level
-from reduxd.steps.photometry import PhotParams, photometer
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class LightResult:
     phot: object  # reduxd.steps.photometry.PhotResult
     rows: list
     calib: str
+
+
+LIGHT_MODULES = (
+    "reduxd.steps.photometry",
+    "reduxd.products.quicklook",
+    "astropy.time",
+    "scipy.spatial",
+)
 
 
 class MasterCache:
@@ -62,6 +71,8 @@ class MasterCache:
 
 def phot_params(config, camera):
     """Return :class:`PhotParams` from the config and the camera entry of a light."""
+    from reduxd.steps.photometry import PhotParams  # see LIGHT_MODULES
+
     p = config.photometry
     region = tuple(p.sky_region) if p.sky_region else None
     return PhotParams(
@@ -148,6 +159,8 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius):
     """Return the photometry contract rows (dicts) for one light's star table."""
     mid = info.date_mid
     date_obs = mid.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if mid else ""
+    from astropy.time import Time  # see LIGHT_MODULES
+
     mjd = float(Time(mid).mjd) if mid else math.nan
     base = {
         "night": night,
@@ -159,27 +172,17 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius):
         "mjd": mjd,
         "calib": calib,
     }
-    rows = []
-    for star in table:
-        row = dict(base)
-        for name in (
-            "x",
-            "y",
-            "fwhm",
-            "sky",
-            "sky_err",
-            "flux",
-            "flux_err",
-            "mag_inst",
-            "mag_err",
-            "snr",
-        ):
-            row[name] = float(star[name])
-        row["star_id"] = int(star["star_id"])
-        row["flags"] = int(star["flags"])
-        row["radius"] = float(radius)
-        rows.append(row)
-    return rows
+    columns = {
+        name: np.asarray(table[name], dtype=float).tolist()
+        for name in ("x", "y", "fwhm", "sky", "sky_err", "flux", "flux_err", "mag_inst",
+                     "mag_err", "snr")
+    }  # fmt: skip
+    columns["star_id"] = np.asarray(table["star_id"], dtype=np.int64).tolist()
+    columns["flags"] = np.asarray(table["flags"], dtype=np.int64).tolist()
+    base["radius"] = float(radius)
+    return [
+        {**base, **{name: values[i] for name, values in columns.items()}} for i in range(len(table))
+    ]
 
 
 def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath):
@@ -200,6 +203,8 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
     night, relpath : str
         For the contract rows.
     """
+    from reduxd.steps.photometry import photometer  # see LIGHT_MODULES
+
     cal = calibrate(raw, info, plan, cache=cache, config=config, camera=camera)
     params = phot_params(config, camera)
     phot = photometer(
@@ -241,14 +246,25 @@ def measured(result, checksum):
     return Measured(result.rows, phot.reference, offset, float(phot.fwhm), result.calib, checksum)
 
 
-def write_products(outdir, rel, result, output):
-    """Write the calibrated light and its finder chart (as ``output`` config asks)."""
+def write_products(outdir, rel, result, output, *, durable=True):
+    """Write the calibrated light and its finder chart (as ``output`` config asks).
+
+    ``durable``: fsync each file (the daemon); ``reduxd reduce`` does not, and
+    redoes on its next run any light whose products are missing or empty.
+    """
+    from reduxd.products.quicklook import write_profile_plot, write_quicklook  # LIGHT_MODULES
+
     outdir = Path(outdir)
     if output.reduced:
-        write_calibrated(outdir / "reduced" / rel, result, result.header)
+        write_calibrated(outdir / "reduced" / rel, result, result.header, durable=durable)
     if output.quicklook:
         write_quicklook(
-            quicklook_path(outdir, rel), result.data, result.phot.table, title=rel, mask=result.mask
+            quicklook_path(outdir, rel),
+            result.data,
+            result.phot.table,
+            title=rel,
+            mask=result.mask,
+            durable=durable,
         )
     for profile in result.phot.profiles or ():
         folder = quicklook_path(outdir, rel).with_suffix("")
@@ -267,7 +283,7 @@ def quicklook_path(outdir, rel):
 _WORKER_CACHE = MasterCache()
 
 
-def compute_light(path, rel, plan, reference, config, night):
+def compute_light(path, rel, plan, reference, config, night, durable=True):
     """Worker entry point: read, calibrate, measure one light and write its products.
 
     The ledger stays with the caller: this returns :class:`Measured`.
@@ -286,7 +302,7 @@ def compute_light(path, rel, plan, reference, config, night):
         night=night,
         relpath=rel,
     )
-    write_products(config.paths.outdir, rel, result, config.output)
+    write_products(config.paths.outdir, rel, result, config.output, durable=durable)
     return measured(result, raw.checksum)
 
 

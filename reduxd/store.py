@@ -196,6 +196,8 @@ class Ledger:
     busy_timeout : float
         Seconds to wait for a lock held by another process (e.g. a report
         reading the database).
+    durable : bool
+        ``synchronous=FULL`` (default) or ``NORMAL``; see the notes.
 
     Notes
     -----
@@ -203,8 +205,9 @@ class Ledger:
     commit is on disk before it returns, so an attempt recorded before the work
     (or a frame marked done) survives a power cut, which small observatories do
     have. The cost, one fsync of the WAL per commit, is nothing at a few commits
-    per frame. ``NORMAL`` would be safe against a process crash but could lose
-    the last commits on power loss.
+    per frame. ``durable=False`` (``reduxd reduce``, whose re-run redoes what is
+    missing) uses ``NORMAL``: safe against a process crash, but a power cut may
+    lose the last commits.
 
     Examples
     --------
@@ -222,8 +225,10 @@ class Ledger:
         *,
         allow_network_fs: bool = False,
         busy_timeout: float = 10.0,
+        durable: bool = True,
     ):
         self.path = Path(path)
+        self.durable = durable
         _check_local(self.path, allow_network_fs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
@@ -252,7 +257,7 @@ class Ledger:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise LedgerError(f"{self.path}: cannot switch to WAL journal (got {mode!r})")
-        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         db.execute("PRAGMA foreign_keys = ON")
         with self._tx():
             exists = db.execute(

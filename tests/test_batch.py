@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
@@ -243,6 +244,31 @@ def test_redo_supersedes_rows(night):
         replaced = ledger.masters(status="rejected")
         assert len(replaced) == 7
         assert all(ledger.master_status(m.id)[1].startswith("replaced") for m in replaced)
+
+
+@pytest.mark.slow
+def test_lights_with_missing_or_empty_products_are_reduced_again(night):
+    """Batch products are not fsynced one by one: a re-run repairs what a power cut lost."""
+    line = "reduce -D pg2213 -C calibration -O analysis"
+    ok(run_reduxd(line, cwd=night))
+    out = night / "analysis"
+    reduced = sorted((out / "reduced").rglob("*.fits"))
+    charts = sorted((out / "quicklook").rglob("*.png"))
+    assert len(reduced) == len(charts) == N_LIGHTS
+    reduced[0].unlink()
+    charts[-1].write_bytes(b"")  # what delayed allocation can leave after a power cut
+    untouched = {p: p.stat().st_mtime_ns for p in reduced[1:-1]}
+    proc = ok(run_reduxd(line, cwd=night))
+    result = summary(out)
+    assert result["reduced"] == 2 and result["already_done"] == N_CAL + N_LIGHTS - 2
+    assert "products_missing" in proc.stdout + proc.stderr
+    assert reduced[0].stat().st_size > 0 and charts[-1].stat().st_size > 0
+    assert charts[-1].read_bytes()[:4] == b"\x89PNG"
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    with fits.open(reduced[0], checksum=True) as hdul:
+        assert hdul[0].header["DATASUM"] and hdul["MASK"].data.dtype == np.uint8
+    rows = phot(out)
+    assert len(set(rows["file"][rows["current"] == 1])) == N_LIGHTS
 
 
 @pytest.mark.slow

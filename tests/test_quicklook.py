@@ -49,3 +49,24 @@ def test_profile_plot_of_a_measured_star(tmp_path):
     assert result.profiles and "star_id" in result.profiles[0]
     out = write_profile_plot(tmp_path / "p.png", result.profiles[0], radius=6)
     assert out.read_bytes()[:8] == PNG
+
+
+def test_grey_levels_are_a_monotonic_zscale_asinh_stretch():
+    from astropy.visualization import AsinhStretch
+
+    from reduxd.products.quicklook import _ASINH_LUT, GREYS, LUT_SIZE, _grey_levels
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(1000.0, 30.0, (300, 400)).astype(np.float32)
+    img[50:55, 60:65] = 40000.0  # a saturated star: white
+    img[0, 0] = np.nan  # shown black, not an error
+    grey = _grey_levels(img)
+    assert grey.dtype == np.uint8 and grey.shape == img.shape
+    assert grey[0, 0] == 0 and grey[52, 62] == GREYS - 1
+    order = np.argsort(img[1:].ravel())
+    assert np.all(np.diff(grey[1:].ravel()[order].astype(int)) >= 0)  # monotonic
+    assert 0 < np.median(grey) < GREYS - 1  # sky inside the zscale range
+    # the lookup table is astropy's AsinhStretch (a=0.1) to within one grey level
+    x = np.linspace(0.0, 1.0, LUT_SIZE)
+    expected = AsinhStretch(a=0.1)(x) * (GREYS - 1)
+    assert np.abs(_ASINH_LUT - expected).max() <= 0.5 + 1e-9

@@ -132,3 +132,115 @@ def test_errors():
         acc.add(np.zeros(SHAPE), np.zeros((3, 3)), dx=0, dy=0)
     with pytest.raises(ValueError, match="finite"):
         acc.add(np.zeros(SHAPE), None, dx=np.nan, dy=0)
+
+
+# -- the fast paths of add, merge, pickling -------------------------------------------
+
+
+def naive_stack(frames):
+    """Reference: per-pixel mean of the valid, aligned pixels, by explicit loops over frames."""
+    total = np.zeros(SHAPE)
+    count = np.zeros(SHAPE, dtype=np.int32)
+    for data, mask, dx, dy in frames:
+        ix, iy = _round(dx), _round(dy)
+        for y in range(SHAPE[0]):
+            sy = y + iy
+            if not 0 <= sy < SHAPE[0]:
+                continue
+            xs = np.arange(SHAPE[1])
+            sx = xs + ix
+            inside = (sx >= 0) & (sx < SHAPE[1])
+            values = data[sy, sx[inside]]
+            good = np.isfinite(values)
+            if mask is not None:
+                good &= mask[sy, sx[inside]] == 0
+            total[y, xs[inside][good]] += values[good]
+            count[y, xs[inside][good]] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / count).astype(np.float32), count
+
+
+def random_frames(n, bad_fraction, seed):
+    """Noisy frames with NaN/inf pixels, a mask covering ``bad_fraction`` and random offsets."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        data = (frame(0, 0) + rng.normal(0, 5, SHAPE)).astype(np.float32)
+        data[rng.random(SHAPE) < 0.002] = np.nan
+        data[rng.random(SHAPE) < 0.001] = np.inf
+        mask = (rng.random(SHAPE) < bad_fraction).astype(np.uint8) * maskbits.BAD
+        dx, dy = rng.uniform(-6, 6, size=2)
+        frames.append((data, mask, dx, dy))
+    return frames
+
+
+@pytest.mark.parametrize("bad_fraction", [0.0, 0.005, 0.3])  # the three ways add() sums
+def test_add_matches_a_naive_stack(bad_fraction):
+    frames = random_frames(6, bad_fraction, seed=int(bad_fraction * 1000))
+    if bad_fraction == 0.0:
+        frames = [(np.nan_to_num(d, posinf=0.0), None, dx, dy) for d, _, dx, dy in frames]
+    acc = StackAccumulator()
+    for data, mask, dx, dy in frames:
+        before = data.copy()
+        acc.add(data, mask, dx=dx, dy=dy)
+        np.testing.assert_array_equal(data, before)
+    data, count, _ = acc.result()
+    expected, expected_count = naive_stack(frames)
+    np.testing.assert_array_equal(count, expected_count)
+    np.testing.assert_array_equal(data, expected)  # same sums in the same order
+
+
+def test_merge_equals_one_accumulator():
+    frames = random_frames(7, 0.01, seed=5)
+    whole = StackAccumulator()
+    for data, mask, dx, dy in frames:
+        whole.add(data, mask, dx=dx, dy=dy)
+    merged = StackAccumulator()
+    for part in (frames[:3], frames[3:4], [], frames[4:]):
+        acc = StackAccumulator()
+        for data, mask, dx, dy in part:
+            acc.add(data, mask, dx=dx, dy=dy)
+        assert merged.merge(acc) is merged
+    assert merged.n_frames == whole.n_frames == 7 and merged.shape == SHAPE
+    (d1, c1, k1), (d2, c2, k2) = whole.result(), merged.result()
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-6)
+    assert k1 == k2  # NCOMBINE, shift range
+
+
+def test_merge_empty_and_shape_errors():
+    acc = StackAccumulator()
+    acc.add(frame(0, 0), None, dx=0, dy=0)
+    before = acc.result()
+    acc.merge(StackAccumulator())  # no frames: no-op
+    acc.merge(StackAccumulator(shape=(3, 3)))  # no frames, other shape: still a no-op
+    after = acc.result()
+    np.testing.assert_array_equal(before[0], after[0])
+    assert acc.n_frames == 1
+    other = StackAccumulator()
+    other.add(np.zeros((10, 10)), None, dx=0, dy=0)
+    with pytest.raises(ValueError, match="merge"):
+        acc.merge(other)
+    with pytest.raises(ValueError, match="merge"):
+        StackAccumulator(shape=(3, 3)).merge(acc)
+    empty = StackAccumulator()
+    empty.merge(acc)  # into an empty one: a copy, independent of the source
+    acc.add(frame(0, 0), None, dx=0, dy=0)
+    assert empty.n_frames == 1 and acc.n_frames == 2
+    np.testing.assert_array_equal(empty.result()[0], before[0])
+
+
+@pytest.mark.parametrize("bad_fraction", [0.01, 0.5])  # counts pickled sparse, then dense
+def test_pickles_compactly_and_unchanged(bad_fraction):
+    import pickle
+
+    acc = StackAccumulator()
+    for data, mask, dx, dy in random_frames(3, bad_fraction, seed=9):
+        acc.add(data, mask, dx=dx, dy=dy)
+    blob = pickle.dumps(acc)
+    assert len(blob) < acc._sum.nbytes * 1.6  # the int32 maps: at most half the size
+    copy = pickle.loads(blob)
+    for a, b in zip(acc.result(), copy.result(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    empty = pickle.loads(pickle.dumps(StackAccumulator()))
+    assert empty.n_frames == 0 and empty.shape is None

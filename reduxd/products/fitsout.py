@@ -5,7 +5,8 @@ extension ``INPUTS`` (name, sha1, exptime, date_obs of every input frame).
 Calibrated lights: the float32 image under the raw frame's cleaned header plus
 the calibration cards, and the uint8 pixel mask as IMAGE extension ``MASK``.
 Float data are written as they are (BITPIX=-32, no BZERO/BSCALE); every file is
-written atomically with CHECKSUM/DATASUM (:func:`reduxd.fitsio.write_fits_atomic`).
+written atomically with CHECKSUM/DATASUM (:func:`reduxd.fitsio.write_fits_atomic`;
+calibrated lights, on the per-light path, with :func:`reduxd.fitsio.write_images_atomic`).
 """
 
 import numpy as np
@@ -54,18 +55,15 @@ def write_master(path, result):
     return fitsio.write_fits_atomic(path, master_hdul(result))
 
 
-def calibrated_hdul(calibrated, raw_header):
-    """Return the HDUList of a calibrated light (image + ``MASK`` extension)."""
-    header = fitsio.add_cards(fitsio.clean_header(raw_header), calibrated.cards)
-    primary = fits.PrimaryHDU(np.asarray(calibrated.data, dtype=np.float32), header=header)
-    mask = fits.ImageHDU(np.asarray(calibrated.mask, dtype=np.uint8), name="MASK")
+def _mask_header():
+    header = fits.Header()
     for bit, key in _MASK_KEYS.items():
-        mask.header[key] = (bit, maskbits.DESCRIPTION[bit][:46])
-    return fits.HDUList([primary, mask])
+        header[key] = (bit, maskbits.DESCRIPTION[bit][:46])
+    return header
 
 
-def write_calibrated(path, calibrated, raw_header):
-    """Write a calibrated light atomically; return the path.
+def write_calibrated(path, calibrated, raw_header, *, durable=True):
+    """Write a calibrated light (image + ``MASK`` extension) atomically; return the path.
 
     Parameters
     ----------
@@ -74,6 +72,8 @@ def write_calibrated(path, calibrated, raw_header):
     raw_header : astropy.io.fits.Header
         The raw frame's header: cleaned (:func:`reduxd.fitsio.clean_header`), then
         the calibration cards are added.
+    durable : bool
+        Fsync before returning (see :func:`reduxd.files.atomic_write`).
 
     Examples
     --------
@@ -88,7 +88,12 @@ def write_calibrated(path, calibrated, raw_header):
     ...     (h['BITPIX'], 'BZERO' in h, h['OBJECT'], hdul['MASK'].header['BITPIX'])
     (-32, False, 'M13', 8)
     """
-    return fitsio.write_fits_atomic(path, calibrated_hdul(calibrated, raw_header))
+    header = fitsio.add_cards(fitsio.clean_header(raw_header), calibrated.cards)
+    hdus = [
+        (np.asarray(calibrated.data, dtype=np.float32), header, None),
+        (np.asarray(calibrated.mask, dtype=np.uint8), _mask_header(), "MASK"),
+    ]
+    return fitsio.write_images_atomic(path, hdus, durable=durable)
 
 
 def read_master(path, *, max_bytes):

@@ -15,6 +15,18 @@ Files, under ``<outdir>/stacks/``::
 A stack is rewritten only when its lights (their reduction versions and
 offsets) or the photometry options changed (``RDXSTSIG`` card), so running
 ``reduxd reduce`` again leaves the files as they are.
+
+The summing can run in worker processes while the caller does something else::
+
+    pending = start_stacks(pipeline, pool)   # jobs submitted to the pool
+    ...                                      # e.g. write the light curves
+    paths = finish_stacks(pipeline, pending)  # merge, photometry, write
+
+Each group's lights are summed in runs (in the ledger's order; their length,
+:func:`chunk_size`, depends on the number of lights only), one job per run
+(:func:`stack_chunk`), and the runs are merged in their order: the stack is the
+same, bit for bit, whatever the pool and its size (``pool=None`` computes the
+same runs in :func:`finish_stacks`). :func:`write_stacks` does both steps at once.
 """
 
 import csv
@@ -24,14 +36,16 @@ import io
 import json
 import math
 from collections import defaultdict
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
 from reduxd import maskbits
+from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.files import atomic_write
-from reduxd.fitsio import add_cards, clean_header, write_fits_atomic
+from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
 from reduxd.log import get_logger
 from reduxd.reduce import phot_params
 from reduxd.steps.photometry import photometer
@@ -91,10 +105,111 @@ def _unchanged(path, signature):
         return False
 
 
-def write_stacks(pipeline):
-    """Write one stacked FITS and its photometry per group; return the FITS paths."""
-    out = []
+# Lights per stacking job: CHUNK, more in groups of over MAX_CHUNKS * CHUNK lights (each
+# job's result, a float64 frame, waits in memory for finish_stacks). Set by the number of
+# lights only, never by the pool, so that the sums do not depend on the pool.
+CHUNK = 25
+MAX_CHUNKS = 16
+
+
+def chunk_size(n_lights):
+    """Lights per job in a group of ``n_lights``.
+
+    Examples
+    --------
+    >>> chunk_size(10), chunk_size(400), chunk_size(401), chunk_size(1000)
+    (25, 25, 26, 63)
+    """
+    return max(CHUNK, -(-n_lights // MAX_CHUNKS))
+
+
+@dataclasses.dataclass
+class _Group:
+    """One stack to write: where, its inputs, and its chunks (futures or item lists)."""
+
+    key: tuple
+    path: Path
+    header: fits.Header
+    params: object
+    signature: str
+    chunks: list = dataclasses.field(default_factory=list)
+    unchanged: bool = False
+
+
+@dataclasses.dataclass
+class PendingStacks:
+    """What :func:`start_stacks` started, for :func:`finish_stacks` (opaque)."""
+
+    groups: list
+    max_bytes: int
+
+
+def stack_chunk(items, max_bytes):
+    """Stack a run of reduced lights; return its :class:`StackAccumulator` (worker job).
+
+    Parameters
+    ----------
+    items : list of (str, float, float)
+        ``(path, dx, dy)`` of each reduced light (primary image + ``MASK``), in order.
+    max_bytes : int
+        Largest image size read (``config.reading.max_bytes``).
+
+    Module level and with plain arguments, so that it runs in a process pool; the
+    accumulator pickles (numpy arrays) back to the caller.
+
+    Raises
+    ------
+    OSError
+        A light cannot be read (missing, truncated, not FITS). Not reduxd's
+        ``FrameIncomplete``/``FrameRejected``: they do not unpickle, and an
+        exception that does not unpickle breaks the whole process pool.
+    """
+    acc = StackAccumulator()
+    for path, dx, dy in items:
+        try:
+            data, mask = _read_light(path, max_bytes)
+        except (FrameIncomplete, FrameRejected) as exc:
+            raise OSError(f"cannot stack {exc}") from None
+        acc.add(data, mask, dx=dx, dy=dy)
+    return acc
+
+
+def _read_light(path, max_bytes):
+    """A reduced light's float32 image and its ``MASK`` (None without one)."""
+    hdus = read_images(path, max_bytes=max_bytes)
+    if hdus[0][1] is None:
+        raise FrameRejected(path, "no image in the primary HDU")
+    masks = [
+        image
+        for header, image in hdus[1:]
+        if image is not None and str(header.get("EXTNAME", "")).strip().upper() == "MASK"
+    ]
+    return hdus[0][1].astype(np.float32, copy=False), (masks[0] if masks else None)
+
+
+def start_stacks(pipeline, pool=None):
+    """Start stacking every group whose stack is out of date; return a pending object.
+
+    Each group's lights are cut into runs of :func:`chunk_size` in their order,
+    each run stacked by :func:`stack_chunk`: submitted to ``pool`` (a
+    ``concurrent.futures`` executor) now, or without a pool run in
+    :func:`finish_stacks`. Groups whose stack is up to date (``RDXSTSIG``) are
+    not stacked again. Pass the result to :func:`finish_stacks`, once.
+
+    Parameters
+    ----------
+    pipeline : reduxd.pipeline.Pipeline
+        Its ledger, config, output folder.
+    pool : concurrent.futures.Executor, optional
+        A process pool; None: no work now.
+
+    Returns
+    -------
+    PendingStacks
+    """
     reduced = pipeline.outdir / "reduced"
+    max_bytes = pipeline.config.reading.max_bytes
+    groups = []
     for (obj, filt, gain, exptime), rows in sorted(
         stack_groups(pipeline.ledger).items(), key=lambda kv: str(kv[0])
     ):
@@ -106,35 +221,73 @@ def write_stacks(pipeline):
         camera = pipeline.config.camera(str(header.get("INSTRUME", "")).strip(), gain)
         base = phot_params(pipeline.config, camera)
         signature = _signature(rows, base)
+        group = _Group((obj, filt, gain, exptime), path, header, base, signature)
+        groups.append(group)
         if _unchanged(path, signature):
-            out.append(path)
+            group.unchanged = True
+            continue
+        items = [(str(reduced / r.relpath), *map(float, r.info["offset"])) for r in rows]
+        size = chunk_size(len(items))
+        for k in range(0, len(items), size):
+            chunk = items[k : k + size]
+            group.chunks.append(
+                chunk if pool is None else pool.submit(stack_chunk, chunk, max_bytes)
+            )
+    return PendingStacks(groups, max_bytes)
+
+
+def finish_stacks(pipeline, pending):
+    """Combine the chunks started by :func:`start_stacks`, measure and write each stack.
+
+    Writes one stacked FITS and its photometry CSV per group; returns the FITS
+    paths (up to date ones included), in group order. Waits for the pool's jobs;
+    an error of a job (an unreadable light) is raised here.
+    """
+    out = []
+    for group in pending.groups:
+        if group.unchanged:
+            out.append(group.path)
             continue
         acc = StackAccumulator()
-        for row in rows:
-            with fits.open(reduced / row.relpath, memmap=False) as hdul:
-                data = hdul[0].data.astype(np.float32)
-                mask = hdul["MASK"].data if "MASK" in hdul else None
-            dx, dy = row.info["offset"]
-            acc.add(data, mask, dx=dx, dy=dy)
+        chunks, group.chunks = group.chunks, []
+        while chunks:  # in frame order, whoever computed them; each freed once merged
+            acc.merge(_chunk_result(chunks.pop(0), pending.max_bytes))
         if acc.n_frames == 0:
             continue
-        mean, count, cards = acc.result()
-        phot = stack_photometry(
-            mean, count, n_frames=acc.n_frames, exptime=exptime, params=base,
-            reference=pipeline.reference(obj),
-        )  # fmt: skip
-        cards = [*cards, *phot.cards, ("RDXSTSIG", signature, "sha1 of the inputs")]
-        hdr = add_cards(header, cards)
-        hdul = fits.HDUList([fits.PrimaryHDU(mean, hdr), fits.ImageHDU(count, name="COUNT")])
-        write_fits_atomic(path, hdul)
-        meta = {"object": obj, "filter": filt, "gain": gain, "exptime": exptime}
-        radius = dict((k, v) for k, v, _ in phot.cards).get("PHOTRAD", base.radius)
-        write_stack_photometry(
-            photometry_path(path), phot.table, nframes=acc.n_frames, radius=radius, **meta
-        )
-        log.info("stack_written", file=str(path), nframes=acc.n_frames, n_stars=len(phot.table))
-        out.append(path)
+        _write_stack(pipeline, group, acc)
+        out.append(group.path)
     return out
+
+
+def _chunk_result(chunk, max_bytes):
+    if isinstance(chunk, Future):
+        return chunk.result()
+    return stack_chunk(chunk, max_bytes)
+
+
+def write_stacks(pipeline, pool=None):
+    """Write one stacked FITS and its photometry per group; return the FITS paths."""
+    return finish_stacks(pipeline, start_stacks(pipeline, pool))
+
+
+def _write_stack(pipeline, group, acc):
+    obj, filt, gain, exptime = group.key
+    path, base = group.path, group.params
+    mean, count, cards = acc.result()
+    phot = stack_photometry(
+        mean, count, n_frames=acc.n_frames, exptime=exptime, params=base,
+        reference=pipeline.reference(obj),
+    )  # fmt: skip
+    cards = [*cards, *phot.cards, ("RDXSTSIG", group.signature, "sha1 of the inputs")]
+    hdr = add_cards(group.header.copy(), cards)
+    hdus = [(mean, hdr, None), (count, None, "COUNT")]
+    write_images_atomic(path, hdus, durable=pipeline.durable)
+    meta = {"object": obj, "filter": filt, "gain": gain, "exptime": exptime}
+    radius = dict((k, v) for k, v, _ in phot.cards).get("PHOTRAD", base.radius)
+    write_stack_photometry(
+        photometry_path(path), phot.table, nframes=acc.n_frames, radius=radius, **meta
+    )
+    log.info("stack_written", file=str(path), nframes=acc.n_frames, n_stars=len(phot.table))
 
 
 def _first_header(path):

@@ -86,19 +86,13 @@ def _format(name, value):
     return str(value)
 
 
-def _csv_lines(rows):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        writer.writerow([_format(name, row[name]) for name in NAMES])
-    return buf.getvalue()
+def _fields(rows):
+    return [[_format(name, row[name]) for name in NAMES] for row in rows]
 
 
-def _ecsv_lines(rows):
+def _lines(fields, delimiter):
     buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=" ", lineterminator="\n")
-    for row in rows:
-        writer.writerow([_format(name, row[name]) for name in NAMES])
+    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerows(fields)
     return buf.getvalue()
 
 
@@ -115,31 +109,37 @@ def table_paths(outdir, save=""):
     return Path(outdir) / f"{base}.csv", Path(outdir) / f"{base}.ecsv"
 
 
-def append_rows(outdir, rows, *, save=""):
-    """Append ``rows`` to the CSV and ECSV tables, creating them with headers if needed."""
+def append_rows(outdir, rows, *, save="", durable=True):
+    """Append ``rows`` to the CSV and ECSV tables, creating them with headers if needed.
+
+    ``durable``: fsync both files before returning.
+    """
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    _append(csv_path, ",".join(NAMES) + "\n", _csv_lines(rows))
-    _append(ecsv_path, _ecsv_header(), _ecsv_lines(rows))
+    fields = _fields(rows)
+    _append(csv_path, ",".join(NAMES) + "\n", _lines(fields, ","), durable=durable)
+    _append(ecsv_path, _ecsv_header(), _lines(fields, " "), durable=durable)
     return csv_path, ecsv_path
 
 
-def _append(path, header, lines):
+def _append(path, header, lines, *, durable):
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", encoding="utf-8") as fh:
         if new:
             fh.write(header)
         fh.write(lines)
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
 
 
 def rewrite_rows(outdir, rows, *, save=""):
     """Rewrite both tables with exactly ``rows`` (atomically: temp file + rename)."""
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(csv_path, ",".join(NAMES) + "\n" + _csv_lines(rows))
-    _replace(ecsv_path, _ecsv_header() + _ecsv_lines(rows))
+    fields = _fields(rows)
+    _replace(csv_path, ",".join(NAMES) + "\n" + _lines(fields, ","))
+    _replace(ecsv_path, _ecsv_header() + _lines(fields, " "))
     return csv_path, ecsv_path
 
 

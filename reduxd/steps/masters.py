@@ -195,7 +195,7 @@ def _inputs(frames):
     return tuple(
         InputFile(
             name=Path(info.path).name,
-            sha1=fitsio.file_checksum(layout.path),
+            sha1=layout.sha1 or fitsio.file_checksum(layout.path),
             exptime=info.exptime,
             date_obs=_iso(info.date_obs),
         )

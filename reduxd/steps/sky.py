@@ -191,6 +191,33 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     return median, std, n
 
 
+def _annulus_rows(data, mask, x, y, dx, dy, *, r_in, r_out):
+    """Candidate pixels of each star's annulus, one row per star, NaN where unusable.
+
+    Pixels are gathered from the flattened image by linear index (``take``);
+    only stars whose box crosses the frame edge pay for the bounds checks.
+    """
+    ny, nx = data.shape
+    cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
+    r = np.hypot(dx[None, :] - (x - cx)[:, None], dy[None, :] - (y - cy)[:, None])
+    usable = (r >= r_in) & (r < r_out)
+    index = (cy * nx + cx)[:, None] + (dy * nx + dx)[None, :]
+    half = max(int(np.max(np.abs(dx), initial=0)), int(np.max(np.abs(dy), initial=0)))
+    edge = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
+    if edge.any():
+        px, py = cx[edge, None] + dx, cy[edge, None] + dy
+        usable[edge] &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        index[edge] = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+    flat = np.ascontiguousarray(data).reshape(-1)
+    if mask is not None:
+        usable &= np.ascontiguousarray(mask).reshape(-1).take(index) == 0
+    values = flat.take(index)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    return np.where(usable, values, np.array(np.nan, values.dtype))
+
+
 def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     """Sigma-clipped median in the annulus ``r_in <= r < r_out`` around each star.
 
@@ -225,22 +252,11 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     out = np.full((4, x.size), np.nan)
-    ny, nx = data.shape
     dx, dy = _annulus_offsets(r_in, r_out)
     chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
     for start in range(0, x.size, chunk):
         xs, ys = x[start : start + chunk], y[start : start + chunk]
-        px = np.rint(xs).astype(np.int64)[:, None] + dx
-        py = np.rint(ys).astype(np.int64)[:, None] + dy
-        r = np.hypot(px - xs[:, None], py - ys[:, None])
-        usable = (r >= r_in) & (r < r_out) & (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        px, py = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
-        if mask is not None:
-            usable &= mask[py, px] == 0
-        values = data[py, px]
-        if not np.issubdtype(values.dtype, np.floating):
-            values = values.astype(np.float64)
-        rows = np.where(usable, values, np.array(np.nan, values.dtype))
+        rows = _annulus_rows(data, mask, xs, ys, dx, dy, r_in=r_in, r_out=r_out)
         med, std, npix = _clipped_rows(rows, sigma=sigma)
         block = slice(start, start + xs.size)
         out[0, block], out[1, block], out[2, block] = med, std, npix

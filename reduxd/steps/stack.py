@@ -3,7 +3,10 @@
 One stack per (object, filter, gain, exposure) - the caller keeps one
 :class:`StackAccumulator` per key. Memory stays constant whatever the number
 of lights: a running sum (float64) and a per-pixel count of the valid pixels
-(int32), both the size of the reference frame.
+(int32), both the size of the reference frame. Accumulators of consecutive
+runs of frames can be built apart (in worker processes; they pickle) and
+combined with :meth:`StackAccumulator.merge`; merged in a fixed order, the
+result does not depend on how the work was spread.
 
 Alignment is by the *rounded integer* offset, without interpolation: every
 stacked pixel is the mean of whole, untouched pixels, so the noise of the
@@ -26,6 +29,12 @@ def _round(value):
     if not np.isfinite(value):
         raise ValueError(f"offset {value!r} is not a finite number")
     return int(np.sign(value) * np.floor(abs(value) + 0.5))
+
+
+def _overlap(shape, ix, iy):
+    """``(x0, x1, y0, y1)``: the stack pixels a frame shifted by ``(ix, iy)`` covers."""
+    ny, nx = shape
+    return max(0, -ix), min(nx, nx - ix), max(0, -iy), min(ny, ny - iy)
 
 
 class StackAccumulator:
@@ -54,6 +63,8 @@ class StackAccumulator:
     def __init__(self, shape=None):
         self._shape = None if shape is None else (int(shape[0]), int(shape[1]))
         self._sum = None
+        # frames per pixel = the frames whose overlap rectangle (from its shift) covers
+        # it, built by result(), + ``_count`` (-1 for each frame leaving the pixel out)
         self._count = None
         self._n = 0
         self._shifts = []
@@ -104,13 +115,8 @@ class StackAccumulator:
             self._shape = data.shape
         if data.shape != self._shape:
             raise ValueError(f"frame shape {data.shape} != stack shape {self._shape}")
-        if self._sum is None:
-            self._sum = np.zeros(self._shape, dtype=np.float64)
-            self._count = np.zeros(self._shape, dtype=np.int32)
         ix, iy = _round(dx), _round(dy)
-        ny, nx = self._shape
-        x0, x1 = max(0, -ix), min(nx, nx - ix)
-        y0, y1 = max(0, -iy), min(ny, ny - iy)
+        x0, x1, y0, y1 = _overlap(self._shape, ix, iy)
         if x0 >= x1 or y0 >= y1:
             return 0
         src = data[y0 + iy : y1 + iy, x0 + ix : x1 + ix]
@@ -120,12 +126,110 @@ class StackAccumulator:
         used = int(np.count_nonzero(good))
         if used == 0:
             return 0
+        if self._sum is None:
+            self._allocate()
         region = self._sum[y0:y1, x0:x1]
-        np.add(region, src, out=region, where=good)
-        self._count[y0:y1, x0:x1] += good
+        if used == good.size:
+            np.add(region, src, out=region)
+        elif 64 * (good.size - used) < good.size:
+            # Few pixels left out: add the whole rectangle (no masked ufunc, which
+            # is slow), then put back the sum at the left-out pixels. Same values.
+            rows, cols = np.divmod(np.flatnonzero(~good), x1 - x0)
+            rows += y0
+            cols += x0
+            kept = self._sum[rows, cols]
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.add(region, src, out=region)
+            self._sum[rows, cols] = kept
+            self._count[rows, cols] -= 1
+        else:
+            np.add(region, src, out=region, where=good)
+            counts = self._count[y0:y1, x0:x1]
+            np.subtract(counts, ~good, out=counts, casting="unsafe")
         self._n += 1
         self._shifts.append((ix, iy))
         return used
+
+    def _allocate(self):
+        ny, nx = self._shape
+        self._sum = np.zeros((ny, nx), dtype=np.float64)
+        self._count = np.zeros((ny, nx), dtype=np.int32)
+
+    def _counts(self):
+        ny, nx = self._shape
+        edges = np.zeros((ny + 1, nx + 1), dtype=np.int32)  # +1 on each overlap rectangle
+        for ix, iy in self._shifts:
+            x0, x1, y0, y1 = _overlap(self._shape, ix, iy)
+            edges[y0, x0] += 1
+            edges[y0, x1] -= 1
+            edges[y1, x0] -= 1
+            edges[y1, x1] += 1
+        np.cumsum(edges, axis=0, dtype=np.int32, out=edges)
+        np.cumsum(edges, axis=1, dtype=np.int32, out=edges)
+        return self._count + edges[:-1, :-1]
+
+    def merge(self, other):
+        """Add the frames of another accumulator to this one.
+
+        Afterwards this accumulator holds the stack of its frames followed by
+        ``other``'s (``other`` is left as it is). Merging the accumulators of
+        consecutive runs of frames in their order gives the same stack, whoever
+        computed them, up to the rounding of the float64 sum.
+
+        Parameters
+        ----------
+        other : StackAccumulator
+            Same shape; one without frames is ignored.
+
+        Returns
+        -------
+        StackAccumulator
+            This accumulator.
+
+        Raises
+        ------
+        ValueError
+            The two stacks have different shapes.
+
+        Examples
+        --------
+        >>> a, b = StackAccumulator(), StackAccumulator()
+        >>> _ = a.add(np.full((2, 3), 1.0), None, dx=0, dy=0)
+        >>> _ = b.add(np.full((2, 3), 4.0), None, dx=1, dy=0)
+        >>> data, count, _ = a.merge(b).result()
+        >>> a.n_frames, data[0].tolist(), count[0].tolist()
+        (2, [2.5, 2.5, 1.0], [2, 2, 1])
+        """
+        if other._n == 0:
+            return self
+        if self._shape is not None and self._shape != other._shape:
+            raise ValueError(f"cannot merge a {other._shape} stack into a {self._shape} one")
+        if self._sum is None:
+            self._shape = other._shape
+            self._allocate()
+        self._sum += other._sum
+        self._count += other._count
+        self._n += other._n
+        self._shifts.extend(other._shifts)
+        return self
+
+    def __getstate__(self):
+        # ``_count`` is mostly zeros: pickle its non-zero entries (the accumulators
+        # of worker processes come back through a pipe).
+        state = self.__dict__.copy()
+        count = state["_count"]
+        if count is not None:
+            flat = np.flatnonzero(count)
+            if 4 * flat.size < count.size:
+                state["_count"] = (count.shape, flat, count.ravel()[flat])
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["_count"], tuple):
+            shape, flat, values = state["_count"]
+            state["_count"] = np.zeros(shape, dtype=np.int32)
+            state["_count"].ravel()[flat] = values
+        self.__dict__.update(state)
 
     def result(self):
         """Return ``(data, count, cards)`` of the stack so far.
@@ -146,9 +250,11 @@ class StackAccumulator:
         """
         if self._n == 0:
             raise ValueError("nothing stacked yet")
-        count = self._count.copy()
+        count = self._counts()
+        mean = np.empty(self._shape, dtype=np.float32)  # float64 quotient, rounded once
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, self._sum / np.maximum(count, 1), np.nan)
+            np.divide(self._sum, count, out=mean, casting="unsafe")
+        mean[count == 0] = np.nan
         shifts = np.asarray(self._shifts)
         cards = [
             ("NCOMBINE", self._n, "number of lights stacked"),
@@ -161,4 +267,4 @@ class StackAccumulator:
                 "",
             ),
         ]
-        return mean.astype(np.float32), count, cards
+        return mean, count, cards
