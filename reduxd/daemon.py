@@ -19,6 +19,7 @@ they are built after the next start.
 """
 
 import contextlib
+import importlib
 import math
 import os
 import queue
@@ -31,6 +32,7 @@ from reduxd import notify
 from reduxd.config import load_config
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
+from reduxd.reduce import LIGHT_MODULES
 from reduxd.store import Ledger
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError
@@ -127,6 +129,8 @@ class Service:
 
     def _serve(self, ledger):
         w = self.config.watch
+        for name in LIGHT_MODULES:  # now, not on the first light (its latency)
+            importlib.import_module(name)
         for row in ledger.recover_interrupted(max_tries=w.max_tries):
             log.warning(
                 "interrupted_frame",

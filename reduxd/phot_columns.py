@@ -14,8 +14,6 @@ from photutils.aperture import (
     CircularAperture,
     aperture_photometry,
 )
-from photutils.background import Background2D, MedianBackground
-from photutils.detection import DAOStarFinder
 
 # Column names of photutils 3.x tables.
 SUM = "aperture_sum"
@@ -128,6 +126,8 @@ def dao_find(data, *, fwhm, threshold, mask=None):
     >>> [round(float(v)) for v in (x[0], y[0])]
     [15, 15]
     """
+    from photutils.detection import DAOStarFinder  # imported when used (slow to import)
+
     table = DAOStarFinder(threshold=threshold, fwhm=fwhm).find_stars(data, mask=mask)
     if table is None:
         return np.zeros(0), np.zeros(0), np.zeros(0)
@@ -148,6 +148,8 @@ def mesh_background(data, *, box, mask=None, sigma=3.0):
     (3.0, 0.0)
     """
     box = int(min(box, *np.shape(data)))
+    from photutils.background import Background2D, MedianBackground  # mesh sky only
+
     background = Background2D(
         data,
         box,

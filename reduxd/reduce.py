@@ -42,7 +42,6 @@ LIGHT_MODULES = (
     "reduxd.steps.photometry",
     "reduxd.products.quicklook",
     "astropy.time",
-    "scipy.spatial",
 )
 
 
