@@ -220,11 +220,16 @@ def _probe_large(fh, buf, path, *, max_bytes, file_size):
 
 
 def _to_float32(raw, layout):
+    return _physical(raw, layout.bscale, layout.bzero)
+
+
+def _physical(raw, bscale, bzero):
+    """New float32 array of physical values ``raw * bscale + bzero``."""
     data = raw.astype(np.float32)
-    if layout.bscale != 1.0:
-        data *= np.float32(layout.bscale)
-    if layout.bzero != 0.0:
-        data += np.float32(layout.bzero)
+    if bscale != 1.0:
+        data *= np.float32(bscale)
+    if bzero != 0.0:
+        data += np.float32(bzero)
     return data
 
 
@@ -558,11 +563,7 @@ def read_images(path, *, max_bytes):
             raw = raw.reshape(shape)
             bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
             if bscale != 1.0 or bzero != 0.0:
-                data = raw.astype(np.float32)
-                if bscale != 1.0:
-                    data *= np.float32(bscale)
-                if bzero != 0.0:
-                    data += np.float32(bzero)
+                data = _physical(raw, bscale, bzero)
             else:
                 data = raw.astype(raw.dtype.newbyteorder("="))
         out.append((header, data))

@@ -43,7 +43,7 @@ import numpy as np
 from astropy.io import fits
 
 from reduxd import maskbits
-from reduxd.errors import FrameIncomplete, FrameRejected
+from reduxd.errors import FrameRejected
 from reduxd.files import atomic_write
 from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
 from reduxd.log import get_logger
@@ -159,17 +159,13 @@ def stack_chunk(items, max_bytes):
 
     Raises
     ------
-    OSError
-        A light cannot be read (missing, truncated, not FITS). Not reduxd's
-        ``FrameIncomplete``/``FrameRejected``: they do not unpickle, and an
-        exception that does not unpickle breaks the whole process pool.
+    FrameIncomplete, FrameRejected
+        A light cannot be read (missing, truncated, not FITS); they pickle, so a
+        worker's error reaches the caller and the pool stays usable.
     """
     acc = StackAccumulator()
     for path, dx, dy in items:
-        try:
-            data, mask = _read_light(path, max_bytes)
-        except (FrameIncomplete, FrameRejected) as exc:
-            raise OSError(f"cannot stack {exc}") from None
+        data, mask = _read_light(path, max_bytes)
         acc.add(data, mask, dx=dx, dy=dy)
     return acc
 
