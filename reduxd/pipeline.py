@@ -168,12 +168,14 @@ class Pipeline:
         out = []
         for row in self.ledger.pending():
             if (row.last_error or "").startswith(WAITING) and row.path.exists():
-                out.append(self._process(row, row.path, row.relpath))
+                out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
     # -- one frame ---------------------------------------------------------------
 
-    def _process(self, row, path, rel, since=None):
+    def _process(self, row, path, rel, since=None, *, again=False):
+        """Read, classify and route one frame. ``again``: a light retried or re-reduced
+        after a master was built (its arrival says nothing about pending sets)."""
         if self.progress is not None:
             self.progress(rel)
         started = self.clock() if since is None else since
@@ -190,7 +192,7 @@ class Pipeline:
         self.ledger.begin(row.id)
         try:
             if info.kind == "light":
-                return self._light(row, raw, info, rel, started)
+                return self._light(row, raw, info, rel, started, again=again)
             return self._calibration(row, raw, info, rel, path)
         except MissingCalibration as exc:
             self.ledger.defer(row.id, f"{WAITING}: {exc.reason}")
@@ -238,12 +240,12 @@ class Pipeline:
         )
         return Outcome(rel, "ingested", kind=info.kind)
 
-    def _light(self, row, raw, info, rel, started):
+    def _light(self, row, raw, info, rel, started, *, again=False):
         cfg = self.config
         night = info.night(cfg.site.utc_offset_hours)
         if self._excluded(info):
             return self._exclude(row, info, rel, raw.checksum, night)
-        if self.sets:  # the camera moved on to lights: pending calibration sets are complete
+        if self.sets and not again:  # the camera moved on to lights: pending sets are complete
             self._build_sets(list(self.sets), final=False)
         plan = self._plan(info, rel)
         key = field_key(info, rel)
@@ -710,7 +712,7 @@ class Pipeline:
             if self._best_ids(row) == sorted(self.ledger.masters_used(row.id)):
                 continue
             log.info("rereduce", file=row.relpath, reason="better masters available")
-            out.append(self._process(row, row.path, row.relpath))
+            out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
     def _best_ids(self, row):

@@ -10,6 +10,7 @@ from astropy.table import Table
 from reduxd.config import load_config
 from reduxd.pipeline import Pipeline
 from reduxd.products import tables
+from reduxd.simulate import NightSpec, simulate_night
 from reduxd.store import Ledger
 
 
@@ -106,3 +107,49 @@ def test_appending_rows_does_not_rebuild_the_ecsv_header(tmp_path):
     assert time.perf_counter() - start < 2.0
     ecsv = Table.read(tmp_path / "photometry.ecsv", format="ascii.ecsv")
     assert len(ecsv) == 60 and ecsv["flux"].unit == "adu"
+
+
+def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp_path):
+    """Found by CI: the V flats go idle a moment before the R flats. Building the V master
+    retries the waiting lights; the first R light builds the R set (the camera moved on),
+    which retried the waiting lights again inside the first retry. The outer retry then
+    reduced the same lights a second time (version 2 without any new master)."""
+    stage = tmp_path / "stage"
+    simulate_night(stage, NightSpec.small(), flats_last=True, workers=1)
+    rels = sorted(
+        (p.relative_to(stage).as_posix() for p in stage.rglob("*.fits")),
+        key=lambda r: (stage / r).stat().st_mtime_ns,
+    )
+    flats = {f: [r for r in rels if "/flats/" in r and f"_{f.lower()}_" in r] for f in "VR"}
+    assert all(len(v) == 3 for v in flats.values()), flats
+    now = [0.0]
+    config = load_config(
+        overrides={
+            "paths": {"data": [str(stage)], "outdir": str(tmp_path / "out")},
+            "output": {"quicklook": False, "stack": False, "reduced": False},
+            "watch": {"set_timeout_seconds": 1.0},
+        }
+    )
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger, clock=lambda: now[0])
+        for rel in rels:
+            if "/flats/" not in rel:
+                pipeline.handle(stage / rel, stage)
+        assert ledger.measurements() == []  # every light waits for its flat
+        for t, filt in ((100.0, "V"), (100.5, "R")):
+            now[0] = t
+            for rel in flats[filt]:
+                pipeline.handle(stage / rel, stage)
+        now[0] = 104.2  # flats expose 2 s, a set is idle after 4 s: V is, R is not yet
+        pipeline.tick()
+        # the R lights wait on: a retried light does not close the R set, whose flats
+        # may still be coming in (a master of fewer flats would be replaced minutes later)
+        assert len(ledger.frames(kind="light", state="done")) == 6 and len(pipeline.sets) == 1
+        now[0] = 104.7
+        pipeline.tick()
+        versions = [m.version for m in ledger.measurements(current_only=False)]
+        lights = ledger.frames(kind="light", state="done")
+        flat_masters = ledger.masters(kind="flat")
+    assert len(lights) == 12 and not pipeline.sets
+    assert set(versions) == {1} and len(versions) > 12
+    assert sorted(m.ncombine for m in flat_masters) == [3, 3]
