@@ -133,7 +133,7 @@ def page_cache_cost(folder, nbytes, nfiles, *, pause=3.0):
 
     On a VM whose balloon driver reports free pages to the host, memory freed
     for more than about two seconds goes back to the host, and the next write
-    into it pays a first touch: here 1-2 s for 0.9 GB, against 0.25-0.4 s for
+    into it pays a first touch: here 1.3-1.9 s for 1.0 GB, against 0.26-0.39 s for
     pages freed just before. reduxd's products land in such pages (its masters
     take longer than that), the baseline writes no images. The same bytes are
     written with ``open().write``: what the machine charges, not reduxd.
