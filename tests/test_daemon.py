@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from nights import stage_night
 
 from reduxd.fitsio import file_checksum
-from reduxd.simulate import NightSpec, fits_bytes, sharpcap_cards, simulate_night, write_frame
+from reduxd.simulate import fits_bytes, sharpcap_cards, write_frame
 
 SETTLE = 0.5
 RECONCILE = 2.0
@@ -216,18 +217,6 @@ def check_consistent(tmp):
                 hdul.verify("exception")
                 assert hdul[0].data is not None
     return rows
-
-
-def stage_night(tmp, *, flats_last=False, spec=None):
-    """Simulate a small night outside the watched tree; return (stage, relpaths in time order)."""
-    stage = tmp / "stage"
-    simulate_night(stage, spec or NightSpec.small(), flats_last=flats_last, workers=1)
-    truth = json.loads((stage / "truth.json").read_text())
-    rels = sorted(
-        (p.relative_to(stage).as_posix() for p in stage.rglob("*.fits")),
-        key=lambda r: (stage / r).stat().st_mtime_ns,
-    )
-    return stage, rels, truth
 
 
 def place(stage, root, rels):

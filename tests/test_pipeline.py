@@ -1,4 +1,4 @@
-"""Pipeline fixes found while proving ``reduxd reduce`` (fast, no simulated night)."""
+"""Pipeline fixes found while proving ``reduxd reduce``, and one found by CI."""
 
 import time
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from nights import stage_night
 
 from reduxd.config import load_config
 from reduxd.pipeline import Pipeline
 from reduxd.products import tables
-from reduxd.simulate import NightSpec, simulate_night
 from reduxd.store import Ledger
 
 
@@ -114,12 +114,7 @@ def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp
     retries the waiting lights; the first R light builds the R set (the camera moved on),
     which retried the waiting lights again inside the first retry. The outer retry then
     reduced the same lights a second time (version 2 without any new master)."""
-    stage = tmp_path / "stage"
-    simulate_night(stage, NightSpec.small(), flats_last=True, workers=1)
-    rels = sorted(
-        (p.relative_to(stage).as_posix() for p in stage.rglob("*.fits")),
-        key=lambda r: (stage / r).stat().st_mtime_ns,
-    )
+    stage, rels, _ = stage_night(tmp_path, flats_last=True)
     flats = {f: [r for r in rels if "/flats/" in r and f"_{f.lower()}_" in r] for f in "VR"}
     assert all(len(v) == 3 for v in flats.values()), flats
     now = [0.0]
