@@ -34,7 +34,7 @@ from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Outcome, Pipeline
-from reduxd.reduce import LIGHT_MODULES, quicklook_path
+from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
 from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
@@ -330,7 +330,7 @@ def _reset_missing_products(ledger, found, config):
             continue
         expected = []
         if output.reduced:
-            expected.append(outdir / "reduced" / row.relpath)
+            expected.append(reduced_path(outdir, row.relpath))
         if output.quicklook:
             expected.append(quicklook_path(outdir, row.relpath))
         if any(not p.exists() or p.stat().st_size == 0 for p in expected):

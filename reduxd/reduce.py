@@ -255,7 +255,7 @@ def write_products(outdir, rel, result, output, *, durable=True):
 
     outdir = Path(outdir)
     if output.reduced:
-        write_calibrated(outdir / "reduced" / rel, result, result.header, durable=durable)
+        write_calibrated(reduced_path(outdir, rel), result, result.header, durable=durable)
     if output.quicklook:
         write_quicklook(
             quicklook_path(outdir, rel),
@@ -275,7 +275,13 @@ def write_products(outdir, rel, result, output, *, durable=True):
         )
 
 
+def reduced_path(outdir, rel):
+    """Where the calibrated light of raw frame ``rel`` is written."""
+    return Path(outdir) / "reduced" / rel
+
+
 def quicklook_path(outdir, rel):
+    """Where the finder chart of raw frame ``rel`` is written."""
     return Path(outdir) / "quicklook" / (rel.rsplit(".", 1)[0] + ".png")
 
 

@@ -47,7 +47,7 @@ from reduxd.errors import FrameRejected
 from reduxd.files import atomic_write
 from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
 from reduxd.log import get_logger
-from reduxd.reduce import phot_params
+from reduxd.reduce import phot_params, reduced_path
 from reduxd.steps.photometry import photometer
 from reduxd.steps.stack import StackAccumulator
 
@@ -203,17 +203,16 @@ def start_stacks(pipeline, pool=None):
     -------
     PendingStacks
     """
-    reduced = pipeline.outdir / "reduced"
     max_bytes = pipeline.config.reading.max_bytes
     groups = []
     for (obj, filt, gain, exptime), rows in sorted(
         stack_groups(pipeline.ledger).items(), key=lambda kv: str(kv[0])
     ):
-        rows = [r for r in rows if (reduced / r.relpath).exists()]
+        rows = [r for r in rows if reduced_path(pipeline.outdir, r.relpath).exists()]
         if not rows:
             continue
         path = pipeline.outdir / "stacks" / f"{stack_name(obj, filt, gain, exptime)}.fits"
-        header = _first_header(reduced / rows[0].relpath)
+        header = _first_header(reduced_path(pipeline.outdir, rows[0].relpath))
         camera = pipeline.config.camera(str(header.get("INSTRUME", "")).strip(), gain)
         base = phot_params(pipeline.config, camera)
         signature = _signature(rows, base)
@@ -222,7 +221,10 @@ def start_stacks(pipeline, pool=None):
         if _unchanged(path, signature):
             group.unchanged = True
             continue
-        items = [(str(reduced / r.relpath), *map(float, r.info["offset"])) for r in rows]
+        items = [
+            (str(reduced_path(pipeline.outdir, r.relpath)), *map(float, r.info["offset"]))
+            for r in rows
+        ]
         size = chunk_size(len(items))
         for k in range(0, len(items), size):
             chunk = items[k : k + size]
