@@ -25,14 +25,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from reduxd import executors
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
+from reduxd.executors import EXECUTORS
 from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
+from reduxd.nightplan import NightProgress, plan_nights
 from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
 from reduxd.store import Ledger
@@ -85,7 +87,22 @@ def register(subparsers):
     p.add_argument("--no-flat", action="store_true", default=None, help="do not flat-field")
     p.add_argument("--no-dark", action="store_true", default=None, help="do not subtract darks")
     p.add_argument("--config", help="TOML config file (flags override it)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for lights")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes (local: a process pool; dask-local: Dask workers)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where lights and stacks are computed: local (default), dask (an existing "
+        "cluster, see --scheduler), dask-local (a Dask LocalCluster of --jobs workers)",
+    )
+    p.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler for --executor dask"
+    )
     p.add_argument(
         "--redo",
         action="store_true",
@@ -174,8 +191,11 @@ def unreadable_names(found):
     return good, bad
 
 
-def sort_frames(found, config):
-    """Split into calibration frames and lights (lights in time order), by header only."""
+def sort_frames(found, config, *, nights=None):
+    """Split into calibration frames and lights (lights in time order), by header only.
+
+    ``nights``, a dict, receives ``{path: night}`` of each light.
+    """
     cal, lights = [], []
     for root, path in found:
         try:
@@ -186,6 +206,8 @@ def sort_frames(found, config):
             continue
         if info.kind == "light":
             lights.append((info.date_obs.timestamp() if info.date_obs else 0.0, root, path))
+            if nights is not None:
+                nights[path] = info.night(config.site.utc_offset_hours)
         else:
             cal.append((root, path, info))
     lights.sort(key=lambda item: (item[0], str(item[2])))
@@ -250,6 +272,13 @@ class Progress:
 def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
     config = load_config(args.config, overrides_from_args(args))
+    try:
+        executors.require(args.executor, args.scheduler)
+    except executors.ExecutorError as exc:
+        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.executor != "local":  # workers elsewhere: absolute paths only
+        config = executors.absolute_outdir(config)
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
     started = time.monotonic()
     outdir = Path(config.paths.outdir)
@@ -271,8 +300,24 @@ def run(args):
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
-    cal, lights = sort_frames(found, config)
-    with Ledger(config.paths.state_file, durable=False) as ledger:
+    light_nights = {}
+    cal, lights = sort_frames(found, config, nights=light_nights)
+    plans, night_of = plan_nights(
+        cal, lights, utc_offset_hours=config.site.utc_offset_hours, night_of_light=light_nights
+    )
+    stack = contextlib.ExitStack()
+    try:
+        workers = stack.enter_context(
+            executors.open_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
+        )
+        executors.check_paths(workers, [Path(p).resolve() for p in [*roots, outdir]])
+    except executors.ExecutorError as exc:
+        stack.close()
+        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    announce(workers, plans)
+    pool = workers.pool
+    with stack, Ledger(config.paths.state_file, durable=False) as ledger:
         pipeline = Pipeline(config, ledger=ledger, durable=False)
         if args.redo:
             _reset_done(ledger, found)
@@ -280,15 +325,16 @@ def run(args):
             _reset_missing_products(ledger, found, config)
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
-        progress = Progress(len(cal) + len(lights), every=args.progress_every)
+        progress = NightProgress(
+            Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
+        )
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
         preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
         pipeline.flush()
         preload.join()  # before any fork: no import lock held by a thread
-        with worker_pool(args.jobs) as pool:
-            outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
-            outcomes += pipeline.retry_waiting()
-            stacked = _stacks_and_curves(pipeline, pool)
+        outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
+        outcomes += pipeline.retry_waiting()
+        stacked = _stacks_and_curves(pipeline, pool)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
@@ -338,11 +384,13 @@ def _reset_missing_products(ledger, found, config):
             ledger.reset(row.id)
 
 
-def worker_pool(jobs):
-    """A pool of ``jobs`` worker processes, or None (work in this process) for one job."""
-    if jobs <= 1:
-        return contextlib.nullcontext(None)
-    return ProcessPoolExecutor(max_workers=jobs)
+def announce(workers, plans):
+    """Say on stderr where the work runs (and the Dask dashboard) and what each night holds."""
+    lines = [f"reduxd reduce: {len(plans)} night(s); executor: {workers.description}"]
+    if workers.dashboard:
+        lines.append(f"reduxd reduce: Dask dashboard: {workers.dashboard}")
+    lines += [f"  {plan.describe()}" for plan in plans.values()]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _stacks_and_curves(pipeline, pool):

@@ -332,11 +332,12 @@ class Pipeline:
     def handle_many(self, items, *, pool=None, progress=None):
         """Reduce lights ``[(root, path)]`` in order; return their outcomes.
 
-        The first light of a field is reduced here; every later light of the field
-        is reduced against that field's reference as it was then (frozen), in
-        ``pool`` when given, and committed in the original order. Star IDs of new
-        stars are given at commit time, so any number of workers gives the same
-        tables.
+        Every light of a field is reduced against that field's reference as it
+        was then (frozen), in ``pool`` when given, and committed in the original
+        order. A field without a reference gets the one its first light makes:
+        the field's later lights wait for that light only, not for the pool to
+        drain. Star IDs of new stars are given at commit time, so any number of
+        workers gives the same tables.
         """
         outcomes, pending, frozen = [], [], {}
         for root, path in items:
@@ -345,20 +346,16 @@ class Pipeline:
                 outcomes.append(self._tick_progress(job, progress))
                 continue
             row, rel, info, plan, key = job
-            if key not in frozen:
-                frozen[key] = self.reference(key)
-                if frozen[key] is None:  # first light of the field: reduce it here
-                    outcomes += self._finish_pending(pending, progress)
-                    outcomes.append(
-                        self._tick_progress(self._process(row, Path(path), rel), progress)
-                    )
-                    frozen[key] = self.reference(key)
-                    continue
+            base = frozen.setdefault(key, self.reference(key))
+            if isinstance(base, _FirstLight):
+                base = frozen[key] = base.reference()
             night = info.night(self.config.site.utc_offset_hours)
             self.ledger.begin(row.id)
-            args = (str(path), rel, plan, frozen[key], self.config, night, self.durable)
+            args = (str(path), rel, plan, base, self.config, night, self.durable)
             work = pool.submit(compute_light, *args) if pool else _Done(compute_light, args)
-            pending.append((row, rel, info, plan, frozen[key], work, self.clock()))
+            pending.append((row, rel, info, plan, base, work, self.clock()))
+            if base is None:  # first light of the field: the others use what it finds
+                frozen[key] = _FirstLight(work)
         outcomes += self._finish_pending(pending, progress)
         return outcomes
 
@@ -776,6 +773,20 @@ class _Done:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class _FirstLight:
+    """The pending first light of a field: its field reference, once computed."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def reference(self):
+        """The reference the light found (None if it failed: the next light starts one)."""
+        try:
+            return self.work.result().reference
+        except Exception:
+            return None
 
 
 def merge_new_stars(current, base, found, rows, *, radius):

@@ -996,6 +996,9 @@ def register(subparsers):
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--small", action="store_true", help="tiny night (384x256, few frames)")
     p.add_argument("--target", help="target name (default pg2213)")
+    p.add_argument(
+        "--start", help="UTC time of the first bias, e.g. 2024-07-03T00:50:00 (another night)"
+    )
     p.add_argument("--filters", help="comma-separated filters (default V,R)")
     p.add_argument("--n-lights", type=int, help="lights per filter")
     p.add_argument("--exptime", type=float, help="light exposure time, s")
@@ -1038,6 +1041,7 @@ def spec_from_args(args):
         ("n_flats", "n_flats"),
         ("n_stars", "n_stars"),
         ("shape", "shape"),
+        ("start", "start"),
     ]
     for name, arg in pairs:
         if getattr(args, arg) is not None:

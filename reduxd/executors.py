@@ -1,0 +1,178 @@
+"""Where ``reduxd reduce`` runs its work: this process, local processes, or Dask.
+
+:func:`open_executor` gives a :class:`Workers`: ``pool`` is a
+``concurrent.futures.Executor`` (or None: work in this process), the only thing
+the pipeline sees. Three kinds:
+
+``local``
+    Today's pool: ``--jobs 1`` works in this process, more jobs in a
+    ``ProcessPoolExecutor``. Dask is not imported.
+``dask``
+    An existing Dask cluster (``--scheduler tcp://HOST:8786``), e.g. workers
+    started by ``dask-jobqueue`` on Slurm.
+``dask-local``
+    A Dask ``LocalCluster`` of ``--jobs`` worker processes on this machine.
+
+With Dask the pool is the client's ``concurrent.futures`` executor
+(``Client.get_executor``): each task is submitted with ``pure=False`` and
+``retries``. A worker lost mid-run costs only its tasks: the scheduler gives
+them to the other workers. The coordinating process alone writes the ledger and
+the tables; the workers read the raw frames and write products under the output
+folder, by the same absolute paths, so every worker must see them (checked when
+the executor opens).
+"""
+
+import contextlib
+import dataclasses
+import importlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+EXECUTORS = ("local", "dask", "dask-local")
+INSTALL_HINT = "pip install 'reduxd[cluster]'"
+RETRIES = 2  # a task that raises (e.g. a network filesystem hiccup) runs up to 3 times
+CONNECT_TIMEOUT = "30s"
+
+
+class ExecutorError(Exception):
+    """The executor cannot be used (exit status 2): Dask missing, scheduler unreachable."""
+
+
+@dataclass
+class Workers:
+    """An open executor.
+
+    Attributes
+    ----------
+    pool : concurrent.futures.Executor or None
+        Where tasks are submitted; None: work in this process.
+    description : str
+        One line for the terminal, e.g. ``dask LocalCluster, 2 workers``.
+    dashboard : str or None
+        The Dask dashboard address, when there is one.
+    client : distributed.Client or None
+        The Dask client (Dask executors only).
+    """
+
+    pool: object
+    description: str
+    dashboard: str | None = None
+    client: object = None
+
+
+@contextlib.contextmanager
+def open_executor(kind, *, jobs=1, scheduler=None, retries=RETRIES):
+    """Open the executor ``kind`` (one of :data:`EXECUTORS`); yield :class:`Workers`.
+
+    Raises
+    ------
+    ExecutorError
+        Dask is not installed, ``--scheduler`` is missing, or the scheduler
+        cannot be reached.
+    """
+    distributed = require(kind, scheduler)
+    if distributed is None:
+        with _local(jobs) as workers:
+            yield workers
+        return
+    with _dask_client(distributed, kind, jobs, scheduler) as (client, what):
+        pool = client.get_executor(pure=False, retries=retries)
+        yield Workers(pool, what, dashboard_link(client), client)
+
+
+@contextlib.contextmanager
+def _local(jobs):
+    if jobs <= 1:
+        yield Workers(None, "local, this process")
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        yield Workers(pool, f"local, {jobs} processes")
+
+
+def require(kind, scheduler=None):
+    """Check that executor ``kind`` can be used; return ``distributed`` (None for local).
+
+    Called before any work, so that a missing Dask or ``--scheduler`` is said at once.
+
+    Raises
+    ------
+    ExecutorError
+        Unknown kind, Dask not installed (the message says how to install it),
+        or ``--executor dask`` without ``--scheduler``.
+    """
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {kind!r} (one of {', '.join(EXECUTORS)})")
+    if kind == "local":
+        return None
+    try:
+        distributed = importlib.import_module("distributed")
+    except ImportError as exc:
+        raise ExecutorError(
+            f"--executor {kind} needs Dask distributed, which is not installed "
+            f"({exc}); install it with: {INSTALL_HINT}"
+        ) from None
+    if kind == "dask" and not scheduler:
+        raise ExecutorError("--executor dask needs --scheduler tcp://HOST:PORT")
+    return distributed
+
+
+@contextlib.contextmanager
+def _dask_client(distributed, kind, jobs, scheduler):
+    if kind == "dask":
+        try:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise ExecutorError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        with client:
+            n = len(client.scheduler_info().get("workers", {}))
+            yield client, f"dask cluster {scheduler}, {n} workers now"
+        return
+    n = max(int(jobs), 1)
+    with (
+        distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client, f"dask LocalCluster, {n} worker processes"
+
+
+def dashboard_link(client):
+    """The dashboard address of ``client``'s scheduler, or None when it has none."""
+    services = client.scheduler_info().get("services", {})
+    if "dashboard" not in services:  # bokeh not installed: no dashboard
+        return None
+    return client.dashboard_link
+
+
+def check_paths(workers, paths):
+    """Raise :class:`ExecutorError` when a Dask worker does not see one of ``paths``.
+
+    Raw frames, masters and products are passed to the workers by absolute path;
+    a worker whose filesystem has them elsewhere must have them mounted (or
+    linked) at the same path (see the README, "Path mapping").
+    """
+    if workers.client is None:
+        return
+    paths = [os.fspath(p) for p in paths]
+    seen = workers.client.run(_missing, paths)
+    for worker, missing in sorted(seen.items()):
+        if missing:
+            raise ExecutorError(
+                f"Dask worker {worker} does not see {missing[0]}: every worker must see "
+                "the data folders and the output folder at the same absolute path"
+            )
+
+
+def _missing(paths):
+    return [p for p in paths if not os.path.isdir(p)]
+
+
+def worker_pids(client):
+    """``{worker address: pid}`` of the Dask workers (used by the tests)."""
+    return client.run(os.getpid)
+
+
+def absolute_outdir(config):
+    """``config`` with an absolute output folder (workers may run in another folder)."""
+    outdir = os.path.abspath(config.paths.outdir)
+    return dataclasses.replace(config, paths=dataclasses.replace(config.paths, outdir=outdir))
