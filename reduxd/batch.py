@@ -330,8 +330,10 @@ def run(args):
         )
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
         preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
-        pipeline.flush()
-        preload.join()  # before any fork: no import lock held by a thread
+        if pool is not None:
+            preload.join()  # before any fork: no import lock held by a thread
+        pipeline.flush(pool=pool)  # the masters, in the pool when there is one
+        preload.join()
         outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
         outcomes += pipeline.retry_waiting()
         stacked = _stacks_and_curves(pipeline, pool)

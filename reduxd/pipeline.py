@@ -157,9 +157,14 @@ class Pipeline:
         exptime = max((info.exptime or 0.0) for _fid, _p, info in cal_set.members)
         return max(self.config.watch.set_timeout_seconds, 2.0 * exptime)
 
-    def flush(self):
-        """Build the masters of every pending calibration set (batch, shutdown)."""
-        built = self._build_sets(list(self.sets), final=True)
+    def flush(self, *, pool=None):
+        """Build the masters of every pending calibration set (batch, shutdown).
+
+        With ``pool`` (a ``concurrent.futures`` executor) the sets of one kind
+        are combined there at once (biases, then darks, then flats); this
+        process registers and writes them in the same order as without it.
+        """
+        built = self._build_sets(list(self.sets), final=True, pool=pool)
         self.update_curves()
         return built
 
@@ -526,13 +531,15 @@ class Pipeline:
         except (FrameIncomplete, FrameRejected):
             return None
 
-    def _build_sets(self, keys, *, final):
-        built = []
+    def _build_sets(self, keys, *, final, pool=None):
+        built, started = [], {}
         for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
             cal_set = self.sets.get(key)
             if cal_set is None:
                 continue
-            records = self._build_set(key, cal_set, final=final)
+            if pool is not None and key not in started:  # every set of this kind at once
+                started.update(self._start_masters([k for k in keys if k[0] == key[0]], pool))
+            records = self._build_set(key, cal_set, final=final, work=started.get(key))
             if records is not None:
                 del self.sets[key]
                 built.extend(records)
@@ -543,15 +550,36 @@ class Pipeline:
                 self.rereduce(night)
         return built
 
-    def _build_set(self, key, cal_set, *, final):
-        kind, night, _ = key
+    def _start_masters(self, keys, pool):
+        """Submit the combining of sets ``keys`` to ``pool``; ``{key: future}``.
+
+        A set whose inputs are missing (a flat without its dark) is left out:
+        :meth:`_build_set` finds the same and says so.
+        """
+        started = {}
+        for key in keys:
+            layouts = self._layouts(self.sets[key])
+            try:
+                inputs = self._master_inputs(key[0], layouts)
+            except MissingCalibration:
+                continue
+            started[key] = pool.submit(make_masters, key[0], layouts, **inputs)
+        return started
+
+    def _layouts(self, cal_set):
         max_bytes = self.config.reading.max_bytes
-        layouts = [
+        return [
             (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
             for fid, path, info in cal_set.members
         ]
+
+    def _build_set(self, key, cal_set, *, final, work=None):
+        kind, night, _ = key
         try:
-            results = self._make_masters(kind, layouts)
+            if work is not None:
+                results = work.result()
+            else:
+                results = self._make_masters(kind, self._layouts(cal_set))
         except MissingCalibration as exc:
             if not final:
                 return None
@@ -571,25 +599,21 @@ class Pipeline:
         self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
 
     def _make_masters(self, kind, layouts):
+        return make_masters(kind, layouts, **self._master_inputs(kind, layouts))
+
+    def _master_inputs(self, kind, layouts):
+        """Keyword arguments of :func:`make_masters` for one set: options, masters it needs."""
         cal = self.config.calibration
         opts = {
             "method": cal.combine,
             "clip_sigma": cal.clip_sigma,
             "max_memory_mb": cal.max_memory_mb,
         }
-        if kind == "bias":
-            return [steps_masters.make_bias(layouts, **opts)]
-        if kind == "dark":
-            dark = steps_masters.make_dark(layouts, **opts)
-            bias = self._pick_loaded("bias", layouts[0][0])
-            if bias is None:
-                return [dark]
-            return [dark, steps_masters.make_dark_current(dark, bias)]
-        return [self._make_flat(layouts, opts)]
-
-    def _make_flat(self, layouts, opts):
         info = layouts[0][0]
-        cal = self.config.calibration
+        if kind == "bias":
+            return {"opts": opts}
+        if kind == "dark":
+            return {"opts": opts, "bias": self._pick_loaded("bias", info)}
         exposures = {i.exptime for i, _ in layouts}
         dark = self._pick_loaded("dark", info) if len(exposures) == 1 else None
         bias = self._pick_loaded("bias", info)
@@ -598,14 +622,8 @@ class Pipeline:
             raise MissingCalibration(
                 info.path, f"no dark for flats of {info.filter} ({sorted(exposures)} s)"
             )
-        return steps_masters.make_flat(
-            layouts,
-            dark=dark,
-            bias=bias,
-            dark_current=dark_current,
-            flat_scale=cal.flat_scale,
-            **opts,
-        )
+        return {"opts": opts, "bias": bias, "dark": dark, "dark_current": dark_current,
+                "flat_scale": cal.flat_scale}  # fmt: skip
 
     def _pick_loaded(self, kind, info):
         cal = self.config.calibration
@@ -773,6 +791,24 @@ class _Done:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None):
+    """Combine one calibration set into its masters (a list); nothing written.
+
+    ``kind`` 'bias' gives a master bias; 'dark' a master dark, and its dark
+    current when ``bias`` is given; 'flat' a master flat. Module level and with
+    plain arguments, so that a worker process runs it (:meth:`Pipeline.flush`).
+    """
+    if kind == "bias":
+        return [steps_masters.make_bias(layouts, **opts)]
+    if kind == "dark":
+        made = steps_masters.make_dark(layouts, **opts)
+        return [made] if bias is None else [made, steps_masters.make_dark_current(made, bias)]
+    flat = steps_masters.make_flat(
+        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale, **opts
+    )
+    return [flat]
 
 
 class _FirstLight:

@@ -164,7 +164,7 @@ def running_light(client, timeout=120.0):
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_costs_only_its_tasks(archive, reference, cluster):
-    _cluster, client = cluster
+    local_cluster, client = cluster
     address = client.scheduler.address
     run = reduxd(reduce_args("killed", "--executor", "dask", "--scheduler", address), archive,
                  wait=False)  # fmt: skip
@@ -174,6 +174,8 @@ def test_worker_killed_mid_run_costs_only_its_tasks(archive, reference, cluster)
     _out, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
     assert pid not in client.run(os.getpid).values()  # it died; the nanny started another
+    ran = set(local_cluster.scheduler.task_prefixes)  # masters, lights and stacks on workers
+    assert {"make_masters", "compute_light", "stack_chunk"} <= ran, ran
     assert_same_results(reference, archive / "killed")
     versions = {(file, v) for file, v, _s, _r in measurements(archive / "killed")}
     assert len(versions) == N_NIGHTS * N_LIGHTS  # each light reduced once: one version
