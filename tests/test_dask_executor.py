@@ -7,14 +7,17 @@ a process where Dask cannot be imported; the Dask runs (``dask-local``, and
 on localhost) must give the same tables, light curves and pixels.
 """
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +183,49 @@ def test_worker_killed_mid_run_costs_only_its_tasks(archive, reference, cluster)
     versions = {(file, v) for file, v, _s, _r in measurements(archive / "killed")}
     assert len(versions) == N_NIGHTS * N_LIGHTS  # each light reduced once: one version
     assert {v for _f, v in versions} == {1}
+
+
+def light_states(outdir):
+    with sqlite3.connect(f"file:{Path(outdir) / 'reduxd.sqlite'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT state FROM frames WHERE relpath LIKE '%field%'").fetchall()
+    return Counter(state for (state,) in rows)
+
+
+def wait_for_lights(outdir, n, timeout=120.0):
+    """Wait until the ledger has ``n`` lights done (the coordinator commits them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(sqlite3.OperationalError):  # not created yet, or busy
+            if light_states(outdir)["done"] >= n:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} lights done after {timeout} s")
+
+
+@pytest.mark.slow
+def test_coordinator_killed_mid_run_keeps_what_it_committed(archive, reference, cluster):
+    """Killed with SIGKILL after some lights are committed, then run again.
+
+    What this branch does: the lights committed before the kill keep their rows
+    (not reduced again), the restart succeeds and no light is reduced twice.
+    Lights submitted but not committed (with many nights, nearly all of them)
+    stay ``processing`` until the batch recovers them at start
+    (``Ledger.recover_interrupted``, issue 11); once none is left, the results
+    are the reference's.
+    """
+    _local_cluster, client = cluster
+    args = reduce_args("restarted", "--executor", "dask", "--scheduler", client.scheduler.address)
+    run = reduxd(args, archive, wait=False)
+    wait_for_lights(archive / "restarted", 3)
+    run.kill()
+    run.communicate(timeout=60)
+    before = measurements(archive / "restarted")
+    assert before
+    ok(reduxd(args, archive))
+    after = measurements(archive / "restarted")
+    assert set(before) <= set(after)  # committed rows kept as they were
+    assert {version for _f, version, _s, _r in after} == {1}  # nothing reduced twice
+    states = light_states(archive / "restarted")
+    assert set(states) <= {"done", "processing"}, states  # none lost, none failed
+    if set(states) == {"done"}:
+        assert_same_results(reference, archive / "restarted")
