@@ -210,8 +210,9 @@ def test_coordinator_killed_mid_run_keeps_what_it_committed(archive, reference, 
     (not reduced again), the restart succeeds and no light is reduced twice.
     Lights submitted but not committed (with many nights, nearly all of them)
     stay ``processing`` until the batch recovers them at start
-    (``Ledger.recover_interrupted``, issue 11); once none is left, the results
-    are the reference's.
+    (``Ledger.recover_interrupted``, issue 11); then each light is reduced
+    once. Not bit for bit the uninterrupted run's: lights reduced after the
+    restart are measured against the field's reference as it was committed.
     """
     _local_cluster, client = cluster
     args = reduce_args("restarted", "--executor", "dask", "--scheduler", client.scheduler.address)
@@ -227,5 +228,7 @@ def test_coordinator_killed_mid_run_keeps_what_it_committed(archive, reference, 
     assert {version for _f, version, _s, _r in after} == {1}  # nothing reduced twice
     states = light_states(archive / "restarted")
     assert set(states) <= {"done", "processing"}, states  # none lost, none failed
-    if set(states) == {"done"}:
-        assert_same_results(reference, archive / "restarted")
+    if set(states) == {"done"}:  # each light once, in the tables as in the ledger
+        assert len({f for f, _v, _s, _r in after}) == N_NIGHTS * N_LIGHTS
+        table = (archive / "restarted" / "photometry.csv").read_text().splitlines()
+        assert len(table) - 1 == len(after)
