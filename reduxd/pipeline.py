@@ -20,7 +20,8 @@ import dataclasses
 import math
 import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,31 +338,74 @@ class Pipeline:
     def handle_many(self, items, *, pool=None, progress=None):
         """Reduce lights ``[(root, path)]`` in order; return their outcomes.
 
-        Every light of a field is reduced against that field's reference as it
-        was then (frozen), in ``pool`` when given, and committed in the original
-        order. A field without a reference gets the one its first light makes:
-        the field's later lights wait for that light only, not for the pool to
-        drain. Star IDs of new stars are given at commit time, so any number of
-        workers gives the same tables.
+        Every light of a field is reduced, in ``pool`` when given, against the
+        field's reference as it was when this run met the field (frozen). A
+        field without one takes the reference its first light makes: its other
+        lights are submitted once that light is done, while other fields' lights
+        go on. Results are committed in the original order as they come; star
+        IDs of new stars are given at commit time, so any number of workers
+        gives the same tables.
         """
-        outcomes, pending, frozen = [], [], {}
+        outcomes, pending, frozen, firsts = [], deque(), {}, {}
+        waiting = defaultdict(list)  # field: lights waiting for the field's first light
         for root, path in items:
             job = self._prepare(Path(root), Path(path))
             if isinstance(job, Outcome):
                 outcomes.append(self._tick_progress(job, progress))
                 continue
-            row, rel, info, plan, key = job
-            base = frozen.setdefault(key, self.reference(key))
-            if isinstance(base, _FirstLight):
-                base = frozen[key] = base.reference()
-            night = info.night(self.config.site.utc_offset_hours)
-            self.ledger.begin(row.id)
-            args = (str(path), rel, plan, base, self.config, night, self.durable)
-            work = pool.submit(compute_light, *args) if pool else _Done(compute_light, args)
-            pending.append((row, rel, info, plan, base, work, self.clock()))
-            if base is None:  # first light of the field: the others use what it finds
-                frozen[key] = _FirstLight(work)
-        outcomes += self._finish_pending(pending, progress)
+            light = _Light(*job, path=str(path), started=self.clock())
+            self.ledger.begin(light.row.id)
+            pending.append(light)
+            self._release(waiting, firsts, frozen, pool, block=False)
+            key = light.key
+            if key in firsts:  # the field's first light is still running
+                waiting[key].append(light)
+            elif key not in frozen and self.reference(key) is None:  # the field's first light
+                self._submit(light, None, pool)
+                firsts[key] = light
+            else:
+                self._submit(light, frozen.setdefault(key, self.reference(key)), pool)
+            outcomes += self._commit_ready(pending, progress, block=False)
+        self._release(waiting, firsts, frozen, pool, block=True)
+        outcomes += self._commit_ready(pending, progress, block=True)
+        return outcomes
+
+    def _submit(self, light, base, pool):
+        night = light.info.night(self.config.site.utc_offset_hours)
+        args = (light.path, light.rel, light.plan, base, self.config, night, self.durable)
+        light.base = base
+        light.work = pool.submit(compute_light, *args) if pool else _Done(compute_light, args)
+
+    def _release(self, waiting, firsts, frozen, pool, *, block):
+        """Freeze the reference of fields whose first light is done; submit their waiting lights.
+
+        ``block``: wait until every first light is done.
+        """
+        while firsts:
+            done = [key for key, first in firsts.items() if first.work.done()]
+            if not done and not block:
+                return
+            if not done:
+                works = [first.work for first in firsts.values()]
+                futures.wait(works, return_when=futures.FIRST_COMPLETED)
+                continue
+            for key in done:
+                frozen[key] = _reference_of(firsts.pop(key).work)
+                for light in waiting.pop(key, ()):
+                    self._submit(light, frozen[key], pool)
+
+    def _commit_ready(self, pending, progress, *, block):
+        """Commit lights from the front of ``pending`` while done (all of them: ``block``)."""
+        outcomes = []
+        while pending and (block or (pending[0].work is not None and pending[0].work.done())):
+            light = pending.popleft()
+            try:
+                result = light.work.result()
+                outcome = self._commit(light.row, light.info, light.rel, light.plan, result,
+                                       light.base, light.started)  # fmt: skip
+            except Exception as exc:  # a worker's failure, recorded like any other
+                outcome = self._failed(light.row, light.rel, light.info, exc)
+            outcomes.append(self._tick_progress(outcome, progress))
         return outcomes
 
     def _tick_progress(self, outcome, progress):
@@ -384,18 +428,6 @@ class Pipeline:
         except MissingCalibration:
             return self._process(row, path, rel)
         return row, rel, info, plan, field_key(info, rel)
-
-    def _finish_pending(self, pending, progress):
-        outcomes = []
-        for row, rel, info, plan, base, work, started in pending:
-            try:
-                result = work.result()
-                outcome = self._commit(row, info, rel, plan, result, base, started)
-            except Exception as exc:  # a worker's failure, recorded like any other
-                outcome = self._failed(row, rel, info, exc)
-            outcomes.append(self._tick_progress(outcome, progress))
-        pending.clear()
-        return outcomes
 
     def _failed(self, row, rel, info, exc):
         if isinstance(exc, FrameRejected):
@@ -792,6 +824,9 @@ class _Done:
             raise self.error
         return self.value
 
+    def done(self):
+        return True
+
 
 def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None):
     """Combine one calibration set into its masters (a list); nothing written.
@@ -811,18 +846,27 @@ def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None
     return [flat]
 
 
-class _FirstLight:
-    """The pending first light of a field: its field reference, once computed."""
+@dataclass
+class _Light:
+    """A light of :meth:`Pipeline.handle_many` between its plan and its commit."""
 
-    def __init__(self, work):
-        self.work = work
+    row: object
+    rel: str
+    info: object
+    plan: object
+    key: str
+    path: str
+    started: float
+    base: object = None  # the field reference it is reduced against
+    work: object = None  # its future, once submitted
 
-    def reference(self):
-        """The reference the light found (None if it failed: the next light starts one)."""
-        try:
-            return self.work.result().reference
-        except Exception:
-            return None
+
+def _reference_of(work):
+    """The field reference a first light found (None if it failed: as without one)."""
+    try:
+        return work.result().reference
+    except Exception:
+        return None
 
 
 def merge_new_stars(current, base, found, rows, *, radius):
