@@ -564,12 +564,13 @@ class Pipeline:
             return None
 
     def _build_sets(self, keys, *, final, pool=None):
-        built, started = [], {}
+        built, started, kinds = [], {}, set()
         for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
             cal_set = self.sets.get(key)
             if cal_set is None:
                 continue
-            if pool is not None and key not in started:  # every set of this kind at once
+            if pool is not None and key[0] not in kinds:  # every set of this kind at once
+                kinds.add(key[0])
                 started.update(self._start_masters([k for k in keys if k[0] == key[0]], pool))
             records = self._build_set(key, cal_set, final=final, work=started.get(key))
             if records is not None:
@@ -590,6 +591,8 @@ class Pipeline:
         """
         started = {}
         for key in keys:
+            if key not in self.sets:
+                continue
             layouts = self._layouts(self.sets[key])
             try:
                 inputs = self._master_inputs(key[0], layouts)
