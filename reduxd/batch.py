@@ -97,7 +97,7 @@ def register(subparsers):
         "--executor",
         choices=EXECUTORS,
         default="local",
-        help="where lights and stacks are computed: local (default), dask (an existing "
+        help="where masters, lights and stacks are computed: local (default), dask (an existing "
         "cluster, see --scheduler), dask-local (a Dask LocalCluster of --jobs workers)",
     )
     p.add_argument(
