@@ -28,6 +28,8 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from reduxd import __version__
+from reduxd.cliargs import OLD_FORMS, FilterNames, checked
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.fitsio import probe
@@ -39,7 +41,6 @@ from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
-OLD_FILTERS = ("U", "B", "V", "R", "I")
 EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
 LATER_MODULES = (
     *LIGHT_MODULES,
@@ -59,23 +60,43 @@ def register(subparsers):
         help="re-reduce a night (old script's flags)",
         description="Reduce every frame under the data folders: masters first, then lights.",
     )
-    p.add_argument("-D", "--datadir", nargs="+", help="folder(s) with raw frames")
-    p.add_argument("-C", "--caldir", nargs="+", help="folder(s) with calibration frames")
-    p.add_argument("-O", "--outdir", help="output folder")
-    p.add_argument("-R", "--radius", type=float, help="aperture radius, pixels")
-    p.add_argument("-L", "--length", type=int, help="subframe side for the radial sky fit")
-    p.add_argument("-S", "--smoothing", type=float, help="Gaussian smoothing sigma (0 = off)")
+    forms = OLD_FORMS
+    p.add_argument(*forms["datadir"], dest="datadir", nargs="+", help="folder(s) with raw frames")
+    p.add_argument(
+        *forms["caldir"], dest="caldir", nargs="+", help="folder(s) with calibration frames"
+    )
+    p.add_argument(*forms["outdir"], dest="outdir", help="output folder")
+    p.add_argument(
+        *forms["radius"],
+        dest="radius",
+        action=checked(lambda v: v > 0, "a radius > 0 pixels"),
+        help="aperture radius, pixels",
+    )
+    p.add_argument(
+        *forms["length"],
+        dest="length",
+        action=checked(lambda v: v >= 5, "an integer >= 5", int),
+        help="subframe side for the radial sky fit",
+    )
+    p.add_argument(
+        *forms["smoothing"],
+        dest="smoothing",
+        action=checked(lambda v: v >= 0, "a sigma >= 0"),
+        help="Gaussian smoothing sigma (0 = off)",
+    )
     p.add_argument(
         "-x",
         "--excludeFilter",
         nargs="+",
-        type=str.upper,
-        choices=OLD_FILTERS,
+        action=FilterNames,
         metavar="FILTER",
-        help="skip lights in these filters (U B V R I)",
+        help="skip lights in these filters (any name, e.g. U B r Ha OIII)",
     )
     p.add_argument("--save", metavar="TITLE", help="base name of the output tables")
-    p.add_argument("--level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        *forms["level"], dest="level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    p.add_argument(*forms["version"], action="version", version=f"reduxd {__version__}")
     p.add_argument(
         "--force",
         action="store_true",
@@ -85,7 +106,12 @@ def register(subparsers):
     p.add_argument("--no-flat", action="store_true", default=None, help="do not flat-field")
     p.add_argument("--no-dark", action="store_true", default=None, help="do not subtract darks")
     p.add_argument("--config", help="TOML config file (flags override it)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for lights")
+    p.add_argument(
+        "--jobs",
+        default=1,
+        action=checked(lambda v: v >= 1, "an integer >= 1", int),
+        help="worker processes for lights",
+    )
     p.add_argument(
         "--redo",
         action="store_true",
@@ -257,7 +283,7 @@ def run(args):
     try:
         found = discover(roots, config, exclude=[outdir])
     except InputError as exc:
-        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+        print(f"reduxd reduce: error: {exc}{_where_data(args, config)}", file=sys.stderr)
         return EXIT_UNUSABLE
     if not found:
         where = ", ".join(str(Path(r).resolve()) for r in roots) or "(no data folder given)"
@@ -302,6 +328,16 @@ def run(args):
         file=sys.stderr,
     )
     return EXIT_NOTHING
+
+
+def _where_data(args, config):
+    """Why that folder was used, when the user did not type ``-D``."""
+    if args.datadir is not None:
+        return ""
+    return (
+        f" (no -D/--datadir given, so [paths] data of {config.source} was used:"
+        f" {', '.join(config.paths.data)}); give the raw folder with -D FOLDER"
+    )
 
 
 def _step(pipeline, root, path, progress):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
 from reduxd.fitsio import file_checksum, probe
-from reduxd.frames import classify
+from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
 from reduxd.products import lightcurve, tables
 from reduxd.products.fitsout import read_master, write_master
@@ -196,7 +196,8 @@ class Pipeline:
             return self._calibration(row, raw, info, rel, path)
         except MissingCalibration as exc:
             self.ledger.defer(row.id, f"{WAITING}: {exc.reason}")
-            log.warning("light_waiting", file=rel, reason=exc.reason)
+            if row.last_error != f"{WAITING}: {exc.reason}":  # each problem logged once
+                log.warning("light_waiting", file=rel, reason=exc.reason)
             return Outcome(rel, "waiting", kind="light", reason=exc.reason)
         except Exception as exc:  # the one place that catches everything
             reason = f"{type(exc).__name__}: {exc}"
@@ -269,8 +270,9 @@ class Pipeline:
         return outcome
 
     def _excluded(self, info):
-        excluded = {f.upper() for f in self.config.calibration.exclude_filters}
-        return bool(info.filter) and info.filter.upper() in excluded
+        aliases = self.config.classify.filter_aliases
+        excluded = {normalise_filter(f, aliases) for f in self.config.calibration.exclude_filters}
+        return bool(info.filter) and info.filter in excluded
 
     def _exclude(self, row, info, rel, checksum, night):
         self.ledger.finish(
