@@ -32,6 +32,7 @@ from reduxd import __version__
 from reduxd.cliargs import OLD_FORMS, FilterNames, checked
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
+from reduxd.fingerprint import changes, run_settings
 from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
@@ -304,6 +305,8 @@ def run(args):
             _reset_done(ledger, found)
         else:
             _reset_missing_products(ledger, found, config)
+            _reset_changed_settings(ledger, found, config)
+        _reset_no_longer_excluded(ledger, found, pipeline)
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
@@ -371,6 +374,40 @@ def _reset_missing_products(ledger, found, config):
             expected.append(quicklook_path(outdir, row.relpath))
         if any(not p.exists() or p.stat().st_size == 0 for p in expected):
             log.warning("products_missing", file=row.relpath, action="reduced again")
+            ledger.reset(row.id)
+
+
+def _reset_changed_settings(ledger, found, config):
+    """Send back to ``seen`` the done lights whose rows were made with other settings.
+
+    One log line says what changed and how many lights are reduced again.
+    """
+    wanted, settings = _wanted(found), run_settings(config)
+    stored = ledger.fingerprints()
+    again, what = [], Counter()
+    for row in ledger.frames(kind="light", state="done"):
+        if (row.root, row.relpath) not in wanted:
+            continue
+        changed = changes(stored.get(row.id, {}), settings)
+        if changed:
+            again.append(row.id)
+            what.update(changed)
+    if again:
+        log.info(
+            "settings_changed",
+            lights=len(again),
+            changed="; ".join(what),
+            action="reduced again, new rows supersede the old",
+        )
+    for frame_id in again:
+        ledger.reset(frame_id)
+
+
+def _reset_no_longer_excluded(ledger, found, pipeline):
+    """Send back to ``seen`` the excluded lights whose filter this run does not exclude."""
+    wanted = _wanted(found)
+    for row in ledger.frames(kind="light", state="excluded"):
+        if (row.root, row.relpath) in wanted and not pipeline.is_excluded(row.info.get("excluded")):
             ledger.reset(row.id)
 
 

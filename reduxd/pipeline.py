@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
+from reduxd.fingerprint import fingerprint
 from reduxd.fitsio import file_checksum, probe
 from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
@@ -140,6 +141,8 @@ class Pipeline:
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
+        if row.state == "excluded":
+            return Outcome(rel, "excluded", kind="light", reason=row.info.get("excluded"))
         if row.state != "seen":
             return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
         return self._process(row, path, rel, since)
@@ -270,14 +273,16 @@ class Pipeline:
         return outcome
 
     def _excluded(self, info):
+        return self.is_excluded(info.filter)
+
+    def is_excluded(self, filter_name):
+        """True when lights in ``filter_name`` (as classified) are excluded (``-x``)."""
         aliases = self.config.classify.filter_aliases
         excluded = {normalise_filter(f, aliases) for f in self.config.calibration.exclude_filters}
-        return bool(info.filter) and info.filter in excluded
+        return bool(filter_name) and filter_name in excluded
 
     def _exclude(self, row, info, rel, checksum, night):
-        self.ledger.finish(
-            row.id, kind="light", checksum=checksum, night=night, info={"excluded": info.filter}
-        )
+        self.ledger.exclude(row.id, checksum=checksum, night=night, info={"excluded": info.filter})
         return Outcome(rel, "excluded", kind="light", reason=f"filter {info.filter} excluded")
 
     def _plan(self, info, rel):
@@ -304,7 +309,11 @@ class Pipeline:
         )
         master_ids = sorted(r.id for r in plan.records().values())
         version = self.ledger.add_measurements(
-            row.id, rows, calib=result.calib, master_ids=master_ids
+            row.id,
+            rows,
+            calib=result.calib,
+            master_ids=master_ids,
+            fingerprint=fingerprint(self.config, plan),
         )
         self._save_reference(key, reference)
         extra = {

@@ -65,7 +65,9 @@ def test_format_status(state):
     with Ledger(state) as ledger:
         text = format_status(ledger, n=5)
     lines = text.splitlines()
-    assert lines[0] == "frames: seen 1, processing 0, done 2, failed 1, quarantined 1, changed 0"
+    assert lines[0] == (
+        "frames: seen 1, processing 0, done 2, failed 1, quarantined 1, changed 0, excluded 0"
+    )
     assert lines[1] == "masters in use (1):"
     assert "flat" in lines[2] and " V " in lines[2] and "n=10" in lines[2]
     assert "lights=2" in lines[2] and "flat_V.fits" in lines[2]
