@@ -38,6 +38,7 @@ from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
+from reduxd.runplan import run_plan, unused_flags
 from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
@@ -278,6 +279,9 @@ def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
     config = load_config(args.config, overrides_from_args(args))
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    log.info("run_plan", **run_plan(config))
+    for unused in unused_flags(config, getattr(args, "typed", None) or {}):
+        log.warning("flag_unused", **unused)
     started = time.monotonic()
     outdir = Path(config.paths.outdir)
     roots = list(config.paths.data) + list(config.paths.calibration)
@@ -404,10 +408,19 @@ def _reset_changed_settings(ledger, found, config):
 
 
 def _reset_no_longer_excluded(ledger, found, pipeline):
-    """Send back to ``seen`` the excluded lights whose filter this run does not exclude."""
+    """Send back to ``seen`` the frames an earlier run left out that this run wants.
+
+    Excluded lights whose filter is no longer excluded, and calibration frames
+    set aside (``-x``, ``--no-flat``, ``--no-dark``) that this run would use.
+    """
     wanted = _wanted(found)
     for row in ledger.frames(kind="light", state="excluded"):
         if (row.root, row.relpath) in wanted and not pipeline.is_excluded(row.info.get("excluded")):
+            ledger.reset(row.id)
+    for row in ledger.frames(state="done"):
+        if "skipped" not in row.info or (row.root, row.relpath) not in wanted:
+            continue
+        if pipeline.calibration_skipped(row.kind, row.info.get("filter")) is None:
             ledger.reset(row.id)
 
 

@@ -41,8 +41,16 @@ def checked(check, expected, convert=float):
             if not ok:
                 parser.error(f"{option_string} {values}: expected {expected}")
             setattr(namespace, self.dest, value)
+            typed(namespace)[self.dest] = f"{option_string} {values}"
 
     return Checked
+
+
+def typed(namespace):
+    """``{dest: flag as typed}`` of the checked flags given (kept on the namespace)."""
+    if getattr(namespace, "typed", None) is None:
+        namespace.typed = {}
+    return namespace.typed
 
 
 class FilterNames(argparse.Action):

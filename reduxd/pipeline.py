@@ -121,6 +121,7 @@ class Pipeline:
         self._masters = None
         self._built = {}
         self._bpm = {}
+        self._skips_logged = set()
         self._restore_sets()
 
     # -- entry points ------------------------------------------------------------
@@ -225,8 +226,36 @@ class Pipeline:
         self._incomplete_seen.add(frame_id)
         return logged
 
+    def calibration_skipped(self, kind, filter_name):
+        """Why no master is built from frames of ``kind`` in ``filter_name`` (None: it is)."""
+        cal = self.config.calibration
+        if kind == "flat" and cal.no_flat:
+            return "--no-flat"
+        if kind == "flat" and self.is_excluded(filter_name):
+            return f"filter {filter_name} excluded (-x)"
+        if kind == "dark" and cal.no_dark:
+            return "--no-dark"
+        return None
+
+    def _skip_calibration(self, row, raw, info, rel, night, reason):
+        """Record a calibration frame no master will be built from (logged once per reason)."""
+        self.ledger.finish(
+            row.id,
+            kind=info.kind,
+            checksum=raw.checksum,
+            night=night,
+            info={"skipped": reason, "filter": info.filter, "exptime": info.exptime},
+        )
+        if (info.kind, reason) not in self._skips_logged:
+            self._skips_logged.add((info.kind, reason))
+            log.info("calibration_skipped", kind=info.kind, file=rel, reason=reason)
+        return Outcome(rel, "ingested", kind=info.kind, reason=f"no master: {reason}")
+
     def _calibration(self, row, raw, info, rel, path):
         night = info.night(self.config.site.utc_offset_hours)
+        skipped = self.calibration_skipped(info.kind, info.filter)
+        if skipped is not None:
+            return self._skip_calibration(row, raw, info, rel, night, skipped)
         key = (info.kind, night, steps_masters.group_key(info))
         info_json = {"set": repr(key), "exptime": info.exptime, "filter": info.filter}
         self.ledger.finish(
