@@ -247,19 +247,32 @@ class Progress:
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty())
         self.started = self.last = clock()
+        self._bar = self._redirect = None
+
+    def __enter__(self):
+        """On a terminal: a tqdm bar, and log lines written above it (never glued to it)."""
+        if self.tty:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=self.total, file=self.stream, unit="frame", leave=False)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._redirect.__exit__(*exc)
+            self._bar.close()
+            self._bar = None
 
     def step(self, label=""):
         self.done += 1
         now = self.clock()
-        if self.tty:
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[-40:]:<40}")
-            if self.done >= self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif now - self.last >= self.every or self.done >= self.total:
+        if self._bar is not None:
+            self._bar.set_postfix_str(label[-40:], refresh=False)
+            self._bar.update(1)
+        elif not self.tty and (now - self.last >= self.every or self.done >= self.total):
             self.last = now
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
@@ -278,7 +291,11 @@ class Progress:
 def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
     config = load_config(args.config, overrides_from_args(args))
-    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    configure_logging(
+        level=config.logging.level,
+        json_file=config.logging.json_file or None,
+        third_party_debug=config.logging.third_party_debug,
+    )
     log.info("run_plan", **run_plan(config))
     for unused in unused_flags(config, getattr(args, "typed", None) or {}):
         log.warning("flag_unused", **unused)
@@ -304,7 +321,7 @@ def run(args):
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
     with Ledger(config.paths.state_file, durable=False) as ledger:
-        pipeline = Pipeline(config, ledger=ledger, durable=False)
+        pipeline = Pipeline(config, ledger=ledger, durable=False, calibration_level="debug")
         if args.redo:
             _reset_done(ledger, found)
         else:
@@ -314,14 +331,15 @@ def run(args):
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
-        outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
-        preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
-        pipeline.flush()
-        preload.join()  # before any fork: no import lock held by a thread
-        with worker_pool(args.jobs) as pool:
-            outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
-            outcomes += pipeline.retry_waiting()
-            stacked = _stacks_and_curves(pipeline, pool)
+        with progress:
+            outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
+            preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
+            pipeline.flush()
+            preload.join()  # before any fork: no import lock held by a thread
+            with worker_pool(args.jobs) as pool:
+                outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
+                outcomes += pipeline.retry_waiting()
+                stacked = _stacks_and_curves(pipeline, pool)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)

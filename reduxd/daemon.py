@@ -80,7 +80,11 @@ def overrides_from_args(args):
 
 def run(args):
     config = load_config(args.config, overrides_from_args(args))
-    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    configure_logging(
+        level=config.logging.level,
+        json_file=config.logging.json_file or None,
+        third_party_debug=config.logging.third_party_debug,
+    )
     log.info("run_plan", **run_plan(config))
     return Service(config, exit_when_idle=args.exit_when_idle).run()
 

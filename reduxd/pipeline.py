@@ -102,10 +102,22 @@ class Pipeline:
     durable : bool
         Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
         False: it redoes lights whose products are missing on its next run.
+    calibration_level : str
+        Log level of the one line per calibration frame (``reduxd reduce``: debug).
     """
 
-    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None, durable=True):
+    def __init__(
+        self,
+        config,
+        *,
+        ledger,
+        clock=time.monotonic,
+        progress=None,
+        durable=True,
+        calibration_level="info",
+    ):
         self.config = config
+        self.calibration_level = calibration_level
         self.durable = durable
         self.ledger = ledger
         self.clock = clock
@@ -262,7 +274,7 @@ class Pipeline:
             row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
         )
         cal_set = self._add_to_set(row.id, path, info, night)
-        log.info(
+        getattr(log, self.calibration_level)(
             "calibration_frame",
             file=rel,
             kind=info.kind,
