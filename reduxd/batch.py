@@ -21,11 +21,13 @@ reason); 1 when nothing could be reduced (no FITS files, or every one refused);
 import contextlib
 import importlib
 import json
+import logging
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from reduxd import __version__
@@ -291,14 +293,12 @@ class Progress:
 def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
     config = load_config(args.config, overrides_from_args(args))
-    configure_logging(
+    logging_options = dict(
         level=config.logging.level,
         json_file=config.logging.json_file or None,
         third_party_debug=config.logging.third_party_debug,
     )
-    log.info("run_plan", **run_plan(config))
-    for unused in unused_flags(config, getattr(args, "typed", None) or {}):
-        log.warning("flag_unused", **unused)
+    configure_logging(**logging_options)
     started = time.monotonic()
     outdir = Path(config.paths.outdir)
     roots = list(config.paths.data) + list(config.paths.calibration)
@@ -316,6 +316,11 @@ def run(args):
         )
         return EXIT_NOTHING
     outdir.mkdir(parents=True, exist_ok=True)
+    log_file = outdir / run_log_name()
+    configure_logging(**logging_options, text_file=log_file)  # the old script's redux_*.log
+    log.info("run_plan", **run_plan(config), command=" ".join(sys.argv), log_file=str(log_file))
+    for unused in unused_flags(config, getattr(args, "typed", None) or {}):
+        log.warning("flag_unused", **unused)
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
@@ -345,6 +350,9 @@ def run(args):
     summary["frames"] += len(bad_names)
     write_summary(outdir, summary, save=config.output.save)
     print(format_summary(summary))
+    logging.shutdown()  # the run's log file is complete; the summary goes at its end
+    with open(log_file, "a", encoding="utf-8") as fh:
+        fh.write(format_summary(summary) + "\n")
     if summary["usable"]:
         return EXIT_OK
     print(
@@ -353,6 +361,18 @@ def run(args):
         file=sys.stderr,
     )
     return EXIT_NOTHING
+
+
+def run_log_name(now=None):
+    """The per-run log file's name, as the old script named it.
+
+    Examples
+    --------
+    >>> from datetime import datetime
+    >>> run_log_name(datetime(2025, 6, 1, 3, 4, 5))
+    'redux_20250601_030405.log'
+    """
+    return f"redux_{(now or datetime.now()):%Y%m%d_%H%M%S}.log"
 
 
 def _where_data(args, config):

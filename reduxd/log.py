@@ -66,11 +66,12 @@ def _shared_processors():
     ]
 
 
-def _formatter(*, as_json):
+def _formatter(*, as_json, colors=None):
     if as_json:
         render = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        render = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+        colors = sys.stdout.isatty() if colors is None else colors
+        render = [structlog.dev.ConsoleRenderer(colors=colors)]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
@@ -106,6 +107,7 @@ def configure_logging(
     json_file: str | None = None,
     force_json: bool | None = None,
     third_party_debug: bool = False,
+    text_file: str | None = None,
 ) -> None:
     """Configure structlog, stdlib logging and warnings for the whole process.
 
@@ -119,6 +121,9 @@ def configure_logging(
         True: JSON on stdout; False: console format; None: JSON unless stdout is a tty.
     third_party_debug : bool
         Let :data:`QUIET_LOGGERS` log below WARNING too.
+    text_file : path-like, optional
+        Also write readable lines (no colours) to this file (``reduxd reduce``'s
+        per-run ``redux_<timestamp>.log``).
 
     Examples
     --------
@@ -132,6 +137,9 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(_handler(logging.StreamHandler(sys.stdout), _formatter(as_json=as_json)))
+    if text_file is not None:
+        text_handler = logging.FileHandler(text_file, encoding="utf-8")
+        root.addHandler(_handler(text_handler, _formatter(as_json=False, colors=False)))
     if json_file is not None:
         file_handler = logging.handlers.WatchedFileHandler(json_file, encoding="utf-8")
         root.addHandler(_handler(file_handler, _formatter(as_json=True)))

@@ -18,7 +18,6 @@ the service goes on.
 
 import dataclasses
 import math
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
 from reduxd.products import lightcurve, tables
 from reduxd.products.fitsout import read_master, write_master
+from reduxd.products.naming import gain_label, safe_name, value_word
 from reduxd.reduce import (
     MasterCache,
     compute_light,
@@ -73,17 +73,6 @@ class CalSet:
     night: str
     members: list = field(default_factory=list)  # (frame_id, path, FrameInfo)
     last_arrival: float = 0.0
-
-
-def safe_name(text):
-    """Return ``text`` usable in a file name (letters, digits and ``._+-``)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "none"
-
-
-def _fmt(value):
-    if value is None:
-        return "na"
-    return f"{value:g}"
 
 
 class Pipeline:
@@ -504,6 +493,8 @@ class Pipeline:
         n_ledger = len(self.ledger.measurements(current_only=False))
         if not csv_path.exists():
             return n_ledger == 0
+        if n_ledger and not tables.current_path(self.outdir, self.config.output.save).exists():
+            return False
         with open(csv_path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
         return len(lines) - 1 == n_ledger and all(line.count(",") for line in lines[1:])
@@ -745,10 +736,10 @@ class Pipeline:
             safe_name(result.instrument or "camera"),
             f"{result.shape[1]}x{result.shape[0]}",
             f"bin{result.binning[0]}x{result.binning[1]}",
-            f"g{_fmt(result.gain)}",
+            gain_label(result.gain),
         ]
         if result.kind in ("dark", "dark_current"):
-            parts.append(f"{_fmt(result.exptime)}s")
+            parts.append(f"{value_word(result.exptime)}s")
         if result.filter:
             parts.append(safe_name(result.filter))
         return "_".join(parts) + ".fits"

@@ -21,6 +21,7 @@ from astropy.io import fits
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
 from reduxd.products.fitsout import write_calibrated
+from reduxd.products.regions import write_regions
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.masters import saturation_level
 
@@ -221,9 +222,12 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         radius=phot.radius,
     )
     header = raw.header
-    return LightResult(
-        cal.data, cal.mask, header, list(cal.cards) + list(phot.cards), phot, rows, label
-    )
+    source = [
+        ("RAWFILE", relpath, "raw frame, relative to its data folder"),
+        ("RAWSHA1", raw.checksum, "SHA-1 of the raw file"),
+    ]
+    cards = source + list(cal.cards) + list(phot.cards)
+    return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,14 @@ def write_products(outdir, rel, result, output, *, durable=True):
             mask=result.mask,
             durable=durable,
         )
+    if output.reduced:
+        write_regions(
+            regions_path(outdir, rel),
+            result.phot.table,
+            radius=result.phot.radius,
+            title=rel,
+            durable=durable,
+        )
     for profile in result.phot.profiles or ():
         folder = quicklook_path(outdir, rel).with_suffix("")
         write_profile_plot(
@@ -278,6 +290,11 @@ def write_products(outdir, rel, result, output, *, durable=True):
 def reduced_path(outdir, rel):
     """Where the calibrated light of raw frame ``rel`` is written."""
     return Path(outdir) / "reduced" / rel
+
+
+def regions_path(outdir, rel):
+    """The DS9 region file of the stars measured on raw frame ``rel`` (beside its FITS)."""
+    return Path(outdir) / "reduced" / (rel.rsplit(".", 1)[0] + ".reg")
 
 
 def quicklook_path(outdir, rel):

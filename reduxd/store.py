@@ -470,6 +470,10 @@ class Ledger:
             counts[state] = n
         return counts
 
+    def last_arrival(self) -> str | None:
+        """When the newest frame was first seen (UTC ISO), None for an empty ledger."""
+        return self._db.execute("SELECT max(first_seen) FROM frames").fetchone()[0]
+
     def recent(self, n: int = 20) -> list[FrameRow]:
         """The ``n`` most recently updated frames, newest first."""
         return self._select("ORDER BY updated DESC, id DESC LIMIT ?", (n,))
