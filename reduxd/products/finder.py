@@ -9,10 +9,13 @@ out; the target's and comparisons' always are placed first).
 
 import io
 import math
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from reduxd.files import atomic_write
+from reduxd.products.labels import place_labels
 from reduxd.products.naming import gain_label, titled, value_word
 
 COLOURS = {"target": "red", "comparison": "dodgerblue", "star": "gold"}
@@ -26,72 +29,28 @@ def finder_path(outdir, *, save, obj, filt, gain, exptime):
 
 
 def read_ensemble(ecsv_path):
-    """``(target_id, comparison_ids)`` from a light curve's ECSV meta; ``(None, [])`` if none."""
+    """``(target_id, comparison_ids)`` from a light curve's ECSV meta; ``(None, [])`` if none.
+
+    Cached per file version (path, mtime, size): the daemon asks for every light.
+    """
+    try:
+        st = Path(ecsv_path).stat()
+    except OSError:
+        return None, []
+    return _ensemble(str(ecsv_path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _ensemble(path, _mtime_ns, _size):
     from astropy.table import Table
 
     try:
-        meta = Table.read(ecsv_path, format="ascii.ecsv").meta
+        meta = Table.read(path, format="ascii.ecsv").meta
     except (OSError, ValueError):
         return None, []
     target = meta.get("target_id")
-    return (None if target is None else int(target)), [
-        int(c) for c in meta.get("comparison_ids", [])
-    ]
-
-
-def place_labels(stars, *, scale, radius):
-    """Label positions that overlap no other label and no star's circle.
-
-    Parameters
-    ----------
-    stars : list of (star_id, x, y, text)
-        In placement order (most important first); data (pixel) coordinates.
-    scale : float
-        Data pixels per screen pixel.
-    radius : float
-        Circle radius, data pixels.
-
-    Returns
-    -------
-    dict
-        ``star_id -> (x, y, ha, va)`` for each label placed.
-
-    Examples
-    --------
-    >>> out = place_labels([(1, 50, 50, "1"), (2, 52, 50, "2")], scale=1.0, radius=5)
-    >>> sorted(out) == [1, 2] and out[1][:2] != out[2][:2]
-    True
-    """
-    height = FONT_PX * scale
-    circles = [(x, y) for _sid, x, y, _t in stars]
-    boxes, out = [], {}
-    gap = radius + 2 * scale
-    offsets = [(1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
-    for sid, x, y, text in stars:
-        width = 0.62 * FONT_PX * scale * max(len(text), 1)
-        for dx, dy in offsets:
-            x0 = x + dx * gap - (width if dx < 0 else width / 2 if dx == 0 else 0)
-            y0 = y + dy * gap - (height if dy < 0 else height / 2 if dy == 0 else 0)
-            box = (x0, y0, x0 + width, y0 + height)
-            if _free(box, boxes, circles, radius):
-                boxes.append(box)
-                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-                out[sid] = (x + dx * gap, y + dy * gap, ha, va)
-                break
-    return out
-
-
-def _free(box, boxes, circles, radius):
-    x0, y0, x1, y1 = box
-    for b in boxes:
-        if x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1:
-            return False
-    for cx, cy in circles:
-        nx, ny = min(max(cx, x0), x1), min(max(cy, y0), y1)  # nearest box point
-        if math.hypot(nx - cx, ny - cy) < radius:
-            return False
-    return True
+    comparisons = tuple(int(c) for c in meta.get("comparison_ids", []))
+    return (None if target is None else int(target)), comparisons
 
 
 def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):
@@ -123,14 +82,16 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     stars = [(int(s), float(x), float(y), str(int(s))) for s, x, y, _m in stars
              if math.isfinite(float(x)) and math.isfinite(float(y))]  # fmt: skip
     scale = nx / (width_in * fig.dpi)  # image pixels per screen pixel
-    labels = place_labels(stars, scale=scale, radius=radius)
+    labels = place_labels(
+        stars, radius=radius, char_width=0.62 * FONT_PX * scale, height=FONT_PX * scale
+    )
     for sid, x, y, text in stars:
         colour = COLOURS[role[sid]]
         width = 1.6 if role[sid] != "star" else 0.8
         ax.add_patch(Circle((x, y), radius, fill=False, color=colour, lw=width))
         if sid in labels:
-            lx, ly, ha, va = labels[sid]
-            ax.text(lx, ly, text, color=colour, fontsize=8, ha=ha, va=va)
+            x0, y0, _x1, _y1 = labels[sid]
+            ax.text(x0, y0, text, color=colour, fontsize=8, ha="left", va="bottom")
     handles = [
         Line2D([], [], marker="o", ls="", mfc="none", color=COLOURS["target"],
                label=f"target (star {target_id})" if target_id is not None else "no target set"),
