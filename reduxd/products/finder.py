@@ -18,7 +18,7 @@ from reduxd.files import atomic_write
 from reduxd.products.labels import place_labels
 from reduxd.products.naming import gain_label, titled, value_word
 
-COLOURS = {"target": "red", "comparison": "dodgerblue", "star": "gold"}
+COLOURS = {"target": "magenta", "comparison": "deepskyblue", "star": "gold"}
 FONT_PX = 11  # label text height in screen pixels (fontsize 8 at dpi 100)
 
 
