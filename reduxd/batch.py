@@ -252,28 +252,42 @@ class Progress:
         self._bar = self._redirect = None
 
     def __enter__(self):
-        """On a terminal: a tqdm bar, and log lines written above it (never glued to it)."""
-        if self.tty:
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self):
+        """On a terminal: a tqdm bar, and log lines written above it (never glued to it).
+
+        Called by the first :meth:`step`; the last one calls :meth:`close`.
+        """
+        if self.tty and self._bar is None:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=self.total, file=self.stream, unit="frame", leave=False)
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
-        return self
 
-    def __exit__(self, *exc):
+    def close(self):
+        """Remove the bar and give the log handlers back (on a terminal)."""
         if self._bar is not None:
-            self._redirect.__exit__(*exc)
+            self._redirect.__exit__(None, None, None)
             self._bar.close()
             self._bar = None
 
     def step(self, label=""):
+        if self.done == 0:
+            self.start()
         self.done += 1
         now = self.clock()
         if self._bar is not None:
             self._bar.set_postfix_str(label[-40:], refresh=False)
             self._bar.update(1)
+            if self.done >= self.total:
+                self.close()
         elif not self.tty and (now - self.last >= self.every or self.done >= self.total):
             self.last = now
             self.stream.write(self.line(now) + "\n")
@@ -336,15 +350,15 @@ def run(args):
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
-        with progress:
-            outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
-            preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
-            pipeline.flush()
-            preload.join()  # before any fork: no import lock held by a thread
-            with worker_pool(args.jobs) as pool:
-                outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
-                outcomes += pipeline.retry_waiting()
-                stacked = _stacks_and_curves(pipeline, pool)
+        outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
+        preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
+        pipeline.flush()
+        preload.join()  # before any fork: no import lock held by a thread
+        with worker_pool(args.jobs) as pool:
+            outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
+            outcomes += pipeline.retry_waiting()
+            progress.close()  # a light waiting for good leaves the bar short of its total
+            stacked = _stacks_and_curves(pipeline, pool)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
