@@ -146,7 +146,7 @@ def test_old_line_without_config_and_jobs_give_identical_tables(small_night, tmp
     a, b = one / "analysis", two / "analysis"
     assert summary(a, "pg2213")["reduced"] == 6 and summary(a, "pg2213")["excluded"] == 6
     for name in ("pg2213_photometry.csv", "pg2213_photometry.ecsv",
-                 "pg2213_lightcurve_pg2213_V.csv", "pg2213_lightcurve_pg2213_V.ecsv"):  # fmt: skip
+                 "pg2213_lightcurve_V.csv", "pg2213_lightcurve_V.ecsv"):  # fmt: skip
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     rows = phot(a, "pg2213")
     assert set(rows["filter"]) == {"V"} and len(set(rows["file"])) == 6
