@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from astropy.visualization import ZScaleInterval
 
 from reduxd.files import atomic_write
 from reduxd.products.labels import place_labels
@@ -68,8 +69,8 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, height_in / (height_in + top_in)))
     good = image[np.isfinite(image)]
-    lo, hi = np.percentile(good, [5, 99.5]) if good.size else (0.0, 1.0)
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+    lo, hi = ZScaleInterval().get_limits(good) if good.size else (0.0, 1.0)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="antialiased")
     ax.set_axis_off()
     comps = {int(c) for c in comparison_ids}
     role = {}
