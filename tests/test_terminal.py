@@ -101,6 +101,7 @@ def test_repeated_warning_logged_once(tmp_path):
         "from astropy.io.fits.verify import VerifyWarning\n"
         "from reduxd.log import configure_logging\n"
         "configure_logging(level='INFO', force_json=True)\n"
+        "warnings.simplefilter('always')  # as when they come from many places and modules\n"
         "for i in range(5):\n"
         "    warnings.warn('Card is too long, comment will be truncated.', VerifyWarning)\n"
         "warnings.warn('another one', VerifyWarning)\n"
