@@ -19,11 +19,12 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	rm -rf demo
 	$(BIN)/reduxd simulate demo/night --realtime --cadence 1.0 --n-bias 5 --n-darks 5 \
-		--n-flats 5 --n-lights 12 & \
+		--n-flats 5 --n-lights 12 --lights-per-run 2 --transit-depth 0.05 \
+		--target-flux 8000 & \
 	sim=$$!; \
 	$(BIN)/reduxd watch --config config.toml --exit-when-idle 15; status=$$?; \
 	wait $$sim; \
-	$(BIN)/reduxd status --config config.toml; exit $$status
+	$(BIN)/reduxd status --config config.toml; $(PY) -m reduxd.demo demo/analysis; exit $$status
 
 test: venv lint
 	$(BIN)/pytest -q

@@ -21,27 +21,31 @@ reason); 1 when nothing could be reduced (no FITS files, or every one refused);
 import contextlib
 import importlib
 import json
+import logging
 import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
-from reduxd import executors
+from reduxd import __version__, executors
+from reduxd.cliargs import OLD_FORMS, FilterNames, checked
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.executors import EXECUTORS
+from reduxd.fingerprint import changes, run_settings
 from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
 from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
+from reduxd.runplan import run_plan, unused_flags
 from reduxd.store import Ledger
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
-OLD_FILTERS = ("U", "B", "V", "R", "I")
 EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
 LATER_MODULES = (
     *LIGHT_MODULES,
@@ -61,23 +65,43 @@ def register(subparsers):
         help="re-reduce a night (old script's flags)",
         description="Reduce every frame under the data folders: masters first, then lights.",
     )
-    p.add_argument("-D", "--datadir", nargs="+", help="folder(s) with raw frames")
-    p.add_argument("-C", "--caldir", nargs="+", help="folder(s) with calibration frames")
-    p.add_argument("-O", "--outdir", help="output folder")
-    p.add_argument("-R", "--radius", type=float, help="aperture radius, pixels")
-    p.add_argument("-L", "--length", type=int, help="subframe side for the radial sky fit")
-    p.add_argument("-S", "--smoothing", type=float, help="Gaussian smoothing sigma (0 = off)")
+    forms = OLD_FORMS
+    p.add_argument(*forms["datadir"], dest="datadir", nargs="+", help="folder(s) with raw frames")
+    p.add_argument(
+        *forms["caldir"], dest="caldir", nargs="+", help="folder(s) with calibration frames"
+    )
+    p.add_argument(*forms["outdir"], dest="outdir", help="output folder")
+    p.add_argument(
+        *forms["radius"],
+        dest="radius",
+        action=checked(lambda v: v > 0, "a radius > 0 pixels"),
+        help="aperture radius, pixels",
+    )
+    p.add_argument(
+        *forms["length"],
+        dest="length",
+        action=checked(lambda v: v >= 5, "an integer >= 5", int),
+        help="subframe side for the radial sky fit",
+    )
+    p.add_argument(
+        *forms["smoothing"],
+        dest="smoothing",
+        action=checked(lambda v: v >= 0, "a sigma >= 0"),
+        help="Gaussian smoothing sigma (0 = off)",
+    )
     p.add_argument(
         "-x",
         "--excludeFilter",
         nargs="+",
-        type=str.upper,
-        choices=OLD_FILTERS,
+        action=FilterNames,
         metavar="FILTER",
-        help="skip lights in these filters (U B V R I)",
+        help="skip lights in these filters (any name, e.g. U B r Ha OIII)",
     )
     p.add_argument("--save", metavar="TITLE", help="base name of the output tables")
-    p.add_argument("--level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        *forms["level"], dest="level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    p.add_argument(*forms["version"], action="version", version=f"reduxd {__version__}")
     p.add_argument(
         "--force",
         action="store_true",
@@ -89,8 +113,8 @@ def register(subparsers):
     p.add_argument("--config", help="TOML config file (flags override it)")
     p.add_argument(
         "--jobs",
-        type=int,
         default=1,
+        action=checked(lambda v: v >= 1, "an integer >= 1", int),
         help="worker processes (local: a process pool; dask-local: Dask workers)",
     )
     p.add_argument(
@@ -241,19 +265,54 @@ class Progress:
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty())
         self.started = self.last = clock()
+        self._bar = self._redirect = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self):
+        """On a terminal: a tqdm bar, and log lines written above it (never glued to it).
+
+        Called by the first :meth:`step`; the last one calls :meth:`close`.
+        """
+        if self.tty and self._bar is None:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=self.total, file=self.stream, unit="frame", leave=False)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+
+    def close(self):
+        """Remove the bar and give the log handlers back (on a terminal)."""
+        if self._bar is not None:
+            self._redirect.__exit__(None, None, None)
+            self._bar.close()
+            self._bar = None
+
+    def write(self, text):
+        """Write one line of its own (above the bar on a terminal)."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+            return
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def step(self, label=""):
+        if self.done == 0:
+            self.start()
         self.done += 1
         now = self.clock()
-        if self.tty:
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[-40:]:<40}")
+        if self._bar is not None:
+            self._bar.set_postfix_str(label[-40:], refresh=False)
+            self._bar.update(1)
             if self.done >= self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif now - self.last >= self.every or self.done >= self.total:
+                self.close()
+        elif not self.tty and (now - self.last >= self.every or self.done >= self.total):
             self.last = now
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
@@ -279,14 +338,19 @@ def run(args):
         return EXIT_UNUSABLE
     if args.executor != "local":  # workers elsewhere: absolute paths only
         config = executors.absolute_outdir(config)
-    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    logging_options = dict(
+        level=config.logging.level,
+        json_file=config.logging.json_file or None,
+        third_party_debug=config.logging.third_party_debug,
+    )
+    configure_logging(**logging_options)
     started = time.monotonic()
     outdir = Path(config.paths.outdir)
     roots = list(config.paths.data) + list(config.paths.calibration)
     try:
         found = discover(roots, config, exclude=[outdir])
     except InputError as exc:
-        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+        print(f"reduxd reduce: error: {exc}{_where_data(args, config)}", file=sys.stderr)
         return EXIT_UNUSABLE
     if not found:
         where = ", ".join(str(Path(r).resolve()) for r in roots) or "(no data folder given)"
@@ -297,6 +361,11 @@ def run(args):
         )
         return EXIT_NOTHING
     outdir.mkdir(parents=True, exist_ok=True)
+    log_file = outdir / run_log_name()
+    configure_logging(**logging_options, text_file=log_file)  # the old script's redux_*.log
+    log.info("run_plan", **run_plan(config), command=" ".join(sys.argv), log_file=str(log_file))
+    for unused in unused_flags(config, getattr(args, "typed", None) or {}):
+        log.warning("flag_unused", **unused)
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
@@ -318,11 +387,13 @@ def run(args):
     announce(workers, plans)
     pool = workers.pool
     with stack, Ledger(config.paths.state_file, durable=False) as ledger:
-        pipeline = Pipeline(config, ledger=ledger, durable=False)
+        pipeline = Pipeline(config, ledger=ledger, durable=False, calibration_level="debug")
         if args.redo:
             _reset_done(ledger, found)
         else:
             _reset_missing_products(ledger, found, config)
+            _reset_changed_settings(ledger, found, config)
+        _reset_no_longer_excluded(ledger, found, pipeline)
         if not pipeline.tables_in_sync():
             pipeline.rewrite_tables()
         progress = NightProgress(
@@ -336,12 +407,16 @@ def run(args):
         preload.join()
         outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
         outcomes += pipeline.retry_waiting()
+        progress.close()  # a light waiting for good leaves the bar short of its total
         stacked = _stacks_and_curves(pipeline, pool)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
     write_summary(outdir, summary, save=config.output.save)
     print(format_summary(summary))
+    logging.shutdown()  # the run's log file is complete; the summary goes at its end
+    with open(log_file, "a", encoding="utf-8") as fh:
+        fh.write(format_summary(summary) + "\n")
     if summary["usable"]:
         return EXIT_OK
     print(
@@ -350,6 +425,28 @@ def run(args):
         file=sys.stderr,
     )
     return EXIT_NOTHING
+
+
+def run_log_name(now=None):
+    """The per-run log file's name, as the old script named it.
+
+    Examples
+    --------
+    >>> from datetime import datetime
+    >>> run_log_name(datetime(2025, 6, 1, 3, 4, 5))
+    'redux_20250601_030405.log'
+    """
+    return f"redux_{(now or datetime.now()):%Y%m%d_%H%M%S}.log"
+
+
+def _where_data(args, config):
+    """Why that folder was used, when the user did not type ``-D``."""
+    if args.datadir is not None:
+        return ""
+    return (
+        f" (no -D/--datadir given, so [paths] data of {config.source} was used:"
+        f" {', '.join(config.paths.data)}); give the raw folder with -D FOLDER"
+    )
 
 
 def _step(pipeline, root, path, progress):
@@ -393,6 +490,49 @@ def announce(workers, plans):
         lines.append(f"reduxd reduce: Dask dashboard: {workers.dashboard}")
     lines += [f"  {plan.describe()}" for plan in plans.values()]
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _reset_changed_settings(ledger, found, config):
+    """Send back to ``seen`` the done lights whose rows were made with other settings.
+
+    One log line says what changed and how many lights are reduced again.
+    """
+    wanted, settings = _wanted(found), run_settings(config)
+    stored = ledger.fingerprints()
+    again, what = [], Counter()
+    for row in ledger.frames(kind="light", state="done"):
+        if (row.root, row.relpath) not in wanted:
+            continue
+        changed = changes(stored.get(row.id, {}), settings)
+        if changed:
+            again.append(row.id)
+            what.update(changed)
+    if again:
+        log.info(
+            "settings_changed",
+            lights=len(again),
+            changed="; ".join(what),
+            action="reduced again, new rows supersede the old",
+        )
+    for frame_id in again:
+        ledger.reset(frame_id)
+
+
+def _reset_no_longer_excluded(ledger, found, pipeline):
+    """Send back to ``seen`` the frames an earlier run left out that this run wants.
+
+    Excluded lights whose filter is no longer excluded, and calibration frames
+    set aside (``-x``, ``--no-flat``, ``--no-dark``) that this run would use.
+    """
+    wanted = _wanted(found)
+    for row in ledger.frames(kind="light", state="excluded"):
+        if (row.root, row.relpath) in wanted and not pipeline.is_excluded(row.info.get("excluded")):
+            ledger.reset(row.id)
+    for row in ledger.frames(state="done"):
+        if "skipped" not in row.info or (row.root, row.relpath) not in wanted:
+            continue
+        if pipeline.calibration_skipped(row.kind, row.info.get("filter")) is None:
+            ledger.reset(row.id)
 
 
 def _stacks_and_curves(pipeline, pool):

@@ -24,17 +24,22 @@ def build_parser(command=None):
     parser = argparse.ArgumentParser(
         prog="reduxd", description="Live data reduction for small observatories."
     )
-    parser.add_argument("--version", action="version", version=f"reduxd {__version__}")
+    version = f"reduxd {__version__}"
+    parser.add_argument("-V", "--version", "-version", action="version", version=version)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = [command] if command in COMMANDS else list(COMMANDS)
     for name in names:
         importlib.import_module(COMMANDS[name]).register(subparsers)
+    parser.commands = subparsers.choices  # a mistyped flag gets its command's usage
     return parser
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    parser = build_parser(argv[0] if argv else None)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

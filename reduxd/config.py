@@ -145,6 +145,7 @@ class Watch:
 class Logging:
     level: str = field(default="INFO", metadata=_one_of(LEVELS))
     json_file: str = ""
+    third_party_debug: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from reduxd.config import load_config
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
 from reduxd.reduce import LIGHT_MODULES
+from reduxd.runplan import run_plan
 from reduxd.store import Ledger
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError
@@ -79,7 +80,12 @@ def overrides_from_args(args):
 
 def run(args):
     config = load_config(args.config, overrides_from_args(args))
-    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    configure_logging(
+        level=config.logging.level,
+        json_file=config.logging.json_file or None,
+        third_party_debug=config.logging.third_party_debug,
+    )
+    log.info("run_plan", **run_plan(config))
     return Service(config, exit_when_idle=args.exit_when_idle).run()
 
 

@@ -15,6 +15,25 @@ from datetime import UTC, datetime
 import structlog
 
 _HANDLER_MARK = "_reduxd_handler"
+#: libraries whose DEBUG lines (matplotlib's findfont, PIL's PNG chunks) drown reduxd's own;
+#: kept at WARNING unless ``[logging] third_party_debug`` is true
+QUIET_LOGGERS = ("matplotlib", "PIL", "fontTools", "urllib3", "asyncio", "watchdog")
+
+
+class _OnceFilter(logging.Filter):
+    """Python warnings (astropy's 'Card is too long' ...): each message once per process."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        lines = record.getMessage().strip().splitlines()
+        key = lines[0].split(": ", 1)[-1] if lines else ""  # without 'file:line: '
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def _one_line_warning(logger, method_name, event_dict):
@@ -47,15 +66,19 @@ def _shared_processors():
     ]
 
 
-def _formatter(*, as_json):
+def _formatter(*, as_json, colors=None):
     if as_json:
         render = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        render = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+        colors = sys.stdout.isatty() if colors is None else colors
+        render = [structlog.dev.ConsoleRenderer(colors=colors)]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
     )
+
+
+_ONCE = _OnceFilter()
 
 
 def _handler(handler, formatter):
@@ -83,6 +106,8 @@ def configure_logging(
     level: str | int = "INFO",
     json_file: str | None = None,
     force_json: bool | None = None,
+    third_party_debug: bool = False,
+    text_file: str | None = None,
 ) -> None:
     """Configure structlog, stdlib logging and warnings for the whole process.
 
@@ -94,6 +119,11 @@ def configure_logging(
         Also append JSON lines to this file (reopened if logrotate moves it).
     force_json : bool, optional
         True: JSON on stdout; False: console format; None: JSON unless stdout is a tty.
+    third_party_debug : bool
+        Let :data:`QUIET_LOGGERS` log below WARNING too.
+    text_file : path-like, optional
+        Also write readable lines (no colours) to this file (``reduxd reduce``'s
+        per-run ``redux_<timestamp>.log``).
 
     Examples
     --------
@@ -107,12 +137,18 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(_handler(logging.StreamHandler(sys.stdout), _formatter(as_json=as_json)))
+    if text_file is not None:
+        text_handler = logging.FileHandler(text_file, encoding="utf-8")
+        root.addHandler(_handler(text_handler, _formatter(as_json=False, colors=False)))
     if json_file is not None:
         file_handler = logging.handlers.WatchedFileHandler(json_file, encoding="utf-8")
         root.addHandler(_handler(file_handler, _formatter(as_json=True)))
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if third_party_debug else logging.WARNING)
     _route_astropy()
     logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_ONCE)  # on the logger: every handler sees it
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -86,10 +86,10 @@ class NightProgress:
         if plan is None or night in self.finished or self.done_by[night] < plan.frames:
             return
         self.finished.add(night)
-        stream = self.overall.stream
-        prefix = "\r\033[K" if self.overall.tty else ""  # over the bar, which comes back
-        stream.write(
-            f"{prefix}night {night} done: {plan.frames} files "
-            f"({len(self.finished)}/{len(self.plans)} nights)\n"
+        self.overall.write(
+            f"night {night} done: {plan.frames} files "
+            f"({len(self.finished)}/{len(self.plans)} nights)"
         )
-        stream.flush()
+
+    def close(self):
+        self.overall.close()

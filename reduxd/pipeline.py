@@ -18,7 +18,6 @@ the service goes on.
 
 import dataclasses
 import math
-import re
 import time
 from collections import defaultdict, deque
 from concurrent import futures
@@ -26,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
+from reduxd.fingerprint import fingerprint
 from reduxd.fitsio import file_checksum, probe
-from reduxd.frames import classify
+from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
 from reduxd.products import lightcurve, tables
 from reduxd.products.fitsout import read_master, write_master
+from reduxd.products.naming import gain_label, safe_name, value_word
 from reduxd.reduce import (
     MasterCache,
     compute_light,
@@ -75,17 +76,6 @@ class CalSet:
     last_arrival: float = 0.0
 
 
-def safe_name(text):
-    """Return ``text`` usable in a file name (letters, digits and ``._+-``)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "none"
-
-
-def _fmt(value):
-    if value is None:
-        return "na"
-    return f"{value:g}"
-
-
 class Pipeline:
     """Classify, route and reduce frames, with the ledger as the source of truth.
 
@@ -102,10 +92,22 @@ class Pipeline:
     durable : bool
         Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
         False: it redoes lights whose products are missing on its next run.
+    calibration_level : str
+        Log level of the one line per calibration frame (``reduxd reduce``: debug).
     """
 
-    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None, durable=True):
+    def __init__(
+        self,
+        config,
+        *,
+        ledger,
+        clock=time.monotonic,
+        progress=None,
+        durable=True,
+        calibration_level="info",
+    ):
         self.config = config
+        self.calibration_level = calibration_level
         self.durable = durable
         self.ledger = ledger
         self.clock = clock
@@ -121,6 +123,7 @@ class Pipeline:
         self._masters = None
         self._built = {}
         self._bpm = {}
+        self._skips_logged = set()
         self._restore_sets()
 
     # -- entry points ------------------------------------------------------------
@@ -141,6 +144,8 @@ class Pipeline:
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
+        if row.state == "excluded":
+            return Outcome(rel, "excluded", kind="light", reason=row.info.get("excluded"))
         if row.state != "seen":
             return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
         return self._process(row, path, rel, since)
@@ -202,7 +207,8 @@ class Pipeline:
             return self._calibration(row, raw, info, rel, path)
         except MissingCalibration as exc:
             self.ledger.defer(row.id, f"{WAITING}: {exc.reason}")
-            log.warning("light_waiting", file=rel, reason=exc.reason)
+            if row.last_error != f"{WAITING}: {exc.reason}":  # each problem logged once
+                log.warning("light_waiting", file=rel, reason=exc.reason)
             return Outcome(rel, "waiting", kind="light", reason=exc.reason)
         except Exception as exc:  # the one place that catches everything
             reason = f"{type(exc).__name__}: {exc}"
@@ -227,15 +233,43 @@ class Pipeline:
         self._incomplete_seen.add(frame_id)
         return logged
 
+    def calibration_skipped(self, kind, filter_name):
+        """Why no master is built from frames of ``kind`` in ``filter_name`` (None: it is)."""
+        cal = self.config.calibration
+        if kind == "flat" and cal.no_flat:
+            return "--no-flat"
+        if kind == "flat" and self.is_excluded(filter_name):
+            return f"filter {filter_name} excluded (-x)"
+        if kind == "dark" and cal.no_dark:
+            return "--no-dark"
+        return None
+
+    def _skip_calibration(self, row, raw, info, rel, night, reason):
+        """Record a calibration frame no master will be built from (logged once per reason)."""
+        self.ledger.finish(
+            row.id,
+            kind=info.kind,
+            checksum=raw.checksum,
+            night=night,
+            info={"skipped": reason, "filter": info.filter, "exptime": info.exptime},
+        )
+        if (info.kind, reason) not in self._skips_logged:
+            self._skips_logged.add((info.kind, reason))
+            log.info("calibration_skipped", kind=info.kind, file=rel, reason=reason)
+        return Outcome(rel, "ingested", kind=info.kind, reason=f"no master: {reason}")
+
     def _calibration(self, row, raw, info, rel, path):
         night = info.night(self.config.site.utc_offset_hours)
+        skipped = self.calibration_skipped(info.kind, info.filter)
+        if skipped is not None:
+            return self._skip_calibration(row, raw, info, rel, night, skipped)
         key = (info.kind, night, steps_masters.group_key(info))
         info_json = {"set": repr(key), "exptime": info.exptime, "filter": info.filter}
         self.ledger.finish(
             row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
         )
         cal_set = self._add_to_set(row.id, path, info, night)
-        log.info(
+        getattr(log, self.calibration_level)(
             "calibration_frame",
             file=rel,
             kind=info.kind,
@@ -275,13 +309,16 @@ class Pipeline:
         return outcome
 
     def _excluded(self, info):
-        excluded = {f.upper() for f in self.config.calibration.exclude_filters}
-        return bool(info.filter) and info.filter.upper() in excluded
+        return self.is_excluded(info.filter)
+
+    def is_excluded(self, filter_name):
+        """True when lights in ``filter_name`` (as classified) are excluded (``-x``)."""
+        aliases = self.config.classify.filter_aliases
+        excluded = {normalise_filter(f, aliases) for f in self.config.calibration.exclude_filters}
+        return bool(filter_name) and filter_name in excluded
 
     def _exclude(self, row, info, rel, checksum, night):
-        self.ledger.finish(
-            row.id, kind="light", checksum=checksum, night=night, info={"excluded": info.filter}
-        )
+        self.ledger.exclude(row.id, checksum=checksum, night=night, info={"excluded": info.filter})
         return Outcome(rel, "excluded", kind="light", reason=f"filter {info.filter} excluded")
 
     def _plan(self, info, rel):
@@ -308,7 +345,11 @@ class Pipeline:
         )
         master_ids = sorted(r.id for r in plan.records().values())
         version = self.ledger.add_measurements(
-            row.id, rows, calib=result.calib, master_ids=master_ids
+            row.id,
+            rows,
+            calib=result.calib,
+            master_ids=master_ids,
+            fingerprint=fingerprint(self.config, plan),
         )
         self._save_reference(key, reference)
         extra = {
@@ -486,6 +527,8 @@ class Pipeline:
         n_ledger = len(self.ledger.measurements(current_only=False))
         if not csv_path.exists():
             return n_ledger == 0
+        if n_ledger and not tables.current_path(self.outdir, self.config.output.save).exists():
+            return False
         with open(csv_path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
         return len(lines) - 1 == n_ledger and all(line.count(",") for line in lines[1:])
@@ -743,10 +786,10 @@ class Pipeline:
             safe_name(result.instrument or "camera"),
             f"{result.shape[1]}x{result.shape[0]}",
             f"bin{result.binning[0]}x{result.binning[1]}",
-            f"g{_fmt(result.gain)}",
+            gain_label(result.gain),
         ]
         if result.kind in ("dark", "dark_current"):
-            parts.append(f"{_fmt(result.exptime)}s")
+            parts.append(f"{value_word(result.exptime)}s")
         if result.filter:
             parts.append(safe_name(result.filter))
         return "_".join(parts) + ".fits"

@@ -21,6 +21,7 @@ from astropy.io import fits
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
 from reduxd.products.fitsout import write_calibrated
+from reduxd.products.regions import write_regions
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.masters import saturation_level
 
@@ -221,9 +222,12 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         radius=phot.radius,
     )
     header = raw.header
-    return LightResult(
-        cal.data, cal.mask, header, list(cal.cards) + list(phot.cards), phot, rows, label
-    )
+    source = [
+        ("RAWFILE", relpath, "raw frame, relative to its data folder"),
+        ("RAWSHA1", raw.checksum, "SHA-1 of the raw file"),
+    ]
+    cards = source + list(cal.cards) + list(phot.cards)
+    return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,15 @@ def write_products(outdir, rel, result, output, *, durable=True):
             result.phot.table,
             title=rel,
             mask=result.mask,
+            roles=chart_roles(outdir, result.rows, output.save),
+            durable=durable,
+        )
+    if output.reduced:
+        write_regions(
+            regions_path(outdir, rel),
+            result.phot.table,
+            radius=result.phot.radius,
+            title=rel,
             durable=durable,
         )
     for profile in result.phot.profiles or ():
@@ -275,9 +288,30 @@ def write_products(outdir, rel, result, output, *, durable=True):
         )
 
 
+def chart_roles(outdir, rows, save):
+    """``star_id -> role`` of the field's light-curve target and comparisons (as last written)."""
+    from reduxd.products.finder import read_ensemble
+    from reduxd.products.lightcurve import lightcurve_paths
+
+    if not rows:
+        return {}
+    obj, filt = rows[0]["object"], rows[0]["filter"]
+    _csv, ecsv, _png = lightcurve_paths(outdir, object=obj, filter=filt, save=save)
+    target_id, comparison_ids = read_ensemble(ecsv)
+    roles = dict.fromkeys(comparison_ids, "comparison")
+    if target_id is not None:
+        roles[target_id] = "target"
+    return roles
+
+
 def reduced_path(outdir, rel):
     """Where the calibrated light of raw frame ``rel`` is written."""
     return Path(outdir) / "reduced" / rel
+
+
+def regions_path(outdir, rel):
+    """The DS9 region file of the stars measured on raw frame ``rel`` (beside its FITS)."""
+    return Path(outdir) / "reduced" / (rel.rsplit(".", 1)[0] + ".reg")
 
 
 def quicklook_path(outdir, rel):

@@ -1007,6 +1007,20 @@ def register(subparsers):
     p.add_argument("--n-flats", type=int, help="flats per filter")
     p.add_argument("--n-stars", type=int, help="field stars")
     p.add_argument("--shape", type=_shape_arg, help="frame size WIDTHxHEIGHT, e.g. 1608x1104")
+    p.add_argument(
+        "--lights-per-run",
+        type=int,
+        help="lights per SharpCap capture run (one HH_MM_SS folder) before the filter changes",
+    )
+    p.add_argument(
+        "--transit-depth", type=float, help="fractional depth of the target's transit (0.015)"
+    )
+    p.add_argument(
+        "--transit-duration",
+        type=float,
+        help="transit duration as a fraction of the light sequence (0.5), centred on its middle",
+    )
+    p.add_argument("--target-flux", type=float, help="target's out-of-transit flux, e-/s (3000)")
     p.add_argument("--no-transit", action="store_true", help="no transiting target star")
     p.add_argument("--realtime", action="store_true", help="deliver frames at camera cadence")
     p.add_argument(
@@ -1042,12 +1056,21 @@ def spec_from_args(args):
         ("n_stars", "n_stars"),
         ("shape", "shape"),
         ("start", "start"),
+        ("lights_per_run", "lights_per_run"),
     ]
     for name, arg in pairs:
         if getattr(args, arg) is not None:
             over[name] = getattr(args, arg)
     if args.filters:
         over["filters"] = tuple(f.strip() for f in args.filters.split(",") if f.strip())
+    transit = {
+        "depth": args.transit_depth,
+        "duration_frac": args.transit_duration,
+        "flux_e_per_s": args.target_flux,
+    }
+    transit = {k: v for k, v in transit.items() if v is not None}
+    if transit:
+        over["transit"] = Transit(**transit)
     if args.no_transit:
         over["transit"] = None
     return NightSpec.small(**over) if args.small else NightSpec(**over)

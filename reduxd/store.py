@@ -10,12 +10,14 @@ Frame states::
     seen -> processing -> done
                        -> seen (retry) -> ... -> failed (attempts exhausted)
                        -> quarantined (broken file, with the reason)
+                       -> excluded (its filter is excluded; seen again when it no longer is)
     done -> changed (the file changed after it was reduced: alert, do not redo silently)
 """
 
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 import time
 import warnings
@@ -28,7 +30,7 @@ from reduxd.fsinfo import is_network_fs, mount_fstype
 from reduxd.steps.select import MasterRecord
 
 SCHEMA_VERSION = 1
-STATES = ("seen", "processing", "done", "failed", "quarantined", "changed")
+STATES = ("seen", "processing", "done", "failed", "quarantined", "changed", "excluded")
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -42,7 +44,7 @@ CREATE TABLE frames (
     kind TEXT,
     night TEXT,
     state TEXT NOT NULL CHECK (state IN
-        ('seen', 'processing', 'done', 'failed', 'quarantined', 'changed')),
+        ('seen', 'processing', 'done', 'failed', 'quarantined', 'changed', 'excluded')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     info TEXT,                 -- JSON
@@ -80,6 +82,7 @@ CREATE TABLE reductions (
     calib TEXT NOT NULL,
     superseded INTEGER NOT NULL DEFAULT 0,
     created TEXT NOT NULL,
+    fingerprint TEXT,           -- JSON: the settings that produced the rows
     UNIQUE (frame_id, version)
 );
 CREATE TABLE reduction_masters (
@@ -273,6 +276,7 @@ class Ledger:
             raise LedgerError(
                 f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
             )
+        _migrate_fingerprints(db)
 
     def _tx(self):
         return _Transaction(self._db)
@@ -417,6 +421,21 @@ class Ledger:
                     (merged, utc_now(), frame_id),
                 )
 
+    def exclude(self, frame_id: int, *, checksum: str | None, night: str | None, info: dict):
+        """Mark a light ``excluded`` (its filter is excluded); ``reset`` brings it back."""
+        self._get(frame_id)
+        self._update(
+            frame_id,
+            "state = 'excluded', kind = 'light', checksum = ?, night = ?, info = ?,"
+            " finished = ?, last_error = NULL",
+            [checksum, night, _dumps(info), utc_now()],
+        )
+
+    def fingerprints(self) -> dict[int, dict]:
+        """The settings fingerprint of each frame's current reduction (``{}`` when unknown)."""
+        cur = self._db.execute("SELECT frame_id, fingerprint FROM reductions WHERE superseded = 0")
+        return {r[0]: json.loads(r[1]) if r[1] else {} for r in cur}
+
     def reset(self, frame_id: int) -> None:
         """Back to ``seen`` with no attempts (operator retry of a failed/changed frame)."""
         self._get(frame_id)
@@ -450,6 +469,10 @@ class Ledger:
         for state, n in self._db.execute("SELECT state, count(*) FROM frames GROUP BY state"):
             counts[state] = n
         return counts
+
+    def last_arrival(self) -> str | None:
+        """When the newest frame was first seen (UTC ISO), None for an empty ledger."""
+        return self._db.execute("SELECT max(first_seen) FROM frames").fetchone()[0]
 
     def recent(self, n: int = 20) -> list[FrameRow]:
         """The ``n`` most recently updated frames, newest first."""
@@ -553,12 +576,19 @@ class Ledger:
     # -- measurements --------------------------------------------------------------
 
     def add_measurements(
-        self, frame_id: int, rows: list[dict], *, calib: str, master_ids: list[int]
+        self,
+        frame_id: int,
+        rows: list[dict],
+        *,
+        calib: str,
+        master_ids: list[int],
+        fingerprint: dict | None = None,
     ) -> int:
         """Store a frame's photometry rows as a new version; older versions are superseded.
 
         ``calib`` says how the frame was calibrated (e.g. ``'bias+dark+flat'``),
-        ``master_ids`` which masters were used. Returns the new version number.
+        ``master_ids`` which masters were used, ``fingerprint`` the settings that made
+        the rows (see :mod:`reduxd.fingerprint`). Returns the new version number.
 
         Examples
         --------
@@ -575,8 +605,9 @@ class Ledger:
             ).fetchone()[0]
             db.execute("UPDATE reductions SET superseded = 1 WHERE frame_id = ?", (frame_id,))
             red_id = db.execute(
-                "INSERT INTO reductions (frame_id, version, calib, created) VALUES (?, ?, ?, ?)",
-                (frame_id, version, calib, utc_now()),
+                "INSERT INTO reductions (frame_id, version, calib, created, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (frame_id, version, calib, utc_now(), _dumps(fingerprint) if fingerprint else None),
             ).lastrowid
             db.executemany(
                 "INSERT INTO reduction_masters VALUES (?, ?)",
@@ -689,6 +720,36 @@ class Ledger:
             "SELECT data FROM field_refs WHERE field_key = ?", (field_key,)
         ).fetchone()
         return None if row is None else json.loads(row[0])
+
+
+def _migrate_fingerprints(db):
+    """Bring a ledger made before settings fingerprints up to date, in place.
+
+    Adds ``reductions.fingerprint`` and the ``excluded`` frame state. The frames
+    table is rebuilt for its new CHECK, as SQLite documents (foreign keys off,
+    copy, drop, rename), in one transaction; rows and ids are kept.
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(reductions)")}
+    frames_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
+    if "fingerprint" in columns and "'excluded'" in frames_sql:
+        return
+    create = re.search(r"CREATE TABLE frames \(.*?\n\);", _SCHEMA, re.S).group(0)
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        with _Transaction(db):
+            if "fingerprint" not in columns:
+                db.execute("ALTER TABLE reductions ADD COLUMN fingerprint TEXT")
+            if "'excluded'" not in frames_sql:
+                db.execute(create.replace("CREATE TABLE frames", "CREATE TABLE frames_new", 1))
+                db.execute("INSERT INTO frames_new SELECT * FROM frames")
+                db.execute("DROP TABLE frames")
+                db.execute("ALTER TABLE frames_new RENAME TO frames")
+                db.execute("CREATE INDEX frames_state ON frames (state)")
+                db.execute("CREATE INDEX frames_night ON frames (night, kind)")
+            if db.execute("PRAGMA foreign_key_check").fetchall():
+                raise LedgerError("ledger migration broke a foreign key; nothing was changed")
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
 
 
 class _Transaction:

@@ -78,11 +78,14 @@ target = [{target["x"]:.2f}, {target["y"]:.2f}]
 
 
 def digest(folder):
-    """{relative path: sha1} of every file under ``folder`` (the ledger excepted)."""
+    """{relative path: sha1} of every file under ``folder`` (the ledger, summaries and the
+    per-run logs ``redux_<timestamp>.log`` excepted)."""
     return {
         p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith("reduxd.sqlite") and "summary" not in p.name
+        if p.is_file()
+        and not p.name.startswith(("reduxd.sqlite", "redux_"))
+        and "summary" not in p.name
     }
 
 
@@ -169,7 +172,7 @@ def test_old_line_reduces_the_night(night):
     assert "16 lights reduced" in proc.stdout and "16 excluded" in proc.stdout
     out = folder / "analysis"
     for name in ("pg2213_photometry.csv", "pg2213_photometry.ecsv", "pg2213_summary.txt",
-                 "pg2213_lightcurve_pg2213_V.csv", "pg2213_lightcurve_pg2213_V.png"):  # fmt: skip
+                 "pg2213_lightcurve_V.csv", "pg2213_lightcurve_V.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     assert len(list((out / "reduced").rglob("*.fits"))) == 16
     assert len(list((out / "quicklook").rglob("*.png"))) == 16
@@ -184,7 +187,7 @@ def test_excluded_filter_lights_are_not_reduced(products):
     out, truth, phot = products
     assert set(phot["filter"]) == {"V"}
     assert not list((out / "reduced").rglob("*_R_*/**/*.fits"))
-    assert not (out / "pg2213_lightcurve_pg2213_R.csv").exists()
+    assert not (out / "pg2213_lightcurve_R.csv").exists()
     assert len(set(phot["file"])) == len(v_lights(truth)) == 16
 
 
@@ -291,7 +294,7 @@ def transit_fit(lc, truth):
 
 def test_transit_depth_is_recovered_from_the_light_curve(products):
     out, truth, phot = products
-    lc = Table.read(out / "pg2213_lightcurve_pg2213_V.ecsv")
+    lc = Table.read(out / "pg2213_lightcurve_V.ecsv")
     assert len(lc) == 16 and np.all(np.isfinite(lc["dmag"]))
     # the configured position named the simulator's transiting star
     target = [r for r, k, _ in matched(phot, truth) if k == 0]
@@ -359,8 +362,12 @@ def test_running_again_changes_nothing(night, products):
     assert digest(out) == before
     summary = json.loads((out / "pg2213_summary.json").read_text())
     assert summary["reduced"] == 0 and summary["ingested"] == 0
-    assert summary["already_done"] == len(truth["calibration"]) + len(truth["lights"])
-    assert len(summary["masters"]) == 7
+    excluded = [lt for lt in truth["lights"] if lt["filter"] != "V"]  # -x U B R I
+    assert summary["excluded"] == len(excluded)  # excluded, not counted as done
+    assert summary["already_done"] == len(truth["calibration"]) + len(truth["lights"]) - len(
+        excluded
+    )
+    assert len(summary["masters"]) == 6  # no flat for the excluded R
     phot = Table.read(out / "pg2213_photometry.csv", format="ascii.csv")
     keys = list(zip(phot["file"], phot["star_id"], phot["version"], strict=True))
     assert len(keys) == len(set(keys)) and set(phot["version"]) == {1}

@@ -1,5 +1,6 @@
 """``reduxd status`` on a real ledger file."""
 
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -65,41 +66,65 @@ def test_format_status(state):
     with Ledger(state) as ledger:
         text = format_status(ledger, n=5)
     lines = text.splitlines()
-    assert lines[0] == "frames: seen 1, processing 0, done 2, failed 1, quarantined 1, changed 0"
-    assert lines[1] == "masters in use (1):"
-    assert "flat" in lines[2] and " V " in lines[2] and "n=10" in lines[2]
-    assert "lights=2" in lines[2] and "flat_V.fits" in lines[2]
-    assert lines[3] == "last 5 frames:"
-    recent = lines[4:9]  # newest first
+    assert lines[0] == (
+        "frames: seen 1, processing 0, done 2, failed 1, quarantined 1, changed 0, excluded 0"
+    )
+    # times with their zone, and how long ago
+    assert lines[1].startswith("last frame arrived: 20") and lines[1].endswith(" ago)")
+    assert re.search(r"\d\d:\d\d:\d\d [A-Z+\-0-9]+ \(", lines[1])
+    assert lines[2] == "masters in use (1):"
+    assert lines[3].split() == ["kind", "filt/exp", "frames", "night", "lights", "file"]
+    assert lines[4].split()[:5] == ["flat", "V", "10", "2025-06-01", "2"]
+    assert lines[4].endswith("flat_V.fits")
+    assert lines[5] == "last 5 frames:"
+    assert lines[6].split() == ["updated", "state", "kind", "latency", "stars", "file"]
+    recent = lines[7:12]  # newest first
     assert "m51/light_4.fits" in recent[0] and "waiting for calibration" in recent[0]
     assert "light_2.fits" in recent[3] and "light_1.fits" in recent[4]
     # stars, latency (mtime 0: decades ago) and the reduction's version
     assert " 17 " in recent[3] and " h " in recent[3] and recent[3].endswith("v2")
-    assert lines[9] == "failures (2):"
-    assert "failed      m51/light_3.fits: ValueError: boom" in lines[10]
-    assert "quarantined m51/notes.fits: No SIMPLE card found" in lines[11]
+    assert lines[12].strip().startswith("(latency: from the raw file's last write")
+    assert lines[13] == "failures (2):"
+    assert "failed      m51/light_3.fits: ValueError: boom" in lines[14]
+    assert "quarantined m51/notes.fits: No SIMPLE card found" in lines[15]
+
+
+def status(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "reduxd", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 def test_cli(state):
-    out = subprocess.run(
-        [sys.executable, "-m", "reduxd", "status", "--state", str(state), "-n", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = status(["--state", str(state), "-n", "2"], state.parent)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("frames: seen 1,")
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"ledger: {state}"
+    assert lines[1].startswith("service: ")
+    assert lines[2].startswith("frames: seen 1,")
     assert "last 2 frames:" in out.stdout and "failures (2):" in out.stdout
 
 
-def test_cli_without_ledger(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "reduxd", "status", "--state", str(tmp_path / "none.sqlite")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 1 and "no ledger" in out.stderr
+def test_cli_finds_the_ledger_from_the_config(state, tmp_path):
+    (tmp_path / "config.toml").write_text(f'[paths]\noutdir = "{state.parent}"\n')
+    out = status([], tmp_path)  # ./config.toml
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"ledger: {state}")
+
+
+def test_cli_without_ledger_says_where_it_looked(tmp_path):
+    out = status(["--state", str(tmp_path / "none.sqlite")], tmp_path)
+    assert out.returncode == 1 and "no ledger found" in out.stderr
+    assert f"{tmp_path / 'none.sqlite'} (--state)" in out.stderr
+    (tmp_path / "c.toml").write_text('[paths]\noutdir = "elsewhere"\n')
+    out = status(["--config", "c.toml"], tmp_path)
+    assert out.returncode == 1
+    assert f"{tmp_path / 'elsewhere' / 'reduxd.sqlite'} ([paths] outdir" in out.stderr
+    assert "of c.toml" in out.stderr and "--config FILE" in out.stderr
 
 
 def test_format_latency():

@@ -37,6 +37,7 @@ measured in that frame). Without a target, the differential columns are absent
 and the plot shows the check stars only (no target is guessed: a wrong guess
 would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
+(the object is left out when it is the save title)
 (plain CSV, one header line), ``.ecsv`` (the same columns with units,
 descriptions and meta: object, filter, target_id, comparison_ids, check_chi2)
 and ``.png`` (target's dmag with error bars, magnitude axis inverted; check
@@ -590,7 +591,9 @@ def safe_name(text):
 def lightcurve_paths(outdir, *, object, filter, save=""):
     """Return the (csv, ecsv, png) paths of one (object, filter) light curve."""
     prefix = f"{safe_name(save)}_" if save else ""
-    base = f"{prefix}lightcurve_{safe_name(object)}_{safe_name(filter)}"
+    same = save and safe_name(object) == safe_name(save)  # --save used once in a name
+    middle = "" if same else f"{safe_name(object)}_"
+    base = f"{prefix}lightcurve_{middle}{safe_name(filter)}"
     outdir = Path(outdir)
     return outdir / f"{base}.csv", outdir / f"{base}.ecsv", outdir / f"{base}.png"
 

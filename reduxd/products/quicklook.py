@@ -12,22 +12,33 @@ from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
 
 from reduxd.files import atomic_write
+from reduxd.products.labels import place_labels
 from reduxd.steps.sky import ring_profile
 
 MAX_SIDE = 1600  # display pixels; larger frames are shown block-averaged
 MIN_WIDTH = 800  # smaller frames are shown enlarged
-TITLE_HEIGHT = 24
+LINE_HEIGHT = 22
+TITLE_HEIGHT = 2 * LINE_HEIGHT  # the title, then the legend
 FONT_SIZE = 14
 # palette: GREYS grey levels, then the colours drawn on top
-GREYS = 250
-CLEAN, FLAGGED, MASKED, BLACK, WHITE = range(GREYS, GREYS + 5)
+GREYS = 248
+CLEAN, FLAGGED, MASKED, BLACK, WHITE, TARGET, COMPARISON = range(GREYS, GREYS + 7)
 PALETTE = [v for g in range(GREYS) for v in (g * 255 // (GREYS - 1),) * 3] + [
     0, 255, 0,  # clean star: green
     255, 165, 0,  # flagged star: orange
     255, 0, 0,  # masked pixel: red
     0, 0, 0,
     255, 255, 255,
+    255, 0, 255,  # the light curve's target: magenta
+    0, 170, 255,  # its comparison stars: blue
 ]  # fmt: skip
+LEGEND = (
+    ("target", TARGET),
+    ("comparison", COMPARISON),
+    ("star", CLEAN),
+    ("flagged star", FLAGGED),
+    ("masked pixels", MASKED),
+)
 
 
 def _save_atomic(fig, path):
@@ -81,7 +92,9 @@ def _label(star_id, mag):
     return f"{star_id}" + (f" {mag:.2f}" if np.isfinite(mag) else "")
 
 
-def write_quicklook(path, data, table, *, title="", mask=None, radius=None, durable=True):
+def write_quicklook(
+    path, data, table, *, title="", mask=None, radius=None, roles=None, durable=True
+):
     """Write a finder chart PNG: the frame (zscale, asinh), each star circled and labelled.
 
     Parameters
@@ -99,6 +112,10 @@ def write_quicklook(path, data, table, *, title="", mask=None, radius=None, dura
     radius : float, optional
         Circle radius in frame pixels (default: 3x the median FWHM, at least
         6 display pixels).
+    roles : dict, optional
+        ``star_id -> 'target' | 'comparison'``: drawn in their colours and labelled
+        first. Labels never overlap each other or a circle; one that fits nowhere
+        is left out.
     durable : bool
         Fsync before returning (see :func:`reduxd.files.atomic_write`).
 
@@ -126,12 +143,19 @@ def write_quicklook(path, data, table, *, title="", mask=None, radius=None, dura
         shown[_display_mask(mask, scale)] = MASKED
     r = (radius or _default_radius(table, scale)) * scale
     top = TITLE_HEIGHT + image.shape[0] - 1
-    stars = _chart_stars(table, scale, top)
+    stars = _chart_stars(table, scale, top, roles or {})
     glyphs = _glyphs()
-    for x, y, colour, label in stars:
-        glyphs.draw(canvas, x + 0.8 * r, y - 0.8 * r - FONT_SIZE, label, colour)
-    caption = title or f"{len(table)} stars (green: clean, orange: flagged)"
-    glyphs.draw(canvas, 6, 4, caption, BLACK)
+    labels = place_labels(
+        [(i, x, y, label) for i, (x, y, _c, label) in enumerate(stars)],
+        radius=r,
+        char_width=0.6 * FONT_SIZE,
+        height=FONT_SIZE + 2,
+    )
+    for i, (x0, y0, _x1, _y1) in labels.items():
+        if y0 >= TITLE_HEIGHT:
+            glyphs.draw(canvas, x0, y0, stars[i][3], stars[i][2])
+    glyphs.draw(canvas, 6, 4, title or f"{len(table)} stars", BLACK)
+    _legend(canvas, glyphs)
     picture = Image.frombytes("P", (width, height), canvas.tobytes())
     picture.putpalette(PALETTE)
     draw = ImageDraw.Draw(picture)
@@ -144,6 +168,15 @@ def write_quicklook(path, data, table, *, title="", mask=None, radius=None, dura
     )
 
 
+def _legend(canvas, glyphs):
+    """The colour key on the second title line."""
+    x = 6.0
+    for text, colour in LEGEND:
+        glyphs.draw(canvas, x, LINE_HEIGHT + 2, text, colour if colour != CLEAN else BLACK)
+        canvas[LINE_HEIGHT + 4 : LINE_HEIGHT + 16, int(x) - 4 : int(x) - 2] = colour
+        x += 0.6 * FONT_SIZE * len(text) + 28
+
+
 def _display_mask(mask, scale):
     """Masked pixels on the display grid: a block is masked if any of its pixels is."""
     bad = np.asarray(mask) != 0
@@ -153,21 +186,32 @@ def _display_mask(mask, scale):
     return bad.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else bad
 
 
-def _chart_stars(table, scale, top):
-    """``(x, y, colour, label)`` of each star in canvas coordinates."""
+def _chart_stars(table, scale, top, roles):
+    """``(x, y, colour, label)`` of each star in canvas coordinates, in labelling order:
+    the target, the comparisons, then the others brightest first."""
     if len(table) == 0:
         return []
+    colour_of = {"target": TARGET, "comparison": COMPARISON}
+    order = {TARGET: 0, COMPARISON: 1}
     x = (np.asarray(table["x"], dtype=float) + 0.5) * scale - 0.5
     y = top - ((np.asarray(table["y"], dtype=float) + 0.5) * scale - 0.5)
     flags = np.asarray(table["flags"], dtype=np.int64)
     ids = np.asarray(table["star_id"], dtype=np.int64)
     mags = np.asarray(table["mag_inst"], dtype=float)
-    return [
-        (xi, yi, CLEAN if fl == 0 else FLAGGED, _label(sid, mag))
+    stars = [
+        (
+            xi,
+            yi,
+            colour_of.get(roles.get(sid), CLEAN if fl == 0 else FLAGGED),
+            _label(sid, mag),
+            mag,
+        )
         for xi, yi, fl, sid, mag in zip(
             x.tolist(), y.tolist(), flags.tolist(), ids.tolist(), mags.tolist(), strict=True
         )
     ]
+    stars.sort(key=lambda s: (order.get(s[2], 2), s[4] if np.isfinite(s[4]) else np.inf))
+    return [s[:4] for s in stars]
 
 
 LUT_SIZE = 4096

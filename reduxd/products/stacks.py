@@ -37,6 +37,7 @@ import json
 import math
 from collections import defaultdict
 from concurrent.futures import Future
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,11 @@ from reduxd import maskbits
 from reduxd.errors import FrameRejected
 from reduxd.files import atomic_write
 from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
+from reduxd.frames import classify
 from reduxd.log import get_logger
+from reduxd.products.finder import finder_path, read_ensemble, write_finder
+from reduxd.products.lightcurve import lightcurve_paths
+from reduxd.products.naming import gain_label, safe_name, value_word
 from reduxd.reduce import phot_params, reduced_path
 from reduxd.steps.photometry import photometer
 from reduxd.steps.stack import StackAccumulator
@@ -60,13 +65,15 @@ STACK_PHOT_COLUMNS = (
 _FORMAT = {"x": ".3f", "y": ".3f"}
 
 
-def _name(part):
-    return "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(part)) or "none"
-
-
 def stack_name(obj, filt, gain, exptime):
-    """Base name (no extension) of the stack of one group."""
-    return f"stack_{_name(obj)}_{_name(filt)}_g{gain}_{exptime:g}s"
+    """Base name (no extension) of the stack of one group.
+
+    Examples
+    --------
+    >>> stack_name("pg2213", "V", 150.0, 15.0), stack_name("m 13", None, None, 2)
+    ('stack_pg2213_V_g150_15s', 'stack_m_13_none_gnone_2s')
+    """
+    return f"stack_{safe_name(obj)}_{safe_name(filt)}_{gain_label(gain)}_{value_word(exptime)}s"
 
 
 def photometry_path(fits_path):
@@ -225,6 +232,7 @@ def start_stacks(pipeline, pool=None):
             (str(reduced_path(pipeline.outdir, r.relpath)), *map(float, r.info["offset"]))
             for r in rows
         ]
+        group.header = add_cards(group.header, span_cards([p for p, _x, _y in items], pipeline))
         size = chunk_size(len(items))
         for k in range(0, len(items), size):
             chunk = items[k : k + size]
@@ -285,7 +293,49 @@ def _write_stack(pipeline, group, acc):
     write_stack_photometry(
         photometry_path(path), phot.table, nframes=acc.n_frames, radius=radius, **meta
     )
-    log.info("stack_written", file=str(path), nframes=acc.n_frames, n_stars=len(phot.table))
+    save = pipeline.config.output.save
+    _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
+    target_id, comparison_ids = read_ensemble(ecsv)
+    finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
+    title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"
+    write_finder(finder, mean, phot.table, radius=radius, target_id=target_id,
+                 comparison_ids=comparison_ids, title=title, durable=pipeline.durable)  # fmt: skip
+    log.info(
+        "stack_written",
+        file=str(path),
+        finder=str(finder),
+        nframes=acc.n_frames,
+        n_stars=len(phot.table),
+    )
+
+
+def span_cards(paths, pipeline):
+    """DATE-OBS (first start), DATE-END (last end), DATE-AVG (mean mid-time) of the inputs.
+
+    Read from the reduced lights' headers (classified as their raw frames were).
+    """
+    starts, ends, mids = [], [], []
+    for path in paths:
+        with fits.open(path, memmap=False) as hdul:
+            info = classify(hdul[0].header, path, pipeline.config.classify)
+        if info.date_obs is None:
+            continue
+        starts.append(info.date_obs)
+        ends.append(info.date_obs + timedelta(seconds=float(info.exptime or 0.0)))
+        mids.append(info.date_mid or info.date_obs)
+    if not starts:
+        return []
+    origin = min(mids)
+    mean_mid = origin + sum((m - origin for m in mids), timedelta()) / len(mids)
+    return [
+        ("DATE-OBS", _isot(min(starts)), "start of the first light stacked (UTC)"),
+        ("DATE-END", _isot(max(ends)), "end of the last light stacked (UTC)"),
+        ("DATE-AVG", _isot(mean_mid), "mean mid-exposure time of the lights (UTC)"),
+    ]
+
+
+def _isot(when):
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
 def _first_header(path):

@@ -40,7 +40,7 @@ PHOT_COLUMNS = (
     ("mag_inst", "f8", "mag", "instrumental magnitude -2.5 log10(flux / exptime)"),
     ("mag_err", "f8", "mag", "1-sigma uncertainty of mag_inst"),
     ("snr", "f8", None, "signal-to-noise ratio flux / flux_err"),
-    ("flags", "i8", None, "bitmask, see reduxd.steps.measure.Flags"),
+    ("flags", "i8", None, "bitmask, see reduxd.steps.measure.Flag"),
     ("radius", "f8", "pix", "aperture radius"),
     ("calib", "U64", None, "calibration applied: bias, dark, scaled dark, flat, or none"),
     ("version", "i8", None, "reduction number of this frame (1 = first)"),
@@ -109,16 +109,25 @@ def table_paths(outdir, save=""):
     return Path(outdir) / f"{base}.csv", Path(outdir) / f"{base}.ecsv"
 
 
-def append_rows(outdir, rows, *, save="", durable=True):
-    """Append ``rows`` to the CSV and ECSV tables, creating them with headers if needed.
+def current_path(outdir, save=""):
+    """The CSV of current rows only (no superseded rows) beside the full history."""
+    csv_path, _ = table_paths(outdir, save)
+    return csv_path.with_name(csv_path.stem + "_current.csv")
 
-    ``durable``: fsync both files before returning.
+
+def append_rows(outdir, rows, *, save="", durable=True):
+    """Append new current ``rows`` to the tables, creating them with headers if needed.
+
+    The full history (CSV, ECSV) and the current table (:func:`current_path`) get
+    the rows. ``durable``: fsync the files before returning.
     """
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     fields = _fields(rows)
-    _append(csv_path, ",".join(NAMES) + "\n", _lines(fields, ","), durable=durable)
+    header = ",".join(NAMES) + "\n"
+    _append(csv_path, header, _lines(fields, ","), durable=durable)
     _append(ecsv_path, _ecsv_header(), _lines(fields, " "), durable=durable)
+    _append(current_path(outdir, save), header, _lines(fields, ","), durable=durable)
     return csv_path, ecsv_path
 
 
@@ -134,12 +143,15 @@ def _append(path, header, lines, *, durable):
 
 
 def rewrite_rows(outdir, rows, *, save=""):
-    """Rewrite both tables with exactly ``rows`` (atomically: temp file + rename)."""
+    """Rewrite both tables with exactly ``rows``, and the current table with the current
+    ones (atomically: temp file + rename)."""
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     fields = _fields(rows)
     _replace(csv_path, ",".join(NAMES) + "\n" + _lines(fields, ","))
     _replace(ecsv_path, _ecsv_header() + _lines(fields, " "))
+    current = _fields([r for r in rows if r.get("current", 1)])
+    _replace(current_path(outdir, save), ",".join(NAMES) + "\n" + _lines(current, ","))
     return csv_path, ecsv_path
 
 

@@ -167,7 +167,7 @@ def _missing_text(missing, info):
         "flat": f"no master flat for filter {info.filter}",
     }
     text = "; ".join(what[m] for m in missing)
-    return f"{text} (use force, no_dark or no_flat to go on without)"
+    return f"{text} (to go on without, use --force, --no-dark or --no-flat)"
 
 
 def _subtract_dark(out, mode, masters, exptime):

@@ -308,4 +308,7 @@ def _plan_reason(info, missing, force):
     setting = f"instrument {info.instrument!r}, gain {info.gain}, binning {info.binning}"
     if force:
         return f"{what} ({setting}): going on because of force"
-    return f"{what} ({setting}); use force, no_dark or no_flat to go on without"
+    return (
+        f"{what} ({setting}); to go on without, use --force, --no-dark or --no-flat"
+        " (config: force, no_dark, no_flat)"
+    )

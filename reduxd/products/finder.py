@@ -1,0 +1,118 @@
+"""Finder charts of stacks, named like the old script's ``finder_<save>_....png``.
+
+The stacked light in grey, each measured star circled with its aperture, the
+target in red and the comparison ensemble in blue (as chosen for the light curve
+of the same object and filter), a legend, and labels placed so that none
+overlaps another label or a star's circle (a label that fits nowhere is left
+out; the target's and comparisons' always are placed first).
+"""
+
+import io
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from astropy.visualization import ZScaleInterval
+
+from reduxd.files import atomic_write
+from reduxd.products.labels import place_labels
+from reduxd.products.naming import gain_label, titled, value_word
+
+COLOURS = {"target": "magenta", "comparison": "deepskyblue", "star": "gold"}
+FONT_PX = 11  # label text height in screen pixels (fontsize 8 at dpi 100)
+
+
+def finder_path(outdir, *, save, obj, filt, gain, exptime):
+    """``<outdir>/finder_<save>_<object>_<filter>_g<gain>_<exp>s.png`` (see ``titled``)."""
+    exp = f"{value_word(exptime)}s"
+    return outdir / (titled("finder", filt, gain_label(gain), exp, save=save, obj=obj) + ".png")
+
+
+def read_ensemble(ecsv_path):
+    """``(target_id, comparison_ids)`` from a light curve's ECSV meta; ``(None, [])`` if none.
+
+    Cached per file version (path, mtime, size): the daemon asks for every light.
+    """
+    try:
+        st = Path(ecsv_path).stat()
+    except OSError:
+        return None, []
+    return _ensemble(str(ecsv_path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _ensemble(path, _mtime_ns, _size):
+    from astropy.table import Table
+
+    try:
+        meta = Table.read(path, format="ascii.ecsv").meta
+    except (OSError, ValueError):
+        return None, []
+    target = meta.get("target_id")
+    comparisons = tuple(int(c) for c in meta.get("comparison_ids", []))
+    return (None if target is None else int(target)), comparisons
+
+
+def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):
+    """The finder chart as PNG bytes (``table``: star_id, x, y, mag_inst; 0-based x, y)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle
+
+    image = np.asarray(image, dtype=np.float32)
+    ny, nx = image.shape
+    width_in, top_in = 10.0, 0.9  # the legend and title go above the image
+    height_in = width_in * ny / nx
+    fig = Figure(figsize=(width_in, height_in + top_in), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, height_in / (height_in + top_in)))
+    good = image[np.isfinite(image)]
+    lo, hi = ZScaleInterval().get_limits(good) if good.size else (0.0, 1.0)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="antialiased")
+    ax.set_axis_off()
+    comps = {int(c) for c in comparison_ids}
+    role = {}
+    for sid in (int(s) for s in table["star_id"]):
+        role[sid] = "target" if sid == target_id else "comparison" if sid in comps else "star"
+    stars = sorted(
+        zip(table["star_id"], table["x"], table["y"], table["mag_inst"], strict=True),
+        key=lambda s: ({"target": 0, "comparison": 1, "star": 2}[role[int(s[0])]], s[3]),
+    )
+    stars = [(int(s), float(x), float(y), str(int(s))) for s, x, y, _m in stars
+             if math.isfinite(float(x)) and math.isfinite(float(y))]  # fmt: skip
+    scale = nx / (width_in * fig.dpi)  # image pixels per screen pixel
+    labels = place_labels(
+        stars, radius=radius, char_width=0.62 * FONT_PX * scale, height=FONT_PX * scale
+    )
+    for sid, x, y, text in stars:
+        colour = COLOURS[role[sid]]
+        width = 1.6 if role[sid] != "star" else 0.8
+        ax.add_patch(Circle((x, y), radius, fill=False, color=colour, lw=width))
+        if sid in labels:
+            x0, y0, _x1, _y1 = labels[sid]
+            ax.text(x0, y0, text, color=colour, fontsize=8, ha="left", va="bottom")
+    handles = [
+        Line2D([], [], marker="o", ls="", mfc="none", color=COLOURS["target"],
+               label=f"target (star {target_id})" if target_id is not None else "no target set"),
+        Line2D([], [], marker="o", ls="", mfc="none", color=COLOURS["comparison"],
+               label=f"comparison stars ({len(comps)})"),
+        Line2D([], [], marker="o", ls="", mfc="none", color=COLOURS["star"],
+               label="other measured stars"),
+    ]  # fmt: skip
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
+              fontsize=9, frameon=False)  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.99, va="top")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(), title="",
+                 durable=True):  # fmt: skip
+    """Write :func:`finder_png` to ``path`` atomically; return the path."""
+    png = finder_png(image, table, radius=radius, target_id=target_id,
+                     comparison_ids=comparison_ids, title=title)  # fmt: skip
+    return atomic_write(path, lambda fh: fh.write(png), durable=durable)

@@ -1,0 +1,69 @@
+"""One naming rule for product files: masters, stacks, finder charts, light curves.
+
+A gain is written ``g150`` (``g0.5``), a missing value as the word ``none``
+(``gnone``), and ``--save`` appears once in a name: the object is left out of a
+name when it is the same as the save title.
+"""
+
+import re
+
+MISSING = "none"
+
+
+def safe_name(text):
+    """``text`` usable in a file name (letters, digits and ``._+-``); ``none`` when empty.
+
+    Examples
+    --------
+    >>> safe_name("pg 2213/V"), safe_name(None), safe_name("")
+    ('pg_2213_V', 'none', 'none')
+    """
+    if text is None:
+        return MISSING
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or MISSING
+
+
+def value_word(value):
+    """A number as it appears in a name (``150``, ``0.5``), or ``none``.
+
+    Examples
+    --------
+    >>> value_word(150.0), value_word(0.5), value_word(None)
+    ('150', '0.5', 'none')
+    """
+    if value is None:
+        return MISSING
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return safe_name(value)
+
+
+def gain_label(gain):
+    """The gain part of a name.
+
+    Examples
+    --------
+    >>> gain_label(150.0), gain_label(None)
+    ('g150', 'gnone')
+    """
+    return f"g{value_word(gain)}"
+
+
+def titled(kind, *parts, save="", obj=None):
+    """``<kind>_<save>_<object>_<parts...>``, the object left out when it equals ``save``.
+
+    Examples
+    --------
+    >>> titled("finder", "V", "g150", "15s", save="pg2213", obj="pg2213")
+    'finder_pg2213_V_g150_15s'
+    >>> titled("finder", "V", save="", obj="pg2213")
+    'finder_pg2213_V'
+    """
+    words = [kind]
+    if save:
+        words.append(safe_name(save))
+    if obj is not None and safe_name(obj) != safe_name(save):
+        words.append(safe_name(obj))
+    words += [safe_name(p) for p in parts]
+    return "_".join(words)
