@@ -273,13 +273,13 @@ def run(args):
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
     with Ledger(config.paths.state_file, durable=False) as ledger:
+        _recover_interrupted(ledger, config)
         pipeline = Pipeline(config, ledger=ledger, durable=False)
         if args.redo:
             _reset_done(ledger, found)
         else:
             _reset_missing_products(ledger, found, config)
-        if not pipeline.tables_in_sync():
-            pipeline.rewrite_tables()
+        pipeline.sync_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
         preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
@@ -302,6 +302,18 @@ def run(args):
         file=sys.stderr,
     )
     return EXIT_NOTHING
+
+
+def _recover_interrupted(ledger, config):
+    """Frames a killed run left ``processing`` go back to ``seen`` (as the daemon does)."""
+    for row in ledger.recover_interrupted(max_tries=config.watch.max_tries):
+        log.warning(
+            "interrupted_frame",
+            file=row.relpath,
+            state=row.state,
+            attempts=row.attempts,
+            reason=row.last_error,
+        )
 
 
 def _step(pipeline, root, path, progress):

@@ -35,7 +35,7 @@ from reduxd.pipeline import WAITING, Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.store import Ledger
 from reduxd.watch.stability import StabilityTracker, file_signature
-from reduxd.watch.watcher import Watcher, WatchError
+from reduxd.watch.watcher import Watcher, WatchError, check_roots
 
 log = get_logger("reduxd.daemon")
 # Outcomes that count as work for --exit-when-idle (not skipped/waiting/incomplete).
@@ -103,6 +103,7 @@ class Service:
         self.stop_signal = None
         self.counts = {}
         self.watcher = None
+        self.own_folders = ()  # output and ledger folders below a root: never read
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
         self.ping_seconds = min(PING_SECONDS, interval / 4) if interval else PING_SECONDS
@@ -119,6 +120,11 @@ class Service:
         self.stop_signal = signum
 
     def run(self):
+        paths = self.config.paths
+        # raises ConfigError (exit 2) for a root that would feed reduxd its own files
+        self.own_folders = check_roots(
+            self.roots(), outdir=paths.outdir, state_file=paths.state_file
+        )
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         state = Path(self.config.paths.state_file)
@@ -140,9 +146,7 @@ class Service:
                 reason=row.last_error,
             )
         pipeline = Pipeline(self.config, ledger=ledger, clock=self.clock, progress=self._progress)
-        if not pipeline.tables_in_sync():
-            log.warning("tables_rewritten", reason="photometry table differs from the ledger")
-            pipeline.rewrite_tables()
+        pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
         tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock)
         self.watcher = watcher = Watcher(
             self.roots(),
@@ -150,6 +154,7 @@ class Service:
             poll_interval=w.poll_interval,
             ignore_patterns=w.ignore_patterns,
             extensions=self.config.reading.extensions,
+            exclude=self.own_folders,
         )
         try:
             return self._loop(ledger, pipeline, tracker, watcher)
@@ -339,7 +344,7 @@ def _walk(root, file_filter, rel=""):
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
-                if not file_filter.ignored(entry.name):
+                if not file_filter.ignored(entry.name) and not file_filter.excluded(entry.path):
                     with contextlib.suppress(OSError):
                         yield from _walk(root, file_filter, rel + entry.name + "/")
             elif file_filter.wanted(entry.name) and entry.is_file():

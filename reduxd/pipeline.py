@@ -441,20 +441,51 @@ class Pipeline:
 
     def rewrite_tables(self):
         """Rewrite the photometry tables from the ledger (all versions, marked)."""
-        rows = []
-        for m in self.ledger.measurements(current_only=False):
-            rows.append({**m.row, "version": m.version, "current": int(not m.superseded)})
-        tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+        tables.rewrite_rows(self.outdir, self._ledger_rows(), save=self.config.output.save)
 
-    def tables_in_sync(self):
-        """True when the CSV table holds exactly the ledger's rows (checked at start)."""
-        csv_path, _ = tables.table_paths(self.outdir, self.config.output.save)
-        n_ledger = len(self.ledger.measurements(current_only=False))
-        if not csv_path.exists():
-            return n_ledger == 0
-        with open(csv_path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-        return len(lines) - 1 == n_ledger and all(line.count(",") for line in lines[1:])
+    def sync_tables(self):
+        """At start: make the tables hold exactly the ledger's rows; return what was done.
+
+        Rows the ledger does not know (a fresh or different ledger on an existing
+        output folder) are never dropped: both tables are first renamed aside
+        (logged with their new names). A torn last line is repaired by the rewrite.
+        Returns None (in sync), ``"rewritten"`` or ``"set aside"``.
+        """
+        csv_path, ecsv_path = tables.table_paths(self.outdir, self.config.output.save)
+        rows = self._ledger_rows()
+        found = tables.read_keys(csv_path)
+        if found is None:
+            if rows:
+                tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+            return "rewritten" if rows else None
+        keys, n_rows, torn = found
+        known = {tables.row_key(r) for r in rows}
+        unknown = keys - known
+        if unknown:
+            aside = tables.set_aside([csv_path, ecsv_path])
+            log.warning(
+                "tables_set_aside",
+                files=[str(p) for p in aside],
+                reason=f"{len(unknown)} of {n_rows} rows of {csv_path} are not in the ledger "
+                f"{self.ledger.path} (a new or different ledger?): kept under the new names",
+            )
+        elif keys == known and n_rows == len(rows) and not torn:
+            return None
+        else:
+            log.warning(
+                "tables_rewritten",
+                file=str(csv_path),
+                reason=f"{n_rows} rows{' and a torn last line' if torn else ''}; "
+                f"the ledger has {len(rows)}",
+            )
+        tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+        return "set aside" if unknown else "rewritten"
+
+    def _ledger_rows(self):
+        return [
+            {**m.row, "version": m.version, "current": int(not m.superseded)}
+            for m in self.ledger.measurements(current_only=False)
+        ]
 
     # -- field references --------------------------------------------------------
 

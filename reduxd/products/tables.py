@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,43 @@ def _append(path, header, lines, *, durable):
         fh.flush()
         if durable:
             os.fsync(fh.fileno())
+
+
+def row_key(row):
+    """What identifies a table row: ``(file, star_id, version)``, as text."""
+    return (str(row["file"]), str(row["star_id"]), str(row["version"]))
+
+
+def read_keys(csv_path):
+    """Keys of the complete rows of a CSV table, and whether its last line is torn.
+
+    Returns ``(keys, n_rows, torn)``, or None when the file does not exist. A
+    torn line (a crash or a full disk in the middle of an append) is one without
+    its newline or with the wrong number of fields; it is not counted.
+    """
+    try:
+        text = Path(csv_path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    records = list(csv.reader(io.StringIO(text)))
+    torn = bool(text) and not text.endswith("\n")
+    if torn and records:
+        records.pop()
+    body = records[1:]
+    complete = [r for r in body if len(r) == len(NAMES)]
+    torn = torn or len(complete) != len(body)
+    i, j, k = NAMES.index("file"), NAMES.index("star_id"), NAMES.index("version")
+    return {(r[i], r[j], r[k]) for r in complete}, len(complete), torn
+
+
+def set_aside(paths):
+    """Rename existing ``paths`` to ``<name>.aside-<UTC time>``; return the new names."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = []
+    for path in map(Path, paths):
+        if path.exists():
+            out.append(path.rename(path.with_name(f"{path.name}.aside-{stamp}")))
+    return out
 
 
 def rewrite_rows(outdir, rows, *, save=""):

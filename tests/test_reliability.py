@@ -1,0 +1,141 @@
+"""reduxd under faults, hostile files and a second copy of itself (issue 11).
+
+Each test reproduces one defect with real processes and files: the daemon and the
+batch command run as subprocesses, on simulated nights, and are killed, signalled
+or starved the way a real machine does it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nights import stage_night
+from test_batch import night, phot, reduxd_command, run_reduxd, small_night  # noqa: F401
+from test_daemon import (
+    LIGHTS,
+    N_CAL,
+    N_LIGHTS,
+    check_consistent,
+    daemon,
+    place,
+    query,
+    reduced_files,
+    states,
+    write_config,
+)
+
+
+def watch(config, *extra):
+    """``reduxd watch`` run to its end (for commands that must exit at once)."""
+    cmd = [sys.executable, "-m", "reduxd", "watch", "--config", str(config), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def json_events(text, name):
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == name:
+                out.append(event)
+    return out
+
+
+BATCH = "reduce -D pg2213 -C calibration -O analysis"
+
+
+# -- 1. the daemon never reads its own products ----------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_output_folder_inside_the_root_is_not_reduced(tmp_path):
+    """Root = the folder holding the output folder and the ledger: 12 lights, 12
+    reductions, and nothing below the output folder in the ledger."""
+    stage, rels, _ = stage_night(tmp_path / "s")
+    top = tmp_path / "w"
+    place(stage, top / "night", rels)
+    config = write_config(top, root=top)  # outdir (and ledger) = top/out, inside the root
+    db = top / "out" / "reduxd.sqlite"
+    with daemon(config, exit_when_idle=RECONCILE_IDLE) as d:
+        assert d.wait_exit(90) == 0
+    assert states(db) == {"done": N_CAL + N_LIGHTS}
+    assert not query(db, "SELECT relpath FROM frames WHERE relpath LIKE 'out/%'")
+    lights = [r for r in reduced_files(d)]
+    assert len(lights) == N_LIGHTS and all(r.startswith("night/" + LIGHTS) for r in lights)
+    # rows point at the night, products went to top/out/reduced once each
+    assert {r["file"] for r in check_consistent(top)} == set(lights)
+    assert not list((top / "out" / "reduced" / "out").glob("*"))
+
+
+RECONCILE_IDLE = 5.0  # longer than a reconciliation (2 s): a new product would be seen
+
+
+@pytest.mark.parametrize("where", ["/", "out", "out/sub"])
+def test_roots_that_hold_only_reduxd_files_are_refused(tmp_path, where):
+    config = write_config(tmp_path, root="/" if where == "/" else tmp_path / where)
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    proc = watch(config)
+    assert proc.returncode == 2, proc.stderr
+    assert "configuration error: watch root" in proc.stderr
+    assert ("whole filesystem" if where == "/" else "output folder") in proc.stderr
+
+
+# -- 2. a fresh or different ledger never wipes the tables ------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fresh_ledger_keeps_the_old_tables_aside(night):  # noqa: F811 (fixture)
+    """The batch fills analysis/; then the daemon starts on the same output folder
+    with a new ledger and nothing to reduce: the old rows survive, named in the log."""
+    ok_run = run_reduxd(BATCH, cwd=night)
+    assert ok_run.returncode == 0, ok_run.stderr
+    out = night / "analysis"
+    before = (out / "photometry.csv").read_text()
+    assert before.count("\n") > 100
+    empty = night / "empty"
+    empty.mkdir()
+    cmd = [*reduxd_command(), "watch", "--root", str(empty), "--outdir", str(out),
+           "--state", str(night / "other.sqlite"), "--exit-when-idle", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (event,) = json_events(proc.stdout, "tables_set_aside")
+    assert len(event["files"]) == 2 and "not in the ledger" in event["reason"]
+    csv_aside = next(p for p in event["files"] if ".csv.aside-" in p)
+    assert Path(csv_aside).read_text() == before
+    assert any(".ecsv.aside-" in p for p in event["files"])
+
+
+# -- 3. the batch recovers frames a kill -9 left in 'processing' ------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_batch_after_kill9_reduces_the_interrupted_lights(night):  # noqa: F811
+    db = night / "analysis" / "reduxd.sqlite"
+    cmd = [*reduxd_command(), *BATCH.split()]
+    proc = subprocess.Popen(cmd, cwd=night, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not query(
+            db, "SELECT 1 FROM frames WHERE state = 'processing' AND relpath LIKE 'pg2213_%'"
+        ):  # fmt: skip  (a light)
+            assert proc.poll() is None and time.monotonic() < deadline, "no light processed"
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert query(db, "SELECT count(*) FROM frames WHERE state = 'processing'")[0][0] >= 1
+    again = run_reduxd(BATCH, cwd=night)
+    assert again.returncode == 0, again.stderr
+    assert "interrupted_frame" in again.stdout + again.stderr
+    assert not query(db, "SELECT 1 FROM frames WHERE state = 'processing'")
+    rows = phot(night / "analysis")
+    assert len(set(rows["file"][rows["current"] == 1])) == N_LIGHTS
