@@ -28,6 +28,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from reduxd import lock
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.fitsio import probe
@@ -272,7 +273,11 @@ def run(args):
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
-    with Ledger(config.paths.state_file, durable=False) as ledger:
+    Path(config.paths.state_file).parent.mkdir(parents=True, exist_ok=True)
+    with (
+        lock.acquire(config.paths.state_file, command="reduce"),
+        Ledger(config.paths.state_file, durable=False) as ledger,
+    ):
         _recover_interrupted(ledger, config)
         pipeline = Pipeline(config, ledger=ledger, durable=False)
         if args.redo:

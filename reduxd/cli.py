@@ -6,6 +6,9 @@ import sys
 
 from reduxd import __version__
 from reduxd.errors import ConfigError
+from reduxd.lock import LedgerInUse
+
+EXIT_IN_USE = 3  # another reduxd writes to this ledger (see README: exit status)
 
 COMMANDS = {
     "reduce": "reduxd.batch",
@@ -40,5 +43,8 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"reduxd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except LedgerInUse as exc:
+        print(f"reduxd: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     except KeyboardInterrupt:
         return 130

@@ -28,7 +28,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from reduxd import notify
+from reduxd import lock, notify
 from reduxd.config import load_config
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
@@ -130,7 +130,7 @@ class Service:
         state = Path(self.config.paths.state_file)
         state.parent.mkdir(parents=True, exist_ok=True)
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
-        with Ledger(state) as ledger:
+        with lock.acquire(state, command="watch"), Ledger(state) as ledger:
             return self._serve(ledger)
 
     def _serve(self, ledger):

@@ -29,6 +29,8 @@ from test_daemon import (
     write_config,
 )
 
+from reduxd import lock
+
 
 def watch(config, *extra):
     """``reduxd watch`` run to its end (for commands that must exit at once)."""
@@ -139,3 +141,65 @@ def test_batch_after_kill9_reduces_the_interrupted_lights(night):  # noqa: F811
     assert not query(db, "SELECT 1 FROM frames WHERE state = 'processing'")
     rows = phot(night / "analysis")
     assert len(set(rows["file"][rows["current"] == 1])) == N_LIGHTS
+
+
+# -- 5. one writer per ledger -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_second_writer_exits_at_once_naming_the_first(tmp_path):
+    stage, rels, _ = stage_night(tmp_path)
+    root = tmp_path / "raw"
+    place(stage, root, rels)
+    config = write_config(tmp_path, root=root)
+    db = tmp_path / "out" / "reduxd.sqlite"
+    with daemon(config) as d:
+        d.started()
+        assert lock.holder(db) == {**lock.holder(db), "pid": d.pid, "command": "watch"}
+        started = time.monotonic()
+        second = watch(config)
+        assert second.returncode == 3, second.stderr
+        assert time.monotonic() - started < 15  # at once (an interpreter start)
+        assert f"in use by process {d.pid} (reduxd watch" in second.stderr
+        batch = subprocess.run(
+            [*reduxd_command(), "reduce", "-D", str(root), "-O", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert batch.returncode == 3 and f"process {d.pid}" in batch.stderr
+        status = subprocess.run(
+            [*reduxd_command(), "status", "--state", str(db)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr  # readers are never blocked
+        d.wait_for(lambda: states(db).get("done") == N_CAL + N_LIGHTS, timeout=90, what="all")
+        assert d.stop() == 0
+    assert lock.holder(db) is None
+    rows = check_consistent(tmp_path)
+    assert len({r["file"] for r in rows}) == N_LIGHTS == len(reduced_files(d))
+
+
+def test_lock_holder_never_creates_and_ignores_dead_holders(tmp_path):
+    state = tmp_path / "l.sqlite"
+    assert lock.holder(state) is None and not list(tmp_path.iterdir())
+    code = (
+        "import sys, time; from reduxd import lock;"
+        f"lock.acquire({str(state)!r}, command='reduce'); print('held', flush=True);"
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        info = lock.holder(state)
+        assert info["pid"] == proc.pid and info["command"] == "reduce"
+        assert info["started"].endswith("+00:00")
+        with pytest.raises(lock.LedgerInUse, match=f"process {proc.pid}"):
+            lock.acquire(state, command="watch")
+        proc.kill()  # kill -9: the kernel drops the lock, the file stays
+        proc.wait()
+        assert lock.lock_path(state).exists() and lock.holder(state) is None
+        with lock.acquire(state, command="watch") as held:
+            assert lock.holder(state)["pid"] == os.getpid() == held.info["pid"]
+    finally:
+        proc.kill()
+        proc.wait()
