@@ -19,6 +19,7 @@ the service goes on.
 import dataclasses
 import math
 import re
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -578,23 +579,44 @@ class Pipeline:
         return built
 
     def _build_set(self, key, cal_set, *, final):
+        """Build one set's masters; None to wait (a missing master), [] if it cannot be built.
+
+        A set that cannot be built (a member deleted or broken since it was
+        ingested, an error while combining) is logged with the reason and its
+        frames are marked (``master_error``): the service goes on without it.
+        """
         kind, night, _ = key
-        max_bytes = self.config.reading.max_bytes
-        layouts = [
-            (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
-            for fid, path, info in cal_set.members
-        ]
         try:
+            layouts = [
+                (info, dataclasses.replace(self._probe(path), sha1=self._sha1(fid)))
+                for fid, path, info in cal_set.members
+            ]
             results = self._make_masters(kind, layouts)
         except MissingCalibration as exc:
             if not final:
                 return None
-            log.error("master_not_built", kind=kind, night=night, reason=exc.reason)
-            self._annotate(cal_set, {"master_id": None, "master_error": exc.reason})
-            return []
+            return self._not_built(cal_set, night, exc.reason)
+        except sqlite3.Error:
+            raise  # the ledger's trouble, not the set's
+        except Exception as exc:
+            return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
         records = [self._register(result, night) for result in results]
         self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})
         return [r for r in records if r is not None]
+
+    def _probe(self, path):
+        return probe(path, max_bytes=self.config.reading.max_bytes)
+
+    def _not_built(self, cal_set, night, reason):
+        log.error(
+            "master_not_built",
+            kind=cal_set.kind,
+            night=night,
+            frames=len(cal_set.members),
+            reason=reason,
+        )
+        self._annotate(cal_set, {"master_id": None, "master_error": reason})
+        return []
 
     def _sha1(self, frame_id):
         """The checksum the ledger took when the frame was read (None: not known)."""

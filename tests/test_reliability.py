@@ -203,3 +203,37 @@ def test_lock_holder_never_creates_and_ignores_dead_holders(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- 6. a master that cannot be built does not stop the service -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_calibration_frame_deleted_before_its_master_is_built(tmp_path):
+    """A bias deleted after it was ingested: the bias set is logged as not built, its
+    frames marked, and the daemon goes on to reduce the night (darks do without bias)."""
+    stage, rels, _ = stage_night(tmp_path)
+    root = tmp_path / "raw"
+    root.mkdir()
+    bias = [r for r in rels if "bias" in r]
+    config = write_config(tmp_path, root=root)  # a set is built 1 s after its last frame
+    db = tmp_path / "out" / "reduxd.sqlite"
+    with daemon(config) as d:
+        d.started()
+        place(stage, root, bias)
+        d.wait_for(
+            lambda: len(d.events("calibration_frame")) == len(bias), timeout=30, what="bias in"
+        )
+        (root / bias[0]).unlink()
+        d.wait_for(lambda: d.events("master_not_built"), timeout=30, what="master_not_built")
+        place(stage, root, [r for r in rels if r not in bias])
+        d.wait_for(lambda: len(reduced_files(d)) == N_LIGHTS, timeout=90, what="lights")
+        assert d.proc.poll() is None
+        assert d.stop() == 0
+    (event,) = d.events("master_not_built")
+    assert event["kind"] == "bias" and bias[0].split("/")[-1] in event["reason"]
+    marked = query(db, "SELECT info FROM frames WHERE relpath LIKE '%bias%'")
+    assert len(marked) == len(bias)
+    assert all(json.loads(i)["master_error"] == event["reason"] for (i,) in marked)
+    assert "Traceback" not in d.err_path.read_text()
