@@ -30,6 +30,7 @@ from pathlib import Path
 
 from reduxd import lock, notify
 from reduxd.config import load_config
+from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
 from reduxd.reduce import LIGHT_MODULES
@@ -41,6 +42,7 @@ log = get_logger("reduxd.daemon")
 # Outcomes that count as work for --exit-when-idle (not skipped/waiting/incomplete).
 WORK = ("reduced", "ingested", "excluded", "quarantined", "failed", "changed")
 PING_SECONDS = 1.0  # at most one WATCHDOG=1 per second (or WatchdogSec / 4)
+MAX_BACKOFF = 60.0  # longest pause between retries after a disk write error
 STATUS_SECONDS = 5.0  # at most one STATUS= line per this many seconds
 
 
@@ -103,6 +105,8 @@ class Service:
         self.stop_signal = None
         self.counts = {}
         self.watcher = None
+        self.paused_until = self.outage_since = None  # write errors: see _pause
+        self.backoff = 0.0
         self.own_folders = ()  # output and ledger folders below a root: never read
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
@@ -185,14 +189,14 @@ class Service:
         last_work = last_reconcile = self.clock()
         while not self.stop_requested:
             self._collect(watcher.queue, tracker)
-            worked = self._reduce_settled(pipeline, tracker, watcher)
-            worked |= bool(pipeline.tick())
+            worked = self._work(pipeline, tracker, watcher)
             now = self.clock()
             if now - last_reconcile >= self.config.watch.reconcile_seconds:
                 last_reconcile = now
                 self._reconcile(ledger, tracker, watcher)
             self._supervise(watcher, ledger)
-            if worked or len(tracker) or pipeline.sets or not watcher.queue.empty():
+            busy = len(tracker) or pipeline.sets or self.paused_until is not None
+            if worked or busy or not watcher.queue.empty():
                 last_work = now
             elif self.exit_when_idle is not None and now - last_work >= self.exit_when_idle:
                 log.info("idle_exit", idle_seconds=round(now - last_work, 1))
@@ -243,6 +247,42 @@ class Service:
 
     # -- doing it ----------------------------------------------------------------
 
+    def _work(self, pipeline, tracker, watcher):
+        """Reduce what settled and build idle sets, unless paused by a write error."""
+        now = self.clock()
+        if self.paused_until is not None and now < self.paused_until:
+            return False
+        try:
+            if self.paused_until is not None:
+                pipeline.resume()
+            worked = self._reduce_settled(pipeline, tracker, watcher)
+            worked |= bool(pipeline.tick())
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._pause(exc)
+            return False
+        if self.paused_until is not None and (worked or not (len(tracker) or pipeline.sets)):
+            log.info("output_available", paused_seconds=round(now - self.outage_since, 1))
+            self.paused_until = self.outage_since = None
+            self.backoff = 0.0
+        return worked
+
+    def _pause(self, exc):
+        """A disk write error: one log line, then retries with back-off (1 s doubling to 60 s)."""
+        now = self.clock()
+        self.backoff = min(max(2 * self.backoff, 1.0), MAX_BACKOFF)
+        self.paused_until = now + self.backoff
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        if self.outage_since is None:
+            self.outage_since = now
+            log.error(
+                "output_unavailable",
+                reason=reason,
+                action=f"paused; retrying every {MAX_BACKOFF:g} s at most, frames wait",
+            )
+        self.counts["paused"] = self.counts.get("paused", 0) + 1
+
     def _reduce_settled(self, pipeline, tracker, watcher):
         worked = False
         settled = tracker.poll()
@@ -252,7 +292,12 @@ class Service:
                 for rest in settled[i:]:
                     tracker.touch(rest)
                 break
-            outcome = self._handle(pipeline, watcher, path, since)
+            try:
+                outcome = self._handle(pipeline, watcher, path, since)
+            except OutputUnavailable:
+                for rest in settled[i:]:  # tried again after the pause
+                    tracker.touch(rest)
+                raise
             if outcome is None:
                 continue
             self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
@@ -273,9 +318,15 @@ class Service:
         try:
             root, _rel = watcher.split(path)
             return pipeline.handle(path, root, since=since)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            if is_transient(exc):
+                raise OutputUnavailable(f"ledger: {exc}") from exc
+            raise
+        except OutputUnavailable:
             raise
         except Exception as exc:
+            if is_transient(exc):
+                raise OutputUnavailable(f"{path}: {exc}") from exc
             self.broken[str(path)] = file_signature(path)
             log.exception("frame_error", file=str(path), reason=f"{type(exc).__name__}: {exc}")
             self.counts["error"] = self.counts.get("error", 0) + 1

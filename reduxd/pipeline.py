@@ -25,7 +25,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
+from reduxd.errors import (
+    FrameIncomplete,
+    FrameRejected,
+    MissingCalibration,
+    OutputUnavailable,
+    ReduxdError,
+    is_transient,
+)
 from reduxd.fitsio import file_checksum, probe
 from reduxd.frames import classify
 from reduxd.log import get_logger
@@ -119,6 +126,8 @@ class Pipeline:
         self._curves_at = -math.inf
         self.dirty_curves = set()
         self._masters = None
+        self.tables_stale = False  # rows in the ledger missing from the tables (disk full)
+        self.to_release = set()  # frames left 'processing' by a ledger write error
         self._built = {}
         self._bpm = {}
         self._restore_sets()
@@ -200,10 +209,49 @@ class Pipeline:
             log.warning("light_waiting", file=rel, reason=exc.reason)
             return Outcome(rel, "waiting", kind="light", reason=exc.reason)
         except Exception as exc:  # the one place that catches everything
+            if is_transient(exc):
+                self._pause_frame(row, rel, exc)  # raises OutputUnavailable
             reason = f"{type(exc).__name__}: {exc}"
             state = self.ledger.fail(row.id, reason, max_tries=self.config.watch.max_tries)
             log.exception("frame_failed", file=rel, state=state, reason=reason)
             return Outcome(rel, "failed", kind=info.kind, reason=reason)
+
+    def _pause_frame(self, row, rel, exc):
+        """A write error of the disk: the frame waits, its attempt not spent; raise.
+
+        If the ledger itself cannot be written the frame is remembered and
+        released by :meth:`resume`.
+        """
+        reason = exc.reason if isinstance(exc, OutputUnavailable) else f"{rel}: {exc}"
+        try:
+            if self.ledger.frame(row.id).state == "processing":
+                self.ledger.defer(row.id, f"output unavailable: {reason}")
+        except Exception as ledger_exc:
+            if not is_transient(ledger_exc):
+                raise
+            self.to_release.add(row.id)
+        raise OutputUnavailable(reason) from exc
+
+    def resume(self):
+        """After a write error: release held frames and repair the tables; raise if still failing.
+
+        Raises
+        ------
+        OutputUnavailable
+            The disk still refuses writes.
+        """
+        try:
+            for frame_id in sorted(self.to_release):
+                if self.ledger.frame(frame_id).state == "processing":
+                    self.ledger.defer(frame_id, "output unavailable (released)")
+                self.to_release.discard(frame_id)
+            if self.tables_stale:
+                self.sync_tables()
+                self.tables_stale = False
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise OutputUnavailable(str(exc)) from exc
 
     def _incomplete(self, row, rel, exc):
         first = self.incomplete_since.setdefault(row.id, self.clock())
@@ -262,12 +310,9 @@ class Pipeline:
             night=night,
             relpath=rel,
         )
-        outcome = self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
-        try:
-            write_products(self.outdir, rel, result, cfg.output, durable=self.durable)
-        except Exception as exc:  # rows are committed: failing the frame would redo it
-            log.exception("products_failed", file=rel, reason=f"{type(exc).__name__}: {exc}")
-        return outcome
+        # products first: a light the ledger calls done always has them
+        write_products(self.outdir, rel, result, cfg.output, durable=self.durable)
+        return self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
 
     def _excluded(self, info):
         excluded = {f.upper() for f in self.config.calibration.exclude_filters}
@@ -320,7 +365,13 @@ class Pipeline:
         self.ledger.finish(row.id, kind="light", checksum=result.checksum, night=night, info=extra)
         for r in rows:
             r["version"], r["current"] = version, 1
-        self._write_rows(rows, version)
+        try:
+            self._write_rows(rows, version)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.tables_stale = True  # the ledger has the rows: rewritten on resume()
+            raise OutputUnavailable(f"{rel}: photometry table: {exc}") from exc
         latency_ms = (self.clock() - started) * 1000.0
         self._log_reduced(rel, key, info, rows, result, latency_ms, version)
         self.dirty_curves.add((key, info.filter or ""))
@@ -391,6 +442,8 @@ class Pipeline:
                 result = work.result()
                 outcome = self._commit(row, info, rel, plan, result, base, started)
             except Exception as exc:  # a worker's failure, recorded like any other
+                if is_transient(exc):
+                    self._pause_frame(row, rel, exc)
                 outcome = self._failed(row, rel, info, exc)
             outcomes.append(self._tick_progress(outcome, progress))
         pending.clear()
@@ -599,6 +652,8 @@ class Pipeline:
         except sqlite3.Error:
             raise  # the ledger's trouble, not the set's
         except Exception as exc:
+            if is_transient(exc):
+                raise  # the disk's trouble: built after the pause
             return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
         records = [self._register(result, night) for result in results]
         self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from astropy.table import Table
 from nights import stage_night
 from test_batch import night, phot, reduxd_command, run_reduxd, small_night  # noqa: F401
 from test_daemon import (
@@ -30,6 +31,7 @@ from test_daemon import (
 )
 
 from reduxd import lock
+from reduxd.products import tables
 
 
 def watch(config, *extra):
@@ -237,3 +239,85 @@ def test_calibration_frame_deleted_before_its_master_is_built(tmp_path):
     assert len(marked) == len(bias)
     assert all(json.loads(i)["master_error"] == event["reason"] for (i,) in marked)
     assert "Traceback" not in d.err_path.read_text()
+
+
+# -- 4. a full or read-only disk is the service's trouble, not the frames' --------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``tmp_path/out`` on its own 48 MB tmpfs (root only; skipped elsewhere)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder):
+    """Write a ballast file until the disk is full; return it."""
+    ballast = folder / "ballast.bin"
+    chunk = b"\0" * (1 << 20)
+    with open(ballast, "wb") as fh:
+        try:
+            while True:
+                fh.write(chunk)
+                fh.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def read_only(folder):
+    """Bind ``folder`` read-only over itself (new writes get EROFS); return the undo."""
+    for args in (["--bind", str(folder), str(folder)], ["-o", "remount,bind,ro", str(folder)]):
+        proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot bind {folder} read-only: {proc.stderr.strip()}")
+    return lambda: subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_disk_full_or_read_only_pauses_and_loses_nothing(tmp_path, small_disk, fault):
+    """Output folder and ledger on a tmpfs that fills up (or is bound read-only: products
+    and tables get EROFS, the open ledger does not) while lights arrive: one log line,
+    no light failed or tried again, nothing torn; once the disk is back every light is
+    reduced once and has its products."""
+    stage, rels, _ = stage_night(tmp_path)
+    root = tmp_path / "raw"
+    lights = [r for r in rels if r.startswith(LIGHTS)]
+    place(stage, root, [r for r in rels if r not in lights[4:]])
+    config = write_config(tmp_path, root=root)
+    db = small_disk / "reduxd.sqlite"
+    with daemon(config) as d:
+        d.started()
+        d.wait_for(lambda: len(reduced_files(d)) == 4, timeout=60, what="first lights")
+        undo = fill(small_disk).unlink if fault == "full" else read_only(small_disk)
+        place(stage, root, lights[4:])
+        d.wait_for(lambda: d.events("output_unavailable"), timeout=30, what="a pause")
+        time.sleep(8)  # retries at 1, 2, 4 s: each fails
+        assert d.proc.poll() is None
+        assert len(d.events("output_unavailable")) == 1
+        stuck = query(db, "SELECT relpath, state, attempts FROM frames WHERE state = 'failed'"
+                      " OR attempts > 1")  # fmt: skip
+        assert not stuck
+        undo()
+        d.wait_for(lambda: len(set(reduced_files(d))) == N_LIGHTS, timeout=90, what="all")
+        d.wait_for(lambda: d.events("output_available"), timeout=30, what="resumed")
+        assert d.stop() == 0
+    assert states(db) == {"done": N_CAL + N_LIGHTS}
+    rows = check_consistent(tmp_path)
+    assert {r["file"] for r in rows if r["current"] == "1"} == set(lights)
+    for rel in lights:
+        assert (small_disk / "reduced" / rel).stat().st_size > 0
+    _keys, n_rows, torn = tables.read_keys(small_disk / "photometry.csv")
+    assert not torn and n_rows == len(rows)
+    ecsv = (small_disk / "photometry.ecsv").read_text()
+    assert ecsv.endswith("\n") and len(Table.read(ecsv, format="ascii.ecsv")) == n_rows

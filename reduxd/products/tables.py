@@ -8,6 +8,7 @@ are superseded (a light re-reduced with a better master), both files are
 rewritten from the ledger, atomically.
 """
 
+import contextlib
 import csv
 import functools
 import io
@@ -124,14 +125,22 @@ def append_rows(outdir, rows, *, save="", durable=True):
 
 
 def _append(path, header, lines, *, durable):
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", encoding="utf-8") as fh:
-        if new:
-            fh.write(header)
-        fh.write(lines)
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
+    """Append whole lines, or nothing: a failed write (disk full) is cut off again."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(((header if size == 0 else "") + lines).encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            if durable:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # else repaired at the next start
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def row_key(row):
