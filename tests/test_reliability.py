@@ -321,3 +321,42 @@ def test_disk_full_or_read_only_pauses_and_loses_nothing(tmp_path, small_disk, f
     assert not torn and n_rows == len(rows)
     ecsv = (small_disk / "photometry.ecsv").read_text()
     assert ecsv.endswith("\n") and len(Table.read(ecsv, format="ascii.ecsv")) == n_rows
+
+
+# -- 8. a huge file that is not FITS is refused without being read ----------------------
+
+PEAK = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:]);"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)  # peak RSS (KiB) of the command, measured by its parent
+
+
+def vm_hwm_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_gigabytes_of_zeros_named_fits_stay_under_200_mb(tmp_path):
+    data = tmp_path / "data" / "n"
+    data.mkdir(parents=True)
+    with open(data / "x.fits", "wb") as fh:
+        fh.truncate(2 * 1024**3)  # sparse: 2 GB of zeros
+    cmd = [*reduxd_command(), "reduce", "-D", str(data.parent), "-O", str(tmp_path / "b")]
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True, timeout=120
+    )
+    batch_mb = int(proc.stdout.splitlines()[-1]) / 1024
+    assert "not a FITS file" in proc.stdout, proc.stdout[-2000:]
+    config = write_config(tmp_path, root=data.parent)
+    with daemon(config) as d:
+        d.wait_for(lambda: d.events("frame_quarantined"), timeout=60, what="quarantine")
+        daemon_mb = vm_hwm_mb(d.pid)
+        assert d.stop() == 0
+    (event,) = d.events("frame_quarantined")
+    assert "not a FITS file" in event["reason"]
+    print(f"peak RSS for a 2 GB x.fits: batch {batch_mb:.0f} MB, daemon {daemon_mb:.0f} MB")
+    assert batch_mb < 200 and daemon_mb < 200
