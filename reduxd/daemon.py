@@ -12,10 +12,15 @@ account for: new files, files whose size or mtime changed, and frames waiting
 for a retry. Frames waiting for a master are retried by the pipeline when one is
 built, not on every pass.
 
-SIGTERM/SIGINT set a flag: the current frame finishes, everything is committed,
-and the process exits 0. Calibration sets still growing are *not* combined at
-shutdown (a master from half a set would be worse): the ledger keeps them and
-they are built after the next start.
+SIGTERM, SIGINT and SIGHUP set a flag: the current frame finishes, everything is
+committed, and the process exits 0; a re-reduction stops between lights and
+resumes after the restart. A second SIGINT (Ctrl-C twice) stops at once: the
+frame in hand goes back to ``seen`` (its attempt not spent) and the process
+exits 130. SIGHUP (a closed terminal) is a stop like SIGTERM, not a reload:
+``systemctl restart reduxd`` applies a new configuration.
+Calibration sets still growing are *not* combined at shutdown (a master from
+half a set would be worse): the ledger keeps them and they are built after the
+next start.
 """
 
 import contextlib
@@ -119,7 +124,12 @@ class Service:
         return list(w.roots) or list(self.config.paths.data) + list(self.config.paths.calibration)
 
     def request_stop(self, signum=None, _frame=None):
-        """Signal handler: finish the current frame, then stop (logged by the main loop)."""
+        """Signal handler: finish the current frame, then stop (logged by the main loop).
+
+        A second SIGINT raises KeyboardInterrupt: the frame in hand is rolled back.
+        """
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.stop_requested = True
         self.stop_signal = signum
 
@@ -129,13 +139,17 @@ class Service:
         self.own_folders = check_roots(
             self.roots(), outdir=paths.outdir, state_file=paths.state_file
         )
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
         state = Path(self.config.paths.state_file)
         state.parent.mkdir(parents=True, exist_ok=True)
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
         with lock.acquire(state, command="watch"), Ledger(state) as ledger:
-            return self._serve(ledger)
+            try:
+                return self._serve(ledger)
+            except KeyboardInterrupt:
+                log.warning("service_stopped", forced=True, frames=ledger.counts())
+                return 130
 
     def _serve(self, ledger):
         w = self.config.watch
@@ -149,7 +163,13 @@ class Service:
                 attempts=row.attempts,
                 reason=row.last_error,
             )
-        pipeline = Pipeline(self.config, ledger=ledger, clock=self.clock, progress=self._progress)
+        pipeline = Pipeline(
+            self.config,
+            ledger=ledger,
+            clock=self.clock,
+            progress=self._progress,
+            should_stop=lambda: self.stop_requested,
+        )
         pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
         tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock)
         self.watcher = watcher = Watcher(

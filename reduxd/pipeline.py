@@ -106,13 +106,26 @@ class Pipeline:
     progress : callable, optional
         Called with the relative path before each frame is processed, including
         re-reductions run inside :meth:`tick` (the daemon feeds the watchdog there).
+    should_stop : callable
+        Re-reductions and retries stop between lights when it returns True (a
+        stop was requested); what is left is found again after the restart.
     durable : bool
         Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
         False: it redoes lights whose products are missing on its next run.
     """
 
-    def __init__(self, config, *, ledger, clock=time.monotonic, progress=None, durable=True):
+    def __init__(
+        self,
+        config,
+        *,
+        ledger,
+        clock=time.monotonic,
+        progress=None,
+        durable=True,
+        should_stop=lambda: False,
+    ):
         self.config = config
+        self.should_stop = should_stop
         self.durable = durable
         self.ledger = ledger
         self.clock = clock
@@ -177,6 +190,8 @@ class Pipeline:
         """Reduce lights that were waiting for a master; return their outcomes."""
         out = []
         for row in self.ledger.pending():
+            if self.should_stop():
+                break
             if (row.last_error or "").startswith(WAITING) and row.path.exists():
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
@@ -208,6 +223,9 @@ class Pipeline:
             self.ledger.defer(row.id, f"{WAITING}: {exc.reason}")
             log.warning("light_waiting", file=rel, reason=exc.reason)
             return Outcome(rel, "waiting", kind="light", reason=exc.reason)
+        except KeyboardInterrupt:  # a forced stop: the frame waits, its attempt not spent
+            self.ledger.defer(row.id, "interrupted by a forced stop")
+            raise
         except Exception as exc:  # the one place that catches everything
             if is_transient(exc):
                 self._pause_frame(row, rel, exc)  # raises OutputUnavailable
@@ -815,6 +833,8 @@ class Pipeline:
         """Reduce again the lights of ``night`` whose best masters changed; return outcomes."""
         out = []
         for row in self.ledger.frames(night=night, kind="light", state="done"):
+            if self.should_stop():
+                break
             if "excluded" in row.info or not row.path.exists():
                 continue
             if self._best_ids(row) == sorted(self.ledger.masters_used(row.id)):

@@ -135,7 +135,7 @@ def _append(path, header, lines, *, durable):
                 data = data[os.write(fd, data) :]
             if durable:
                 os.fsync(fd)
-        except OSError:
+        except BaseException:  # disk full, or a forced stop in the middle
             with contextlib.suppress(OSError):  # else repaired at the next start
                 os.ftruncate(fd, size)
             raise
