@@ -113,6 +113,7 @@ class Service:
         self.paused_until = self.outage_since = None  # write errors: see _pause
         self.backoff = 0.0
         self.own_folders = ()  # output and ledger folders below a root: never read
+        self.missing = set()  # ids of unfinished frames whose file was gone at the last pass
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
         self.ping_seconds = min(PING_SECONDS, interval / 4) if interval else PING_SECONDS
@@ -171,7 +172,8 @@ class Service:
             should_stop=lambda: self.stop_requested,
         )
         pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
-        tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock)
+        # min_size=0: a file that stays empty is handed on (and refused), not kept for ever
+        tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock, min_size=0)
         self.watcher = watcher = Watcher(
             self.roots(),
             observer=w.observer,
@@ -251,8 +253,10 @@ class Service:
         known = {(r.root, r.relpath): r for r in ledger.frames()}
         n = 0
         for root in watcher.roots:
+            found = set()
             try:
                 for path, rel, sig in _walk(root, watcher.file_filter):
+                    found.add(rel)
                     if self.broken.get(path) == sig:
                         continue
                     row = known.get((root, rel))
@@ -263,7 +267,29 @@ class Service:
                         n += 1
             except OSError as exc:  # root missing: the supervisor waits for it
                 log.debug("reconcile_skipped", root=root, reason=str(exc))
+                continue
+            self._vanished(ledger, root, found, known)
         return n
+
+    def _vanished(self, ledger, root, found, known):
+        """Frames never finished whose file is gone (deleted while incomplete): quarantined.
+
+        Only when missing from two reconciliations in a row (a share remounting).
+        """
+        missing = set()
+        for (r, rel), row in known.items():
+            if r != root or row.state != "seen" or rel in found:
+                continue
+            if os.path.lexists(row.path):  # e.g. excluded by a pattern since: not ours to judge
+                continue
+            missing.add(row.id)
+            if row.id not in self.missing:
+                continue
+            reason = "file deleted before it could be reduced"
+            ledger.quarantine(row.id, reason)
+            log.error("frame_quarantined", file=rel, reason=reason)
+        of_root = {row.id for (r, _rel), row in known.items() if r == root}
+        self.missing = (self.missing - of_root) | missing
 
     # -- doing it ----------------------------------------------------------------
 
@@ -321,8 +347,9 @@ class Service:
             if outcome is None:
                 continue
             self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-            if outcome.status == "incomplete":
-                tracker.touch(path)
+            # an incomplete file is tried again when it changes (an event) or at the
+            # next reconciliation, not at once: a file that stays short (0 bytes, a
+            # copy that died) must not keep the loop busy
             if outcome.status in WORK:
                 worked = True
                 self._last = outcome.path
@@ -335,6 +362,12 @@ class Service:
         (e.g. a file name SQLite cannot store) would otherwise crash-loop the service.
         A ledger error is not about the file: it stops the service (exit 1, restarted).
         """
+        if not _utf8(path):
+            reason = "file name is not valid UTF-8: rename it"
+            self.broken[str(path)] = file_signature(path)
+            log.error("frame_quarantined", file=ascii(str(path)), reason=reason)
+            self.counts["quarantined"] = self.counts.get("quarantined", 0) + 1
+            return None
         try:
             root, _rel = watcher.split(path)
             return pipeline.handle(path, root, since=since)
@@ -423,6 +456,15 @@ def _walk(root, file_filter, rel=""):
                 yield entry.path, rel + entry.name, (st.st_size, st.st_mtime_ns)
         except OSError:  # vanished meanwhile
             continue
+
+
+def _utf8(path):
+    """True when the path can be stored as text (the ledger's names are UTF-8)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _retry(row):

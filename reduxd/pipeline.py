@@ -210,9 +210,11 @@ class Pipeline:
         except FrameIncomplete as exc:
             return self._incomplete(row, rel, exc)
         except FrameRejected as exc:
-            self.ledger.quarantine(row.id, exc.reason)
-            log.error("frame_quarantined", file=rel, reason=exc.reason)
-            return Outcome(rel, "quarantined", reason=exc.reason)
+            return self._quarantine(row, rel, exc.reason)
+        except Exception as exc:  # e.g. astropy's VerifyError on an unparsable card
+            if is_transient(exc):
+                raise
+            return self._quarantine(row, rel, f"header unusable: {type(exc).__name__}: {exc}")
         self.incomplete_since.pop(row.id, None)
         self.ledger.begin(row.id)
         try:
@@ -270,6 +272,11 @@ class Pipeline:
             if not is_transient(exc):
                 raise
             raise OutputUnavailable(str(exc)) from exc
+
+    def _quarantine(self, row, rel, reason):
+        self.ledger.quarantine(row.id, reason)
+        log.error("frame_quarantined", file=rel, reason=reason)
+        return Outcome(rel, "quarantined", reason=reason)
 
     def _incomplete(self, row, rel, exc):
         first = self.incomplete_since.setdefault(row.id, self.clock())

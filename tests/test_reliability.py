@@ -421,3 +421,66 @@ def test_second_sigint_exits_at_once_and_sighup_stops_cleanly(tmp_path):
         assert d2.stop(signal.SIGHUP) == 0
     (stopped,) = d2.events("stop_requested")
     assert stopped["signal"] == "SIGHUP" and d2.events("service_stopped")
+
+
+# -- 10. every file reaches a final state -------------------------------------------------
+
+
+def corrupt_card(blob, key=b"OBJECT  = "):
+    """The frame with two control characters inside a card's value (Unparsable card)."""
+    blob = bytearray(blob)
+    i = blob.index(key)
+    blob[i + 11 : i + 13] = b"\x01\x02"
+    return bytes(blob)
+
+
+def status_text(db):
+    proc = subprocess.run(
+        [*reduxd_command(), "status", "--state", str(db), "-n", "50"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_files_that_never_complete_reach_a_final_state(tmp_path):
+    """An empty file, a name that is not UTF-8, a header with control characters and a
+    partial frame deleted while incomplete: each quarantined with its reason, and the
+    daemon goes idle (--exit-when-idle fires)."""
+    stage, rels, _ = stage_night(tmp_path)
+    light = stage / next(r for r in rels if r.startswith(LIGHTS))
+    root = tmp_path / "raw"
+    folder = root / "n"
+    folder.mkdir(parents=True)
+    (folder / "empty.fits").write_bytes(b"")
+    with open(os.fsencode(folder) + b"/bad\xff.fits", "wb") as fh:
+        fh.write(light.read_bytes())
+    (folder / "ctrl.fits").write_bytes(corrupt_card(light.read_bytes()))
+    (folder / "partial.fits").write_bytes(light.read_bytes()[:60000])
+    config = write_config(tmp_path, root=root, extra="incomplete_timeout_seconds = 4.0")
+    db = tmp_path / "out" / "reduxd.sqlite"
+    with daemon(config, name="first") as d:
+        d.started()
+        d.wait_for(
+            lambda: {e["file"] for e in d.events("frame_incomplete")} >= {"n/partial.fits"},
+            timeout=30,
+            what="the partial frame seen",
+        )
+        (folder / "partial.fits").unlink()
+        d.wait_for(lambda: states(db) == {"quarantined": 3}, timeout=60, what="all final")
+        assert d.stop() == 0
+    reasons = {e["file"]: e["reason"] for e in d.events("frame_quarantined")}
+    bad = ascii(str(folder) + "/bad\udcff.fits")
+    assert "not valid UTF-8" in reasons[bad]
+    assert "Unparsable card" in reasons["n/ctrl.fits"]
+    assert "empty" in reasons["n/empty.fits"]
+    assert "deleted" in reasons["n/partial.fits"]
+    assert "Traceback" not in d.err_path.read_text()
+    with daemon(config, exit_when_idle=2.0, name="second") as d2:
+        assert d2.wait_exit(30) == 0  # nothing keeps it busy
+    # the ledger cannot store that name: it is refused again (one line) at each start
+    assert [e["reason"] for e in d2.events("frame_quarantined")] == [reasons[bad]]
+    text = status_text(db)
+    assert "frames: seen 0, processing 0," in text
