@@ -36,7 +36,7 @@ from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
-from reduxd.store import Ledger
+from reduxd.store import Ledger, ledger_error
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
@@ -273,9 +273,13 @@ def run(args):
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
     cal, lights = sort_frames(found, config)
-    Path(config.paths.state_file).parent.mkdir(parents=True, exist_ok=True)
+    try:  # ledger trouble is named, with advice, by the command line (exit 4)
+        Path(config.paths.state_file).parent.mkdir(parents=True, exist_ok=True)
+        held = lock.acquire(config.paths.state_file, command="reduce")
+    except OSError as exc:
+        raise ledger_error(config.paths.state_file, exc) from exc
     with (
-        lock.acquire(config.paths.state_file, command="reduce"),
+        held,
         Ledger(config.paths.state_file, durable=False) as ledger,
     ):
         _recover_interrupted(ledger, config)

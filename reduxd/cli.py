@@ -7,8 +7,11 @@ import sys
 from reduxd import __version__
 from reduxd.errors import ConfigError
 from reduxd.lock import LedgerInUse
+from reduxd.log import get_logger
+from reduxd.store import LedgerError
 
 EXIT_IN_USE = 3  # another reduxd writes to this ledger (see README: exit status)
+EXIT_LEDGER = 4  # the ledger cannot be opened or written (damaged, not writable, disk full)
 
 COMMANDS = {
     "reduce": "reduxd.batch",
@@ -46,5 +49,9 @@ def main(argv=None):
     except LedgerInUse as exc:
         print(f"reduxd: {exc}", file=sys.stderr)
         return EXIT_IN_USE
+    except LedgerError as exc:
+        get_logger("reduxd").error("ledger_error", reason=str(exc))
+        print(f"reduxd: {exc}", file=sys.stderr)
+        return EXIT_LEDGER
     except KeyboardInterrupt:
         return 130

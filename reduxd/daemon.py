@@ -39,7 +39,7 @@ from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
 from reduxd.reduce import LIGHT_MODULES
-from reduxd.store import Ledger
+from reduxd.store import Ledger, ledger_error
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError, check_roots
 
@@ -143,14 +143,20 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.request_stop)
         state = Path(self.config.paths.state_file)
-        state.parent.mkdir(parents=True, exist_ok=True)
+        try:  # ledger trouble is named, with advice, by the command line (exit 4)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            held = lock.acquire(state, command="watch")
+        except OSError as exc:
+            raise ledger_error(state, exc) from exc
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
-        with lock.acquire(state, command="watch"), Ledger(state) as ledger:
-            try:
+        try:
+            with held, Ledger(state) as ledger:
                 return self._serve(ledger)
-            except KeyboardInterrupt:
-                log.warning("service_stopped", forced=True, frames=ledger.counts())
-                return 130
+        except KeyboardInterrupt:
+            log.warning("service_stopped", forced=True)
+            return 130
+        except sqlite3.Error as exc:
+            raise ledger_error(state, exc) from exc
 
     def _serve(self, ledger):
         w = self.config.watch

@@ -484,3 +484,47 @@ def test_files_that_never_complete_reach_a_final_state(tmp_path):
     assert [e["reason"] for e in d2.events("frame_quarantined")] == [reasons[bad]]
     text = status_text(db)
     assert "frames: seen 0, processing 0," in text
+
+
+# -- 11. ledger errors: one event, one sentence, a documented exit status ---------------------
+
+
+def ledger_failure(proc, path, advice):
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"reduxd: ledger {path}: ") and advice in line, line
+    (event,) = json_events(proc.stdout, "ledger_error")
+    assert str(path) in event["reason"]
+
+
+@pytest.mark.parametrize("command", ["watch", "reduce"])
+def test_damaged_ledger_is_named_with_advice(tmp_path, command):
+    root = tmp_path / "raw"
+    root.mkdir()
+    config = write_config(tmp_path, root=root)
+    db = tmp_path / "out" / "reduxd.sqlite"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not a database\n" * 200)
+    (root / "a.fits").write_bytes(b"")  # so that reduce has something to look at
+    if command == "watch":
+        proc = watch(config)
+    else:
+        args = ["reduce", "--config", str(config), "-D", str(root), "-O", str(db.parent)]
+        proc = subprocess.run([*reduxd_command(), *args], capture_output=True, text=True)
+    ledger_failure(proc, db, f"mv {db} {db}.bad")
+
+
+def test_ledger_folder_not_writable_is_named_with_advice(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (chmod does not stop root)")
+    undo = read_only(folder)
+    try:
+        root = tmp_path / "raw"
+        root.mkdir()
+        proc = watch(write_config(tmp_path, root=root), "--state", str(folder / "l.sqlite"))
+    finally:
+        undo()
+    ledger_failure(proc, folder / "l.sqlite", "read-only")
