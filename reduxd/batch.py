@@ -35,7 +35,7 @@ from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Outcome, Pipeline
-from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
+from reduxd.reduce import LIGHT_MODULES
 from reduxd.store import Ledger, ledger_error
 from reduxd.watch.watcher import FileFilter, scan
 
@@ -287,7 +287,7 @@ def run(args):
         if args.redo:
             _reset_done(ledger, found)
         else:
-            _reset_missing_products(ledger, found, config)
+            _reset_missing_products(pipeline, found)
         pipeline.sync_tables()
         progress = Progress(len(cal) + len(lights), every=args.progress_every)
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
@@ -342,21 +342,15 @@ def _reset_done(ledger, found):
             ledger.reset(row.id)
 
 
-def _reset_missing_products(ledger, found, config):
+def _reset_missing_products(pipeline, found):
     """Send back to ``seen`` the done lights of this run whose products are missing or empty."""
     wanted = _wanted(found)
-    outdir, output = Path(config.paths.outdir), config.output
-    for row in ledger.frames(kind="light", state="done"):
+    for row in pipeline.ledger.frames(kind="light", state="done"):
         if (row.root, row.relpath) not in wanted or "excluded" in row.info:
             continue
-        expected = []
-        if output.reduced:
-            expected.append(reduced_path(outdir, row.relpath))
-        if output.quicklook:
-            expected.append(quicklook_path(outdir, row.relpath))
-        if any(not p.exists() or p.stat().st_size == 0 for p in expected):
+        if pipeline.products_missing(row.relpath):
             log.warning("products_missing", file=row.relpath, action="reduced again")
-            ledger.reset(row.id)
+            pipeline.ledger.reset(row.id)
 
 
 def worker_pool(jobs):

@@ -199,6 +199,7 @@ class Service:
 
     def _loop(self, ledger, pipeline, tracker, watcher):
         watcher.start(catch_up=False)  # the reconciliation below is the catch-up scan
+        self._repair(pipeline)
         for row in ledger.pending():  # waiting lights too: masters or config may be new
             if row.root in watcher.roots:
                 tracker.touch(row.path)
@@ -221,6 +222,7 @@ class Service:
             now = self.clock()
             if now - last_reconcile >= self.config.watch.reconcile_seconds:
                 last_reconcile = now
+                self._repair(pipeline)
                 self._reconcile(ledger, tracker, watcher)
             self._supervise(watcher, ledger)
             busy = len(tracker) or pipeline.sets or self.paused_until is not None
@@ -296,6 +298,20 @@ class Service:
             log.error("frame_quarantined", file=rel, reason=reason)
         of_root = {row.id for (r, _rel), row in known.items() if r == root}
         self.missing = (self.missing - of_root) | missing
+
+    def _repair(self, pipeline):
+        """Masters and products deleted behind reduxd's back are made again.
+
+        Lights sent back to ``seen`` are picked up by the reconciliation; missing
+        masters are rebuilt from their raw frames by the next :meth:`Pipeline.tick`.
+        """
+        try:
+            pipeline.repair_masters()
+            pipeline.repair_products()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._pause(exc)
 
     # -- doing it ----------------------------------------------------------------
 

@@ -43,8 +43,10 @@ from reduxd.reduce import (
     compute_light,
     field_key,
     measured,
+    quicklook_path,
     read_light,
     reduce_light,
+    reduced_path,
     write_products,
 )
 from reduxd.steps import masters as steps_masters
@@ -611,12 +613,15 @@ class Pipeline:
         return dataclasses.replace(plan, bad_pixels=self._bpm[key])
 
     def _restore_sets(self):
-        """Rebuild pending calibration sets from the ledger (after a restart)."""
+        """Rebuild pending calibration sets from the ledger (after a restart, or when
+        masters must be built again: see :meth:`repair_masters`)."""
         rows = [
             r for kind in CALIBRATION_KINDS for r in self.ledger.frames(kind=kind, state="done")
         ]
+        queued = {fid for cal_set in self.sets.values() for fid, _p, _i in cal_set.members}
         for row in rows:
-            if "master_id" in row.info or "set" not in row.info or not row.path.exists():
+            built = "master_id" in row.info and not row.info.get("rebuild")
+            if built or "set" not in row.info or row.id in queued or not row.path.exists():
                 continue
             info = self._header_info(row)
             if info is None:
@@ -681,7 +686,8 @@ class Pipeline:
                 raise  # the disk's trouble: built after the pause
             return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
         records = [self._register(result, night) for result in results]
-        self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})
+        master_id = records[0].id if records[0] else None
+        self._annotate(cal_set, {"master_id": master_id, "rebuild": False})
         return [r for r in records if r is not None]
 
     def _probe(self, path):
@@ -695,7 +701,7 @@ class Pipeline:
             frames=len(cal_set.members),
             reason=reason,
         )
-        self._annotate(cal_set, {"master_id": None, "master_error": reason})
+        self._annotate(cal_set, {"master_id": None, "master_error": reason, "rebuild": False})
         return []
 
     def _sha1(self, frame_id):
@@ -833,6 +839,52 @@ class Pipeline:
         if result.filter:
             parts.append(safe_name(result.filter))
         return "_".join(parts) + ".fits"
+
+    # -- repairs (start and reconciliation) ----------------------------------------
+
+    def repair_masters(self):
+        """Valid masters whose file is gone are rejected and built again from their raw
+        frames (their sets are queued; lights reduced with them follow); return them."""
+        gone = [m for m in self.ledger.masters() if not Path(m.path).exists()]
+        if not gone:
+            return []
+        ids = {m.id for m in gone}
+        for m in gone:
+            self.ledger.reject_master(m.id, "file missing: built again from its raw frames")
+            log.warning("master_missing", kind=m.kind, file=str(m.path), action="rebuilt")
+        members = [
+            r.id
+            for kind in CALIBRATION_KINDS
+            for r in self.ledger.frames(kind=kind, state="done")
+            if r.info.get("master_id") in ids
+        ]
+        self.ledger.annotate(members, {"rebuild": True})
+        self._masters = None
+        self._built.clear()
+        self._bpm.clear()
+        self._restore_sets()
+        return gone
+
+    def products_missing(self, relpath):
+        """True when a done light's reduced FITS or finder chart is missing or empty."""
+        expected = []
+        if self.config.output.reduced:
+            expected.append(reduced_path(self.outdir, relpath))
+        if self.config.output.quicklook:
+            expected.append(quicklook_path(self.outdir, relpath))
+        return any(not p.exists() or p.stat().st_size == 0 for p in expected)
+
+    def repair_products(self):
+        """Done lights whose products are missing go back to ``seen``; return them."""
+        out = []
+        for row in self.ledger.frames(kind="light", state="done"):
+            if "excluded" in row.info or not row.path.exists():
+                continue
+            if self.products_missing(row.relpath):
+                log.warning("products_missing", file=row.relpath, action="reduced again")
+                self.ledger.reset(row.id)
+                out.append(row)
+        return out
 
     # -- re-reduction ------------------------------------------------------------
 

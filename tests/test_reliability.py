@@ -7,6 +7,7 @@ or starved the way a real machine does it.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -528,3 +529,56 @@ def test_ledger_folder_not_writable_is_named_with_advice(tmp_path):
     finally:
         undo()
     ledger_failure(proc, folder / "l.sqlite", "read-only")
+
+
+# -- 7. products and masters deleted behind the daemon's back are made again ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_missing_products_and_masters_are_made_again(tmp_path):
+    stage, rels, _ = stage_night(tmp_path)
+    lights = [r for r in rels if r.startswith(LIGHTS)]
+    root = tmp_path / "raw"
+    place(stage, root, rels)
+    config = write_config(tmp_path, root=root)
+    out, db = tmp_path / "out", tmp_path / "out" / "reduxd.sqlite"
+    with daemon(config, exit_when_idle=2.0, name="first") as d:
+        assert d.wait_exit(90) == 0
+    assert len(reduced_files(d)) == N_LIGHTS
+    shutil.rmtree(out / "masters")
+    for rel in lights[:2]:
+        (out / "reduced" / rel).unlink()
+    with daemon(config, name="second") as d2:
+        d2.wait_for(
+            lambda: (
+                all((out / "reduced" / r).exists() for r in lights[:2])
+                and not query(db, "SELECT 1 FROM frames WHERE state != 'done'")
+            ),
+            timeout=120,
+            what="products and masters made again",
+        )
+        d2.wait_for(lambda: len(d2.events("master_built")) >= 7, timeout=60, what="masters")
+        (out / "reduced" / lights[5]).unlink()  # while it runs: the reconciliation sees it
+        d2.wait_for(
+            lambda: (out / "reduced" / lights[5]).exists(), timeout=30, what="product again"
+        )
+        d2.wait_for(lambda: not query(db, "SELECT 1 FROM frames WHERE state != 'done'"),
+                    timeout=30, what="all done")  # fmt: skip
+        assert d2.stop() == 0
+    missing = {e["file"] for e in d2.events("products_missing")}
+    assert missing >= {*lights[:2], lights[5]}
+    assert len(d2.events("master_missing")) == 7
+    assert not d2.events("frame_failed")
+    masters = query(db, "SELECT path FROM masters WHERE status = 'valid'")
+    assert masters and all(Path(p).exists() for (p,) in masters)
+    used = query(
+        db,
+        "SELECT DISTINCT m.status FROM reductions r JOIN reduction_masters rm"
+        " ON rm.reduction_id = r.id JOIN masters m ON m.id = rm.master_id"
+        " WHERE r.superseded = 0",
+    )
+    assert used == [("valid",)], "current reductions use only masters that exist"
+    rows = check_consistent(tmp_path)
+    assert {r["file"] for r in rows if r["current"] == "1"} == set(lights)
+    assert all((out / "reduced" / r).stat().st_size > 0 for r in lights)
