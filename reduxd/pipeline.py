@@ -56,6 +56,10 @@ from reduxd.steps.select import calibration_plan, select_master
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
 WAITING = "waiting for calibration"
+OUTSIDE_LINK = (
+    "symbolic link to a file outside the data folder: refused "
+    "([reading] follow_links_outside = true to read it)"
+)
 
 log = get_logger("reduxd.pipeline")
 MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
@@ -162,6 +166,8 @@ class Pipeline:
         except FileNotFoundError:
             return Outcome(str(path), "skipped", reason="file vanished")
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if row.state == "seen" and self._outside_link(path, root):
+            return self._quarantine(row, rel, OUTSIDE_LINK)
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
@@ -275,6 +281,12 @@ class Pipeline:
                 raise
             raise OutputUnavailable(str(exc)) from exc
 
+    def _outside_link(self, path, root):
+        """A link (or a link in the path) leading out of ``root``, unless the config allows it."""
+        if self.config.reading.follow_links_outside:
+            return False
+        return not Path(path).resolve().is_relative_to(Path(root).resolve())
+
     def _quarantine(self, row, rel, reason):
         self.ledger.quarantine(row.id, reason)
         log.error("frame_quarantined", file=rel, reason=reason)
@@ -321,6 +333,9 @@ class Pipeline:
         night = info.night(cfg.site.utc_offset_hours)
         if self._excluded(info):
             return self._exclude(row, info, rel, raw.checksum, night)
+        first = self.ledger.duplicate_of(row.id, raw.checksum)
+        if first is not None and "excluded" not in first.info:
+            return self._duplicate(row, rel, raw.checksum, night, first)
         if self.sets and not again:  # the camera moved on to lights: pending sets are complete
             self._build_sets(list(self.sets), final=False)
         plan = self._plan(info, rel)
@@ -350,6 +365,14 @@ class Pipeline:
             row.id, kind="light", checksum=checksum, night=night, info={"excluded": info.filter}
         )
         return Outcome(rel, "excluded", kind="light", reason=f"filter {info.filter} excluded")
+
+    def _duplicate(self, row, rel, checksum, night, first):
+        """A byte-identical copy of a light already reduced: recorded, not measured again."""
+        reason = f"duplicate of {first.relpath} (same checksum)"
+        info = {"excluded": "duplicate", "duplicate_of": first.relpath}
+        self.ledger.finish(row.id, kind="light", checksum=checksum, night=night, info=info)
+        log.warning("frame_duplicate", file=rel, duplicate_of=first.relpath)
+        return Outcome(rel, "excluded", kind="light", reason=reason)
 
     def _plan(self, info, rel):
         plan = calibration_plan(
@@ -451,7 +474,7 @@ class Pipeline:
         rel = path.relative_to(root).as_posix()
         st = path.stat()
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state != "seen":
+        if row.state != "seen" or self._outside_link(path, root):
             return self.handle(path, root)
         info = self._header_info(row)
         if info is None or info.kind != "light" or self._excluded(info):
@@ -467,7 +490,12 @@ class Pipeline:
         for row, rel, info, plan, base, work, started in pending:
             try:
                 result = work.result()
-                outcome = self._commit(row, info, rel, plan, result, base, started)
+                first = self.ledger.duplicate_of(row.id, result.checksum)
+                if first is not None and "excluded" not in first.info:
+                    night = info.night(self.config.site.utc_offset_hours)
+                    outcome = self._duplicate(row, rel, result.checksum, night, first)
+                else:
+                    outcome = self._commit(row, info, rel, plan, result, base, started)
             except Exception as exc:  # a worker's failure, recorded like any other
                 if is_transient(exc):
                     self._pause_frame(row, rel, exc)

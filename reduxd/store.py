@@ -482,6 +482,15 @@ class Ledger:
             self._update(row.id, "state = ?, last_error = ?", [state, reason])
         return [self.frame(row.id) for row in rows]
 
+    def duplicate_of(self, frame_id: int, checksum: str) -> FrameRow | None:
+        """The first done light with this file checksum, other than ``frame_id`` (or None)."""
+        rows = self._select(
+            "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
+            " ORDER BY id LIMIT 1",
+            (checksum, frame_id),
+        )
+        return rows[0] if rows else None
+
     def pending(self) -> list[FrameRow]:
         """Frames waiting for work (``seen``), oldest first."""
         return self._select("WHERE state = 'seen' ORDER BY id")

@@ -15,9 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 from astropy.table import Table
 from nights import stage_night
-from test_batch import night, phot, reduxd_command, run_reduxd, small_night  # noqa: F401
+from test_batch import (  # noqa: F401 (fixtures)
+    night,
+    phot,
+    reduxd_command,
+    run_reduxd,
+    small_night,
+    summary,
+)
 from test_daemon import (
     LIGHTS,
     N_CAL,
@@ -32,6 +40,8 @@ from test_daemon import (
 )
 
 from reduxd import lock
+from reduxd.config import load_config
+from reduxd.errors import ConfigError
 from reduxd.products import tables
 
 
@@ -582,3 +592,60 @@ def test_missing_products_and_masters_are_made_again(tmp_path):
     rows = check_consistent(tmp_path)
     assert {r["file"] for r in rows if r["current"] == "1"} == set(lights)
     assert all((out / "reduced" / r).stat().st_size > 0 for r in lights)
+
+
+# -- 12. smaller: duplicates, links out of the root, bounds, long names, newlines ---------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_duplicates_links_long_objects_and_newlines(night, tmp_path):  # noqa: F811
+    lights = sorted((night / "pg2213").rglob("*.fits"))
+    v = [p for p in lights if "_V_" in str(p)]
+    r = [p for p in lights if "_R_" in str(p)]
+    shutil.copy2(v[0], v[0].with_name("copy_a.fits"))  # byte-identical copies
+    shutil.copy2(v[0], v[0].with_name("copy_b.fits"))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy2(v[1], outside / "o.fits")
+    os.symlink(outside / "o.fits", v[1].with_name("link.fits"))
+    long_object = "X" * 300
+    for path in r:
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["OBJECT"] = long_object
+    r[0].rename(r[0].with_name("two\nlines.fits"))
+    first = run_reduxd(BATCH, cwd=night)
+    assert first.returncode == 0, first.stderr
+    out = night / "analysis"
+    refused = {Path(x["file"]).name: x["reason"] for x in summary(out)["refused"]}
+    assert "outside the data folder" in refused["link.fits"]
+    folder = v[0].parent.relative_to(night / "pg2213").as_posix()
+    same = {f"{folder}/{n}" for n in ("copy_a.fits", "copy_b.fits", v[0].name)}
+    dups = json_events(first.stdout, "frame_duplicate")
+    assert len(dups) == 2 and {e["file"] for e in dups} < same  # the first in time is kept
+    rows = phot(out)
+    files = set(rows["file"])
+    assert len(files & same) == 1
+    assert not any("link" in f for f in files)
+    assert any("two\nlines.fits" in f for f in files)
+    curves = list(out.glob("lightcurve_XXX*_R.csv"))
+    assert len(curves) == 1 and len(curves[0].name) < 100
+    again = run_reduxd(BATCH, cwd=night)
+    assert again.returncode == 0, again.stderr
+    assert "tables_rewritten" not in again.stdout + again.stderr
+    assert len(phot(out)) == len(rows)
+
+
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ("[photometry]\nradius = 1e9\n", "photometry.radius"),
+        ("[calibration]\nmax_memory_mb = inf\n", "calibration.max_memory_mb"),
+        ("[calibration]\nmax_memory_mb = 0.001\n", "calibration.max_memory_mb"),
+    ],
+)
+def test_absurd_radius_and_memory_are_refused_at_start(tmp_path, toml, key):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)

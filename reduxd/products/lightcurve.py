@@ -58,7 +58,7 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.errors import ReduxdError
-from reduxd.files import atomic_write
+from reduxd.files import atomic_write, cap_name
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
 MISSING = -1  # flags value of a star not measured in a frame
@@ -584,7 +584,7 @@ def safe_name(text):
     ('M_31_core', 'unknown', 'unknown')
     """
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
-    return name or "unknown"
+    return cap_name(name) or "unknown"
 
 
 def lightcurve_paths(outdir, *, object, filter, save=""):

@@ -44,7 +44,7 @@ from astropy.io import fits
 
 from reduxd import maskbits
 from reduxd.errors import FrameRejected
-from reduxd.files import atomic_write
+from reduxd.files import atomic_write, cap_name
 from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
 from reduxd.log import get_logger
 from reduxd.reduce import phot_params, reduced_path
@@ -61,7 +61,7 @@ _FORMAT = {"x": ".3f", "y": ".3f"}
 
 
 def _name(part):
-    return "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(part)) or "none"
+    return cap_name("".join(c if c.isalnum() or c in "._+-" else "_" for c in str(part))) or "none"
 
 
 def stack_name(obj, filt, gain, exptime):
