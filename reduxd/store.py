@@ -113,6 +113,8 @@ _ADVICE = (
      "again; reduxd rebuilds it from the raw frames"),
     ("disk is full", "the disk is full: free some space and start again"),
     ("no space", "the disk is full: free some space and start again"),
+    ("disk i/o error", "the disk may be full, read-only or failing: check `df` and the "
+     "kernel log, then start again"),
     ("read-only", "the disk is read-only: remount it read-write or set [paths] state "
      "to a writable local folder"),
     ("readonly", "the file or its folder is read-only: make them writable by the user "

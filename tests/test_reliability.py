@@ -649,3 +649,24 @@ def test_absurd_radius_and_memory_are_refused_at_start(tmp_path, toml, key):
     path.write_text(toml)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_batch_on_a_full_disk_stops_cleanly_and_the_next_run_completes(night, small_disk):  # noqa: F811
+    line = ["reduce", "-D", "pg2213", "-C", "calibration", "-O", str(small_disk)]
+    assert run_reduxd(line, cwd=night).returncode == 0
+    ballast = fill(small_disk)
+    full = run_reduxd([*line, "--redo"], cwd=night)
+    # 4 when the ledger cannot even be opened, 5 when products or tables fail later
+    assert full.returncode in (4, 5), full.stderr[-2000:]
+    assert "Traceback" not in full.stderr
+    assert any(w in full.stderr for w in ("nothing is lost", "df", "disk is full"))
+    ballast.unlink()
+    again = run_reduxd([*line, "--redo"], cwd=night)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = phot(small_disk)
+    current = rows[rows["current"] == 1]
+    assert len(set(current["file"])) == N_LIGHTS
+    assert len(current) == len(set(zip(current["file"], current["star_id"], strict=True)))
+    assert not tables.read_keys(small_disk / "photometry.csv")[2]
