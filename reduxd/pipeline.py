@@ -334,7 +334,7 @@ class Pipeline:
         if self._excluded(info):
             return self._exclude(row, info, rel, raw.checksum, night)
         first = self.ledger.duplicate_of(row.id, raw.checksum)
-        if first is not None and "excluded" not in first.info:
+        if first is not None:
             return self._duplicate(row, rel, raw.checksum, night, first)
         if self.sets and not again:  # the camera moved on to lights: pending sets are complete
             self._build_sets(list(self.sets), final=False)
@@ -491,7 +491,7 @@ class Pipeline:
             try:
                 result = work.result()
                 first = self.ledger.duplicate_of(row.id, result.checksum)
-                if first is not None and "excluded" not in first.info:
+                if first is not None:
                     night = info.night(self.config.site.utc_offset_hours)
                     outcome = self._duplicate(row, rel, result.checksum, night, first)
                 else:

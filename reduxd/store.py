@@ -485,10 +485,10 @@ class Ledger:
         return [self.frame(row.id) for row in rows]
 
     def duplicate_of(self, frame_id: int, checksum: str) -> FrameRow | None:
-        """The first done light with this file checksum, other than ``frame_id`` (or None)."""
+        """The first done, measured light with this checksum, other than ``frame_id``."""
         rows = self._select(
             "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
-            " ORDER BY id LIMIT 1",
+            " AND json_extract(info, '$.excluded') IS NULL ORDER BY id LIMIT 1",
             (checksum, frame_id),
         )
         return rows[0] if rows else None
