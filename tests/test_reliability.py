@@ -670,3 +670,18 @@ def test_batch_on_a_full_disk_stops_cleanly_and_the_next_run_completes(night, sm
     assert len(set(current["file"])) == N_LIGHTS
     assert len(current) == len(set(zip(current["file"], current["star_id"], strict=True)))
     assert not tables.read_keys(small_disk / "photometry.csv")[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_torn_last_line_is_repaired_at_start(night):  # noqa: F811
+    assert run_reduxd(BATCH, cwd=night).returncode == 0
+    csv_path = night / "analysis" / "photometry.csv"
+    whole = csv_path.read_text()
+    with open(csv_path, "a") as fh:
+        fh.write(whole.splitlines()[1][:40])  # what a crash in mid-append leaves
+    again = run_reduxd(BATCH, cwd=night)
+    assert again.returncode == 0, again.stderr
+    (event,) = json_events(again.stdout, "tables_rewritten")
+    assert "torn" in event["reason"]
+    assert csv_path.read_text() == whole
