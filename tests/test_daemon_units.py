@@ -119,7 +119,7 @@ def test_file_that_breaks_handling_is_set_aside_until_it_changes(tmp_path, night
         pipeline = Pipeline(config, ledger=ledger)
         assert service._reconcile(ledger, tracker, watcher) == 2
         assert service._reduce_settled(pipeline, tracker, watcher)
-        assert service.counts == {"error": 1, "reduced": 1}
+        assert service.counts == {"quarantined": 1, "reduced": 1}  # refused, with the reason
         assert ledger.counts()["done"] == 1
         assert service._reconcile(ledger, tracker, watcher) == 0  # not retried...
         with open(bad, "ab") as fh:
