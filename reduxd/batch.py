@@ -29,7 +29,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from reduxd import __version__, executors
+from reduxd import __version__, executors, lock
 from reduxd.cliargs import OLD_FORMS, FilterNames, checked
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
@@ -40,9 +40,9 @@ from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
 from reduxd.pipeline import WAITING, Outcome, Pipeline
-from reduxd.reduce import LIGHT_MODULES, quicklook_path, reduced_path
+from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan, unused_flags
-from reduxd.store import Ledger
+from reduxd.store import Ledger, ledger_error
 from reduxd.watch.watcher import FileFilter, scan
 
 log = get_logger("reduxd.batch")
@@ -374,7 +374,13 @@ def run(args):
     plans, night_of = plan_nights(
         cal, lights, utc_offset_hours=config.site.utc_offset_hours, night_of_light=light_nights
     )
+    try:  # ledger trouble is named, with advice, by the command line (exit 4)
+        Path(config.paths.state_file).parent.mkdir(parents=True, exist_ok=True)
+        held = lock.acquire(config.paths.state_file, command="reduce")
+    except OSError as exc:
+        raise ledger_error(config.paths.state_file, exc) from exc
     stack = contextlib.ExitStack()
+    stack.enter_context(held)
     try:
         workers = stack.enter_context(
             executors.open_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
@@ -387,15 +393,15 @@ def run(args):
     announce(workers, plans)
     pool = workers.pool
     with stack, Ledger(config.paths.state_file, durable=False) as ledger:
+        _recover_interrupted(ledger, config)
         pipeline = Pipeline(config, ledger=ledger, durable=False, calibration_level="debug")
         if args.redo:
             _reset_done(ledger, found)
         else:
-            _reset_missing_products(ledger, found, config)
+            _reset_missing_products(pipeline, found)
             _reset_changed_settings(ledger, found, config)
         _reset_no_longer_excluded(ledger, found, pipeline)
-        if not pipeline.tables_in_sync():
-            pipeline.rewrite_tables()
+        pipeline.sync_tables()
         progress = NightProgress(
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
@@ -449,6 +455,18 @@ def _where_data(args, config):
     )
 
 
+def _recover_interrupted(ledger, config):
+    """Frames a killed run left ``processing`` go back to ``seen`` (as the daemon does)."""
+    for row in ledger.recover_interrupted(max_tries=config.watch.max_tries):
+        log.warning(
+            "interrupted_frame",
+            file=row.relpath,
+            state=row.state,
+            attempts=row.attempts,
+            reason=row.last_error,
+        )
+
+
 def _step(pipeline, root, path, progress):
     outcome = pipeline.handle(path, root)
     progress.step(outcome.path)
@@ -466,21 +484,15 @@ def _reset_done(ledger, found):
             ledger.reset(row.id)
 
 
-def _reset_missing_products(ledger, found, config):
+def _reset_missing_products(pipeline, found):
     """Send back to ``seen`` the done lights of this run whose products are missing or empty."""
     wanted = _wanted(found)
-    outdir, output = Path(config.paths.outdir), config.output
-    for row in ledger.frames(kind="light", state="done"):
+    for row in pipeline.ledger.frames(kind="light", state="done"):
         if (row.root, row.relpath) not in wanted or "excluded" in row.info:
             continue
-        expected = []
-        if output.reduced:
-            expected.append(reduced_path(outdir, row.relpath))
-        if output.quicklook:
-            expected.append(quicklook_path(outdir, row.relpath))
-        if any(not p.exists() or p.stat().st_size == 0 for p in expected):
+        if pipeline.products_missing(row.relpath):
             log.warning("products_missing", file=row.relpath, action="reduced again")
-            ledger.reset(row.id)
+            pipeline.ledger.reset(row.id)
 
 
 def announce(workers, plans):

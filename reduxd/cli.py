@@ -2,10 +2,18 @@
 
 import argparse
 import importlib
+import sqlite3
 import sys
 
 from reduxd import __version__
-from reduxd.errors import ConfigError
+from reduxd.errors import ConfigError, OutputUnavailable, is_transient
+from reduxd.lock import LedgerInUse
+from reduxd.log import get_logger
+from reduxd.store import LedgerError
+
+EXIT_IN_USE = 3  # another reduxd writes to this ledger (see README: exit status)
+EXIT_LEDGER = 4  # the ledger cannot be opened or written (damaged, not writable, disk full)
+EXIT_OUTPUT = 5  # reduxd reduce: products or tables cannot be written (the daemon pauses)
 
 COMMANDS = {
     "reduce": "reduxd.batch",
@@ -45,5 +53,20 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"reduxd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except LedgerInUse as exc:
+        print(f"reduxd: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
+    except LedgerError as exc:
+        get_logger("reduxd").error("ledger_error", reason=str(exc))
+        print(f"reduxd: {exc}", file=sys.stderr)
+        return EXIT_LEDGER
+    except (OutputUnavailable, sqlite3.Error) as exc:  # in the middle of a batch run
+        transient = is_transient(exc)
+        event = "output_unavailable" if transient else "ledger_error"
+        get_logger("reduxd").error(event, reason=str(exc))
+        advice = "free space or make the output folder writable, then run again: nothing is lost"
+        print(f"reduxd: {exc}: " + (advice if transient else "see README, Reliability"),
+              file=sys.stderr)  # fmt: skip
+        return EXIT_OUTPUT if transient else EXIT_LEDGER
     except KeyboardInterrupt:
         return 130

@@ -56,6 +56,7 @@ class Site:
 class Reading:
     max_frame_mb: float = field(default=2048.0, metadata=POSITIVE)
     extensions: tuple[str, ...] = (".fits", ".fit", ".fts", ".fits.fz")
+    follow_links_outside: bool = False
 
     @property
     def max_bytes(self):
@@ -75,7 +76,10 @@ class Camera:
 class Calibration:
     combine: str = field(default="median", metadata=_one_of(COMBINE_METHODS))
     clip_sigma: float = field(default=3.0, metadata=POSITIVE)
-    max_memory_mb: float = field(default=2048.0, metadata=POSITIVE)
+    max_memory_mb: float = field(
+        default=2048.0,
+        metadata=_check(lambda v: 64 <= v <= 1048576, "a number > 0 (MB), between 64 and 1048576"),
+    )
     flat_scale: str = field(default="none", metadata=_one_of(("none", "median")))
     temperature_tolerance: float = field(default=3.0, metadata=NON_NEGATIVE)
     max_age_days: float = field(default=30.0, metadata=NON_NEGATIVE)
@@ -91,7 +95,9 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Photometry:
-    radius: float = field(default=15.0, metadata=POSITIVE)
+    radius: float = field(
+        default=15.0, metadata=_check(lambda v: 0 < v <= 1000, "a number > 0 and <= 1000 (pixels)")
+    )
     radius_fwhm: float = field(default=0.0, metadata=NON_NEGATIVE)
     sky_method: str = field(default="annulus", metadata=_one_of(SKY_METHODS))
     subframe: int = field(default=25, metadata=_check(lambda v: v >= 5, "an integer >= 5"))

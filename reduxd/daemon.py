@@ -12,10 +12,15 @@ account for: new files, files whose size or mtime changed, and frames waiting
 for a retry. Frames waiting for a master are retried by the pipeline when one is
 built, not on every pass.
 
-SIGTERM/SIGINT set a flag: the current frame finishes, everything is committed,
-and the process exits 0. Calibration sets still growing are *not* combined at
-shutdown (a master from half a set would be worse): the ledger keeps them and
-they are built after the next start.
+SIGTERM, SIGINT and SIGHUP set a flag: the current frame finishes, everything is
+committed, and the process exits 0; a re-reduction stops between lights and
+resumes after the restart. A second SIGINT (Ctrl-C twice) stops at once: the
+frame in hand goes back to ``seen`` (its attempt not spent) and the process
+exits 130. SIGHUP (a closed terminal) is a stop like SIGTERM, not a reload:
+``systemctl restart reduxd`` applies a new configuration.
+Calibration sets still growing are *not* combined at shutdown (a master from
+half a set would be worse): the ledger keeps them and they are built after the
+next start.
 """
 
 import contextlib
@@ -28,20 +33,22 @@ import sqlite3
 import time
 from pathlib import Path
 
-from reduxd import notify
+from reduxd import lock, notify
 from reduxd.config import load_config
+from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
 from reduxd.pipeline import WAITING, Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan
-from reduxd.store import Ledger
+from reduxd.store import Ledger, ledger_error
 from reduxd.watch.stability import StabilityTracker, file_signature
-from reduxd.watch.watcher import Watcher, WatchError
+from reduxd.watch.watcher import Watcher, WatchError, check_roots
 
 log = get_logger("reduxd.daemon")
 # Outcomes that count as work for --exit-when-idle (not skipped/waiting/incomplete).
 WORK = ("reduced", "ingested", "excluded", "quarantined", "failed", "changed")
 PING_SECONDS = 1.0  # at most one WATCHDOG=1 per second (or WatchdogSec / 4)
+MAX_BACKOFF = 60.0  # longest pause between retries after a disk write error
 STATUS_SECONDS = 5.0  # at most one STATUS= line per this many seconds
 
 
@@ -109,6 +116,10 @@ class Service:
         self.stop_signal = None
         self.counts = {}
         self.watcher = None
+        self.paused_until = self.outage_since = None  # write errors: see _pause
+        self.backoff = 0.0
+        self.own_folders = ()  # output and ledger folders below a root: never read
+        self.missing = set()  # ids of unfinished frames whose file was gone at the last pass
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
         self.ping_seconds = min(PING_SECONDS, interval / 4) if interval else PING_SECONDS
@@ -120,18 +131,38 @@ class Service:
         return list(w.roots) or list(self.config.paths.data) + list(self.config.paths.calibration)
 
     def request_stop(self, signum=None, _frame=None):
-        """Signal handler: finish the current frame, then stop (logged by the main loop)."""
+        """Signal handler: finish the current frame, then stop (logged by the main loop).
+
+        A second SIGINT raises KeyboardInterrupt: the frame in hand is rolled back.
+        """
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.stop_requested = True
         self.stop_signal = signum
 
     def run(self):
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        paths = self.config.paths
+        # raises ConfigError (exit 2) for a root that would feed reduxd its own files
+        self.own_folders = check_roots(
+            self.roots(), outdir=paths.outdir, state_file=paths.state_file
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
         state = Path(self.config.paths.state_file)
-        state.parent.mkdir(parents=True, exist_ok=True)
+        try:  # ledger trouble is named, with advice, by the command line (exit 4)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            held = lock.acquire(state, command="watch")
+        except OSError as exc:
+            raise ledger_error(state, exc) from exc
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
-        with Ledger(state) as ledger:
-            return self._serve(ledger)
+        try:
+            with held, Ledger(state) as ledger:
+                return self._serve(ledger)
+        except KeyboardInterrupt:
+            log.warning("service_stopped", forced=True)
+            return 130
+        except sqlite3.Error as exc:
+            raise ledger_error(state, exc) from exc
 
     def _serve(self, ledger):
         w = self.config.watch
@@ -145,17 +176,23 @@ class Service:
                 attempts=row.attempts,
                 reason=row.last_error,
             )
-        pipeline = Pipeline(self.config, ledger=ledger, clock=self.clock, progress=self._progress)
-        if not pipeline.tables_in_sync():
-            log.warning("tables_rewritten", reason="photometry table differs from the ledger")
-            pipeline.rewrite_tables()
-        tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock)
+        pipeline = Pipeline(
+            self.config,
+            ledger=ledger,
+            clock=self.clock,
+            progress=self._progress,
+            should_stop=lambda: self.stop_requested,
+        )
+        pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
+        # min_size=0: a file that stays empty is handed on (and refused), not kept for ever
+        tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock, min_size=0)
         self.watcher = watcher = Watcher(
             self.roots(),
             observer=w.observer,
             poll_interval=w.poll_interval,
             ignore_patterns=w.ignore_patterns,
             extensions=self.config.reading.extensions,
+            exclude=self.own_folders,
         )
         try:
             return self._loop(ledger, pipeline, tracker, watcher)
@@ -168,6 +205,7 @@ class Service:
 
     def _loop(self, ledger, pipeline, tracker, watcher):
         watcher.start(catch_up=False)  # the reconciliation below is the catch-up scan
+        self._repair(pipeline)
         for row in ledger.pending():  # waiting lights too: masters or config may be new
             if row.root in watcher.roots:
                 tracker.touch(row.path)
@@ -186,14 +224,15 @@ class Service:
         last_work = last_reconcile = self.clock()
         while not self.stop_requested:
             self._collect(watcher.queue, tracker)
-            worked = self._reduce_settled(pipeline, tracker, watcher)
-            worked |= bool(pipeline.tick())
+            worked = self._work(pipeline, tracker, watcher)
             now = self.clock()
             if now - last_reconcile >= self.config.watch.reconcile_seconds:
                 last_reconcile = now
+                self._repair(pipeline)
                 self._reconcile(ledger, tracker, watcher)
             self._supervise(watcher, ledger)
-            if worked or len(tracker) or pipeline.sets or not watcher.queue.empty():
+            busy = len(tracker) or pipeline.sets or self.paused_until is not None
+            if worked or busy or not watcher.queue.empty():
                 last_work = now
             elif self.exit_when_idle is not None and now - last_work >= self.exit_when_idle:
                 log.info("idle_exit", idle_seconds=round(now - last_work, 1))
@@ -228,8 +267,10 @@ class Service:
         known = {(r.root, r.relpath): r for r in ledger.frames()}
         n = 0
         for root in watcher.roots:
+            found = set()
             try:
                 for path, rel, sig in _walk(root, watcher.file_filter):
+                    found.add(rel)
                     if self.broken.get(path) == sig:
                         continue
                     row = known.get((root, rel))
@@ -240,9 +281,81 @@ class Service:
                         n += 1
             except OSError as exc:  # root missing: the supervisor waits for it
                 log.debug("reconcile_skipped", root=root, reason=str(exc))
+                continue
+            self._vanished(ledger, root, found, known)
         return n
 
+    def _vanished(self, ledger, root, found, known):
+        """Frames never finished whose file is gone (deleted while incomplete): quarantined.
+
+        Only when missing from two reconciliations in a row (a share remounting).
+        """
+        missing = set()
+        for (r, rel), row in known.items():
+            if r != root or row.state != "seen" or rel in found:
+                continue
+            if os.path.lexists(row.path):  # e.g. excluded by a pattern since: not ours to judge
+                continue
+            missing.add(row.id)
+            if row.id not in self.missing:
+                continue
+            reason = "file deleted before it could be reduced"
+            ledger.quarantine(row.id, reason)
+            log.error("frame_quarantined", file=rel, reason=reason)
+        of_root = {row.id for (r, _rel), row in known.items() if r == root}
+        self.missing = (self.missing - of_root) | missing
+
+    def _repair(self, pipeline):
+        """Masters and products deleted behind reduxd's back are made again.
+
+        Lights sent back to ``seen`` are picked up by the reconciliation; missing
+        masters are rebuilt from their raw frames by the next :meth:`Pipeline.tick`.
+        """
+        try:
+            pipeline.repair_masters()
+            pipeline.repair_products()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._pause(exc)
+
     # -- doing it ----------------------------------------------------------------
+
+    def _work(self, pipeline, tracker, watcher):
+        """Reduce what settled and build idle sets, unless paused by a write error."""
+        now = self.clock()
+        if self.paused_until is not None and now < self.paused_until:
+            return False
+        try:
+            if self.paused_until is not None:
+                pipeline.resume()
+            worked = self._reduce_settled(pipeline, tracker, watcher)
+            worked |= bool(pipeline.tick())
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._pause(exc)
+            return False
+        if self.paused_until is not None and (worked or not (len(tracker) or pipeline.sets)):
+            log.info("output_available", paused_seconds=round(now - self.outage_since, 1))
+            self.paused_until = self.outage_since = None
+            self.backoff = 0.0
+        return worked
+
+    def _pause(self, exc):
+        """A disk write error: one log line, then retries with back-off (1 s doubling to 60 s)."""
+        now = self.clock()
+        self.backoff = min(max(2 * self.backoff, 1.0), MAX_BACKOFF)
+        self.paused_until = now + self.backoff
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        if self.outage_since is None:
+            self.outage_since = now
+            log.error(
+                "output_unavailable",
+                reason=reason,
+                action=f"paused; retrying every {MAX_BACKOFF:g} s at most, frames wait",
+            )
+        self.counts["paused"] = self.counts.get("paused", 0) + 1
 
     def _reduce_settled(self, pipeline, tracker, watcher):
         worked = False
@@ -253,12 +366,18 @@ class Service:
                 for rest in settled[i:]:
                     tracker.touch(rest)
                 break
-            outcome = self._handle(pipeline, watcher, path, since)
+            try:
+                outcome = self._handle(pipeline, watcher, path, since)
+            except OutputUnavailable:
+                for rest in settled[i:]:  # tried again after the pause
+                    tracker.touch(rest)
+                raise
             if outcome is None:
                 continue
             self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-            if outcome.status == "incomplete":
-                tracker.touch(path)
+            # an incomplete file is tried again when it changes (an event) or at the
+            # next reconciliation, not at once: a file that stays short (0 bytes, a
+            # copy that died) must not keep the loop busy
             if outcome.status in WORK:
                 worked = True
                 self._last = outcome.path
@@ -271,12 +390,24 @@ class Service:
         (e.g. a file name SQLite cannot store) would otherwise crash-loop the service.
         A ledger error is not about the file: it stops the service (exit 1, restarted).
         """
+        if not _utf8(path):
+            reason = "file name is not valid UTF-8: rename it"
+            self.broken[str(path)] = file_signature(path)
+            log.error("frame_quarantined", file=ascii(str(path)), reason=reason)
+            self.counts["quarantined"] = self.counts.get("quarantined", 0) + 1
+            return None
         try:
             root, _rel = watcher.split(path)
             return pipeline.handle(path, root, since=since)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            if is_transient(exc):
+                raise OutputUnavailable(f"ledger: {exc}") from exc
+            raise
+        except OutputUnavailable:
             raise
         except Exception as exc:
+            if is_transient(exc):
+                raise OutputUnavailable(f"{path}: {exc}") from exc
             self.broken[str(path)] = file_signature(path)
             log.exception("frame_error", file=str(path), reason=f"{type(exc).__name__}: {exc}")
             self.counts["error"] = self.counts.get("error", 0) + 1
@@ -345,7 +476,7 @@ def _walk(root, file_filter, rel=""):
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
-                if not file_filter.ignored(entry.name):
+                if not file_filter.ignored(entry.name) and not file_filter.excluded(entry.path):
                     with contextlib.suppress(OSError):
                         yield from _walk(root, file_filter, rel + entry.name + "/")
             elif file_filter.wanted(entry.name) and entry.is_file():
@@ -353,6 +484,15 @@ def _walk(root, file_filter, rel=""):
                 yield entry.path, rel + entry.name, (st.st_size, st.st_mtime_ns)
         except OSError:  # vanished meanwhile
             continue
+
+
+def _utf8(path):
+    """True when the path can be stored as text (the ledger's names are UTF-8)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _retry(row):

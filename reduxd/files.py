@@ -1,9 +1,30 @@
 """Writing files so that a crash never leaves a partial file under the final name."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+MAX_NAME = 64  # longest sanitised name part (an OBJECT of 300 characters: 'File name too long')
+
+
+def cap_name(name, limit=MAX_NAME):
+    """``name`` cut to ``limit`` characters, ending in a hash of the whole when cut.
+
+    Examples
+    --------
+    >>> cap_name("M51")
+    'M51'
+    >>> cap_name("x" * 300)  # doctest: +ELLIPSIS
+    'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-...'
+    >>> len(cap_name("x" * 300))
+    64
+    """
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{name[: limit - 9]}-{digest}"
 
 
 def fsync_dir(folder):

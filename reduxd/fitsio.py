@@ -34,6 +34,7 @@ from reduxd.files import atomic_write
 BLOCK = 2880
 CARD = 80
 MAX_HEADER_BLOCKS = 2000
+PROBE_MAX_BYTES = 32 * 1024 * 1024  # most bytes read to find an image's header
 _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 STRUCTURAL = {
     "SIMPLE", "XTENSION", "BITPIX", "EXTEND", "PCOUNT", "GCOUNT", "BZERO", "BSCALE",
@@ -214,9 +215,11 @@ def _probe_large(fh, buf, path, *, max_bytes, file_size):
     try:
         return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size)
     except FrameIncomplete:
-        # Headers of later HDUs lie beyond the first bytes read: read the whole file once.
+        # Headers of later HDUs lie beyond the first bytes read: read more, within a bound
+        # (a crafted 'SIMPLE' followed by gigabytes without END must not be read whole).
         fh.seek(0)
-        return _layout_from_buffer(fh.read(), path, max_bytes=max_bytes, file_size=file_size)
+        buf = fh.read(min(file_size, PROBE_MAX_BYTES))
+        return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size)
 
 
 def _to_float32(raw, layout):
@@ -260,6 +263,10 @@ def read_frame(path, *, max_bytes):
         file_size = path.stat().st_size
         if file_size > max_bytes + 512 * BLOCK:
             raise FrameRejected(path, f"file is {file_size} bytes, over the limit {max_bytes}")
+    except OSError as exc:
+        raise FrameIncomplete(path, f"cannot read: {exc.strerror or exc}") from exc
+    probe(path, max_bytes=max_bytes)  # signature, header and sizes before any data is read
+    try:
         with open(path, "rb") as fh:
             buf = fh.read()
     except OSError as exc:

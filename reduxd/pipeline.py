@@ -18,13 +18,21 @@ the service goes on.
 
 import dataclasses
 import math
+import sqlite3
 import time
 from collections import defaultdict, deque
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reduxd.errors import FrameIncomplete, FrameRejected, MissingCalibration, ReduxdError
+from reduxd.errors import (
+    FrameIncomplete,
+    FrameRejected,
+    MissingCalibration,
+    OutputUnavailable,
+    ReduxdError,
+    is_transient,
+)
 from reduxd.fingerprint import fingerprint
 from reduxd.fitsio import file_checksum, probe
 from reduxd.frames import classify, normalise_filter
@@ -37,8 +45,10 @@ from reduxd.reduce import (
     compute_light,
     field_key,
     measured,
+    quicklook_path,
     read_light,
     reduce_light,
+    reduced_path,
     write_products,
 )
 from reduxd.steps import masters as steps_masters
@@ -48,6 +58,10 @@ from reduxd.steps.select import calibration_plan, select_master
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
 WAITING = "waiting for calibration"
+OUTSIDE_LINK = (
+    "symbolic link to a file outside the data folder: refused "
+    "([reading] follow_links_outside = true to read it)"
+)
 
 log = get_logger("reduxd.pipeline")
 MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
@@ -89,6 +103,9 @@ class Pipeline:
     progress : callable, optional
         Called with the relative path before each frame is processed, including
         re-reductions run inside :meth:`tick` (the daemon feeds the watchdog there).
+    should_stop : callable
+        Re-reductions and retries stop between lights when it returns True (a
+        stop was requested); what is left is found again after the restart.
     durable : bool
         Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
         False: it redoes lights whose products are missing on its next run.
@@ -105,9 +122,11 @@ class Pipeline:
         progress=None,
         durable=True,
         calibration_level="info",
+        should_stop=lambda: False,
     ):
         self.config = config
         self.calibration_level = calibration_level
+        self.should_stop = should_stop
         self.durable = durable
         self.ledger = ledger
         self.clock = clock
@@ -121,6 +140,8 @@ class Pipeline:
         self._curves_at = -math.inf
         self.dirty_curves = set()
         self._masters = None
+        self.tables_stale = False  # rows in the ledger missing from the tables (disk full)
+        self.to_release = set()  # frames left 'processing' by a ledger write error
         self._built = {}
         self._bpm = {}
         self._skips_logged = set()
@@ -141,6 +162,8 @@ class Pipeline:
         except FileNotFoundError:
             return Outcome(str(path), "skipped", reason="file vanished")
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if row.state == "seen" and self._outside_link(path, root):
+            return self._quarantine(row, rel, OUTSIDE_LINK)
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
@@ -178,6 +201,8 @@ class Pipeline:
         """Reduce lights that were waiting for a master; return their outcomes."""
         out = []
         for row in self.ledger.pending():
+            if self.should_stop():
+                break
             if (row.last_error or "").startswith(WAITING) and row.path.exists():
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
@@ -196,9 +221,11 @@ class Pipeline:
         except FrameIncomplete as exc:
             return self._incomplete(row, rel, exc)
         except FrameRejected as exc:
-            self.ledger.quarantine(row.id, exc.reason)
-            log.error("frame_quarantined", file=rel, reason=exc.reason)
-            return Outcome(rel, "quarantined", reason=exc.reason)
+            return self._quarantine(row, rel, exc.reason)
+        except Exception as exc:  # e.g. astropy's VerifyError on an unparsable card
+            if is_transient(exc):
+                raise
+            return self._quarantine(row, rel, f"header unusable: {type(exc).__name__}: {exc}")
         self.incomplete_since.pop(row.id, None)
         self.ledger.begin(row.id)
         try:
@@ -210,11 +237,64 @@ class Pipeline:
             if row.last_error != f"{WAITING}: {exc.reason}":  # each problem logged once
                 log.warning("light_waiting", file=rel, reason=exc.reason)
             return Outcome(rel, "waiting", kind="light", reason=exc.reason)
+        except KeyboardInterrupt:  # a forced stop: the frame waits, its attempt not spent
+            self.ledger.defer(row.id, "interrupted by a forced stop")
+            raise
         except Exception as exc:  # the one place that catches everything
+            if is_transient(exc):
+                self._pause_frame(row, rel, exc)  # raises OutputUnavailable
             reason = f"{type(exc).__name__}: {exc}"
             state = self.ledger.fail(row.id, reason, max_tries=self.config.watch.max_tries)
             log.exception("frame_failed", file=rel, state=state, reason=reason)
             return Outcome(rel, "failed", kind=info.kind, reason=reason)
+
+    def _pause_frame(self, row, rel, exc):
+        """A write error of the disk: the frame waits, its attempt not spent; raise.
+
+        If the ledger itself cannot be written the frame is remembered and
+        released by :meth:`resume`.
+        """
+        reason = exc.reason if isinstance(exc, OutputUnavailable) else f"{rel}: {exc}"
+        try:
+            if self.ledger.frame(row.id).state == "processing":
+                self.ledger.defer(row.id, f"output unavailable: {reason}")
+        except Exception as ledger_exc:
+            if not is_transient(ledger_exc):
+                raise
+            self.to_release.add(row.id)
+        raise OutputUnavailable(reason) from exc
+
+    def resume(self):
+        """After a write error: release held frames and repair the tables; raise if still failing.
+
+        Raises
+        ------
+        OutputUnavailable
+            The disk still refuses writes.
+        """
+        try:
+            for frame_id in sorted(self.to_release):
+                if self.ledger.frame(frame_id).state == "processing":
+                    self.ledger.defer(frame_id, "output unavailable (released)")
+                self.to_release.discard(frame_id)
+            if self.tables_stale:
+                self.sync_tables()
+                self.tables_stale = False
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise OutputUnavailable(str(exc)) from exc
+
+    def _outside_link(self, path, root):
+        """A link (or a link in the path) leading out of ``root``, unless the config allows it."""
+        if self.config.reading.follow_links_outside:
+            return False
+        return not Path(path).resolve().is_relative_to(Path(root).resolve())
+
+    def _quarantine(self, row, rel, reason):
+        self.ledger.quarantine(row.id, reason)
+        log.error("frame_quarantined", file=rel, reason=reason)
+        return Outcome(rel, "quarantined", reason=reason)
 
     def _incomplete(self, row, rel, exc):
         first = self.incomplete_since.setdefault(row.id, self.clock())
@@ -285,6 +365,9 @@ class Pipeline:
         night = info.night(cfg.site.utc_offset_hours)
         if self._excluded(info):
             return self._exclude(row, info, rel, raw.checksum, night)
+        first = self.ledger.duplicate_of(row.id, raw.checksum)
+        if first is not None:
+            return self._duplicate(row, rel, raw.checksum, night, first)
         if self.sets and not again:  # the camera moved on to lights: pending sets are complete
             self._build_sets(list(self.sets), final=False)
         plan = self._plan(info, rel)
@@ -301,12 +384,9 @@ class Pipeline:
             night=night,
             relpath=rel,
         )
-        outcome = self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
-        try:
-            write_products(self.outdir, rel, result, cfg.output, durable=self.durable)
-        except Exception as exc:  # rows are committed: failing the frame would redo it
-            log.exception("products_failed", file=rel, reason=f"{type(exc).__name__}: {exc}")
-        return outcome
+        # products first: a light the ledger calls done always has them
+        write_products(self.outdir, rel, result, cfg.output, durable=self.durable)
+        return self._commit(row, info, rel, plan, measured(result, raw.checksum), base, started)
 
     def _excluded(self, info):
         return self.is_excluded(info.filter)
@@ -320,6 +400,14 @@ class Pipeline:
     def _exclude(self, row, info, rel, checksum, night):
         self.ledger.exclude(row.id, checksum=checksum, night=night, info={"excluded": info.filter})
         return Outcome(rel, "excluded", kind="light", reason=f"filter {info.filter} excluded")
+
+    def _duplicate(self, row, rel, checksum, night, first):
+        """A byte-identical copy of a light already reduced: recorded, not measured again."""
+        reason = f"duplicate of {first.relpath} (same checksum)"
+        info = {"excluded": "duplicate", "duplicate_of": first.relpath}
+        self.ledger.finish(row.id, kind="light", checksum=checksum, night=night, info=info)
+        log.warning("frame_duplicate", file=rel, duplicate_of=first.relpath)
+        return Outcome(rel, "excluded", kind="light", reason=reason)
 
     def _plan(self, info, rel):
         plan = calibration_plan(
@@ -366,7 +454,13 @@ class Pipeline:
         self.ledger.finish(row.id, kind="light", checksum=result.checksum, night=night, info=extra)
         for r in rows:
             r["version"], r["current"] = version, 1
-        self._write_rows(rows, version)
+        try:
+            self._write_rows(rows, version)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.tables_stale = True  # the ledger has the rows: rewritten on resume()
+            raise OutputUnavailable(f"{rel}: photometry table: {exc}") from exc
         latency_ms = (self.clock() - started) * 1000.0
         self._log_reduced(rel, key, info, rows, result, latency_ms, version)
         self.dirty_curves.add((key, info.filter or ""))
@@ -441,13 +535,23 @@ class Pipeline:
         while pending and (block or (pending[0].work is not None and pending[0].work.done())):
             light = pending.popleft()
             try:
-                result = light.work.result()
-                outcome = self._commit(light.row, light.info, light.rel, light.plan, result,
-                                       light.base, light.started)  # fmt: skip
+                outcome = self._commit_result(light, light.work.result())
             except Exception as exc:  # a worker's failure, recorded like any other
+                if is_transient(exc):
+                    self._pause_frame(light.row, light.rel, exc)  # raises OutputUnavailable
                 outcome = self._failed(light.row, light.rel, light.info, exc)
             outcomes.append(self._tick_progress(outcome, progress))
         return outcomes
+
+    def _commit_result(self, light, result):
+        """Commit a worker's result, or record the light as a copy of one already reduced."""
+        first = self.ledger.duplicate_of(light.row.id, result.checksum)
+        if first is not None:
+            night = light.info.night(self.config.site.utc_offset_hours)
+            return self._duplicate(light.row, light.rel, result.checksum, night, first)
+        return self._commit(
+            light.row, light.info, light.rel, light.plan, result, light.base, light.started
+        )
 
     def _tick_progress(self, outcome, progress):
         if progress is not None:
@@ -459,7 +563,7 @@ class Pipeline:
         rel = path.relative_to(root).as_posix()
         st = path.stat()
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state != "seen":
+        if row.state != "seen" or self._outside_link(path, root):
             return self.handle(path, root)
         info = self._header_info(row)
         if info is None or info.kind != "light" or self._excluded(info):
@@ -516,22 +620,55 @@ class Pipeline:
 
     def rewrite_tables(self):
         """Rewrite the photometry tables from the ledger (all versions, marked)."""
-        rows = []
-        for m in self.ledger.measurements(current_only=False):
-            rows.append({**m.row, "version": m.version, "current": int(not m.superseded)})
-        tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+        tables.rewrite_rows(self.outdir, self._ledger_rows(), save=self.config.output.save)
 
-    def tables_in_sync(self):
-        """True when the CSV table holds exactly the ledger's rows (checked at start)."""
-        csv_path, _ = tables.table_paths(self.outdir, self.config.output.save)
-        n_ledger = len(self.ledger.measurements(current_only=False))
-        if not csv_path.exists():
-            return n_ledger == 0
-        if n_ledger and not tables.current_path(self.outdir, self.config.output.save).exists():
-            return False
-        with open(csv_path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-        return len(lines) - 1 == n_ledger and all(line.count(",") for line in lines[1:])
+    def sync_tables(self):
+        """At start: make the tables hold exactly the ledger's rows; return what was done.
+
+        Rows the ledger does not know (a fresh or different ledger on an existing
+        output folder) are never dropped: both tables are first renamed aside
+        (logged with their new names). A torn last line is repaired by the rewrite.
+        Returns None (in sync), ``"rewritten"`` or ``"set aside"``.
+        """
+        csv_path, ecsv_path = tables.table_paths(self.outdir, self.config.output.save)
+        rows = self._ledger_rows()
+        found = tables.read_keys(csv_path)
+        if found is None:
+            if rows:
+                tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+            return "rewritten" if rows else None
+        keys, n_rows, torn = found
+        known = {tables.row_key(r) for r in rows}
+        unknown = keys - known
+        if unknown:
+            aside = tables.set_aside([csv_path, ecsv_path])
+            log.warning(
+                "tables_set_aside",
+                files=[str(p) for p in aside],
+                reason=f"{len(unknown)} of {n_rows} rows of {csv_path} are not in the ledger "
+                f"{self.ledger.path} (a new or different ledger?): kept under the new names",
+            )
+        elif keys == known and n_rows == len(rows) and not torn and self._current_table_ok(rows):
+            return None
+        else:
+            log.warning(
+                "tables_rewritten",
+                file=str(csv_path),
+                reason=f"{n_rows} rows{' and a torn last line' if torn else ''}; "
+                f"the ledger has {len(rows)}",
+            )
+        tables.rewrite_rows(self.outdir, rows, save=self.config.output.save)
+        return "set aside" if unknown else "rewritten"
+
+    def _current_table_ok(self, rows):
+        """The table of current rows exists whenever there are rows."""
+        return not rows or tables.current_path(self.outdir, self.config.output.save).exists()
+
+    def _ledger_rows(self):
+        return [
+            {**m.row, "version": m.version, "current": int(not m.superseded)}
+            for m in self.ledger.measurements(current_only=False)
+        ]
 
     # -- field references --------------------------------------------------------
 
@@ -578,12 +715,15 @@ class Pipeline:
         return dataclasses.replace(plan, bad_pixels=self._bpm[key])
 
     def _restore_sets(self):
-        """Rebuild pending calibration sets from the ledger (after a restart)."""
+        """Rebuild pending calibration sets from the ledger (after a restart, or when
+        masters must be built again: see :meth:`repair_masters`)."""
         rows = [
             r for kind in CALIBRATION_KINDS for r in self.ledger.frames(kind=kind, state="done")
         ]
+        queued = {fid for cal_set in self.sets.values() for fid, _p, _i in cal_set.members}
         for row in rows:
-            if "master_id" in row.info or "set" not in row.info or not row.path.exists():
+            built = "master_id" in row.info and not row.info.get("rebuild")
+            if built or "set" not in row.info or row.id in queued or not row.path.exists():
                 continue
             info = self._header_info(row)
             if info is None:
@@ -629,29 +769,35 @@ class Pipeline:
     def _start_masters(self, keys, pool):
         """Submit the combining of sets ``keys`` to ``pool``; ``{key: future}``.
 
-        A set whose inputs are missing (a flat without its dark) is left out:
-        :meth:`_build_set` finds the same and says so.
+        A set whose inputs are missing (a flat without its dark) or unreadable is
+        left out: :meth:`_build_set` finds the same and says so.
         """
         started = {}
         for key in keys:
             if key not in self.sets:
                 continue
-            layouts = self._layouts(self.sets[key])
             try:
+                layouts = self._layouts(self.sets[key])
                 inputs = self._master_inputs(key[0], layouts)
-            except MissingCalibration:
+            except (ReduxdError, OSError):
                 continue
             started[key] = pool.submit(make_masters, key[0], layouts, **inputs)
         return started
 
     def _layouts(self, cal_set):
-        max_bytes = self.config.reading.max_bytes
         return [
-            (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
+            (info, dataclasses.replace(self._probe(path), sha1=self._sha1(fid)))
             for fid, path, info in cal_set.members
         ]
 
     def _build_set(self, key, cal_set, *, final, work=None):
+        """Build one set's masters; None to wait (a missing master), [] if it cannot be built.
+
+        ``work``: the future of its combining, when started in a pool. A set that
+        cannot be built (a member deleted or broken since it was ingested, an
+        error while combining) is logged with the reason and its frames are
+        marked (``master_error``): the service goes on without it.
+        """
         kind, night, _ = key
         try:
             if work is not None:
@@ -661,12 +807,31 @@ class Pipeline:
         except MissingCalibration as exc:
             if not final:
                 return None
-            log.error("master_not_built", kind=kind, night=night, reason=exc.reason)
-            self._annotate(cal_set, {"master_id": None, "master_error": exc.reason})
-            return []
+            return self._not_built(cal_set, night, exc.reason)
+        except sqlite3.Error:
+            raise  # the ledger's trouble, not the set's
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the disk's trouble: built after the pause
+            return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
         records = [self._register(result, night) for result in results]
-        self._annotate(cal_set, {"master_id": records[0].id if records[0] else None})
+        master_id = records[0].id if records[0] else None
+        self._annotate(cal_set, {"master_id": master_id, "rebuild": False})
         return [r for r in records if r is not None]
+
+    def _probe(self, path):
+        return probe(path, max_bytes=self.config.reading.max_bytes)
+
+    def _not_built(self, cal_set, night, reason):
+        log.error(
+            "master_not_built",
+            kind=cal_set.kind,
+            night=night,
+            frames=len(cal_set.members),
+            reason=reason,
+        )
+        self._annotate(cal_set, {"master_id": None, "master_error": reason, "rebuild": False})
+        return []
 
     def _sha1(self, frame_id):
         """The checksum the ledger took when the frame was read (None: not known)."""
@@ -794,12 +959,60 @@ class Pipeline:
             parts.append(safe_name(result.filter))
         return "_".join(parts) + ".fits"
 
+    # -- repairs (start and reconciliation) ----------------------------------------
+
+    def repair_masters(self):
+        """Valid masters whose file is gone are rejected and built again from their raw
+        frames (their sets are queued; lights reduced with them follow); return them."""
+        gone = [m for m in self.ledger.masters() if not Path(m.path).exists()]
+        if not gone:
+            return []
+        ids = {m.id for m in gone}
+        for m in gone:
+            self.ledger.reject_master(m.id, "file missing: built again from its raw frames")
+            log.warning("master_missing", kind=m.kind, file=str(m.path), action="rebuilt")
+        members = [
+            r.id
+            for kind in CALIBRATION_KINDS
+            for r in self.ledger.frames(kind=kind, state="done")
+            if r.info.get("master_id") in ids
+        ]
+        self.ledger.annotate(members, {"rebuild": True})
+        self._masters = None
+        self._built.clear()
+        self._bpm.clear()
+        self._restore_sets()
+        return gone
+
+    def products_missing(self, relpath):
+        """True when a done light's reduced FITS or finder chart is missing or empty."""
+        expected = []
+        if self.config.output.reduced:
+            expected.append(reduced_path(self.outdir, relpath))
+        if self.config.output.quicklook:
+            expected.append(quicklook_path(self.outdir, relpath))
+        return any(not p.exists() or p.stat().st_size == 0 for p in expected)
+
+    def repair_products(self):
+        """Done lights whose products are missing go back to ``seen``; return them."""
+        out = []
+        for row in self.ledger.frames(kind="light", state="done"):
+            if "excluded" in row.info or not row.path.exists():
+                continue
+            if self.products_missing(row.relpath):
+                log.warning("products_missing", file=row.relpath, action="reduced again")
+                self.ledger.reset(row.id)
+                out.append(row)
+        return out
+
     # -- re-reduction ------------------------------------------------------------
 
     def rereduce(self, night):
         """Reduce again the lights of ``night`` whose best masters changed; return outcomes."""
         out = []
         for row in self.ledger.frames(night=night, kind="light", state="done"):
+            if self.should_stop():
+                break
             if "excluded" in row.info or not row.path.exists():
                 continue
             if self._best_ids(row) == sorted(self.ledger.masters_used(row.id)):

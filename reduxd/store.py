@@ -108,6 +108,44 @@ class LedgerError(ReduxdError):
     """The ledger cannot be used (network filesystem, newer schema, bad state change)."""
 
 
+# (words in SQLite's or the OS's message, what to tell the operator)
+_ADVICE = (
+    ("not a database", "it is not a SQLite database (damaged or another file): move it "
+     "aside (mv FILE FILE.bad) and start again; reduxd rebuilds it from the raw frames"),
+    ("malformed", "the database is damaged: move it aside (mv FILE FILE.bad) and start "
+     "again; reduxd rebuilds it from the raw frames"),
+    ("disk is full", "the disk is full: free some space and start again"),
+    ("no space", "the disk is full: free some space and start again"),
+    ("disk i/o error", "the disk may be full, read-only or failing: check `df` and the "
+     "kernel log, then start again"),
+    ("read-only", "the disk is read-only: remount it read-write or set [paths] state "
+     "to a writable local folder"),
+    ("readonly", "the file or its folder is read-only: make them writable by the user "
+     "running reduxd, or set [paths] state to a writable local folder"),
+    ("unable to open", "cannot create or open it: check that its folder exists and is "
+     "writable by the user running reduxd, or set [paths] state"),
+    ("permission", "permission denied: make the file and its folder writable by the user "
+     "running reduxd, or set [paths] state"),
+)  # fmt: skip
+
+
+def ledger_error(path, exc):
+    """A :class:`LedgerError` naming the ledger file, the cause and what to do.
+
+    Examples
+    --------
+    >>> str(ledger_error("/srv/l.sqlite", sqlite3.DatabaseError("file is not a database")))
+    ... # doctest: +ELLIPSIS
+    'ledger /srv/l.sqlite: file is not a database: it is not a SQLite database ...'
+    """
+    if isinstance(exc, LedgerError):
+        return exc
+    text = str(exc)
+    advice = next((a for words, a in _ADVICE if words in text.lower()), "")
+    advice = advice.replace("FILE", str(path))
+    return LedgerError(f"ledger {path}: {text}" + (f": {advice}" if advice else ""))
+
+
 @dataclass(frozen=True)
 class FrameRow:
     """One raw frame as the ledger knows it."""
@@ -233,11 +271,17 @@ class Ledger:
         self.path = Path(path)
         self.durable = durable
         _check_local(self.path, allow_network_fs)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ledger_error(self.path, exc) from exc
         self._db.row_factory = sqlite3.Row
         try:
             self._setup(busy_timeout)
+        except (OSError, sqlite3.Error) as exc:
+            self._db.close()
+            raise ledger_error(self.path, exc) from exc
         except BaseException:
             self._db.close()
             raise
@@ -458,6 +502,15 @@ class Ledger:
             reason = f"interrupted during attempt {row.attempts} (process died or was killed)"
             self._update(row.id, "state = ?, last_error = ?", [state, reason])
         return [self.frame(row.id) for row in rows]
+
+    def duplicate_of(self, frame_id: int, checksum: str) -> FrameRow | None:
+        """The first done, measured light with this checksum, other than ``frame_id``."""
+        rows = self._select(
+            "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
+            " AND json_extract(info, '$.excluded') IS NULL ORDER BY id LIMIT 1",
+            (checksum, frame_id),
+        )
+        return rows[0] if rows else None
 
     def pending(self) -> list[FrameRow]:
         """Frames waiting for work (``seen``), oldest first."""

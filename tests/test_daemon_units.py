@@ -119,7 +119,7 @@ def test_file_that_breaks_handling_is_set_aside_until_it_changes(tmp_path, night
         pipeline = Pipeline(config, ledger=ledger)
         assert service._reconcile(ledger, tracker, watcher) == 2
         assert service._reduce_settled(pipeline, tracker, watcher)
-        assert service.counts == {"error": 1, "reduced": 1}
+        assert service.counts == {"quarantined": 1, "reduced": 1}  # refused, with the reason
         assert ledger.counts()["done"] == 1
         assert service._reconcile(ledger, tracker, watcher) == 0  # not retried...
         with open(bad, "ab") as fh:
@@ -204,8 +204,9 @@ def test_add_cards_non_finite():
 
 
 def test_products_failure_does_not_redo_a_committed_light(tmp_path, night, caplog):
-    """pipeline._light: products are written after the rows are committed; a failure there
-    (disk full, a path blocked) used to fail the frame, which was then measured again."""
+    """pipeline._light: products are written before the rows are committed (a light the
+    ledger calls done has its products); a failure there (a path blocked) commits
+    nothing, so the retry measures the light once: one version, no duplicate rows."""
     root = tmp_path / "raw"
     light = _lights(night)[0]
     path = root / light.relative_to(night)
@@ -213,12 +214,17 @@ def test_products_failure_does_not_redo_a_committed_light(tmp_path, night, caplo
     shutil.copy2(light, path)
     config = _config(tmp_path, root)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "reduced").write_text("a file where the folder should be")
+    blocker = tmp_path / "out" / "reduced"
+    blocker.write_text("a file where the folder should be")
     caplog.set_level(logging.ERROR)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         pipeline = Pipeline(config, ledger=ledger)
+        outcome = pipeline.handle(path, root)
+        assert outcome.status == "failed" and "reduced" in outcome.reason
+        assert ledger.measurements(current_only=False) == []
+        blocker.unlink()
         assert pipeline.handle(path, root).status == "reduced"
         row = ledger.frame(root=str(root), relpath=path.relative_to(root).as_posix())
-        assert row.state == "done" and row.attempts == 1
+        assert row.state == "done" and row.attempts == 2
         assert pipeline.handle(path, root).status == "skipped"
         assert {m.version for m in ledger.measurements(current_only=False)} == {1}

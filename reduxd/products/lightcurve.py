@@ -60,6 +60,7 @@ from astropy.table import Table
 
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
+from reduxd.products.naming import safe_name
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
 MISSING = -1  # flags value of a star not measured in a frame
@@ -574,18 +575,6 @@ def latest_target_mag(table, target_id, *, comparison_ids=()):
             n_comp=int(lc["n_comp"][i]),
         )  # fmt: skip
     return out
-
-
-def safe_name(text):
-    """Return ``text`` made safe for a file name (``[A-Za-z0-9._+-]``, others -> ``_``).
-
-    Examples
-    --------
-    >>> safe_name('M 31 / core'), safe_name(''), safe_name('..')
-    ('M_31_core', 'unknown', 'unknown')
-    """
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
-    return name or "unknown"
 
 
 def lightcurve_paths(outdir, *, object, filter, save=""):

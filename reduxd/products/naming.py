@@ -7,20 +7,26 @@ name when it is the same as the save title.
 
 import re
 
+from reduxd.files import cap_name
+
 MISSING = "none"
 
 
 def safe_name(text):
     """``text`` usable in a file name (letters, digits and ``._+-``); ``none`` when empty.
 
+    The one sanitiser of product names: no leading dot, at most 64 characters.
+
     Examples
     --------
-    >>> safe_name("pg 2213/V"), safe_name(None), safe_name("")
-    ('pg_2213_V', 'none', 'none')
+    >>> safe_name("pg 2213/V"), safe_name(None), safe_name(""), safe_name("..")
+    ('pg_2213_V', 'none', 'none', 'none')
+    >>> len(safe_name("x" * 300))  # capped, ending in a hash of the whole
+    64
     """
     if text is None:
         return MISSING
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or MISSING
+    return cap_name(re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")) or MISSING
 
 
 def value_word(value):

@@ -8,11 +8,13 @@ are superseded (a light re-reduced with a better master), both files are
 rewritten from the ledger, atomically.
 """
 
+import contextlib
 import csv
 import functools
 import io
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,14 +134,59 @@ def append_rows(outdir, rows, *, save="", durable=True):
 
 
 def _append(path, header, lines, *, durable):
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", encoding="utf-8") as fh:
-        if new:
-            fh.write(header)
-        fh.write(lines)
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
+    """Append whole lines, or nothing: a failed write (disk full) is cut off again."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(((header if size == 0 else "") + lines).encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            if durable:
+                os.fsync(fd)
+        except BaseException:  # disk full, or a forced stop in the middle
+            with contextlib.suppress(OSError):  # else repaired at the next start
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def row_key(row):
+    """What identifies a table row: ``(file, star_id, version)``, as text."""
+    return (str(row["file"]), str(row["star_id"]), str(row["version"]))
+
+
+def read_keys(csv_path):
+    """Keys of the complete rows of a CSV table, and whether its last line is torn.
+
+    Returns ``(keys, n_rows, torn)``, or None when the file does not exist. A
+    torn line (a crash or a full disk in the middle of an append) is one without
+    its newline or with the wrong number of fields; it is not counted.
+    """
+    try:
+        text = Path(csv_path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    records = list(csv.reader(io.StringIO(text)))
+    torn = bool(text) and not text.endswith("\n")
+    if torn and records:
+        records.pop()
+    body = records[1:]
+    complete = [r for r in body if len(r) == len(NAMES)]
+    torn = torn or len(complete) != len(body)
+    i, j, k = NAMES.index("file"), NAMES.index("star_id"), NAMES.index("version")
+    return {(r[i], r[j], r[k]) for r in complete}, len(complete), torn
+
+
+def set_aside(paths):
+    """Rename existing ``paths`` to ``<name>.aside-<UTC time>``; return the new names."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = []
+    for path in map(Path, paths):
+        if path.exists():
+            out.append(path.rename(path.with_name(f"{path.name}.aside-{stamp}")))
+    return out
 
 
 def rewrite_rows(outdir, rows, *, save=""):

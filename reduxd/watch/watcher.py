@@ -20,7 +20,7 @@ from queue import Queue
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers.polling import PollingObserver
 
-from reduxd.errors import ReduxdError
+from reduxd.errors import ConfigError, ReduxdError
 from reduxd.fsinfo import is_network_fs
 from reduxd.log import get_logger
 
@@ -53,11 +53,17 @@ class FileFilter:
 
     ignore_patterns: tuple[str, ...] = DEFAULT_IGNORE
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    exclude: tuple[str, ...] = ()  # absolute folders never looked into (reduxd's output)
 
     def ignored(self, name: str) -> bool:
         """True when a file or folder name matches an ignore pattern."""
         name = name.lower()
         return any(fnmatch.fnmatchcase(name, pat.lower()) for pat in self.ignore_patterns)
+
+    def excluded(self, path: str | os.PathLike) -> bool:
+        """True when ``path`` (absolute) is one of the ``exclude`` folders or below one."""
+        path = os.fspath(path)
+        return any(path == e or path.startswith(e.rstrip(os.sep) + os.sep) for e in self.exclude)
 
     def wanted(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> bool:
         """True for a frame file; with ``root``, folders below it are checked too."""
@@ -66,6 +72,8 @@ class FileFilter:
         if not name.lower().endswith(tuple(e.lower() for e in self.extensions)):
             return False
         if self.ignored(name):
+            return False
+        if self.exclude and self.excluded(os.path.abspath(path)):
             return False
         if root is None:
             return True
@@ -113,7 +121,7 @@ def _walk(folder, file_filter, *, top=False):
         return
     for entry in entries:
         if _is_dir(entry):
-            if not file_filter.ignored(entry.name):
+            if not file_filter.ignored(entry.name) and not file_filter.excluded(entry.path):
                 yield from _walk(entry.path, file_filter)
         elif file_filter.wanted(entry.name) and _is_file(entry):
             yield Path(entry.path)
@@ -131,6 +139,51 @@ def _is_file(entry):
         return entry.is_file()
     except OSError:
         return False
+
+
+def check_roots(roots, *, outdir, state_file):
+    """Refuse roots that would make reduxd read its own files; return the folders to skip.
+
+    A root that is ``/``, lies inside (or is) the output folder, or is the ledger's
+    folder, is refused: reduxd would take its own files for raw frames. The output
+    folder and the ledger's folder, when below a root, are returned (spelled
+    below that root): the watcher neither scans them nor reports their events.
+
+    Raises
+    ------
+    ConfigError
+        Naming the root and the reason.
+
+    Examples
+    --------
+    >>> check_roots(["/data"], outdir="/data/analysis", state_file="/var/lib/r.sqlite")
+    ('/data/analysis',)
+    """
+    out = os.path.realpath(outdir)
+    ledger = os.path.realpath(os.path.dirname(os.path.abspath(state_file)))
+    skip = []
+    for root in roots:
+        real = os.path.realpath(root)
+        if real == os.sep:
+            raise ConfigError(f"watch root {root!r} is the whole filesystem: refused")
+        for what, folder in (("output folder", out), ("ledger's folder", ledger)):
+            if real == folder or (what == "output folder" and _below(real, out)):
+                raise ConfigError(
+                    f"watch root {root!r} is (inside) the {what} {folder}: reduxd would"
+                    " reduce its own files; keep the output and the ledger out of the data"
+                    " folders, or in a subfolder of them"
+                )
+        for folder in (out, ledger):
+            if _below(folder, real) and folder != real:
+                spelled = os.path.join(os.path.abspath(root), os.path.relpath(folder, real))
+                if spelled not in skip:
+                    skip.append(spelled)
+    return tuple(skip)
+
+
+def _below(path, folder):
+    """True when ``path`` is ``folder`` or inside it (both real, absolute)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 # -- observers ---------------------------------------------------------------------
@@ -237,6 +290,9 @@ class Watcher:
         Seconds between snapshots of a polling observer.
     ignore_patterns, extensions : sequence of str
         Passed to :class:`FileFilter`.
+    exclude : sequence of path-like
+        Folders below a root that are never scanned nor reported (reduxd's output
+        folder and the ledger's folder: see :func:`check_roots`).
     max_failures : int
         Consecutive failed checks of an existing root before
         :meth:`check_and_restart` raises :class:`WatchError`.
@@ -260,6 +316,7 @@ class Watcher:
         poll_interval: float = 2.0,
         ignore_patterns: Iterable[str] = DEFAULT_IGNORE,
         extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+        exclude: Iterable[str | os.PathLike] = (),
         max_failures: int = 5,
     ):
         if observer not in OBSERVER_KINDS:
@@ -268,7 +325,8 @@ class Watcher:
         self.mode = observer
         self.poll_interval = poll_interval
         self.max_failures = max_failures
-        self.file_filter = FileFilter(tuple(ignore_patterns), tuple(extensions))
+        excluded = tuple(os.path.abspath(e) for e in exclude)
+        self.file_filter = FileFilter(tuple(ignore_patterns), tuple(extensions), excluded)
         self._fallback = {}  # root -> 'polling' after inotify failed to start there
         roots = [os.path.abspath(r) for r in roots]
         self._roots = [_RootWatch(r, self._kind_for(r)) for r in roots]
