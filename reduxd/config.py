@@ -79,7 +79,7 @@ class Calibration:
     flat_scale: str = field(default="none", metadata=_one_of(("none", "median")))
     temperature_tolerance: float = field(default=3.0, metadata=NON_NEGATIVE)
     max_age_days: float = field(default=30.0, metadata=NON_NEGATIVE)
-    hot_sigma: float = field(default=10.0, metadata=POSITIVE)
+    hot_sigma: float = field(default=0.0, metadata=NON_NEGATIVE)
     low_flat: float = field(default=0.5, metadata=_check(lambda v: 0 <= v < 1, "between 0 and 1"))
     master_max_deviation: float = field(default=0.5, metadata=POSITIVE)
     force: bool = False
@@ -91,13 +91,15 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Photometry:
-    radius: float = field(default=15.0, metadata=POSITIVE)
+    radius: float = field(default=0.0, metadata=NON_NEGATIVE)
     radius_fwhm: float = field(default=0.0, metadata=NON_NEGATIVE)
     sky_method: str = field(default="annulus", metadata=_one_of(SKY_METHODS))
     subframe: int = field(default=25, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
-    annulus: tuple[float, float] = field(
-        default=(20.0, 30.0), metadata=_check(lambda v: 0 < v[0] < v[1], "0 < r_in < r_out")
-    )
+    annulus: tuple[float, ...] = field(
+        default=(),
+        metadata=_check(lambda v: len(v) == 0 or (len(v) == 2 and 0 < v[0] < v[1]),
+                        "[] or [r_in, r_out] with 0 < r_in < r_out"),
+    )  # fmt: skip
     sky_region: tuple[int, ...] = field(
         default=(), metadata=_check(lambda v: len(v) in (0, 4), "[] or [x0, x1, y0, y1]")
     )
@@ -116,7 +118,7 @@ class Lightcurve:
         default=(), metadata=_check(lambda v: len(v) in (0, 1, 2), "[], [star_id] or [x, y]")
     )
     comparisons: tuple[tuple[float, ...], ...] = ()
-    n_comparisons: int = field(default=5, metadata=POSITIVE)
+    n_comparisons: int = field(default=10, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)

@@ -743,7 +743,7 @@ class Pipeline:
                 groups[key].append({**m.row, "version": m.version, "current": 1})
         lc = self.config.lightcurve
         for (obj, filt), rows in groups.items():
-            table = tables.rows_to_table(rows)
+            table = lightcurve.field_table(rows)
             common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
                           save=self.config.output.save)  # fmt: skip
             try:

@@ -79,7 +79,7 @@ def phot_params(config, camera):
         radius_fwhm=p.radius_fwhm,
         sky_method=p.sky_method,
         subframe=p.subframe,
-        annulus=tuple(p.annulus),
+        annulus=tuple(p.annulus) or None,
         sky_region=region,
         smoothing=p.smoothing,
         detect_sigma=p.detect_sigma,
@@ -154,8 +154,13 @@ def calibrate(raw, info, plan, *, cache, config, camera):
     )
 
 
-def contract_rows(table, *, info, night, relpath, obj, calib, radius):
-    """Return the photometry contract rows (dicts) for one light's star table."""
+def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None):
+    """Return the photometry contract rows (dicts) for one light's star table.
+
+    With ``apertures`` (multi-aperture photometry) each row also has
+    ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (lists, one value per radius):
+    kept in the ledger for the light curve, not written to the photometry tables.
+    """
     mid = info.date_mid
     date_obs = mid.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if mid else ""
     from astropy.time import Time  # see LIGHT_MODULES
@@ -179,6 +184,10 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius):
     columns["star_id"] = np.asarray(table["star_id"], dtype=np.int64).tolist()
     columns["flags"] = np.asarray(table["flags"], dtype=np.int64).tolist()
     base["radius"] = float(radius)
+    if apertures is not None:
+        base["radius_ap"] = [round(float(r), 4) for r in apertures["radii"]]
+        columns["flux_ap"] = apertures["flux"].tolist()
+        columns["flux_err_ap"] = apertures["flux_err"].tolist()
     return [
         {**base, **{name: values[i] for name, values in columns.items()}} for i in range(len(table))
     ]
@@ -219,6 +228,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         obj=obj,
         calib=label,
         radius=phot.radius,
+        apertures=phot.apertures,
     )
     header = raw.header
     return LightResult(

@@ -9,7 +9,7 @@ from astropy.io import fits
 from fitsverify import assert_valid
 
 from reduxd import maskbits
-from reduxd.config import Camera
+from reduxd.config import Calibration, Camera
 from reduxd.products.fitsout import read_master, write_master
 from reduxd.steps import masters as M
 
@@ -272,6 +272,18 @@ def test_bad_pixel_mask_finds_hot_and_dead_pixels(night):
     assert set(np.unique(mask)) == {0, maskbits.BAD}
     with pytest.raises(ValueError):
         M.bad_pixel_mask(hot_sigma=10.0, low_flat=0.5)
+
+
+def test_warm_pixels_removed_by_the_dark_are_not_bad_by_default(night):
+    """Default hot_sigma = 0: only dead/low-flat (and non-finite) pixels are bad."""
+    _, truth, _, frames = night
+    bias = M.make_bias(frames["bias"])
+    dc = M.make_dark_current(M.make_dark(frames["dark"]), bias)
+    flat = M.make_flat(frames["flat"], bias=bias, dark_current=dc)
+    hot_sigma = Calibration().hot_sigma
+    mask = M.bad_pixel_mask(dark_current=dc, flat=flat, hot_sigma=hot_sigma, low_flat=0.5)
+    assert set(zip(*np.nonzero(mask), strict=True)) == set(truth.dead)
+    assert not any(mask[p] for p in truth.hot)
 
 
 def test_saturation_level():

@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from reduxd.steps import detect, sky
 from reduxd.steps.match import FieldReference, assign_ids, brightest, find_offset
-from reduxd.steps.measure import COLUMNS, Flag, describe, measure
+from reduxd.steps.measure import COLUMNS, Flag, describe, measure, measure_radii
 
 __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 
@@ -28,11 +28,11 @@ __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 class PhotParams:
     """Options of the photometry step (see config.toml, section [photometry])."""
 
-    radius: float = 15.0  # -R, pixels
+    radius: float = 15.0  # -R, pixels; 0 = from the seeing (``fwhm_factors``)
     radius_fwhm: float = 0.0  # >0: radius = radius_fwhm * measured FWHM
     sky_method: str = "radial"  # global | annulus | radial | mesh
     subframe: int = 25  # -L, side of the radial-fit subframe
-    annulus: tuple[float, float] = (20.0, 30.0)
+    annulus: tuple[float, float] | None = (20.0, 30.0)  # None: (r_max + 5, r_max + 15)
     sky_region: tuple[int, int, int, int] | None = None  # x0, x1, y0, y1 for global
     smoothing: float = 0.0  # -S, detection only
     detect_sigma: float = 5.0
@@ -49,6 +49,9 @@ class PhotParams:
     binning: int = 4  # binning of the cheap peak search on following frames
     n_bright: int = 30  # reference stars used to find the offset
     keep_profiles: bool = False  # radial profiles in PhotResult.profiles (plots)
+    # radius 0 and radius_fwhm 0: every star through these multiples of the frame's
+    # FWHM; the first one listed is the ``flux`` column, the light curve picks one
+    fwhm_factors: tuple[float, ...] = (2.0, 1.0, 1.25, 1.5, 2.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,23 @@ class PhotResult:
     profiles: list | None = None
     n_new: int = 0  # stars added to the reference by this frame
     radius: float = 0.0  # aperture radius used, pixels (differs from params with radius_fwhm)
+    apertures: dict | None = None  # multi-aperture: radii (nr,), flux and flux_err (n, nr)
 
 
-def _radius(params, fwhm):
+def _radii(params, fwhm):
+    """Aperture radii of a frame (pixels); the first is the ``flux`` column's."""
     if params.radius_fwhm > 0 and np.isfinite(fwhm):
-        return float(params.radius_fwhm * fwhm)
-    return float(params.radius)
+        return [float(params.radius_fwhm * fwhm)]
+    if params.radius > 0:
+        return [float(params.radius)]
+    fwhm = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 4.0
+    return [max(1.0, k * fwhm) for k in params.fwhm_factors]
+
+
+def _annulus(params, radii):
+    if params.annulus:
+        return tuple(params.annulus)
+    return (max(radii) + 5.0, max(radii) + 15.0)
 
 
 def _frame_fwhm(fwhm, flux, fallback):
@@ -79,7 +93,8 @@ def _frame_fwhm(fwhm, flux, fallback):
 
 
 def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
-    radius = _radius(params, frame_fwhm)
+    radii = _radii(params, frame_fwhm)
+    radius = radii[0]
     guess = np.where(np.isfinite(fwhm), fwhm, frame_fwhm)
     estimate = sky.estimate_sky(
         data,
@@ -88,7 +103,7 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
         method=params.sky_method,
         mask=mask,
         region=params.sky_region or None,
-        annulus=params.annulus,
+        annulus=_annulus(params, radii),
         size=params.subframe,
         fwhm=guess,
         fit_quality=params.fit_quality,
@@ -96,21 +111,21 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
         radius=radius,
         keep=params.keep_profiles,
     )
-    table = measure(
-        data,
-        x,
-        y,
-        radius=radius,
-        sky=estimate,
-        exptime=exptime,
+    detector = dict(
         gain_e_per_adu=params.gain_e_per_adu,
         read_noise_e=params.read_noise_e,
         dark_e_per_s=params.dark_e_per_s,
-        mask=mask,
-        min_snr=params.min_snr,
         noise=params.noise,
     )
-    return table, estimate, radius
+    table = measure(
+        data, x, y, radius=radius, sky=estimate, exptime=exptime, mask=mask,
+        min_snr=params.min_snr, flag_radius=max(radii), **detector,
+    )  # fmt: skip
+    apertures = None
+    if len(radii) > 1:
+        flux, flux_err = measure_radii(data, x, y, radii=radii, sky=estimate, **detector)
+        apertures = {"radii": np.asarray(radii), "flux": flux, "flux_err": flux_err}
+    return table, estimate, radius, apertures
 
 
 def _neighbour_within(x, y, radius):
@@ -164,7 +179,7 @@ def _first_frame(data, mask, exptime, params, reference):
         box=params.mesh_box,
     )
     frame_fwhm = found.frame_fwhm
-    table, estimate, radius = _measure_stars(
+    table, estimate, radius, apertures = _measure_stars(
         data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm
     )
     base = FieldReference.empty() if reference is None else reference
@@ -192,7 +207,7 @@ def _first_frame(data, mask, exptime, params, reference):
     n_new = len(ref) - len(base)
     cards = _cards(params, radius, frame_fwhm, offset, table, estimate, n_new, votes)
     profiles = _profiles(params, estimate, ids)
-    return PhotResult(table, ref, offset, frame_fwhm, cards, profiles, n_new, radius)
+    return PhotResult(table, ref, offset, frame_fwhm, cards, profiles, n_new, radius, apertures)
 
 
 def _inside(shape, x, y):
@@ -283,7 +298,9 @@ def _next_frame(data, mask, exptime, params, reference):
         data, mask, params, peaks, reference.x + dx, reference.y + dy, frame_fwhm
     )
     x, y, fwhm = np.r_[x, new_x], np.r_[y, new_y], np.r_[fwhm, new_fwhm]
-    table, estimate, radius = _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm)
+    table, estimate, radius, apertures = _measure_stars(
+        data, mask, exptime, params, x, y, fwhm, frame_fwhm
+    )
     n_new = new_x.size
     ref = reference.extend(new_x - dx, new_y - dy, np.asarray(table["flux"])[x.size - n_new :])
     ids = np.r_[ids, ref.star_id[len(reference) :]]
@@ -291,7 +308,7 @@ def _next_frame(data, mask, exptime, params, reference):
     table = _finish(table, ids, fwhm, frame_fwhm, radius, params)
     cards = _cards(params, radius, frame_fwhm, (dx, dy), table, estimate, n_new, votes)
     profiles = _profiles(params, estimate, ids)
-    return PhotResult(table, ref, (dx, dy), frame_fwhm, cards, profiles, n_new, radius)
+    return PhotResult(table, ref, (dx, dy), frame_fwhm, cards, profiles, n_new, radius, apertures)
 
 
 def photometer(data, *, mask=None, exptime, params, reference=None):
