@@ -106,7 +106,7 @@ class _Grid:
                 rate=self.rate_ap[:, :, k],
                 rate_err=self.rate_err_ap[:, :, k],
                 radius=self.radius_ap[:, k],
-            )  # fmt: skip
+            )
             for k in range(self.rate_ap.shape[2])
         ]
 
@@ -416,9 +416,8 @@ def _candidates(grid, allowed, coverage):
             dropped[sid] = f"saturated in {saturated[j]} of {nf} frames"
         elif frac[j] < limit:
             used = int(usable[:, j].sum())
-            dropped[sid] = (
-                f"usable in {used} of {nf} frames (< {limit:.0%}): {_flag_summary(grid.flags[:, j])}"
-            )
+            why = _flag_summary(grid.flags[:, j])
+            dropped[sid] = f"usable in {used} of {nf} frames (< {limit:.0%}): {why}"
         else:
             out.append(j)
     return out, dropped
@@ -426,7 +425,7 @@ def _candidates(grid, allowed, coverage):
 
 def _by_brightness(grid, cands, target_col, size):
     """The ``size`` candidates to test: near the target's brightness (-3 to +1.5 mag) first."""
-    rel, rel_err, use, ref = _rel(grid, cands)
+    _, rel_err, use, ref = _rel(grid, cands)
     precision = 1.0 / np.sqrt(np.maximum(_weights(rel_err, use), 1e-300))
     if target_col is not None and _usable(grid)[:, target_col].any():
         t_ref = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
@@ -444,7 +443,10 @@ def _by_brightness(grid, cands, target_col, size):
 
 
 def _reject_variables(grid, pool, reject):
-    """Drop, one at a time, the star least steady against the others; return (keep, chi, dropped)."""
+    """Drop, one at a time, the star least steady against the others.
+
+    Returns ``(keep, chi, scatter, dropped)``.
+    """
     rel, rel_err, use, _ = _rel(grid, pool)
     w = _weights(rel_err, use)
     keep = np.ones(len(pool), dtype=bool)
@@ -483,7 +485,7 @@ def select_ensemble(grid, *, target_col, n, exclude_cols=(), reject=2.0, coverag
         return Ensemble((), (), dropped)
     pool, far = _by_brightness(grid, cands, target_col, max(3 * n, n + 10))
     dropped.update(far)
-    keep, chi, scatter, variable = _reject_variables(grid, pool, reject)
+    keep, _, scatter, variable = _reject_variables(grid, pool, reject)
     dropped.update(variable)
     ranked = [i for i in np.argsort(scatter, kind="stable") if keep[i]]
     for i in ranked[n:]:
