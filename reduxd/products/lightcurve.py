@@ -331,7 +331,7 @@ def p2p_scatter(values):
     Examples
     --------
     >>> round(p2p_scatter(np.array([0.0, 1.0, 0.0, 1.0, 0.0])), 4)
-    1.0483
+    1.0484
     """
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
