@@ -32,6 +32,7 @@ from reduxd.products import lightcurve, tables
 from reduxd.products.fitsout import read_master, write_master
 from reduxd.reduce import (
     MasterCache,
+    camera_for,
     compute_light,
     field_key,
     measured,
@@ -256,7 +257,7 @@ class Pipeline:
             plan,
             cache=self.cache,
             config=cfg,
-            camera=cfg.camera(info.instrument, info.gain),
+            camera=camera_for(cfg, info),
             reference=base,
             night=night,
             relpath=rel,

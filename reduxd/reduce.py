@@ -9,6 +9,7 @@ about a second): a process busy with calibration frames does not wait for them,
 and ``reduxd reduce`` imports them in a thread while it combines the masters.
 """
 
+import dataclasses
 import math
 import re
 from collections import OrderedDict
@@ -20,9 +21,34 @@ from astropy.io import fits
 
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
+from reduxd.log import get_logger
 from reduxd.products.fitsout import write_calibrated
 from reduxd.steps.calibrate import calibrate_light
-from reduxd.steps.masters import saturation_level
+from reduxd.steps.saturation import saturation
+
+log = get_logger("reduxd.reduce")
+_UNKNOWN_CAMERAS = set()  # (instrument, gain) already warned about in this process
+
+
+def camera_for(config, info):
+    """Return the camera entry of a frame; warn once per process when none matches."""
+    camera = config.camera(info.instrument, info.gain)
+    if any(camera is entry for entry in config.calibration.cameras):
+        return camera
+    key = (info.instrument, info.gain)
+    if key not in _UNKNOWN_CAMERAS:
+        _UNKNOWN_CAMERAS.add(key)
+        log.warning(
+            "camera_unknown",
+            instrument=info.instrument,
+            gain=info.gain,
+            assumed=(
+                f"no [[calibration.cameras]] entry matches: gain {camera.gain_e_per_adu} "
+                f"e-/ADU, read noise {camera.read_noise_e} e-, saturation from SATURATE/"
+                "DATAMAX, else the data's ADC ceiling, else the file type (x 0.95)"
+            ),
+        )
+    return camera
 
 
 @dataclass(frozen=True)
@@ -136,9 +162,14 @@ def field_key(info, relpath):
 
 
 def calibrate(raw, info, plan, *, cache, config, camera):
-    """Calibrate a raw light following ``plan`` (masters loaded through ``cache``)."""
+    """Calibrate a raw light following ``plan`` (masters loaded through ``cache``).
+
+    The saturation level comes from :func:`reduxd.steps.saturation.saturation`;
+    its source is the ``RDXSATSR`` card.
+    """
     cal = config.calibration
-    return calibrate_light(
+    level, source = saturation(raw.header, camera, raw.data)
+    result = calibrate_light(
         raw.data,
         info,
         dark=cache.get(plan.dark),
@@ -146,12 +177,14 @@ def calibrate(raw, info, plan, *, cache, config, camera):
         dark_current=cache.get(plan.dark_current),
         flat=cache.get(plan.flat),
         bad_pixels=plan.bad_pixels,
-        saturation=saturation_level(raw.header, camera),
+        saturation=level,
         no_dark=cal.no_dark,
         no_flat=cal.no_flat,
         force=cal.force,
         sources=plan.sources(),
     )
+    card = ("RDXSATSR", source, "where RDXSATUR comes from")
+    return dataclasses.replace(result, cards=(*result.cards, card))
 
 
 def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None):
@@ -305,7 +338,7 @@ def compute_light(path, rel, plan, reference, config, night, durable=True):
     """
     raw = read_light(path, config)
     info = classify(raw.header, rel, config.classify)
-    camera = config.camera(info.instrument, info.gain)
+    camera = camera_for(config, info)
     result = reduce_light(
         raw,
         info,
