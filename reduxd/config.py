@@ -76,7 +76,7 @@ class Calibration:
     combine: str = field(default="median", metadata=_one_of(COMBINE_METHODS))
     clip_sigma: float = field(default=3.0, metadata=POSITIVE)
     max_memory_mb: float = field(default=2048.0, metadata=POSITIVE)
-    flat_scale: str = field(default="none", metadata=_one_of(("none", "median")))
+    flat_scale: str = field(default="median", metadata=_one_of(("none", "median")))
     temperature_tolerance: float = field(default=3.0, metadata=NON_NEGATIVE)
     max_age_days: float = field(default=30.0, metadata=NON_NEGATIVE)
     hot_sigma: float = field(default=0.0, metadata=NON_NEGATIVE)

@@ -38,7 +38,7 @@ def test_shipped_config_loads():
 def test_defaults_without_a_file():
     config = load_config()
     assert config.calibration.combine == "median"
-    assert config.calibration.flat_scale == "none"
+    assert config.calibration.flat_scale == "median"
 
 
 @pytest.mark.parametrize(

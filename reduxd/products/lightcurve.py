@@ -497,20 +497,29 @@ def select_ensemble(grid, *, target_col, n, exclude_cols=(), reject=2.0, coverag
     return Ensemble(tuple(int(grid.star_ids[j]) for j in members), tuple(weights), dropped)
 
 
-def ensemble_weights(grid, columns):
+def ensemble_weights(grid, columns, *, iterations=4):
     """Inverse-variance weights of comparison ``columns``, normalised to sum 1.
 
-    The variance of each star is its median reported relative variance, raised to
-    its measured scatter against the other comparisons when that is larger.
+    Each star's variance is measured, not just reported: its point-to-point
+    scatter against the weighted ensemble of the others, ``s_i``, minus that
+    ensemble's own variance, ``1 / sum_{j != i} w_j``, iterated from the median
+    reported relative variances (never below half of them). Reported errors of
+    bright stars miss the noise floor (scintillation, flat-field), so weights
+    from them alone put too much on the brightest star.
     """
     columns = list(columns)
     if not columns:
         return []
     rel, rel_err, use, _ = _rel(grid, columns)
     w = _weights(rel_err, use)
-    if len(columns) >= 3 and len(grid.files) >= 3:
-        chi, _ = _steadiness(rel, rel_err, use, w)
-        w = w / np.maximum(1.0, np.where(np.isfinite(chi), chi, 1.0)) ** 2
+    if len(columns) >= 3 and len(grid.files) >= 5 and np.all(w > 0):
+        reported = 1.0 / w
+        for _ in range(iterations):
+            ratio, _ = _leave_one_out(rel, rel_err, use, w)
+            s2 = _p2p_columns(ratio) ** 2
+            others = np.sum(w) - w
+            var = np.where(np.isfinite(s2), s2 - 1.0 / others, reported)
+            w = 1.0 / np.maximum(var, 0.5 * reported)
     if not np.any(w > 0):
         w = np.ones(len(columns))
     return [float(v) for v in w / w.sum()]

@@ -476,7 +476,7 @@ def make_flat(
     dark=None,
     bias=None,
     dark_current=None,
-    flat_scale="none",
+    flat_scale="median",
     method="median",
     clip_sigma=3.0,
     max_memory_mb=2048,
