@@ -341,9 +341,24 @@ def p2p_scatter(values):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
+def _per_frame(w, rel_err, use):
+    """Per-frame weights: ``w`` scaled by each frame's reported variance over the median one.
+
+    Through cloud a faint star's relative error grows faster than a bright one's
+    (sky and read noise take over), so its weight drops in those frames.
+    """
+    typical = np.array(
+        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
+         for j in range(use.shape[1])]
+    )  # fmt: skip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = (typical[None, :] / rel_err) ** 2
+    return np.where(use & np.isfinite(factor), w[None, :] * factor, 0.0)
+
+
 def _leave_one_out(rel, rel_err, use, w):
     """Each star divided by the weighted ensemble of the others: (ratio, ratio_err), (nf, n)."""
-    wu = np.where(use, w[None, :], 0.0)
+    wu = _per_frame(np.asarray(w, dtype=float), rel_err, use)
     num = np.nansum(np.where(use, wu * rel, 0.0), axis=1)[:, None] - np.where(use, wu * rel, 0.0)
     den = wu.sum(axis=1)[:, None] - wu
     var = np.nansum(np.where(use, (wu * rel_err) ** 2, 0.0), axis=1)[:, None]
@@ -497,29 +512,38 @@ def select_ensemble(grid, *, target_col, n, exclude_cols=(), reject=2.0, coverag
     return Ensemble(tuple(int(grid.star_ids[j]) for j in members), tuple(weights), dropped)
 
 
-def ensemble_weights(grid, columns, *, iterations=4):
-    """Inverse-variance weights of comparison ``columns``, normalised to sum 1.
+def measured_variances(grid, columns, *, iterations=4):
+    """Each comparison's relative variance, measured against the others.
 
-    Each star's variance is measured, not just reported: its point-to-point
-    scatter against the weighted ensemble of the others, ``s_i``, minus that
-    ensemble's own variance, ``1 / sum_{j != i} w_j``, iterated from the median
-    reported relative variances (never below half of them). Reported errors of
-    bright stars miss the noise floor (scintillation, flat-field), so weights
-    from them alone put too much on the brightest star.
+    The point-to-point scatter of a star against the weighted ensemble of the
+    others, ``s_i``, minus that ensemble's own variance ``1 / sum_{j != i} w_j``
+    (``w = 1 / variance``), iterated from the median reported relative
+    variances; never below half of the reported value. Reported errors of bright
+    stars miss the noise floor (scintillation, flat-field), so weights from them
+    alone put too much on the brightest star.
     """
+    rel, rel_err, use, _ = _rel(grid, columns)
+    w = _weights(rel_err, use)
+    with np.errstate(divide="ignore"):
+        reported = np.where(w > 0, 1.0 / w, np.inf)
+    if len(columns) < 3 or len(grid.files) < 5 or not np.all(w > 0):
+        return reported
+    var = reported
+    for _ in range(iterations):
+        ratio, _ = _leave_one_out(rel, rel_err, use, 1.0 / var)
+        s2 = _p2p_columns(ratio) ** 2
+        others = np.sum(1.0 / var) - 1.0 / var
+        var = np.maximum(np.where(np.isfinite(s2), s2 - 1.0 / others, reported), 0.5 * reported)
+    return var
+
+
+def ensemble_weights(grid, columns):
+    """Inverse-variance weights (:func:`measured_variances`) of ``columns``, summing to 1."""
     columns = list(columns)
     if not columns:
         return []
-    rel, rel_err, use, _ = _rel(grid, columns)
-    w = _weights(rel_err, use)
-    if len(columns) >= 3 and len(grid.files) >= 5 and np.all(w > 0):
-        reported = 1.0 / w
-        for _ in range(iterations):
-            ratio, _ = _leave_one_out(rel, rel_err, use, w)
-            s2 = _p2p_columns(ratio) ** 2
-            others = np.sum(w) - w
-            var = np.where(np.isfinite(s2), s2 - 1.0 / others, reported)
-            w = 1.0 / np.maximum(var, 0.5 * reported)
+    with np.errstate(divide="ignore"):
+        w = 1.0 / measured_variances(grid, columns)
     if not np.any(w > 0):
         w = np.ones(len(columns))
     return [float(v) for v in w / w.sum()]
@@ -584,7 +608,7 @@ def _ensemble(grid, columns, weights=None):
         )  # fmt: skip
         rel, rel_err = np.where(fallback, raw, rel), np.where(fallback, raw_err, rel_err)
         use = use | fallback
-    wu = np.where(use, w[None, :], 0.0)
+    wu = _per_frame(w, rel_err, use)
     den = wu.sum(axis=1)
     total = float(np.nansum(ref))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -896,20 +920,28 @@ def _ensemble_for(grid, target_col, comparison_ids, n):
     return select_ensemble(grid, target_col=target_col, n=n)
 
 
-def ensemble_scatter(grid, ensemble):
-    """Noise of the ensemble measured on its members: ``1 / sqrt(sum 1 / s_i**2)``.
+def ensemble_scatter(grid, ensemble, *, target_col=None):
+    """Expected point-to-point noise (mag) of a differential curve with this ensemble.
 
-    ``s_i`` is the point-to-point scatter (mag) of member ``i`` against the others.
+    From the comparisons only (:func:`measured_variances`): the ensemble's noise
+    ``1 / sqrt(sum 1 / var_i)``, and, when a target column is given, in
+    quadrature the noise of the member nearest the target in brightness, a
+    stand-in for the target (whose own curve is never looked at).
     """
     columns = [grid.column(int(c)) for c in ensemble.ids]
-    if len(columns) < 2:
+    if len(columns) < 3:
         return math.inf
-    rel, rel_err, use, _ = _rel(grid, columns)
-    ratio, _ = _leave_one_out(rel, rel_err, use, np.asarray(ensemble.weights))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scatter = MAG_ERR * _p2p_columns(ratio)
-    scatter = scatter[np.isfinite(scatter) & (scatter > 0)]
-    return float(1.0 / np.sqrt(np.sum(1.0 / scatter**2))) if scatter.size else math.inf
+    var = measured_variances(grid, columns)
+    if not np.all(np.isfinite(var)):
+        return math.inf
+    total = float(1.0 / np.sum(1.0 / var))
+    if target_col is not None and _usable(grid)[:, target_col].any():
+        _, _, _, ref = _rel(grid, columns)
+        level = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
+        k = int(np.argmin(np.abs(np.log(ref / level))))
+        rest = np.delete(var, k)
+        total = float(var[k] + 1.0 / np.sum(1.0 / rest))
+    return MAG_ERR * math.sqrt(total)
 
 
 def _radius_key(radius):
@@ -929,7 +961,7 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
     trials = []
     for g in grid.apertures():
         ens = _ensemble_for(g, target_col, comparison_ids, n)
-        trials.append((ensemble_scatter(g, ens), g, ens))
+        trials.append((ensemble_scatter(g, ens, target_col=target_col), g, ens))
     best = min(range(len(trials)), key=lambda k: trials[k][0])
     scatter = {
         _radius_key(g.radius): (round(v, 6) if math.isfinite(v) else None) for v, g, _ in trials
