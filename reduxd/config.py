@@ -50,6 +50,9 @@ class Site:
     utc_offset_hours: float = field(
         default=-5.0, metadata=_check(lambda v: -14 <= v <= 14, "hours between -14 and 14")
     )
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None  # east positive
+    elevation_m: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -187,12 +187,29 @@ def calibrate(raw, info, plan, *, cache, config, camera):
     return dataclasses.replace(result, cards=(*result.cards, card))
 
 
-def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None):
+def frame_place(header, config):
+    """Return ``{pointing, site, site_source}`` of a light for its rows (BJD_TDB, airmass)."""
+    from reduxd.steps.times import pointing, site  # see LIGHT_MODULES
+
+    where, source = site(header), "header"
+    s = config.site
+    if where is None and s.latitude_deg is not None and s.longitude_deg is not None:
+        where, source = (s.latitude_deg, s.longitude_deg, s.elevation_m), "config [site]"
+    radec = pointing(header)
+    return {
+        "pointing": list(radec) if radec else None,
+        "site": list(where) if where else None,
+        "site_source": source if where else "",
+    }
+
+
+def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None, place=None):
     """Return the photometry contract rows (dicts) for one light's star table.
 
     With ``apertures`` (multi-aperture photometry) each row also has
     ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (lists, one value per radius):
     kept in the ledger for the light curve, not written to the photometry tables.
+    ``place`` (:func:`frame_place`) is kept the same way.
     """
     mid = info.date_mid
     date_obs = mid.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if mid else ""
@@ -217,6 +234,7 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
     columns["star_id"] = np.asarray(table["star_id"], dtype=np.int64).tolist()
     columns["flags"] = np.asarray(table["flags"], dtype=np.int64).tolist()
     base["radius"] = float(radius)
+    base.update(place or {})
     if apertures is not None:
         base["radius_ap"] = [round(float(r), 4) for r in apertures["radii"]]
         columns["flux_ap"] = apertures["flux"].tolist()
@@ -245,6 +263,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         For the contract rows.
     """
     from reduxd.steps.photometry import photometer  # see LIGHT_MODULES
+    from reduxd.steps.times import time_cards
 
     cal = calibrate(raw, info, plan, cache=cache, config=config, camera=camera)
     params = phot_params(config, camera)
@@ -262,11 +281,11 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         calib=label,
         radius=phot.radius,
         apertures=phot.apertures,
+        place=frame_place(raw.header, config),
     )
     header = raw.header
-    return LightResult(
-        cal.data, cal.mask, header, list(cal.cards) + list(phot.cards), phot, rows, label
-    )
+    cards = list(cal.cards) + list(phot.cards) + time_cards(info, raw.header)
+    return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
 @dataclass(frozen=True)

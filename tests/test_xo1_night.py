@@ -55,6 +55,10 @@ def test_no_nan_enough_comparisons_and_low_scatter(xo1_curve):
     # the radius follows the seeing (FWHM 2.5-4 px), not the old 15 px default
     assert 2.5 <= lc.meta["aperture"]["radius_px"] <= 12.0
     assert lc.meta["dropped"]  # every candidate left out is named with its reason
+    # times and airmass computed for every frame (49 headers say AIRMASS = 13.37)
+    assert np.all(np.diff(lc["bjd_tdb"]) > 0)
+    assert np.all((lc["airmass"] > 1.0) & (lc["airmass"] < 1.2))
+    assert "site from header" in lc.meta["time"]
 
 
 def test_errors_are_honest_on_clear_frames(xo1_curve):

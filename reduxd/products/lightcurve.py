@@ -95,6 +95,8 @@ class _Grid:
     rate_ap: np.ndarray | None = None
     rate_err_ap: np.ndarray | None = None
     radius_ap: np.ndarray | None = None
+    place: np.ndarray | None = None  # (nf, 5): PLACE_COLUMNS of each frame
+    site_source: np.ndarray | None = None  # (nf,) str
 
     def apertures(self):
         """Return one grid per aperture radius (just this grid without multi-aperture data)."""
@@ -126,6 +128,14 @@ class _Grid:
 
 
 APERTURE_KEYS = ("radius_ap", "flux_ap", "flux_err_ap")
+PLACE_COLUMNS = ("ra_deg", "dec_deg", "site_lat", "site_lon", "site_height")
+
+
+def _place(row):
+    """(ra, dec, lat, lon, height) of a row's frame; NaN where unknown."""
+    radec = row.get("pointing") or (math.nan, math.nan)
+    where = row.get("site") or (math.nan, math.nan, math.nan)
+    return (*radec, *where)
 
 
 def field_table(rows):
@@ -136,6 +146,11 @@ def field_table(rows):
     """
     rows = list(rows)
     table = rows_to_table(rows)
+    if rows and all("pointing" in r and "site" in r for r in rows):
+        place = np.array([_place(r) for r in rows], dtype=np.float64)
+        for k, name in enumerate(PLACE_COLUMNS):
+            table[name] = place[:, k]
+        table["site_source"] = [str(r.get("site_source") or "") for r in rows]
     sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
@@ -204,6 +219,12 @@ def _grid(table):
         radius_ap = np.full((len(ufiles), nr), np.nan)
         radius_ap[fi] = np.asarray(table["radius_ap"], dtype=np.float64)
         extra = dict(rate_ap=rate_ap, rate_err_ap=err_ap, radius_ap=radius_ap)
+    if all(name in table.colnames for name in PLACE_COLUMNS):
+        place = np.full((len(ufiles), len(PLACE_COLUMNS)), np.nan)
+        place[fi] = np.column_stack([np.asarray(table[n], dtype=float) for n in PLACE_COLUMNS])
+        source = np.full(len(ufiles), "", dtype=object)
+        source[fi] = np.asarray(table["site_source"]).astype(str)
+        extra.update(place=place, site_source=source)
     return _Grid(
         files=ufiles[order],
         date_obs=frame_dates,
@@ -648,6 +669,32 @@ def _add(table, name, values, unit, description, fmt=".5f"):
         table[name].format = fmt
 
 
+def _add_times(table, grid):
+    """Add ``bjd_tdb`` and ``airmass`` (computed) where the frame's pointing and site are known."""
+    if grid.place is None:
+        table.meta["time"] = "no pointing/site in the rows: no bjd_tdb or airmass"
+        return
+    from reduxd.steps.times import bjd_and_airmass
+
+    bjd = np.full(len(grid.files), np.nan)
+    airmass = np.full(len(grid.files), np.nan)
+    known = np.all(np.isfinite(grid.place), axis=1) & np.isfinite(grid.mjd)
+    places, which = np.unique(grid.place[known], axis=0, return_inverse=True)
+    frames = np.flatnonzero(known)
+    for k, place in enumerate(places):  # one vectorised astropy call per pointing and site
+        idx = frames[np.ravel(which) == k]
+        bjd[idx], airmass[idx] = bjd_and_airmass(grid.mjd[idx], *place)
+    _add(table, "bjd_tdb", bjd, "d", "mid-exposure BJD_TDB (astropy light_travel_time)",
+         fmt=".7f")  # fmt: skip
+    _add(table, "airmass", airmass, None, "sec z at mid-exposure, computed from the site")
+    sources = sorted({str(v) for v in grid.site_source[known]})
+    table.meta["time"] = (
+        "bjd_tdb and airmass computed with astropy from the frames' pointing (header "
+        f"OBJCTRA/OBJCTDEC or RA/DEC) and the site from {' and '.join(sources) or 'nowhere'}; "
+        f"{int((~known).sum())} frames without pointing or site have NaN"
+    )
+
+
 def _add_checks(table, grid, comparison_ids):
     columns = [grid.column(int(c)) for c in comparison_ids]
     if len(columns) < 2:
@@ -996,6 +1043,7 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
         out = _frame_table(grid)
         _add_checks(out, grid, comparison_ids)
     _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
+    _add_times(out, grid)
     _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
