@@ -44,6 +44,7 @@ class Flag(enum.IntFlag):
     BLEND = 32  # another star inside the aperture, or split from a blended region
     NONPOSITIVE_FLUX = 64  # flux <= 0: no magnitude
     LARGE_FWHM = 128  # FWHM more than twice the frame's median (defocused, extended)
+    NOT_RECENTRED = 256  # re-centring failed: measured at the predicted position
 
 
 Flags = Flag  # the name used in reduxd.products.tables

@@ -6,9 +6,11 @@ sky, aperture measurement, IDs 1..N from the brightest star down.
 Following frames (``reference`` given): no full detection. The offset comes
 from a vote between the reference's brightest stars and the brightest peaks
 of a 4x4-binned image (``match.find_offset``); known stars are re-centred in
-small boxes (a star that cannot be re-centred within ``match_radius`` is
-measured at its predicted position); peaks of the binned image far from every
-known star are vetted at full resolution and become new stars with new IDs.
+small boxes, with a similarity (shift, rotation, scale) fitted to them when the
+field rotates (a star that cannot be re-centred within ``match_radius`` is
+measured at its predicted position and flagged NOT_RECENTRED); peaks of the
+binned image far from every known star are vetted at full resolution and become
+new stars with new IDs.
 """
 
 from dataclasses import dataclass, replace
@@ -270,8 +272,40 @@ def _cheap_offset(peaks, reference, params):
     return dx, dy, votes, votes >= min(3, bright.size)
 
 
+def fit_similarity(x0, y0, x1, y1):
+    """Least-squares similarity (scale, rotation, shift) taking (x0, y0) to (x1, y1).
+
+    Returns a function ``(x, y) -> (x', y')``; a pure shift with fewer than 3 pairs.
+
+    Examples
+    --------
+    >>> t = np.radians(0.6)
+    >>> x0, y0 = np.array([0.0, 500.0, 0.0, 500.0]), np.array([0.0, 0.0, 500.0, 500.0])
+    >>> x1 = np.cos(t) * x0 - np.sin(t) * y0 + 3.0
+    >>> y1 = np.sin(t) * x0 + np.cos(t) * y0 - 2.0
+    >>> xp, yp = fit_similarity(x0, y0, x1, y1)(np.array([250.0]), np.array([250.0]))
+    >>> bool(abs(xp[0] - (np.cos(t) * 250 - np.sin(t) * 250 + 3)) < 1e-9)
+    True
+    """
+    if x0.size < 3:
+        dx, dy = float(np.median(x1 - x0)), float(np.median(y1 - y0))
+        return lambda x, y: (x + dx, y + dy)
+    # x1 = a x0 - b y0 + c ; y1 = b x0 + a y0 + d
+    ones, zeros = np.ones_like(x0), np.zeros_like(x0)
+    design = np.block([[x0[:, None], -y0[:, None], ones[:, None], zeros[:, None]],
+                       [y0[:, None], x0[:, None], zeros[:, None], ones[:, None]]])  # fmt: skip
+    (a, b, c, d), *_ = np.linalg.lstsq(design, np.r_[x1, y1], rcond=None)
+    return lambda x, y: (a * x - b * y + c, b * x + a * y + d)
+
+
 def _known_stars(data, mask, params, reference, offset):
-    """Re-centre the known stars inside the frame; refine the offset with them."""
+    """Re-centre the known stars inside the frame; refine the offset with them.
+
+    A shift is found first; when the re-centred stars show a rotation (or scale)
+    too, a similarity fitted to them predicts every star again and the stars are
+    re-centred once more. Stars that still cannot be re-centred keep their
+    predicted position and are returned with ``ok`` False (flagged NOT_RECENTRED).
+    """
     dx, dy = offset
     fwhm_guess = reference.fwhm if reference.fwhm > 0 else 4.0
     inside = _inside(data.shape, reference.x + dx, reference.y + dy)
@@ -281,9 +315,15 @@ def _known_stars(data, mask, params, reference, offset):
         dx += float(np.median(rx[ok] - px[ok]))
         dy += float(np.median(ry[ok] - py[ok]))
     px, py = reference.x[inside] + dx, reference.y[inside] + dy
+    if ok.sum() >= 3:
+        model = fit_similarity(reference.x[inside][ok], reference.y[inside][ok], rx[ok], ry[ok])
+        sx, sy = model(reference.x[inside], reference.y[inside])
+        if np.max(np.hypot(sx - px, sy - py)) > 0.5:  # rotation matters: re-centre again
+            px, py = sx, sy
+            rx, ry, fw, wflux, ok = _recentre(data, mask, params, px, py, fwhm_guess)
     fw = np.where(ok, fw, np.nan)
     frame_fwhm = _frame_fwhm(fw, wflux, fwhm_guess)
-    stars = (reference.star_id[inside], np.where(ok, rx, px), np.where(ok, ry, py), fw)
+    stars = (reference.star_id[inside], np.where(ok, rx, px), np.where(ok, ry, py), fw, ok)
     return stars, (dx, dy), frame_fwhm
 
 
@@ -292,7 +332,9 @@ def _next_frame(data, mask, exptime, params, reference):
     dx, dy, votes, trusted = _cheap_offset(peaks, reference, params)
     if not trusted:
         return _first_frame(data, mask, exptime, params, reference)
-    (ids, x, y, fwhm), (dx, dy), frame_fwhm = _known_stars(data, mask, params, reference, (dx, dy))
+    (ids, x, y, fwhm, ok), (dx, dy), frame_fwhm = _known_stars(
+        data, mask, params, reference, (dx, dy)
+    )
     # new stars: peaks far from every known star, also from those just off the frame
     new_x, new_y, new_fwhm = _new_stars(
         data, mask, params, peaks, reference.x + dx, reference.y + dy, frame_fwhm
@@ -306,6 +348,8 @@ def _next_frame(data, mask, exptime, params, reference):
     ids = np.r_[ids, ref.star_id[len(reference) :]]
     ref = replace(ref, fwhm=frame_fwhm)
     table = _finish(table, ids, fwhm, frame_fwhm, radius, params)
+    lost = np.r_[~ok, np.zeros(n_new, bool)]
+    table["flags"][lost] |= Flag.NOT_RECENTRED
     cards = _cards(params, radius, frame_fwhm, (dx, dy), table, estimate, n_new, votes)
     profiles = _profiles(params, estimate, ids)
     return PhotResult(table, ref, (dx, dy), frame_fwhm, cards, profiles, n_new, radius, apertures)
