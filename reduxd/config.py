@@ -116,12 +116,27 @@ class Photometry:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One field's target (``[[lightcurve.targets]]``)."""
+
+    object: str = field(default="", metadata=_check(lambda v: v.strip() != "", "an OBJECT name"))
+    position: tuple[float, ...] = field(
+        default=(), metadata=_check(lambda v: len(v) in (0, 1, 2), "[], [star_id] or [x, y]")
+    )
+    radec: tuple[float, ...] = field(
+        default=(), metadata=_check(lambda v: len(v) in (0, 2), "[] or [ra_deg, dec_deg]")
+    )
+    comparisons: tuple[tuple[float, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class Lightcurve:
     target: tuple[float, ...] = field(
         default=(), metadata=_check(lambda v: len(v) in (0, 1, 2), "[], [star_id] or [x, y]")
     )
     comparisons: tuple[tuple[float, ...], ...] = ()
     n_comparisons: int = field(default=10, metadata=POSITIVE)
+    targets: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -265,6 +280,12 @@ def _validate(config):
             f"{config.source}: [classify.default_kind] expected one of {KINDS}, "
             f"got {cls.default_kind!r}"
         )
+    for target in config.lightcurve.targets:
+        if bool(target.position) == bool(target.radec):
+            raise ConfigError(
+                f"{config.source}: [[lightcurve.targets]] object {target.object!r}: expected "
+                "exactly one of position = [x, y] (or [star_id]) and radec = [ra_deg, dec_deg]"
+            )
     for table in ("types", "path_rules"):
         for kind in getattr(cls, table):
             if kind not in KINDS:

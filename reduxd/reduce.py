@@ -203,6 +203,30 @@ def frame_place(header, config):
     }
 
 
+def target_pixel(header, config, obj):
+    """``{'target_xy': [x, y] or None}`` when field ``obj``'s target is given as RA/Dec.
+
+    0-based pixel position from the header's WCS; None when the header has none.
+    Empty dict when the target is not given as RA/Dec.
+    """
+    from reduxd.products.lightcurve import field_target
+
+    _, _, radec = field_target(config.lightcurve, obj)
+    if radec is None:
+        return {}
+    if not (header.get("CTYPE1") and header.get("CTYPE2")):
+        return {"target_xy": None}
+    import warnings
+
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MaxIm's RADECSYS and similar: astropy fixes them
+        wcs = WCS(header).celestial
+    x, y = wcs.all_world2pix(radec[0], radec[1], 0)
+    return {"target_xy": [float(x), float(y)]}
+
+
 def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None, place=None):
     """Return the photometry contract rows (dicts) for one light's star table.
 
@@ -281,7 +305,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         calib=label,
         radius=phot.radius,
         apertures=phot.apertures,
-        place=frame_place(raw.header, config),
+        place={**frame_place(raw.header, config), **target_pixel(raw.header, config, obj)},
     )
     header = raw.header
     cards = list(cal.cards) + list(phot.cards) + time_cards(info, raw.header)

@@ -151,6 +151,10 @@ def field_table(rows):
         for k, name in enumerate(PLACE_COLUMNS):
             table[name] = place[:, k]
         table["site_source"] = [str(r.get("site_source") or "") for r in rows]
+    if rows and any("target_xy" in r for r in rows):
+        xy = [r.get("target_xy") or (math.nan, math.nan) for r in rows]
+        table["target_x"] = np.array([v[0] for v in xy], dtype=np.float64)
+        table["target_y"] = np.array([v[1] for v in xy], dtype=np.float64)
     sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
@@ -311,6 +315,58 @@ def resolve_star(table, spec, *, radius=5.0):
     return int(grid.star_ids[best])
 
 
+def field_target(lightcurve_config, obj):
+    """Return ``(target, comparisons, radec)`` configured for field ``obj``.
+
+    A ``[[lightcurve.targets]]`` entry whose ``object`` is the field's (case and
+    surrounding spaces ignored) wins; otherwise the global ``target`` and
+    ``comparisons``. ``target`` is a spec for :func:`resolve_star` or None;
+    ``radec`` is ``[ra_deg, dec_deg]`` or None.
+    """
+    for entry in lightcurve_config.targets:
+        if entry.object.strip().lower() == str(obj).strip().lower():
+            comparisons = [list(c) for c in entry.comparisons]
+            return list(entry.position) or None, comparisons, list(entry.radec) or None
+    comparisons = [list(c) for c in lightcurve_config.comparisons]
+    return list(lightcurve_config.target) or None, comparisons, None
+
+
+def resolve_radec(table, *, radius=5.0):
+    """Return the star_id at the target's RA/Dec (rows' ``target_x/target_y`` from the WCS).
+
+    The earliest frame whose header had a WCS is used.
+
+    Raises
+    ------
+    ReduxdError
+        No frame of the field had a WCS, or no star lies within ``radius`` px.
+    """
+    table = _current(table)
+    if "target_x" in table.colnames:
+        x = np.asarray(table["target_x"], dtype=np.float64)
+        known = np.isfinite(x)
+    else:
+        known = np.zeros(len(table), bool)
+    if not known.any():
+        frames = len(set(np.asarray(table["file"]).astype(str))) if len(table) else 0
+        raise ReduxdError(
+            f"target given as RA/Dec, but none of the {frames} frames of this field has a WCS "
+            "in its header: give it as position = [x, y] on the first frame"
+        )
+    mjd = np.asarray(table["mjd"], dtype=np.float64)
+    first = np.asarray(table["file"]).astype(str)[known][np.argmin(mjd[known])]
+    rows = table[np.asarray(table["file"]).astype(str) == first]
+    tx, ty = float(rows["target_x"][0]), float(rows["target_y"][0])
+    dist = np.hypot(np.asarray(rows["x"]) - tx, np.asarray(rows["y"]) - ty)
+    best = int(np.argmin(dist))
+    if dist[best] > radius:
+        raise ReduxdError(
+            f"no star within {radius:g} px of the target's RA/Dec ({tx:.1f}, {ty:.1f}) "
+            f"on {first} (nearest {dist[best]:.1f} px)"
+        )
+    return int(rows["star_id"][best])
+
+
 def _rel(grid, columns):
     """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref)."""
     use = _usable(grid)[:, columns]
@@ -419,6 +475,7 @@ class Ensemble:
     ids: tuple  # star_ids of the members
     weights: tuple  # inverse-variance weights, same order
     dropped: dict  # {star_id: reason}
+    aperture: int = 0  # index of the radius in the rows' multi-aperture columns
 
 
 def _flag_summary(flags):
@@ -1010,13 +1067,14 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
         ens = _ensemble_for(g, target_col, comparison_ids, n)
         trials.append((ensemble_scatter(g, ens, target_col=target_col), g, ens))
     best = min(range(len(trials)), key=lambda k: trials[k][0])
+    object.__setattr__(trials[best][2], "aperture", best)  # which radius of the rows
     scatter = {
         _radius_key(g.radius): (round(v, 6) if math.isfinite(v) else None) for v, g, _ in trials
     }
     return trials[best][1], trials[best][2], scatter
 
 
-def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
+def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, radec=None):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
 
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
@@ -1027,7 +1085,10 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
     ``check_chi2``.
     """
     grid = _grid(table)
-    target_id = None if _empty_spec(target) else resolve_star(table, target)
+    if radec is not None:
+        target_id = resolve_radec(table)
+    else:
+        target_id = None if _empty_spec(target) else resolve_star(table, target)
     target_col = None if target_id is None else grid.column(target_id)
     comparison_ids = []
     if comparisons:
@@ -1048,6 +1109,9 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
+    if comparison_ids:
+        _, _, _, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
+        out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
     out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
     out.meta["ensemble"] = (
@@ -1057,6 +1121,7 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
     finite = grid.radius[np.isfinite(grid.radius)]
     radius = float(np.median(finite)) if finite.size else None
     out.meta["aperture"] = {
+        "index": int(ens.aperture),
         "radius_px": radius,
         "ensemble_scatter_by_radius": scatter,
         "rule": "radius whose comparisons scatter least against each other (target not used)",
@@ -1065,7 +1130,17 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10):
 
 
 def write_lightcurve(
-    outdir, table, *, object, filter, target=None, comparisons=(), n_comparisons=10, save=""
+    outdir,
+    table,
+    *,
+    object,
+    filter,
+    target=None,
+    comparisons=(),
+    n_comparisons=10,
+    save="",
+    radec=None,
+    keep=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -1100,8 +1175,10 @@ def write_lightcurve(
     if len(_current(table)) == 0:
         return []
     lc = build_lightcurve(
-        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons
+        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec
     )
+    if keep is not None:
+        keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
     lc.meta["filter"] = str(filter)
     csv_path, ecsv_path, png_path = lightcurve_paths(
@@ -1112,6 +1189,54 @@ def write_lightcurve(
     for path, payload in ((csv_path, csv_bytes), (ecsv_path, ecsv_bytes), (png_path, png)):
         atomic_write(path, lambda fh, payload=payload: fh.write(payload))
     return [csv_path, ecsv_path, png_path]
+
+
+def ensemble_of(lc):
+    """What :func:`frame_dmag` needs from a built light curve (None without a target)."""
+    meta = lc.meta
+    if meta.get("target_id") is None or not meta.get("comparison_ids"):
+        return None
+    return {
+        "target_id": int(meta["target_id"]),
+        "ids": list(meta["comparison_ids"]),
+        "weights": list(meta["comparison_weights"]),
+        "rates": list(meta["comparison_rates"]),
+        "aperture": int(meta["aperture"]["index"]),
+    }
+
+
+def frame_dmag(rows, ensemble):
+    """The target's differential magnitude in one frame's rows, against a fixed ensemble.
+
+    ``ensemble`` from :func:`ensemble_of`. None when the target is not measured
+    (or not positive) in these rows or no member is usable.
+
+    Examples
+    --------
+    >>> rows = [dict(star_id=s, flux=f, exptime=1.0, flags=0) for s, f in ((1, 10.0), (2, 50.0))]
+    >>> frame_dmag(rows, dict(target_id=1, ids=[2], weights=[1.0], rates=[100.0], aperture=0))
+    1.7474
+    """
+    k = ensemble["aperture"]
+
+    def rate(row):
+        flux = row["flux_ap"][k] if isinstance(row.get("flux_ap"), list) else row["flux"]
+        return flux / (row.get("exptime") or 1.0)
+
+    by_id = {int(r["star_id"]): r for r in rows}
+    target = by_id.get(ensemble["target_id"])
+    if target is None or not rate(target) > 0:
+        return None
+    num = den = 0.0
+    for sid, w, ref in zip(ensemble["ids"], ensemble["weights"], ensemble["rates"], strict=True):
+        row = by_id.get(int(sid))
+        if row is not None and (int(row["flags"]) & ~HARMLESS) == 0 and rate(row) > 0:
+            num += w * rate(row) / ref
+            den += w
+    if den <= 0:
+        return None
+    ens = num / den * sum(ensemble["rates"])
+    return round(-2.5 * math.log10(rate(target) / ens), 4)
 
 
 def plot_lightcurve(lc, *, title=""):
