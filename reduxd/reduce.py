@@ -30,6 +30,17 @@ log = get_logger("reduxd.reduce")
 _UNKNOWN_CAMERAS = set()  # (instrument, gain) already warned about in this process
 
 
+def detector_cards(config, camera):
+    """FITS cards: the gain and read noise used for the errors, and where they came from."""
+    known = any(camera is entry for entry in config.calibration.cameras)
+    source = "camera entry" if known else "assumed: no camera entry"
+    return [
+        ("RDXGAIN", float(camera.gain_e_per_adu), "[e-/adu] gain used for the errors"),
+        ("RDXRDNS", float(camera.read_noise_e), "[e-] read noise used for the errors"),
+        ("RDXGAINS", source, "source of RDXGAIN and RDXRDNS"),
+    ]
+
+
 def camera_for(config, info):
     """Return the camera entry of a frame; warn once per process when none matches."""
     camera = config.camera(info.instrument, info.gain)
@@ -309,6 +320,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
     )
     header = raw.header
     cards = list(cal.cards) + list(phot.cards) + time_cards(info, raw.header)
+    cards += detector_cards(config, camera)
     return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
