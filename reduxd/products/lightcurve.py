@@ -6,20 +6,24 @@ has no ``current`` column). A *frame* is one ``file``; frames are ordered by
 ``mjd``.
 
 Ensemble
-    The comparison ensemble of a frame is the **sum of the comparison count
-    rates** (``flux / exptime``; 1 s when there is no ``exptime`` column), so
-    bright comparisons weigh more, as their photon noise is smaller::
+    The comparison ensemble of a frame is the inverse-variance weighted mean of
+    the comparisons' count rates (``flux / exptime``; 1 s when there is no
+    ``exptime`` column) relative to each one's median rate, times the sum of
+    those medians (so ``ensemble_mag`` is that of the summed comparisons)::
 
-        ensemble_mag = -2.5 log10(sum_i rate_i)
-        dmag         = target_mag - ensemble_mag = -2.5 log10(rate_t / sum_i rate_i)
+        ensemble_rate = sum(ref) * sum_i w_i rate_i / ref_i / sum_i w_i
+        dmag          = target_mag - ensemble_mag
 
-    A comparison counts in a frame only when it is measured there, unflagged
-    (``flags == 0``) and has a positive flux. When some are missing, the sum of
-    the others is scaled by ``sum(ref_all) / sum(ref_present)`` (``ref`` = each
-    comparison's median rate over the frames), so the ensemble level does not
-    jump; ``n_comp`` says how many were used. Errors add in quadrature:
-    ``dmag_err = sqrt(target_mag_err**2 + ensemble_mag_err**2)``
-    (``mag_err = 1.0857 * rate_err / rate``).
+    Each weight is 1 / the comparison's variance measured against the others
+    (:func:`measured_variances`), scaled in each frame by its reported error
+    there. A comparison counts in a frame only when it is measured there with a
+    positive flux and no flag but LOW_SNR; the others keep their weights, so the
+    level does not jump; ``n_comp`` says how many were used. When none is usable,
+    the members measured there (unsaturated) are used rather than give a NaN.
+    Errors: ``dmag_err = sqrt(target_mag_err**2 + ensemble_mag_err**2)``
+    (``mag_err = 1.0857 * rate_err / rate``). Automatic membership, the radius of
+    multi-aperture rows and the reasons candidates were dropped: see
+    :func:`choose_comparisons`, :func:`choose_aperture` and the ``dropped`` meta.
 
 Check stars
     Each comparison measured against the ensemble (same rule) of the *other*
@@ -30,15 +34,17 @@ Output (:func:`write_lightcurve`), *wide* format, one row per frame:
 ``mjd, date_obs, file``; with a target ``dmag, dmag_err, target_mag,
 target_mag_err, ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's
 photometry flags, -1 = target not measured in that frame); ``check_<id>,
-check_err_<id>`` per comparison (when there are at least two); then
-``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
+check_err_<id>`` per comparison (when there are at least two); ``radius``
+(the aperture used), ``bjd_tdb`` and ``airmass`` (when the rows carry the
+pointing and site); then ``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
 magnitude, its error, photometry flags; NaN, NaN, -1 when the star was not
 measured in that frame). Without a target, the differential columns are absent
 and the plot shows the check stars only (no target is guessed: a wrong guess
 would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
 (plain CSV, one header line), ``.ecsv`` (the same columns with units,
-descriptions and meta: object, filter, target_id, comparison_ids, check_chi2)
+descriptions and meta: object, filter, target_id, comparison_ids,
+comparison_weights, comparison_rates, dropped, aperture, time, check_chi2)
 and ``.png`` (target's dmag with error bars, magnitude axis inverted; check
 stars below, offset for clarity). Names are sanitised by :func:`safe_name`.
 
