@@ -30,13 +30,13 @@ Check stars
     comparisons: columns ``check_<id>``, ``check_err_<id>``. They should be flat
     within their errors (:func:`flatness` gives chi2/dof about the weighted mean).
 
-Output (:func:`write_lightcurve`), *wide* format, one row per frame:
-``mjd, date_obs, file``; with a target ``dmag, dmag_err, target_mag,
-target_mag_err, ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's
-photometry flags, -1 = target not measured in that frame); ``check_<id>,
-check_err_<id>`` per comparison (when there are at least two); ``radius``
-(the aperture used), ``bjd_tdb`` and ``airmass`` (when the rows carry the
-pointing and site); then ``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
+Output (:func:`write_lightcurve`), *wide* format, one row per frame: ``mjd,
+date_obs, file``; with a target ``dmag, dmag_err, target_mag, target_mag_err,
+ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's photometry flags,
+-1 = target not measured in that frame); ``check_<id>, check_err_<id>`` per
+comparison (when there are at least two); ``radius`` (the aperture used),
+``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site); then
+``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
 magnitude, its error, photometry flags; NaN, NaN, -1 when the star was not
 measured in that frame). Without a target, the differential columns are absent
 and the plot shows the check stars only (no target is guessed: a wrong guess
@@ -44,9 +44,9 @@ would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
 (plain CSV, one header line), ``.ecsv`` (the same columns with units,
 descriptions and meta: object, filter, target_id, comparison_ids,
-comparison_weights, comparison_rates, dropped, aperture, time, check_chi2)
-and ``.png`` (target's dmag with error bars, magnitude axis inverted; check
-stars below, offset for clarity). Names are sanitised by :func:`safe_name`.
+comparison_weights, comparison_rates, dropped, aperture, time, check_chi2) and
+``.png`` (target's dmag with error bars, magnitude axis inverted; check stars
+below, offset for clarity). Names are sanitised by :func:`safe_name`.
 
 Automatic comparisons are chosen afresh on every call, so as frames arrive
 during a night the choice (and the dmag zero point) may change; configure

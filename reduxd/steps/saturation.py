@@ -23,9 +23,18 @@ MIN_PIXELS = 3  # pixels sharing the largest value for it to count as a pile-up
 def adc_ceiling(data, *, min_pixels=MIN_PIXELS):
     """Return the value raw pixels pile up at (the ADC ceiling), or None.
 
+    A pile-up: at least ``min_pixels`` pixels at exactly the largest value, more
+    than in the 1 % of values just below it (a sky's or a star's own tail thins
+    out towards its maximum; a ceiling collects a spike), and the largest value
+    at least 1.5 times the median (not a flat, featureless frame).
+
     Examples
     --------
-    >>> img = np.full((10, 10), 300.0); img[2, 2:6] = 4095.0
+    >>> rng = np.random.default_rng(0)
+    >>> img = np.round(rng.normal(300.0, 20.0, (200, 200)))
+    >>> adc_ceiling(img) is None  # the sky's maximum is no ceiling
+    True
+    >>> img[2, 2:6] = 4095.0
     >>> adc_ceiling(img)
     4095.0
     >>> img[2, 3:6] = 1000.0
@@ -33,10 +42,15 @@ def adc_ceiling(data, *, min_pixels=MIN_PIXELS):
     True
     """
     data = np.asarray(data)
-    top = float(np.nanmax(data)) if data.size else math.nan
-    if not math.isfinite(top) or top < 255:
+    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
+    if finite.size == 0:
         return None
-    if int(np.count_nonzero(data == top)) < min_pixels:
+    top = float(finite.max())
+    if top < 255 or top < 1.5 * float(np.median(finite)):
+        return None
+    at_top = int(np.count_nonzero(finite == top))
+    below = int(np.count_nonzero((finite < top) & (finite >= top - max(1.0, 0.01 * top))))
+    if at_top < min_pixels or at_top <= below:
         return None
     return top
 
