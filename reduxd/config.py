@@ -50,6 +50,9 @@ class Site:
     utc_offset_hours: float = field(
         default=-5.0, metadata=_check(lambda v: -14 <= v <= 14, "hours between -14 and 14")
     )
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None  # east positive
+    elevation_m: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,10 @@ class Calibration:
         default=2048.0,
         metadata=_check(lambda v: 64 <= v <= 1048576, "a number > 0 (MB), between 64 and 1048576"),
     )
-    flat_scale: str = field(default="none", metadata=_one_of(("none", "median")))
+    flat_scale: str = field(default="median", metadata=_one_of(("none", "median")))
     temperature_tolerance: float = field(default=3.0, metadata=NON_NEGATIVE)
     max_age_days: float = field(default=30.0, metadata=NON_NEGATIVE)
-    hot_sigma: float = field(default=10.0, metadata=POSITIVE)
+    hot_sigma: float = field(default=0.0, metadata=NON_NEGATIVE)
     low_flat: float = field(default=0.5, metadata=_check(lambda v: 0 <= v < 1, "between 0 and 1"))
     master_max_deviation: float = field(default=0.5, metadata=POSITIVE)
     force: bool = False
@@ -96,14 +99,19 @@ class Calibration:
 @dataclass(frozen=True)
 class Photometry:
     radius: float = field(
-        default=15.0, metadata=_check(lambda v: 0 < v <= 1000, "a number > 0 and <= 1000 (pixels)")
+        default=0.0,
+        metadata=_check(
+            lambda v: 0 <= v <= 1000, "a number >= 0 and <= 1000 (pixels; 0: from the seeing)"
+        ),
     )
     radius_fwhm: float = field(default=0.0, metadata=NON_NEGATIVE)
     sky_method: str = field(default="annulus", metadata=_one_of(SKY_METHODS))
     subframe: int = field(default=25, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
-    annulus: tuple[float, float] = field(
-        default=(20.0, 30.0), metadata=_check(lambda v: 0 < v[0] < v[1], "0 < r_in < r_out")
-    )
+    annulus: tuple[float, ...] = field(
+        default=(),
+        metadata=_check(lambda v: len(v) == 0 or (len(v) == 2 and 0 < v[0] < v[1]),
+                        "[] or [r_in, r_out] with 0 < r_in < r_out"),
+    )  # fmt: skip
     sky_region: tuple[int, ...] = field(
         default=(), metadata=_check(lambda v: len(v) in (0, 4), "[] or [x0, x1, y0, y1]")
     )
@@ -117,12 +125,27 @@ class Photometry:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One field's target (``[[lightcurve.targets]]``)."""
+
+    object: str = field(default="", metadata=_check(lambda v: v.strip() != "", "an OBJECT name"))
+    position: tuple[float, ...] = field(
+        default=(), metadata=_check(lambda v: len(v) in (0, 1, 2), "[], [star_id] or [x, y]")
+    )
+    radec: tuple[float, ...] = field(
+        default=(), metadata=_check(lambda v: len(v) in (0, 2), "[] or [ra_deg, dec_deg]")
+    )
+    comparisons: tuple[tuple[float, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class Lightcurve:
     target: tuple[float, ...] = field(
         default=(), metadata=_check(lambda v: len(v) in (0, 1, 2), "[], [star_id] or [x, y]")
     )
     comparisons: tuple[tuple[float, ...], ...] = ()
-    n_comparisons: int = field(default=5, metadata=POSITIVE)
+    n_comparisons: int = field(default=10, metadata=POSITIVE)
+    targets: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -267,6 +290,12 @@ def _validate(config):
             f"{config.source}: [classify.default_kind] expected one of {KINDS}, "
             f"got {cls.default_kind!r}"
         )
+    for target in config.lightcurve.targets:
+        if bool(target.position) == bool(target.radec):
+            raise ConfigError(
+                f"{config.source}: [[lightcurve.targets]] object {target.object!r}: expected "
+                "exactly one of position = [x, y] (or [star_id]) and radec = [ra_deg, dec_deg]"
+            )
     for table in ("types", "path_rules"):
         for kind in getattr(cls, table):
             if kind not in KINDS:

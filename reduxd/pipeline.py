@@ -42,6 +42,7 @@ from reduxd.products.fitsout import read_master, write_master
 from reduxd.products.naming import gain_label, safe_name, value_word
 from reduxd.reduce import (
     MasterCache,
+    camera_for,
     compute_light,
     field_key,
     measured,
@@ -139,6 +140,7 @@ class Pipeline:
         self._incomplete_seen = set()
         self._curves_at = -math.inf
         self.dirty_curves = set()
+        self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
         self._masters = None
         self.tables_stale = False  # rows in the ledger missing from the tables (disk full)
         self.to_release = set()  # frames left 'processing' by a ledger write error
@@ -379,7 +381,7 @@ class Pipeline:
             plan,
             cache=self.cache,
             config=cfg,
-            camera=cfg.camera(info.instrument, info.gain),
+            camera=camera_for(cfg, info),
             reference=base,
             night=night,
             relpath=rel,
@@ -602,14 +604,14 @@ class Pipeline:
         log.info("frame_reduced", **fields)
 
     def _target_mag(self, rows):
-        spec = self.config.lightcurve.target
-        if not spec or not rows:
-            return None
-        if len(spec) == 1:
-            match = [r for r in rows if r["star_id"] == int(spec[0])]
-        else:
-            match = [min(rows, key=lambda r: (r["x"] - spec[0]) ** 2 + (r["y"] - spec[1]) ** 2)]
-        return round(match[0]["mag_inst"], 4) if match else None
+        """The configured target's differential magnitude in this frame, or None.
+
+        Uses the field's ensemble from its last light curve; None before there is
+        one, when no target is configured, or when the target is not measured here.
+        """
+        key = (rows[0]["object"], rows[0]["filter"]) if rows else None
+        ensemble = self.ensembles.get(key)
+        return lightcurve.frame_dmag(rows, ensemble) if ensemble else None
 
     def _write_rows(self, rows, version):
         save = self.config.output.save
@@ -1049,21 +1051,25 @@ class Pipeline:
                 groups[key].append({**m.row, "version": m.version, "current": 1})
         lc = self.config.lightcurve
         for (obj, filt), rows in groups.items():
-            table = tables.rows_to_table(rows)
+            table = lightcurve.field_table(rows)
             common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
                           save=self.config.output.save)  # fmt: skip
+            target, comparisons, radec = lightcurve.field_target(lc, obj)
+            kept = {}
             try:
                 try:
                     lightcurve.write_lightcurve(
-                        self.outdir, table, target=list(lc.target) or None,
-                        comparisons=[list(c) for c in lc.comparisons], **common,
+                        self.outdir, table, target=target, comparisons=comparisons,
+                        radec=radec, keep=kept, **common,
                     )  # fmt: skip
                 except ReduxdError as exc:
-                    if not lc.target:
+                    if target is None and radec is None:
                         raise
                     # the configured target (and its comparisons) is in another field
                     log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
                     lightcurve.write_lightcurve(self.outdir, table, target=None, **common)
+                if "lightcurve" in kept:
+                    self.ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
             except Exception as exc:
                 log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
         self.dirty_curves.clear()

@@ -9,6 +9,7 @@ about a second): a process busy with calibration frames does not wait for them,
 and ``reduxd reduce`` imports them in a thread while it combines the masters.
 """
 
+import dataclasses
 import math
 import re
 from collections import OrderedDict
@@ -20,10 +21,46 @@ from astropy.io import fits
 
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
+from reduxd.log import get_logger
 from reduxd.products.fitsout import write_calibrated
 from reduxd.products.regions import write_regions
 from reduxd.steps.calibrate import calibrate_light
-from reduxd.steps.masters import saturation_level
+from reduxd.steps.saturation import saturation
+
+log = get_logger("reduxd.reduce")
+_UNKNOWN_CAMERAS = set()  # (instrument, gain) already warned about in this process
+
+
+def detector_cards(config, camera):
+    """FITS cards: the gain and read noise used for the errors, and where they came from."""
+    known = any(camera is entry for entry in config.calibration.cameras)
+    source = "camera entry" if known else "assumed: no camera entry"
+    return [
+        ("RDXGAIN", float(camera.gain_e_per_adu), "[e-/adu] gain used for the errors"),
+        ("RDXRDNS", float(camera.read_noise_e), "[e-] read noise used for the errors"),
+        ("RDXGAINS", source, "source of RDXGAIN and RDXRDNS"),
+    ]
+
+
+def camera_for(config, info):
+    """Return the camera entry of a frame; warn once per process when none matches."""
+    camera = config.camera(info.instrument, info.gain)
+    if any(camera is entry for entry in config.calibration.cameras):
+        return camera
+    key = (info.instrument, info.gain)
+    if key not in _UNKNOWN_CAMERAS:
+        _UNKNOWN_CAMERAS.add(key)
+        log.warning(
+            "camera_unknown",
+            instrument=info.instrument,
+            gain=info.gain,
+            assumed=(
+                f"no [[calibration.cameras]] entry matches: gain {camera.gain_e_per_adu} "
+                f"e-/ADU, read noise {camera.read_noise_e} e-, saturation from SATURATE/"
+                "DATAMAX, else the data's ADC ceiling, else the file type (x 0.95)"
+            ),
+        )
+    return camera
 
 
 @dataclass(frozen=True)
@@ -80,7 +117,7 @@ def phot_params(config, camera):
         radius_fwhm=p.radius_fwhm,
         sky_method=p.sky_method,
         subframe=p.subframe,
-        annulus=tuple(p.annulus),
+        annulus=tuple(p.annulus) or None,
         sky_region=region,
         smoothing=p.smoothing,
         detect_sigma=p.detect_sigma,
@@ -137,9 +174,14 @@ def field_key(info, relpath):
 
 
 def calibrate(raw, info, plan, *, cache, config, camera):
-    """Calibrate a raw light following ``plan`` (masters loaded through ``cache``)."""
+    """Calibrate a raw light following ``plan`` (masters loaded through ``cache``).
+
+    The saturation level comes from :func:`reduxd.steps.saturation.saturation`;
+    its source is the ``RDXSATSR`` card.
+    """
     cal = config.calibration
-    return calibrate_light(
+    level, source = saturation(raw.header, camera, raw.data)
+    result = calibrate_light(
         raw.data,
         info,
         dark=cache.get(plan.dark),
@@ -147,16 +189,64 @@ def calibrate(raw, info, plan, *, cache, config, camera):
         dark_current=cache.get(plan.dark_current),
         flat=cache.get(plan.flat),
         bad_pixels=plan.bad_pixels,
-        saturation=saturation_level(raw.header, camera),
+        saturation=level,
         no_dark=cal.no_dark,
         no_flat=cal.no_flat,
         force=cal.force,
         sources=plan.sources(),
     )
+    card = ("RDXSATSR", source, "where RDXSATUR comes from")
+    return dataclasses.replace(result, cards=(*result.cards, card))
 
 
-def contract_rows(table, *, info, night, relpath, obj, calib, radius):
-    """Return the photometry contract rows (dicts) for one light's star table."""
+def frame_place(header, config):
+    """Return ``{pointing, site, site_source}`` of a light for its rows (BJD_TDB, airmass)."""
+    from reduxd.steps.times import pointing, site  # see LIGHT_MODULES
+
+    where, source = site(header), "header"
+    s = config.site
+    if where is None and s.latitude_deg is not None and s.longitude_deg is not None:
+        where, source = (s.latitude_deg, s.longitude_deg, s.elevation_m), "config [site]"
+    radec = pointing(header)
+    return {
+        "pointing": list(radec) if radec else None,
+        "site": list(where) if where else None,
+        "site_source": source if where else "",
+    }
+
+
+def target_pixel(header, config, obj):
+    """``{'target_xy': [x, y] or None}`` when field ``obj``'s target is given as RA/Dec.
+
+    0-based pixel position from the header's WCS; None when the header has none.
+    Empty dict when the target is not given as RA/Dec.
+    """
+    from reduxd.products.lightcurve import field_target
+
+    _, _, radec = field_target(config.lightcurve, obj)
+    if radec is None:
+        return {}
+    if not (header.get("CTYPE1") and header.get("CTYPE2")):
+        return {"target_xy": None}
+    import warnings
+
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MaxIm's RADECSYS and similar: astropy fixes them
+        wcs = WCS(header).celestial
+    x, y = wcs.all_world2pix(radec[0], radec[1], 0)
+    return {"target_xy": [float(x), float(y)]}
+
+
+def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None, place=None):
+    """Return the photometry contract rows (dicts) for one light's star table.
+
+    With ``apertures`` (multi-aperture photometry) each row also has
+    ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (lists, one value per radius):
+    kept in the ledger for the light curve, not written to the photometry tables.
+    ``place`` (:func:`frame_place`) is kept the same way.
+    """
     mid = info.date_mid
     date_obs = mid.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if mid else ""
     from astropy.time import Time  # see LIGHT_MODULES
@@ -180,6 +270,11 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius):
     columns["star_id"] = np.asarray(table["star_id"], dtype=np.int64).tolist()
     columns["flags"] = np.asarray(table["flags"], dtype=np.int64).tolist()
     base["radius"] = float(radius)
+    base.update(place or {})
+    if apertures is not None:
+        base["radius_ap"] = [round(float(r), 4) for r in apertures["radii"]]
+        columns["flux_ap"] = apertures["flux"].tolist()
+        columns["flux_err_ap"] = apertures["flux_err"].tolist()
     return [
         {**base, **{name: values[i] for name, values in columns.items()}} for i in range(len(table))
     ]
@@ -204,6 +299,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         For the contract rows.
     """
     from reduxd.steps.photometry import photometer  # see LIGHT_MODULES
+    from reduxd.steps.times import time_cards
 
     cal = calibrate(raw, info, plan, cache=cache, config=config, camera=camera)
     params = phot_params(config, camera)
@@ -220,13 +316,16 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         obj=obj,
         calib=label,
         radius=phot.radius,
+        apertures=phot.apertures,
+        place={**frame_place(raw.header, config), **target_pixel(raw.header, config, obj)},
     )
     header = raw.header
     source = [
         ("RAWFILE", relpath, "raw frame, relative to its data folder"),
         ("RAWSHA1", raw.checksum, "SHA-1 of the raw file"),
     ]
-    cards = source + list(cal.cards) + list(phot.cards)
+    cards = source + list(cal.cards) + list(phot.cards) + time_cards(info, raw.header)
+    cards += detector_cards(config, camera)
     return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
@@ -329,7 +428,7 @@ def compute_light(path, rel, plan, reference, config, night, durable=True):
     """
     raw = read_light(path, config)
     info = classify(raw.header, rel, config.classify)
-    camera = config.camera(info.instrument, info.gain)
+    camera = camera_for(config, info)
     result = reduce_light(
         raw,
         info,

@@ -6,20 +6,23 @@ fit) gets a warning saying why (event ``flag_unused``).
 """
 
 SKY_WHY = {
-    "annulus": "median in an annulus {a0:g}-{a1:g} px around each star, the default method",
+    "annulus": "median in an annulus {annulus} around each star, the default method",
     "global": "one sigma-clipped median of {region}",
     "radial": "fit of each star's radial profile in a {subframe} px subframe (-L);"
-    " annulus {a0:g}-{a1:g} px where the fit is poor",
+    " annulus {annulus} where the fit is poor",
     "mesh": "smooth 2-D background in {box} px boxes",
 }
 
 
 def sky_text(p):
     """How the sky is measured, and why, as text."""
-    a0, a1 = p.annulus
+    if p.annulus:
+        annulus = "{:g}-{:g} px".format(*p.annulus)
+    else:
+        annulus = "r+5 to r+15 px (r: the largest aperture)"
     region = f"the region {list(p.sky_region)}" if p.sky_region else "the whole frame"
     why = SKY_WHY[p.sky_method].format(
-        a0=a0, a1=a1, region=region, subframe=p.subframe, box=p.mesh_box
+        annulus=annulus, region=region, subframe=p.subframe, box=p.mesh_box
     )
     return f"{p.sky_method}: {why}"
 
@@ -54,14 +57,21 @@ def run_plan(config):
     --------
     >>> from reduxd.config import load_config
     >>> plan = run_plan(load_config(overrides={"calibration": {"no_flat": True}}))
-    >>> plan["calibration"], plan["aperture"], plan["skipped"]
-    ('bias+dark, lights without a master wait for it', 'radius 15 px', 'flats (--no-flat)')
+    >>> plan["calibration"], plan["skipped"]
+    ('bias+dark, lights without a master wait for it', 'flats (--no-flat)')
+    >>> plan["aperture"].split(":")[0]
+    'from the seeing'
     """
     p = config.photometry
     if p.radius_fwhm > 0:
         aperture = f"radius {p.radius_fwhm:g} x each frame's FWHM (radius_fwhm)"
-    else:
+    elif p.radius > 0:
         aperture = f"radius {p.radius:g} px"
+    else:
+        aperture = (
+            "from the seeing: 1-3 x the FWHM of each frame, the radius chosen per field from the "
+            "comparisons"
+        )
     return {
         "calibration": calibration_text(config.calibration),
         "sky": sky_text(p),

@@ -61,7 +61,8 @@ def reference(night):
                     scale=True,
                 )
             )
-        flat = ccdproc.combine(flats, method="median")
+        # ccdproc's recipe: each flat scaled by 1 / its median, then median-combined
+        flat = ccdproc.combine(flats, method="median", scale=lambda a: 1.0 / np.median(a))
     level = float(np.median(flat.data))
     return {"bias": bias.data, "dark": dark.data, "flat": flat.data / level, "level": level}
 

@@ -38,7 +38,7 @@ def test_shipped_config_loads():
 def test_defaults_without_a_file():
     config = load_config()
     assert config.calibration.combine == "median"
-    assert config.calibration.flat_scale == "none"
+    assert config.calibration.flat_scale == "median"
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_defaults_without_a_file():
         ("[calibration]\nflat_scale = 'mode'\n", "calibration.flat_scale", "one of none, median"),
         ("[calibration]\nlow_flat = 1.5\n", "calibration.low_flat", "between 0 and 1"),
         ("[calibration]\nmax_memory_mb = 0\n", "calibration.max_memory_mb", "a number > 0"),
-        ("[photometry]\nradius = -3.0\n", "photometry.radius", "a number > 0"),
+        ("[photometry]\nradius = -3.0\n", "photometry.radius", "a number >= 0"),
         ("[photometry]\nsky_method = 'magic'\n", "photometry.sky_method", "one of global"),
         ("[photometry]\nannulus = [30.0, 20.0]\n", "photometry.annulus", "0 < r_in < r_out"),
         (

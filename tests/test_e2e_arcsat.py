@@ -20,6 +20,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
 pytestmark = pytest.mark.slow
@@ -123,6 +124,10 @@ def test_masters_and_reduced_frames(arcsat_run):
     for name, header in reduced.items():
         assert header["RDXCAL"] is True and header["RDXMISS"] == "none"
         assert header["RDXFLAT"] == masters["flat"].name
+        # standard UTC times, the saturation level's and the gain's sources
+        assert header["TIMESYS"] == "UTC" and header["DATE-AVG"] > header["DATE-OBS"]
+        assert header["MJD-AVG"] == pytest.approx(Time(header["DATE-AVG"]).mjd, abs=1e-7)
+        assert header["RDXSATSR"] == "camera entry" and header["RDXGAINS"] == "camera entry"
         if name.startswith("43Bet Com"):  # 30 s: no 30 s darks: bias + scaled dark current
             assert header["RDXDMODE"] == "scaled" and header["RDXDEXP"] == 30.0
         else:

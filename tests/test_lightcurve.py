@@ -141,14 +141,81 @@ def test_check_stars_flat_within_errors(table):
     assert bad[VARIABLE] == max(bad.values())
 
 
-def test_automatic_comparisons_exclude_variable_flagged_and_target(table):
+def test_automatic_comparisons_exclude_variable_and_target_keep_flagged_star(table):
+    # star 8 is flagged in frame 7 only: it stays a member and drops out of that frame
     chosen = lcmod.choose_comparisons(table, target_id=TARGET, n=6)
-    assert sorted(chosen) == COMPS
+    assert sorted(chosen) == sorted([*COMPS, FLAGGED])
     assert len(lcmod.choose_comparisons(table, target_id=TARGET, n=3)) == 3
-    assert set(lcmod.choose_comparisons(table, target_id=TARGET, n=3)) <= set(COMPS)
     no_target = lcmod.choose_comparisons(table, target_id=None, n=8)
-    assert VARIABLE not in no_target and FLAGGED not in no_target
+    assert VARIABLE not in no_target and TARGET in no_target
     assert 6 not in lcmod.choose_comparisons(table, target_id=TARGET, n=6, exclude=[6])
+    lc = lcmod.build_lightcurve(table, target=[float(TARGET)])
+    assert list(lc["n_comp"][6:9]) == [6, 5, 6]
+    assert "noisy or variable" in lc.meta["dropped"][str(VARIABLE)]
+    assert sorted(lc.meta["comparison_ids"]) == sorted([*COMPS, FLAGGED])
+    assert sum(lc.meta["comparison_weights"]) == pytest.approx(1.0)
+
+
+def _field(rates, *, errors=None, flags=None, signal=None, n_frames=40, seed=3):
+    """Rows of a simple field: ``rates[s]`` counts per frame, relative errors, flags."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j in range(n_frames):
+        cloud = 10 ** (-0.4 * (0.3 if j % 7 == 3 else 0.0))
+        for s, rate in rates.items():
+            rel = (errors or {}).get(s, 0.005)
+            extra = (signal or {}).get(s, lambda j: 0.0)(j)
+            flux = rate * cloud * 10 ** (-0.4 * extra) * (1 + rng.normal(0, rel))
+            row = _row(0, 1, flux, rel * flux, flags=(flags or {}).get((j, s), 0))
+            row.update(file=f"f{j:03d}.fits", mjd=60800.0 + 0.003 * j, star_id=s,
+                       x=50.0 * s, y=50.0, exptime=1.0)  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def test_the_most_precise_star_is_not_rejected():
+    # nine faint, noisy candidates and one bright precise star: the bright one is
+    # the best comparison (the old test against the candidates' median dropped it)
+    rates = {1: 1e5, **{s: 2e4 for s in range(2, 11)}, 11: 5e5}
+    errors = {1: 0.002, **{s: 0.02 for s in range(2, 11)}, 11: 0.001}
+    ens = lcmod.choose_comparisons(_field(rates, errors=errors), target_id=1, n=5)
+    assert ens[0] == 11
+
+
+def test_frame_with_every_comparison_flagged_is_not_nan():
+    rates = {1: 1e5, 2: 1e5, 3: 2e5, 4: 1.5e5}
+    flags = {(10, s): 32 for s in (2, 3, 4)}  # BLEND on all comparisons in frame 10
+    lc = lcmod.build_lightcurve(_field(rates, flags=flags), target=[1.0])
+    assert np.all(np.isfinite(lc["dmag"]))
+    assert lc["n_comp"][10] == 3 and np.all(lc["n_comp"] == 3)
+
+
+def test_saturated_and_sparse_candidates_are_dropped_with_reasons():
+    rates = {1: 1e5, 2: 1e5, 3: 2e5, 4: 1.5e5, 5: 3e5, 6: 1.2e5}
+    flags = {(4, 5): 1}  # star 5 saturated once: never a comparison
+    flags.update({(j, 6): 2 for j in range(0, 40, 5)})  # NEAR_EDGE in 8 of 40 frames
+    lc = lcmod.build_lightcurve(_field(rates, flags=flags), target=[1.0])
+    assert sorted(lc.meta["comparison_ids"]) == [2, 3, 4]
+    assert lc.meta["dropped"]["5"] == "saturated in 1 of 40 frames"
+    assert lc.meta["dropped"]["6"].startswith("usable in 32 of 40 frames")
+    assert "NEAR_EDGE in 8" in lc.meta["dropped"]["6"]
+
+
+def test_aperture_chosen_from_the_comparisons():
+    """Rows with three radii: the middle one is made the least noisy for the comparisons."""
+    rows = _field({1: 1e5, 2: 1e5, 3: 2e5, 4: 1.5e5})
+    rng = np.random.default_rng(5)
+    for row in rows:
+        noise = [0.02, 0.002, 0.01]
+        if row["star_id"] == 1:
+            noise = [0.001, 0.03, 0.001]  # the target would prefer another radius
+        row["radius_ap"] = [2.0, 3.0, 4.0]
+        row["flux_ap"] = [row["flux"] * (1 + rng.normal(0, n)) for n in noise]
+        row["flux_err_ap"] = [row["flux"] * n for n in noise]
+    lc = lcmod.build_lightcurve(lcmod.field_table(rows), target=[1.0])
+    assert lc.meta["aperture"]["radius_px"] == 3.0
+    assert np.all(lc["radius"] == 3.0)
+    assert set(lc.meta["aperture"]["ensemble_scatter_by_radius"]) == {"2.00", "3.00", "4.00"}
 
 
 def test_missing_comparison_keeps_ensemble_level():
@@ -243,7 +310,8 @@ def test_write_lightcurve_files(tmp_path, table):
         rows = list(csv.DictReader(fh))
     assert len(rows) == N_FRAMES
     assert rows[0]["file"] == "lights/M 31_000.fits"
-    lc = lcmod.differential_lightcurve(table, target_id=TARGET, comparison_ids=COMPS)
+    chosen = [*COMPS, FLAGGED]  # flagged in one frame only: a member
+    lc = lcmod.differential_lightcurve(table, target_id=TARGET, comparison_ids=chosen)
     np.testing.assert_allclose([float(r["dmag"]) for r in rows], lc["dmag"], atol=1e-5)
     np.testing.assert_allclose([float(r["mjd"]) for r in rows], lc["mjd"], atol=1e-8)
 
@@ -251,7 +319,7 @@ def test_write_lightcurve_files(tmp_path, table):
     assert ecsv["dmag"].unit == "mag" and ecsv["mjd"].unit == "d"
     assert ecsv["mag_1"].unit == "mag"
     assert ecsv.meta["target_id"] == TARGET
-    assert sorted(ecsv.meta["comparison_ids"]) == COMPS
+    assert sorted(ecsv.meta["comparison_ids"]) == sorted(chosen)
     assert ecsv.meta["object"] == "M 31"
     assert ecsv.colnames == read.colnames
     assert ecsv["file"][0] == "lights/M 31_000.fits" and ecsv["flags_1"].dtype.kind == "i"

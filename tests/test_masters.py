@@ -9,7 +9,7 @@ from astropy.io import fits
 from fitsverify import assert_valid
 
 from reduxd import maskbits
-from reduxd.config import Camera
+from reduxd.config import Calibration, Camera
 from reduxd.products.fitsout import read_master, write_master
 from reduxd.steps import masters as M
 
@@ -182,7 +182,7 @@ def test_flat_subtracts_a_scaled_dark_frame_by_frame(night):
     subtracted = [
         raw - bias.data - dc.data * t for raw, t in zip(sets["flat"][1], times, strict=True)
     ]
-    combined = np.median(subtracted, axis=0)
+    combined = np.median([s / np.median(s) for s in subtracted], axis=0)  # scaled (default)
     np.testing.assert_allclose(flat.data, combined / np.median(combined), rtol=2e-6, atol=2e-6)
     assert np.median(flat.data) == pytest.approx(1.0)
     cards = _cards(flat)
@@ -272,6 +272,18 @@ def test_bad_pixel_mask_finds_hot_and_dead_pixels(night):
     assert set(np.unique(mask)) == {0, maskbits.BAD}
     with pytest.raises(ValueError):
         M.bad_pixel_mask(hot_sigma=10.0, low_flat=0.5)
+
+
+def test_warm_pixels_removed_by_the_dark_are_not_bad_by_default(night):
+    """Default hot_sigma = 0: only dead/low-flat (and non-finite) pixels are bad."""
+    _, truth, _, frames = night
+    bias = M.make_bias(frames["bias"])
+    dc = M.make_dark_current(M.make_dark(frames["dark"]), bias)
+    flat = M.make_flat(frames["flat"], bias=bias, dark_current=dc)
+    hot_sigma = Calibration().hot_sigma
+    mask = M.bad_pixel_mask(dark_current=dc, flat=flat, hot_sigma=hot_sigma, low_flat=0.5)
+    assert set(zip(*np.nonzero(mask), strict=True)) == set(truth.dead)
+    assert not any(mask[p] for p in truth.hot)
 
 
 def test_saturation_level():

@@ -94,3 +94,38 @@ def test_star_ids_persist_over_a_drifting_sequence():
             assert np.all(new_ids >= reference.next_id)
         reference = result.reference
     assert len(id_of) > 40
+
+
+def test_rotating_field_is_followed_and_lost_stars_are_flagged():
+    """0.6 deg of rotation about the frame centre: 4 px at the corners, more than match_radius."""
+    from reduxd.steps.measure import Flag
+
+    rng = np.random.default_rng(8)
+    x, y, flux = sky_field(rng, n=120)
+    inside = (x > 30) & (x < SHAPE[1] - 30) & (y > 30) & (y < SHAPE[0] - 30)
+    x, y, flux = x[inside], y[inside], flux[inside]
+    params = PhotParams(radius=6.0, sky_method="annulus", annulus=(10, 16), match_radius=2.0)
+    first = photometer(exposure(rng, (x, y, flux), (0.0, 0.0)), exptime=1.0, params=params)
+    t, cx, cy = np.radians(0.6), SHAPE[1] / 2, SHAPE[0] / 2
+    rx = cx + np.cos(t) * (x - cx) - np.sin(t) * (y - cy) + 5.0
+    ry = cy + np.sin(t) * (x - cx) + np.cos(t) * (y - cy) - 3.0
+    img = exposure(rng, (rx, ry, flux), (0.0, 0.0))
+    result = photometer(img, exptime=1.0, params=params, reference=first.reference)
+    table = result.table[np.isin(result.table["star_id"], first.table["star_id"])]
+    ref = first.table
+    k = np.searchsorted(np.asarray(ref["star_id"]), np.asarray(table["star_id"]))
+    # every known star measured where it really is (the shift alone misses by up to 4 px)
+    truth = match_nearest(rx, ry, np.asarray(table["x"]), np.asarray(table["y"]), radius=0.5)
+    recentred = (np.asarray(table["flags"]) & Flag.NOT_RECENTRED) == 0
+    assert recentred.mean() > 0.9
+    assert np.all(truth[recentred] >= 0)
+    assert np.all(np.hypot(ref["x"][k] - table["x"], ref["y"][k] - table["y"]) < 12)
+
+    # a star that vanished cannot be re-centred: flagged, not measured off-centre silently
+    gone = int(np.argmax(flux))
+    img2 = exposure(rng, (np.delete(rx, gone), np.delete(ry, gone), np.delete(flux, gone)), (0, 0))
+    again = photometer(img2, exptime=1.0, params=params, reference=first.reference)
+    near = np.hypot(np.asarray(first.table["x"]) - x[gone], np.asarray(first.table["y"]) - y[gone])
+    sid = int(first.table["star_id"][np.argmin(near)])
+    row = again.table[again.table["star_id"] == sid]
+    assert len(row) == 1 and row["flags"][0] & Flag.NOT_RECENTRED

@@ -36,6 +36,7 @@ def test_flag_bits_are_the_documented_ones():
         "BLEND": 32,
         "NONPOSITIVE_FLUX": 64,
         "LARGE_FWHM": 128,
+        "NOT_RECENTRED": 256,
     }
     assert {f.name: f.value for f in Flag} == expected
 

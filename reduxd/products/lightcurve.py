@@ -6,31 +6,36 @@ has no ``current`` column). A *frame* is one ``file``; frames are ordered by
 ``mjd``.
 
 Ensemble
-    The comparison ensemble of a frame is the **sum of the comparison count
-    rates** (``flux / exptime``; 1 s when there is no ``exptime`` column), so
-    bright comparisons weigh more, as their photon noise is smaller::
+    The comparison ensemble of a frame is the inverse-variance weighted mean of
+    the comparisons' count rates (``flux / exptime``; 1 s when there is no
+    ``exptime`` column) relative to each one's median rate, times the sum of
+    those medians (so ``ensemble_mag`` is that of the summed comparisons)::
 
-        ensemble_mag = -2.5 log10(sum_i rate_i)
-        dmag         = target_mag - ensemble_mag = -2.5 log10(rate_t / sum_i rate_i)
+        ensemble_rate = sum(ref) * sum_i w_i rate_i / ref_i / sum_i w_i
+        dmag          = target_mag - ensemble_mag
 
-    A comparison counts in a frame only when it is measured there, unflagged
-    (``flags == 0``) and has a positive flux. When some are missing, the sum of
-    the others is scaled by ``sum(ref_all) / sum(ref_present)`` (``ref`` = each
-    comparison's median rate over the frames), so the ensemble level does not
-    jump; ``n_comp`` says how many were used. Errors add in quadrature:
-    ``dmag_err = sqrt(target_mag_err**2 + ensemble_mag_err**2)``
-    (``mag_err = 1.0857 * rate_err / rate``).
+    Each weight is 1 / the comparison's variance measured against the others
+    (:func:`measured_variances`), scaled in each frame by its reported error
+    there. A comparison counts in a frame only when it is measured there with a
+    positive flux and no flag but LOW_SNR; the others keep their weights, so the
+    level does not jump; ``n_comp`` says how many were used. When none is usable,
+    the members measured there (unsaturated) are used rather than give a NaN.
+    Errors: ``dmag_err = sqrt(target_mag_err**2 + ensemble_mag_err**2)``
+    (``mag_err = 1.0857 * rate_err / rate``). Automatic membership, the radius of
+    multi-aperture rows and the reasons candidates were dropped: see
+    :func:`choose_comparisons`, :func:`choose_aperture` and the ``dropped`` meta.
 
 Check stars
     Each comparison measured against the ensemble (same rule) of the *other*
     comparisons: columns ``check_<id>``, ``check_err_<id>``. They should be flat
     within their errors (:func:`flatness` gives chi2/dof about the weighted mean).
 
-Output (:func:`write_lightcurve`), *wide* format, one row per frame:
-``mjd, date_obs, file``; with a target ``dmag, dmag_err, target_mag,
-target_mag_err, ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's
-photometry flags, -1 = target not measured in that frame); ``check_<id>,
-check_err_<id>`` per comparison (when there are at least two); then
+Output (:func:`write_lightcurve`), *wide* format, one row per frame: ``mjd,
+date_obs, file``; with a target ``dmag, dmag_err, target_mag, target_mag_err,
+ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's photometry flags,
+-1 = target not measured in that frame); ``check_<id>, check_err_<id>`` per
+comparison (when there are at least two); ``radius`` (the aperture used),
+``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site); then
 ``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
 magnitude, its error, photometry flags; NaN, NaN, -1 when the star was not
 measured in that frame). Without a target, the differential columns are absent
@@ -39,9 +44,10 @@ would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
 (the object is left out when it is the save title)
 (plain CSV, one header line), ``.ecsv`` (the same columns with units,
-descriptions and meta: object, filter, target_id, comparison_ids, check_chi2)
-and ``.png`` (target's dmag with error bars, magnitude axis inverted; check
-stars below, offset for clarity). Names are sanitised by :func:`safe_name`.
+descriptions and meta: object, filter, target_id, comparison_ids,
+comparison_weights, comparison_rates, dropped, aperture, time, check_chi2) and
+``.png`` (target's dmag with error bars, magnitude axis inverted; check stars
+below, offset for clarity). Names are sanitised by :func:`safe_name`.
 
 Automatic comparisons are chosen afresh on every call, so as frames arrive
 during a night the choice (and the dmag zero point) may change; configure
@@ -52,7 +58,8 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +68,8 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
+from reduxd.products.tables import rows_to_table
+from reduxd.steps.measure import Flag
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
 MISSING = -1  # flags value of a star not measured in a frame
@@ -89,6 +98,27 @@ class _Grid:
     flags: np.ndarray  # (nf, ns) int, MISSING when absent
     x: np.ndarray
     y: np.ndarray
+    radius: np.ndarray  # (nf,) aperture radius of rate, pixels
+    # multi-aperture photometry (rows with ``flux_ap``): (nf, ns, nr) and (nf, nr)
+    rate_ap: np.ndarray | None = None
+    rate_err_ap: np.ndarray | None = None
+    radius_ap: np.ndarray | None = None
+    place: np.ndarray | None = None  # (nf, 5): PLACE_COLUMNS of each frame
+    site_source: np.ndarray | None = None  # (nf,) str
+
+    def apertures(self):
+        """Return one grid per aperture radius (just this grid without multi-aperture data)."""
+        if self.rate_ap is None:
+            return [self]
+        return [
+            replace(
+                self,
+                rate=self.rate_ap[:, :, k],
+                rate_err=self.rate_err_ap[:, :, k],
+                radius=self.radius_ap[:, k],
+            )
+            for k in range(self.rate_ap.shape[2])
+        ]
 
     def column(self, star_id):
         index = np.searchsorted(self.star_ids, star_id)
@@ -103,6 +133,41 @@ class _Grid:
             mag = np.where(good, -2.5 * np.log10(np.where(good, self.rate, 1.0)), np.nan)
             err = np.where(good, MAG_ERR * self.rate_err / np.where(good, self.rate, 1.0), np.nan)
         return mag, err
+
+
+APERTURE_KEYS = ("radius_ap", "flux_ap", "flux_err_ap")
+PLACE_COLUMNS = ("ra_deg", "dec_deg", "site_lat", "site_lon", "site_height")
+
+
+def _place(row):
+    """(ra, dec, lat, lon, height) of a row's frame; NaN where unknown."""
+    radec = row.get("pointing") or (math.nan, math.nan)
+    where = row.get("site") or (math.nan, math.nan, math.nan)
+    return (*radec, *where)
+
+
+def field_table(rows):
+    """Return the contract table of one field's rows, with multi-aperture columns when known.
+
+    ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (2-D) are added when every row
+    carries them with the same number of radii (see ``reduxd.reduce.contract_rows``).
+    """
+    rows = list(rows)
+    table = rows_to_table(rows)
+    if rows and all("pointing" in r and "site" in r for r in rows):
+        place = np.array([_place(r) for r in rows], dtype=np.float64)
+        for k, name in enumerate(PLACE_COLUMNS):
+            table[name] = place[:, k]
+        table["site_source"] = [str(r.get("site_source") or "") for r in rows]
+    if rows and any("target_xy" in r for r in rows):
+        xy = [r.get("target_xy") or (math.nan, math.nan) for r in rows]
+        table["target_x"] = np.array([v[0] for v in xy], dtype=np.float64)
+        table["target_y"] = np.array([v[1] for v in xy], dtype=np.float64)
+    sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
+    if rows and len(sizes) == 1 and sizes != {-1}:
+        for key in APERTURE_KEYS:
+            table[key] = np.array([r[key] for r in rows], dtype=np.float64)
+    return table
 
 
 def _current(table):
@@ -153,6 +218,25 @@ def _grid(table):
     present = fill(True, False, bool)
     frame_dates = np.empty(len(ufiles), dtype=date_obs.dtype)
     frame_dates[fi] = date_obs
+    radius = np.full(len(ufiles), np.nan)
+    if "radius" in table.colnames:
+        radius[fi] = np.asarray(table["radius"], dtype=np.float64)
+    extra = {}
+    if "flux_ap" in table.colnames and np.ndim(table["flux_ap"]) == 2:
+        nr = np.shape(table["flux_ap"])[1]
+        rate_ap = np.full((*shape, nr), np.nan)
+        err_ap = np.full((*shape, nr), np.nan)
+        rate_ap[fi, si] = np.asarray(table["flux_ap"], dtype=np.float64) / exptime[:, None]
+        err_ap[fi, si] = np.asarray(table["flux_err_ap"], dtype=np.float64) / exptime[:, None]
+        radius_ap = np.full((len(ufiles), nr), np.nan)
+        radius_ap[fi] = np.asarray(table["radius_ap"], dtype=np.float64)
+        extra = dict(rate_ap=rate_ap, rate_err_ap=err_ap, radius_ap=radius_ap)
+    if all(name in table.colnames for name in PLACE_COLUMNS):
+        place = np.full((len(ufiles), len(PLACE_COLUMNS)), np.nan)
+        place[fi] = np.column_stack([np.asarray(table[n], dtype=float) for n in PLACE_COLUMNS])
+        source = np.full(len(ufiles), "", dtype=object)
+        source[fi] = np.asarray(table["site_source"]).astype(str)
+        extra.update(place=place, site_source=source)
     return _Grid(
         files=ufiles[order],
         date_obs=frame_dates,
@@ -164,15 +248,23 @@ def _grid(table):
         flags=fill(flags, MISSING, np.int64),
         x=fill(np.asarray(table["x"], dtype=np.float64), np.nan),
         y=fill(np.asarray(table["y"], dtype=np.float64), np.nan),
+        radius=radius,
+        **extra,
     )
 
 
+# Flags that do not stop a star from counting in a frame's ensemble: a faint
+# measurement (LOW_SNR, e.g. through cloud) just weighs little.
+HARMLESS = int(Flag.LOW_SNR)
+
+
 def _usable(grid):
-    """(nf, ns) bool: measured, unflagged, positive flux with a finite error."""
+    """(nf, ns) bool: measured, no harmful flag, positive flux with a finite error."""
     with np.errstate(invalid="ignore"):
         return (
             grid.present
-            & (grid.flags == 0)
+            & ((grid.flags & ~HARMLESS) == 0)
+            & (grid.flags >= 0)
             & np.isfinite(grid.rate)
             & (grid.rate > 0)
             & np.isfinite(grid.rate_err)
@@ -231,47 +323,332 @@ def resolve_star(table, spec, *, radius=5.0):
     return int(grid.star_ids[best])
 
 
-def _chi(res, err):
-    """Per-column rms of ``res`` in units of ``err`` (falls back to rms / median rms)."""
+def field_target(lightcurve_config, obj):
+    """Return ``(target, comparisons, radec)`` configured for field ``obj``.
+
+    A ``[[lightcurve.targets]]`` entry whose ``object`` is the field's (case and
+    surrounding spaces ignored) wins; otherwise the global ``target`` and
+    ``comparisons``. ``target`` is a spec for :func:`resolve_star` or None;
+    ``radec`` is ``[ra_deg, dec_deg]`` or None.
+    """
+    for entry in lightcurve_config.targets:
+        if entry.object.strip().lower() == str(obj).strip().lower():
+            comparisons = [list(c) for c in entry.comparisons]
+            return list(entry.position) or None, comparisons, list(entry.radec) or None
+    comparisons = [list(c) for c in lightcurve_config.comparisons]
+    return list(lightcurve_config.target) or None, comparisons, None
+
+
+def resolve_radec(table, *, radius=5.0):
+    """Return the star_id at the target's RA/Dec (rows' ``target_x/target_y`` from the WCS).
+
+    The earliest frame whose header had a WCS is used.
+
+    Raises
+    ------
+    ReduxdError
+        No frame of the field had a WCS, or no star lies within ``radius`` px.
+    """
+    table = _current(table)
+    if "target_x" in table.colnames:
+        x = np.asarray(table["target_x"], dtype=np.float64)
+        known = np.isfinite(x)
+    else:
+        known = np.zeros(len(table), bool)
+    if not known.any():
+        frames = len(set(np.asarray(table["file"]).astype(str))) if len(table) else 0
+        raise ReduxdError(
+            f"target given as RA/Dec, but none of the {frames} frames of this field has a WCS "
+            "in its header: give it as position = [x, y] on the first frame"
+        )
+    mjd = np.asarray(table["mjd"], dtype=np.float64)
+    first = np.asarray(table["file"]).astype(str)[known][np.argmin(mjd[known])]
+    rows = table[np.asarray(table["file"]).astype(str) == first]
+    tx, ty = float(rows["target_x"][0]), float(rows["target_y"][0])
+    dist = np.hypot(np.asarray(rows["x"]) - tx, np.asarray(rows["y"]) - ty)
+    best = int(np.argmin(dist))
+    if dist[best] > radius:
+        raise ReduxdError(
+            f"no star within {radius:g} px of the target's RA/Dec ({tx:.1f}, {ty:.1f}) "
+            f"on {first} (nearest {dist[best]:.1f} px)"
+        )
+    return int(rows["star_id"][best])
+
+
+def _rel(grid, columns):
+    """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref)."""
+    use = _usable(grid)[:, columns]
+    rate = grid.rate[:, columns]
+    ref = np.array(
+        [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan for j in range(len(columns))]
+    )
+    use &= np.isfinite(ref)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
-        chi = np.sqrt(np.mean((res / err) ** 2, axis=0))
-    if not np.all(np.isfinite(chi)):
-        rms = np.sqrt(np.mean(res**2, axis=0))
-        chi = rms / max(float(np.median(rms)), 1e-12)
-    return chi
+        rel = np.where(use, rate / ref, np.nan)
+        rel_err = np.where(use, grid.rate_err[:, columns] / ref, np.nan)
+    return rel, rel_err, use, ref
 
 
-def choose_comparisons(table, *, target_id, n, exclude=(), reject=3.0):
-    """Choose ``n`` comparison stars automatically: bright, unflagged, steady.
+def _weights(rel_err, use):
+    """Inverse-variance weight of each star: 1 / median(relative error)**2 over its frames."""
+    typical = np.array(
+        [
+            np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
+            for j in range(use.shape[1])
+        ]
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(np.isfinite(typical) & (typical > 0), 1.0 / typical**2, 0.0)
+    return w
 
-    Candidates are measured and unflagged (``flags == 0``, positive flux) in every
-    frame (when no star is, in as many frames as the best-covered star), and are
-    neither the target nor in ``exclude``; the ``max(2 n, n + 4)`` brightest are
-    kept. Each candidate's magnitude minus its median is compared with the frame's
-    common mode (median over the candidates); stars whose residual rms exceeds
-    ``reject`` times their photometric error (and ``reject`` times the median of
-    that ratio) are dropped; the common mode is recomputed once (weighted mean of
-    the remaining stars) and the test repeated. The ``n`` remaining stars with
-    the smallest residual rms are returned (fewer when fewer remain). With fewer
-    than three frames, the brightest candidates are returned.
 
-    Parameters
-    ----------
-    table : astropy.table.Table or list of dict
-        Photometry rows of one (object, filter).
-    target_id : int or None
-        Never chosen.
-    n : int
-        How many comparisons.
-    exclude : iterable of int, optional
-        Other star_ids never chosen (e.g. known variables).
-    reject : float, optional
-        Rejection threshold (see above).
+def _robust_std(values, axis=0):
+    """1.4826 x MAD along ``axis``, ignoring NaN."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        med = np.nanmedian(values, axis=axis, keepdims=True)
+        return 1.4826 * np.nanmedian(np.abs(values - med), axis=axis)
+
+
+def p2p_scatter(values):
+    """Point-to-point scatter: 1.4826 x MAD of successive differences / sqrt(2) (NaN skipped).
+
+    Examples
+    --------
+    >>> round(p2p_scatter(np.array([0.0, 1.0, 0.0, 1.0, 0.0])), 4)
+    1.0484
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 3:
+        return math.nan
+    diff = np.diff(values)
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+
+
+def _per_frame(w, rel_err, use):
+    """Per-frame weights: ``w`` scaled by each frame's reported variance over the median one.
+
+    Through cloud a faint star's relative error grows faster than a bright one's
+    (sky and read noise take over), so its weight drops in those frames.
+    """
+    typical = np.array(
+        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
+         for j in range(use.shape[1])]
+    )  # fmt: skip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = (typical[None, :] / rel_err) ** 2
+    return np.where(use & np.isfinite(factor), w[None, :] * factor, 0.0)
+
+
+def _leave_one_out(rel, rel_err, use, w):
+    """Each star divided by the weighted ensemble of the others: (ratio, ratio_err), (nf, n)."""
+    wu = _per_frame(np.asarray(w, dtype=float), rel_err, use)
+    num = np.nansum(np.where(use, wu * rel, 0.0), axis=1)[:, None] - np.where(use, wu * rel, 0.0)
+    den = wu.sum(axis=1)[:, None] - wu
+    var = np.nansum(np.where(use, (wu * rel_err) ** 2, 0.0), axis=1)[:, None]
+    var = var - np.where(use, (wu * rel_err) ** 2, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ens = np.where(den > 0, num / den, np.nan)
+        ens_err = np.sqrt(np.clip(var, 0, None)) / den
+        ratio = np.where(use, rel / ens, np.nan)
+        err = np.abs(ratio) * np.hypot(rel_err / rel, ens_err / ens)
+    return ratio, err
+
+
+def _p2p_columns(values):
+    """Point-to-point scatter of each column (NaN rows of a column skipped)."""
+    return np.array([p2p_scatter(values[:, k]) for k in range(values.shape[1])])
+
+
+def _steadiness(rel, rel_err, use, w):
+    """Each star against the others: (chi, scatter) per star.
+
+    ``chi`` is the point-to-point scatter of the ratio in units of both error
+    sets (its own and the ensemble's): about 1 for a steady star with honest
+    errors, larger for a noisy star or one varying from frame to frame. Slow
+    drifts common to a night (colour-dependent extinction, thin cloud) do not
+    count. ``scatter`` is the point-to-point scatter of the ratio itself.
+    """
+    ratio, err = _leave_one_out(rel, rel_err, use, w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (ratio - np.nanmedian(ratio, axis=0)) / err
+    return _p2p_columns(z), _p2p_columns(ratio)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """A comparison ensemble: members (best first), their weights, the candidates dropped."""
+
+    ids: tuple  # star_ids of the members
+    weights: tuple  # inverse-variance weights, same order
+    dropped: dict  # {star_id: reason}
+    aperture: int = 0  # index of the radius in the rows' multi-aperture columns
+
+
+def _flag_summary(flags):
+    """Text naming the flags that make a star unusable in its frames, most frequent first."""
+    counts = {}
+    for bit in Flag:
+        n = int(np.sum((flags >= 0) & ((flags & int(bit)) != 0)))
+        if n:
+            counts[bit.name] = n
+    missing = int(np.sum(flags == MISSING))
+    if missing:
+        counts["not measured"] = missing
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} in {n}" for name, n in ranked[:3])
+
+
+def _candidates(grid, allowed, coverage):
+    """Columns usable in at least ``coverage`` of the frames and never saturated; reasons."""
+    nf = len(grid.files)
+    usable = _usable(grid)
+    frac = usable.mean(axis=0)
+    saturated = ((grid.flags >= 0) & ((grid.flags & int(Flag.SATURATED)) != 0)).sum(axis=0)
+    allowed = [j for j in allowed if frac[j] > 0]
+    clean = [j for j in allowed if saturated[j] == 0]
+    best = max((frac[j] for j in clean), default=0.0)
+    limit = coverage if sum(frac[j] >= coverage for j in clean) >= 3 else 0.9 * best
+    dropped, out = {}, []
+    for j in allowed:
+        sid = int(grid.star_ids[j])
+        if saturated[j]:
+            dropped[sid] = f"saturated in {saturated[j]} of {nf} frames"
+        elif frac[j] < limit:
+            used = int(usable[:, j].sum())
+            why = _flag_summary(grid.flags[:, j])
+            dropped[sid] = f"usable in {used} of {nf} frames (< {limit:.0%}): {why}"
+        else:
+            out.append(j)
+    return out, dropped
+
+
+def _by_brightness(grid, cands, target_col, size):
+    """The ``size`` candidates to test: near the target's brightness (-3 to +1.5 mag) first."""
+    _, rel_err, use, ref = _rel(grid, cands)
+    precision = 1.0 / np.sqrt(np.maximum(_weights(rel_err, use), 1e-300))
+    if target_col is not None and _usable(grid)[:, target_col].any():
+        t_ref = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
+        delta = -2.5 * np.log10(ref / t_ref)
+        near = (delta >= -3.0) & (delta <= 1.5)
+        key = np.where(near, precision, 1e6 + np.abs(delta))
+        why = "not among the {} candidates nearest the target's brightness"
+    else:
+        key = precision
+        why = "not among the {} most precise candidates"
+    order = np.argsort(key, kind="stable")
+    pool = [cands[i] for i in order[:size]]
+    dropped = {int(grid.star_ids[cands[i]]): why.format(size) for i in order[size:]}
+    return pool, dropped
+
+
+def _reject_variables(grid, pool, reject):
+    """Drop, one at a time, the star least steady against the others.
+
+    Returns ``(keep, chi, scatter, dropped)``.
+    """
+    rel, rel_err, use, _ = _rel(grid, pool)
+    w = _weights(rel_err, use)
+    keep = np.ones(len(pool), dtype=bool)
+    dropped = {}
+    chi = np.ones(len(pool))
+    scatter = np.zeros(len(pool))
+    while len(grid.files) >= 3 and keep.sum() >= 3:
+        idx = np.flatnonzero(keep)
+        chi_k, scat_k = _steadiness(rel[:, idx], rel_err[:, idx], use[:, idx], w[idx])
+        chi[idx], scatter[idx] = chi_k, scat_k
+        if not np.isfinite(chi_k).any():
+            break
+        limit = max(1.5, reject * float(np.nanmedian(chi_k)))
+        worst = int(np.nanargmax(chi_k))
+        if chi_k[worst] <= limit:
+            break
+        keep[idx[worst]] = False
+        dropped[int(grid.star_ids[pool[idx[worst]]])] = (
+            f"noisy or variable: point-to-point scatter {chi_k[worst]:.1f} x its errors against "
+            f"the other comparisons (limit {limit:.1f})"
+        )
+    return keep, chi, scatter, dropped
+
+
+def select_ensemble(grid, *, target_col, n, exclude_cols=(), reject=2.0, coverage=0.9):
+    """Choose the comparison ensemble of a field (see :func:`choose_comparisons`).
 
     Returns
     -------
-    list of int
-        star_ids, steadiest first.
+    Ensemble
+    """
+    excluded = set(exclude_cols) | ({target_col} if target_col is not None else set())
+    allowed = [j for j in range(len(grid.star_ids)) if j not in excluded]
+    cands, dropped = _candidates(grid, allowed, coverage)
+    if not cands:
+        return Ensemble((), (), dropped)
+    pool, far = _by_brightness(grid, cands, target_col, max(3 * n, n + 10))
+    dropped.update(far)
+    keep, _, scatter, variable = _reject_variables(grid, pool, reject)
+    dropped.update(variable)
+    ranked = [i for i in np.argsort(scatter, kind="stable") if keep[i]]
+    for i in ranked[n:]:
+        dropped[int(grid.star_ids[pool[i]])] = (
+            f"steady, but {n} more precise comparisons were found"
+        )
+    members = [pool[i] for i in ranked[:n]]
+    weights = ensemble_weights(grid, members)
+    return Ensemble(tuple(int(grid.star_ids[j]) for j in members), tuple(weights), dropped)
+
+
+def measured_variances(grid, columns, *, iterations=4):
+    """Each comparison's relative variance, measured against the others.
+
+    The point-to-point scatter of a star against the weighted ensemble of the
+    others, ``s_i``, minus that ensemble's own variance ``1 / sum_{j != i} w_j``
+    (``w = 1 / variance``), iterated from the median reported relative
+    variances; never below half of the reported value. Reported errors of bright
+    stars miss the noise floor (scintillation, flat-field), so weights from them
+    alone put too much on the brightest star.
+    """
+    rel, rel_err, use, _ = _rel(grid, columns)
+    w = _weights(rel_err, use)
+    with np.errstate(divide="ignore"):
+        reported = np.where(w > 0, 1.0 / w, np.inf)
+    if len(columns) < 3 or len(grid.files) < 5 or not np.all(w > 0):
+        return reported
+    var = reported
+    for _ in range(iterations):
+        ratio, _ = _leave_one_out(rel, rel_err, use, 1.0 / var)
+        s2 = _p2p_columns(ratio) ** 2
+        others = np.sum(1.0 / var) - 1.0 / var
+        var = np.maximum(np.where(np.isfinite(s2), s2 - 1.0 / others, reported), 0.5 * reported)
+    return var
+
+
+def ensemble_weights(grid, columns):
+    """Inverse-variance weights (:func:`measured_variances`) of ``columns``, summing to 1."""
+    columns = list(columns)
+    if not columns:
+        return []
+    with np.errstate(divide="ignore"):
+        w = 1.0 / measured_variances(grid, columns)
+    if not np.any(w > 0):
+        w = np.ones(len(columns))
+    return [float(v) for v in w / w.sum()]
+
+
+def choose_comparisons(table, *, target_id, n, exclude=(), reject=2.0, coverage=0.9):
+    """Choose ``n`` comparison stars automatically; return their star_ids, best first.
+
+    Candidates are stars usable (measured, unflagged, positive flux) in at least
+    ``coverage`` of the frames (fewer when fewer than three stars are), never
+    saturated, neither the target nor in ``exclude``. The ``max(3 n, n + 10)``
+    most precise of those within -3 to +1.5 mag of the target are tested (all
+    candidates, most precise first, without a target). Steadiness: each star is
+    divided by the inverse-variance weighted ensemble of the others; its robust
+    scatter in units of both error sets (its own and the ensemble's) is its chi.
+    The star with the largest chi is dropped while that chi exceeds
+    ``max(1.5, reject * median chi)``, and the test is repeated. The ``n``
+    remaining stars with the smallest scatter are returned. A per-frame flag only
+    drops a member from that frame's ensemble.
 
     Examples
     --------
@@ -282,69 +659,49 @@ def choose_comparisons(table, *, target_id, n, exclude=(), reject=3.0):
     [3, 2]
     """
     grid = _grid(table)
-    usable = _usable(grid)
-    excluded = {int(s) for s in exclude}
-    if target_id is not None:
-        excluded.add(int(target_id))
-    allowed = ~np.isin(grid.star_ids, list(excluded))
-    coverage = usable.sum(axis=0)
-    if not np.any(allowed & (coverage > 0)):
-        return []
-    cand = np.flatnonzero(allowed & (coverage == coverage[allowed].max()))
-    level = [np.median(grid.rate[usable[:, j], j]) for j in cand]
-    cand = cand[np.argsort(level, kind="stable")[::-1][: max(2 * n, n + 4)]]
-    frames = np.all(usable[:, cand], axis=1)
-    mag, err = grid.mags()
-    mag, err = mag[np.ix_(frames, cand)], err[np.ix_(frames, cand)]
-    if mag.shape[0] < 3 or len(cand) < 3:
-        return [int(s) for s in grid.star_ids[cand[:n]]]
-
-    resid = mag - np.median(mag, axis=0)
-    keep = np.ones(len(cand), dtype=bool)
-    for iteration in range(2):
-        if iteration == 0:
-            common = np.median(resid[:, keep], axis=1)
-        else:
-            w = 1.0 / np.where(np.isfinite(err[:, keep]) & (err[:, keep] > 0), err[:, keep], 1.0)
-            w = w**2
-            common = np.sum(resid[:, keep] * w, axis=1) / np.sum(w, axis=1)
-        res = resid - common[:, None]
-        res -= np.median(res, axis=0)
-        chi = _chi(res, err)
-        limit = max(reject, reject * float(np.median(chi[keep])))
-        bad = chi > limit
-        if np.all(bad | ~keep):
-            bad[np.argmin(np.where(keep, chi, np.inf))] = False
-        keep &= ~bad
-    rms = np.sqrt(np.mean(res**2, axis=0))
-    ranked = [i for i in np.argsort(rms, kind="stable") if keep[i]]
-    return [int(grid.star_ids[cand[i]]) for i in ranked[:n]]
+    target_col = None if target_id is None else grid.column(int(target_id))
+    exclude_cols = [grid.column(int(s)) for s in exclude if int(s) in set(grid.star_ids.tolist())]
+    ens = select_ensemble(
+        grid, target_col=target_col, n=n, exclude_cols=exclude_cols, reject=reject,
+        coverage=coverage,
+    )  # fmt: skip
+    return list(ens.ids)
 
 
-def _ensemble(grid, columns):
-    """Return (rate, rate_err, n_used) of the summed comparison rates per frame."""
+def _ensemble(grid, columns, weights=None):
+    """Return (rate, rate_err, n_used) of the weighted comparison ensemble per frame.
+
+    The ensemble is the weighted mean of the members' rates relative to their
+    median rates, times the sum of those medians (so its magnitude is that of the
+    summed comparisons). A frame in which no member is usable falls back on the
+    members measured there with a positive, unsaturated flux.
+    """
     nf = len(grid.files)
     if len(columns) == 0:
         return np.full(nf, np.nan), np.full(nf, np.nan), np.zeros(nf, dtype=np.int64)
-    columns = np.asarray(columns, dtype=np.int64)
-    valid = _usable(grid)[:, columns]
-    rate = grid.rate[:, columns]
-    err = grid.rate_err[:, columns]
-    ref = np.array(
-        [
-            np.median(rate[valid[:, j], j]) if valid[:, j].any() else np.nan
-            for j in range(len(columns))
-        ]
-    )
-    valid &= np.isfinite(ref)[None, :]
-    total = np.nansum(ref)
-    ref_present = np.sum(np.where(valid, ref, 0.0), axis=1)
-    n_used = valid.sum(axis=1)
+    columns = list(columns)
+    w = np.asarray(ensemble_weights(grid, columns) if weights is None else weights, dtype=float)
+    rel, rel_err, use, ref = _rel(grid, columns)
+    empty = ~use.any(axis=1)
+    if empty.any():
+        flags = grid.flags[:, columns]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw = grid.rate[:, columns] / ref
+            raw_err = grid.rate_err[:, columns] / ref
+        fallback = (
+            empty[:, None] & grid.present[:, columns] & np.isfinite(raw) & (raw > 0)
+            & np.isfinite(raw_err) & ((flags & int(Flag.SATURATED)) == 0)
+        )  # fmt: skip
+        rel, rel_err = np.where(fallback, raw, rel), np.where(fallback, raw_err, rel_err)
+        use = use | fallback
+    wu = _per_frame(w, rel_err, use)
+    den = wu.sum(axis=1)
+    total = float(np.nansum(ref))
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(n_used > 0, total / ref_present, np.nan)
-        flux = np.sum(np.where(valid, rate, 0.0), axis=1) * scale
-        flux_err = np.sqrt(np.sum(np.where(valid, err**2, 0.0), axis=1)) * scale
-    return flux, flux_err, n_used
+        ens = np.sum(np.where(use, wu * rel, 0.0), axis=1) / den
+        err = np.sqrt(np.sum(np.where(use, (wu * rel_err) ** 2, 0.0), axis=1)) / den
+    ens = np.where(den > 0, ens, np.nan)
+    return ens * total, err * total, use.sum(axis=1)
 
 
 def _to_mag(rate, rate_err):
@@ -377,6 +734,32 @@ def _add(table, name, values, unit, description, fmt=".5f"):
         table[name].format = fmt
 
 
+def _add_times(table, grid):
+    """Add ``bjd_tdb`` and ``airmass`` (computed) where the frame's pointing and site are known."""
+    if grid.place is None:
+        table.meta["time"] = "no pointing/site in the rows: no bjd_tdb or airmass"
+        return
+    from reduxd.steps.times import bjd_and_airmass
+
+    bjd = np.full(len(grid.files), np.nan)
+    airmass = np.full(len(grid.files), np.nan)
+    known = np.all(np.isfinite(grid.place), axis=1) & np.isfinite(grid.mjd)
+    places, which = np.unique(grid.place[known], axis=0, return_inverse=True)
+    frames = np.flatnonzero(known)
+    for k, place in enumerate(places):  # one vectorised astropy call per pointing and site
+        idx = frames[np.ravel(which) == k]
+        bjd[idx], airmass[idx] = bjd_and_airmass(grid.mjd[idx], *place)
+    _add(table, "bjd_tdb", bjd, "d", "mid-exposure BJD_TDB (astropy light_travel_time)",
+         fmt=".7f")  # fmt: skip
+    _add(table, "airmass", airmass, None, "sec z at mid-exposure, computed from the site")
+    sources = sorted({str(v) for v in grid.site_source[known]})
+    table.meta["time"] = (
+        "bjd_tdb and airmass computed with astropy from the frames' pointing (header "
+        f"OBJCTRA/OBJCTDEC or RA/DEC) and the site from {' and '.join(sources) or 'nowhere'}; "
+        f"{int((~known).sum())} frames without pointing or site have NaN"
+    )
+
+
 def _add_checks(table, grid, comparison_ids):
     columns = [grid.column(int(c)) for c in comparison_ids]
     if len(columns) < 2:
@@ -394,13 +777,13 @@ def _add_checks(table, grid, comparison_ids):
         )  # fmt: skip
 
 
-def _differential(grid, target_id, comparison_ids):
+def _differential(grid, target_id, comparison_ids, weights=None):
     table = _frame_table(grid)
     t = grid.column(int(target_id))
     columns = [grid.column(int(c)) for c in comparison_ids]
     if int(target_id) in {int(c) for c in comparison_ids}:
         raise ReduxdError(f"star {target_id} is both the target and a comparison")
-    ens, ens_err, n_used = _ensemble(grid, columns)
+    ens, ens_err, n_used = _ensemble(grid, columns, weights)
     target, target_err = _to_mag(grid.rate[:, t], grid.rate_err[:, t])
     ens_mag, ens_mag_err = _to_mag(ens, ens_err)
     values = {
@@ -632,35 +1015,130 @@ def _empty_spec(spec):
     return spec is None or (not np.isscalar(spec) and len(spec) == 0)
 
 
-def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=5):
+def _ensemble_for(grid, target_col, comparison_ids, n):
+    if comparison_ids:
+        columns = [grid.column(int(c)) for c in comparison_ids]
+        return Ensemble(tuple(comparison_ids), tuple(ensemble_weights(grid, columns)), {})
+    return select_ensemble(grid, target_col=target_col, n=n)
+
+
+def ensemble_scatter(grid, ensemble, *, target_col=None):
+    """Expected point-to-point noise (mag) of a differential curve with this ensemble.
+
+    From the comparisons only (:func:`measured_variances`): the ensemble's noise
+    ``1 / sqrt(sum 1 / var_i)``, and, when a target column is given, in
+    quadrature the noise of the member nearest the target in brightness, a
+    stand-in for the target (whose own curve is never looked at).
+    """
+    columns = [grid.column(int(c)) for c in ensemble.ids]
+    if len(columns) < 3:
+        return math.inf
+    var = measured_variances(grid, columns)
+    if not np.all(np.isfinite(var)):
+        return math.inf
+    total = float(1.0 / np.sum(1.0 / var))
+    if target_col is not None and _usable(grid)[:, target_col].any():
+        _, _, _, ref = _rel(grid, columns)
+        level = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
+        k = int(np.argmin(np.abs(np.log(ref / level))))
+        rest = np.delete(var, k)
+        total = float(var[k] + 1.0 / np.sum(1.0 / rest))
+    return MAG_ERR * math.sqrt(total)
+
+
+def _radius_key(radius):
+    finite = radius[np.isfinite(radius)]
+    return f"{float(np.median(finite)):.2f}" if finite.size else "unknown"
+
+
+def choose_aperture(grid, *, target_col, comparison_ids, n):
+    """Pick the aperture radius whose comparison ensemble is steadiest (never looks at the target).
+
+    Returns
+    -------
+    tuple
+        ``(grid, ensemble, scatter)``: the grid of the chosen radius, its
+        ensemble, and ``{median radius in pixels: ensemble scatter}`` per radius.
+    """
+    trials = []
+    for g in grid.apertures():
+        ens = _ensemble_for(g, target_col, comparison_ids, n)
+        trials.append((ensemble_scatter(g, ens, target_col=target_col), g, ens))
+    best = min(range(len(trials)), key=lambda k: trials[k][0])
+    object.__setattr__(trials[best][2], "aperture", best)  # which radius of the rows
+    scatter = {
+        _radius_key(g.radius): (round(v, 6) if math.isfinite(v) else None) for v, g, _ in trials
+    }
+    return trials[best][1], trials[best][2], scatter
+
+
+def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, radec=None):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
 
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
-    with no comparisons they are chosen by :func:`choose_comparisons`. The table's
-    meta holds ``target_id`` (or None), ``comparison_ids`` and ``check_chi2``.
+    with no comparisons they are chosen by :func:`select_ensemble`. With
+    multi-aperture rows the radius is chosen by :func:`choose_aperture`. The
+    table's meta holds ``target_id`` (or None), ``comparison_ids``,
+    ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
+    ``check_chi2``.
     """
     grid = _grid(table)
-    target_id = None if _empty_spec(target) else resolve_star(table, target)
+    if radec is not None:
+        target_id = resolve_radec(table)
+    else:
+        target_id = None if _empty_spec(target) else resolve_star(table, target)
+    target_col = None if target_id is None else grid.column(target_id)
+    comparison_ids = []
     if comparisons:
         resolved = [resolve_star(table, spec) for spec in comparisons]
         comparison_ids = list(dict.fromkeys(resolved))  # the same star named twice: once
-    else:
-        comparison_ids = choose_comparisons(table, target_id=target_id, n=n_comparisons)
+    grid, ens, scatter = choose_aperture(
+        grid, target_col=target_col, comparison_ids=comparison_ids, n=n_comparisons
+    )
+    comparison_ids = list(ens.ids)
     if target_id is not None:
-        out = _differential(grid, target_id, comparison_ids)
+        out = _differential(grid, target_id, comparison_ids, ens.weights)
     else:
         out = _frame_table(grid)
         _add_checks(out, grid, comparison_ids)
+    _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
+    _add_times(out, grid)
     _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
+    out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
+    if comparison_ids:
+        _, _, _, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
+        out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
+    out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
-    out.meta["ensemble"] = "sum of comparison count rates (flux / exptime)"
+    out.meta["ensemble"] = (
+        "inverse-variance weighted mean of the comparisons' rates relative to their medians, "
+        "times the sum of those medians"
+    )
+    finite = grid.radius[np.isfinite(grid.radius)]
+    radius = float(np.median(finite)) if finite.size else None
+    out.meta["aperture"] = {
+        "index": int(ens.aperture),
+        "radius_px": radius,
+        "ensemble_scatter_by_radius": scatter,
+        "rule": "radius whose comparisons scatter least against each other (target not used)",
+    }
     return out
 
 
 def write_lightcurve(
-    outdir, table, *, object, filter, target=None, comparisons=(), n_comparisons=5, save=""
+    outdir,
+    table,
+    *,
+    object,
+    filter,
+    target=None,
+    comparisons=(),
+    n_comparisons=10,
+    save="",
+    radec=None,
+    keep=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -695,8 +1173,10 @@ def write_lightcurve(
     if len(_current(table)) == 0:
         return []
     lc = build_lightcurve(
-        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons
+        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec
     )
+    if keep is not None:
+        keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
     lc.meta["filter"] = str(filter)
     csv_path, ecsv_path, png_path = lightcurve_paths(
@@ -707,6 +1187,54 @@ def write_lightcurve(
     for path, payload in ((csv_path, csv_bytes), (ecsv_path, ecsv_bytes), (png_path, png)):
         atomic_write(path, lambda fh, payload=payload: fh.write(payload))
     return [csv_path, ecsv_path, png_path]
+
+
+def ensemble_of(lc):
+    """What :func:`frame_dmag` needs from a built light curve (None without a target)."""
+    meta = lc.meta
+    if meta.get("target_id") is None or not meta.get("comparison_ids"):
+        return None
+    return {
+        "target_id": int(meta["target_id"]),
+        "ids": list(meta["comparison_ids"]),
+        "weights": list(meta["comparison_weights"]),
+        "rates": list(meta["comparison_rates"]),
+        "aperture": int(meta["aperture"]["index"]),
+    }
+
+
+def frame_dmag(rows, ensemble):
+    """The target's differential magnitude in one frame's rows, against a fixed ensemble.
+
+    ``ensemble`` from :func:`ensemble_of`. None when the target is not measured
+    (or not positive) in these rows or no member is usable.
+
+    Examples
+    --------
+    >>> rows = [dict(star_id=s, flux=f, exptime=1.0, flags=0) for s, f in ((1, 10.0), (2, 50.0))]
+    >>> frame_dmag(rows, dict(target_id=1, ids=[2], weights=[1.0], rates=[100.0], aperture=0))
+    1.7474
+    """
+    k = ensemble["aperture"]
+
+    def rate(row):
+        flux = row["flux_ap"][k] if isinstance(row.get("flux_ap"), list) else row["flux"]
+        return flux / (row.get("exptime") or 1.0)
+
+    by_id = {int(r["star_id"]): r for r in rows}
+    target = by_id.get(ensemble["target_id"])
+    if target is None or not rate(target) > 0:
+        return None
+    num = den = 0.0
+    for sid, w, ref in zip(ensemble["ids"], ensemble["weights"], ensemble["rates"], strict=True):
+        row = by_id.get(int(sid))
+        if row is not None and (int(row["flags"]) & ~HARMLESS) == 0 and rate(row) > 0:
+            num += w * rate(row) / ref
+            den += w
+    if den <= 0:
+        return None
+    ens = num / den * sum(ensemble["rates"])
+    return round(-2.5 * math.log10(rate(target) / ens), 4)
 
 
 def plot_lightcurve(lc, *, title=""):

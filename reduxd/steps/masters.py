@@ -476,7 +476,7 @@ def make_flat(
     dark=None,
     bias=None,
     dark_current=None,
-    flat_scale="none",
+    flat_scale="median",
     method="median",
     clip_sigma=3.0,
     max_memory_mb=2048,
@@ -638,12 +638,19 @@ def robust_sigma(values):
 
 
 def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
-    """Return a uint8 mask with :data:`reduxd.maskbits.BAD` on hot, dead and low pixels.
+    """Return a uint8 mask with :data:`reduxd.maskbits.BAD` on bad pixels.
+
+    Bad means: not finite in a master, low in the flat (dead or nearly), or,
+    only when ``hot_sigma > 0``, dark current above ``median + hot_sigma *
+    robust sigma``. Warm and hot pixels are *not* bad by default
+    (``hot_sigma = 0``): the dark subtraction removes them, and flagging every
+    star whose aperture touches one empties comparison ensembles.
 
     Parameters
     ----------
     dark_current : MasterResult or ndarray, optional
-        Pixels above ``median + hot_sigma * robust sigma`` (or not finite) are hot.
+        Dark current; its non-finite pixels are bad, and with ``hot_sigma > 0``
+        its hot pixels.
     flat : MasterResult or ndarray, optional
         Normalised flat: pixels below ``low_flat`` (or not finite) are dead or low.
     hot_sigma, low_flat : float
@@ -652,6 +659,10 @@ def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
     --------
     >>> dc = np.array([[50, .1, .12], [.09, .11, .1], [.1, .08, .1]], np.float32)
     >>> flat = np.ones((3, 3), np.float32); flat[2, 2] = 0.1
+    >>> bad_pixel_mask(dark_current=dc, flat=flat, hot_sigma=0, low_flat=0.5)
+    array([[0, 0, 0],
+           [0, 0, 0],
+           [0, 0, 1]], dtype=uint8)
     >>> bad_pixel_mask(dark_current=dc, flat=flat, hot_sigma=10, low_flat=0.5)
     array([[1, 0, 0],
            [0, 0, 0],
@@ -663,8 +674,10 @@ def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
     mask = np.zeros(arrays[0].shape, dtype=np.uint8)
     dc = _data(dark_current)
     if dc is not None:
+        mask[~np.isfinite(dc)] = maskbits.BAD
+    if dc is not None and hot_sigma > 0:
         limit = np.nanmedian(dc) + hot_sigma * max(robust_sigma(dc), 1e-6)
-        mask[~(dc <= limit)] = maskbits.BAD  # also NaN
+        mask[~(dc <= limit)] = maskbits.BAD
     fl = _data(flat)
     if fl is not None:
         mask[~(fl >= low_flat)] = maskbits.BAD

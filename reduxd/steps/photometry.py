@@ -6,9 +6,11 @@ sky, aperture measurement, IDs 1..N from the brightest star down.
 Following frames (``reference`` given): no full detection. The offset comes
 from a vote between the reference's brightest stars and the brightest peaks
 of a 4x4-binned image (``match.find_offset``); known stars are re-centred in
-small boxes (a star that cannot be re-centred within ``match_radius`` is
-measured at its predicted position); peaks of the binned image far from every
-known star are vetted at full resolution and become new stars with new IDs.
+small boxes, with a similarity (shift, rotation, scale) fitted to them when the
+field rotates (a star that cannot be re-centred within ``match_radius`` is
+measured at its predicted position and flagged NOT_RECENTRED); peaks of the
+binned image far from every known star are vetted at full resolution and become
+new stars with new IDs.
 """
 
 from dataclasses import dataclass, replace
@@ -19,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from reduxd.steps import detect, sky
 from reduxd.steps.match import FieldReference, assign_ids, brightest, find_offset
-from reduxd.steps.measure import COLUMNS, Flag, describe, measure
+from reduxd.steps.measure import COLUMNS, Flag, describe, measure, measure_radii
 
 __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 
@@ -28,11 +30,11 @@ __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 class PhotParams:
     """Options of the photometry step (see config.toml, section [photometry])."""
 
-    radius: float = 15.0  # -R, pixels
+    radius: float = 15.0  # -R, pixels; 0 = from the seeing (``fwhm_factors``)
     radius_fwhm: float = 0.0  # >0: radius = radius_fwhm * measured FWHM
     sky_method: str = "radial"  # global | annulus | radial | mesh
     subframe: int = 25  # -L, side of the radial-fit subframe
-    annulus: tuple[float, float] = (20.0, 30.0)
+    annulus: tuple[float, float] | None = (20.0, 30.0)  # None: (r_max + 5, r_max + 15)
     sky_region: tuple[int, int, int, int] | None = None  # x0, x1, y0, y1 for global
     smoothing: float = 0.0  # -S, detection only
     detect_sigma: float = 5.0
@@ -49,6 +51,9 @@ class PhotParams:
     binning: int = 4  # binning of the cheap peak search on following frames
     n_bright: int = 30  # reference stars used to find the offset
     keep_profiles: bool = False  # radial profiles in PhotResult.profiles (plots)
+    # radius 0 and radius_fwhm 0: every star through these multiples of the frame's
+    # FWHM; the first one listed is the ``flux`` column, the light curve picks one
+    fwhm_factors: tuple[float, ...] = (2.0, 1.0, 1.25, 1.5, 2.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,23 @@ class PhotResult:
     profiles: list | None = None
     n_new: int = 0  # stars added to the reference by this frame
     radius: float = 0.0  # aperture radius used, pixels (differs from params with radius_fwhm)
+    apertures: dict | None = None  # multi-aperture: radii (nr,), flux and flux_err (n, nr)
 
 
-def _radius(params, fwhm):
+def _radii(params, fwhm):
+    """Aperture radii of a frame (pixels); the first is the ``flux`` column's."""
     if params.radius_fwhm > 0 and np.isfinite(fwhm):
-        return float(params.radius_fwhm * fwhm)
-    return float(params.radius)
+        return [float(params.radius_fwhm * fwhm)]
+    if params.radius > 0:
+        return [float(params.radius)]
+    fwhm = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 4.0
+    return [max(1.0, k * fwhm) for k in params.fwhm_factors]
+
+
+def _annulus(params, radii):
+    if params.annulus:
+        return tuple(params.annulus)
+    return (max(radii) + 5.0, max(radii) + 15.0)
 
 
 def _frame_fwhm(fwhm, flux, fallback):
@@ -79,7 +95,8 @@ def _frame_fwhm(fwhm, flux, fallback):
 
 
 def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
-    radius = _radius(params, frame_fwhm)
+    radii = _radii(params, frame_fwhm)
+    radius = radii[0]
     guess = np.where(np.isfinite(fwhm), fwhm, frame_fwhm)
     estimate = sky.estimate_sky(
         data,
@@ -88,7 +105,7 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
         method=params.sky_method,
         mask=mask,
         region=params.sky_region or None,
-        annulus=params.annulus,
+        annulus=_annulus(params, radii),
         size=params.subframe,
         fwhm=guess,
         fit_quality=params.fit_quality,
@@ -96,21 +113,21 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
         radius=radius,
         keep=params.keep_profiles,
     )
-    table = measure(
-        data,
-        x,
-        y,
-        radius=radius,
-        sky=estimate,
-        exptime=exptime,
+    detector = dict(
         gain_e_per_adu=params.gain_e_per_adu,
         read_noise_e=params.read_noise_e,
         dark_e_per_s=params.dark_e_per_s,
-        mask=mask,
-        min_snr=params.min_snr,
         noise=params.noise,
     )
-    return table, estimate, radius
+    table = measure(
+        data, x, y, radius=radius, sky=estimate, exptime=exptime, mask=mask,
+        min_snr=params.min_snr, flag_radius=max(radii), **detector,
+    )  # fmt: skip
+    apertures = None
+    if len(radii) > 1:
+        flux, flux_err = measure_radii(data, x, y, radii=radii, sky=estimate, **detector)
+        apertures = {"radii": np.asarray(radii), "flux": flux, "flux_err": flux_err}
+    return table, estimate, radius, apertures
 
 
 def _neighbour_within(x, y, radius):
@@ -164,7 +181,7 @@ def _first_frame(data, mask, exptime, params, reference):
         box=params.mesh_box,
     )
     frame_fwhm = found.frame_fwhm
-    table, estimate, radius = _measure_stars(
+    table, estimate, radius, apertures = _measure_stars(
         data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm
     )
     base = FieldReference.empty() if reference is None else reference
@@ -192,7 +209,7 @@ def _first_frame(data, mask, exptime, params, reference):
     n_new = len(ref) - len(base)
     cards = _cards(params, radius, frame_fwhm, offset, table, estimate, n_new, votes)
     profiles = _profiles(params, estimate, ids)
-    return PhotResult(table, ref, offset, frame_fwhm, cards, profiles, n_new, radius)
+    return PhotResult(table, ref, offset, frame_fwhm, cards, profiles, n_new, radius, apertures)
 
 
 def _inside(shape, x, y):
@@ -255,8 +272,40 @@ def _cheap_offset(peaks, reference, params):
     return dx, dy, votes, votes >= min(3, bright.size)
 
 
+def fit_similarity(x0, y0, x1, y1):
+    """Least-squares similarity (scale, rotation, shift) taking (x0, y0) to (x1, y1).
+
+    Returns a function ``(x, y) -> (x', y')``; a pure shift with fewer than 3 pairs.
+
+    Examples
+    --------
+    >>> t = np.radians(0.6)
+    >>> x0, y0 = np.array([0.0, 500.0, 0.0, 500.0]), np.array([0.0, 0.0, 500.0, 500.0])
+    >>> x1 = np.cos(t) * x0 - np.sin(t) * y0 + 3.0
+    >>> y1 = np.sin(t) * x0 + np.cos(t) * y0 - 2.0
+    >>> xp, yp = fit_similarity(x0, y0, x1, y1)(np.array([250.0]), np.array([250.0]))
+    >>> bool(abs(xp[0] - (np.cos(t) * 250 - np.sin(t) * 250 + 3)) < 1e-9)
+    True
+    """
+    if x0.size < 3:
+        dx, dy = float(np.median(x1 - x0)), float(np.median(y1 - y0))
+        return lambda x, y: (x + dx, y + dy)
+    # x1 = a x0 - b y0 + c ; y1 = b x0 + a y0 + d
+    ones, zeros = np.ones_like(x0), np.zeros_like(x0)
+    design = np.block([[x0[:, None], -y0[:, None], ones[:, None], zeros[:, None]],
+                       [y0[:, None], x0[:, None], zeros[:, None], ones[:, None]]])  # fmt: skip
+    (a, b, c, d), *_ = np.linalg.lstsq(design, np.r_[x1, y1], rcond=None)
+    return lambda x, y: (a * x - b * y + c, b * x + a * y + d)
+
+
 def _known_stars(data, mask, params, reference, offset):
-    """Re-centre the known stars inside the frame; refine the offset with them."""
+    """Re-centre the known stars inside the frame; refine the offset with them.
+
+    A shift is found first; when the re-centred stars show a rotation (or scale)
+    too, a similarity fitted to them predicts every star again and the stars are
+    re-centred once more. Stars that still cannot be re-centred keep their
+    predicted position and are returned with ``ok`` False (flagged NOT_RECENTRED).
+    """
     dx, dy = offset
     fwhm_guess = reference.fwhm if reference.fwhm > 0 else 4.0
     inside = _inside(data.shape, reference.x + dx, reference.y + dy)
@@ -266,9 +315,15 @@ def _known_stars(data, mask, params, reference, offset):
         dx += float(np.median(rx[ok] - px[ok]))
         dy += float(np.median(ry[ok] - py[ok]))
     px, py = reference.x[inside] + dx, reference.y[inside] + dy
+    if ok.sum() >= 3:
+        model = fit_similarity(reference.x[inside][ok], reference.y[inside][ok], rx[ok], ry[ok])
+        sx, sy = model(reference.x[inside], reference.y[inside])
+        if np.max(np.hypot(sx - px, sy - py)) > 0.5:  # rotation matters: re-centre again
+            px, py = sx, sy
+            rx, ry, fw, wflux, ok = _recentre(data, mask, params, px, py, fwhm_guess)
     fw = np.where(ok, fw, np.nan)
     frame_fwhm = _frame_fwhm(fw, wflux, fwhm_guess)
-    stars = (reference.star_id[inside], np.where(ok, rx, px), np.where(ok, ry, py), fw)
+    stars = (reference.star_id[inside], np.where(ok, rx, px), np.where(ok, ry, py), fw, ok)
     return stars, (dx, dy), frame_fwhm
 
 
@@ -277,21 +332,27 @@ def _next_frame(data, mask, exptime, params, reference):
     dx, dy, votes, trusted = _cheap_offset(peaks, reference, params)
     if not trusted:
         return _first_frame(data, mask, exptime, params, reference)
-    (ids, x, y, fwhm), (dx, dy), frame_fwhm = _known_stars(data, mask, params, reference, (dx, dy))
+    (ids, x, y, fwhm, ok), (dx, dy), frame_fwhm = _known_stars(
+        data, mask, params, reference, (dx, dy)
+    )
     # new stars: peaks far from every known star, also from those just off the frame
     new_x, new_y, new_fwhm = _new_stars(
         data, mask, params, peaks, reference.x + dx, reference.y + dy, frame_fwhm
     )
     x, y, fwhm = np.r_[x, new_x], np.r_[y, new_y], np.r_[fwhm, new_fwhm]
-    table, estimate, radius = _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm)
+    table, estimate, radius, apertures = _measure_stars(
+        data, mask, exptime, params, x, y, fwhm, frame_fwhm
+    )
     n_new = new_x.size
     ref = reference.extend(new_x - dx, new_y - dy, np.asarray(table["flux"])[x.size - n_new :])
     ids = np.r_[ids, ref.star_id[len(reference) :]]
     ref = replace(ref, fwhm=frame_fwhm)
     table = _finish(table, ids, fwhm, frame_fwhm, radius, params)
+    lost = np.r_[~ok, np.zeros(n_new, bool)]
+    table["flags"][lost] |= Flag.NOT_RECENTRED
     cards = _cards(params, radius, frame_fwhm, (dx, dy), table, estimate, n_new, votes)
     profiles = _profiles(params, estimate, ids)
-    return PhotResult(table, ref, (dx, dy), frame_fwhm, cards, profiles, n_new, radius)
+    return PhotResult(table, ref, (dx, dy), frame_fwhm, cards, profiles, n_new, radius, apertures)
 
 
 def photometer(data, *, mask=None, exptime, params, reference=None):
