@@ -1,0 +1,71 @@
+"""Golden files: ``reduxd reduce`` on a fixed simulated night gives the same bytes.
+
+This guards behaviour-preserving restructurings (issue 9): the photometry tables
+(CSV, ECSV) and the light-curve CSV of a seeded simulated night must not change
+by one byte. The simulator renders every frame from its own seeded random stream,
+so the raw frames are identical on every run, and the reduction is deterministic.
+
+What is compared, whole: the photometry CSV and ECSV, the table of current rows and
+the light-curve CSVs. The ECSV's YAML header holds the column names, types, units and
+descriptions only (checked: no date, no software version), so it is deterministic and
+compared too: a changed description is a changed contract. The ledger, the run log,
+the summaries, the PNGs and the FITS (which carry dates) are not compared here.
+The serial run and a run with two worker processes must give the same bytes.
+
+If a change is *meant* to alter the numbers (a new column, another default), run
+``REDUXD_GOLDEN_PRINT=1 pytest tests/test_golden_reduce.py -s`` and paste the printed
+checksums into ``GOLDEN`` below, saying in the commit why they changed. A change in
+numpy/astropy/photutils versions can legitimately change the last digits too: check
+that the differences are at the last printed digit before updating.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reduxd.simulate import NightSpec, simulate_night
+
+SPEC = NightSpec.small(seed=11)
+LINE = ["reduce", "-D", "night", "-O", "out", "--save", "golden", "--config", "golden.toml"]
+# sha1 of the deterministic content (see the module docstring), recorded on main before
+# issue 9's restructuring (commit 6aa1e13)
+GOLDEN = {
+    "golden_photometry.csv": "9c7e99f1effd11cb8d164fd7314dc1e8d70bafd3",
+    "golden_photometry.ecsv": "fe3b2589cd53daf26e30e735220c32187e6ceaca",
+    "golden_photometry_current.csv": "9c7e99f1effd11cb8d164fd7314dc1e8d70bafd3",
+    "golden_lightcurve_pg2213_V.csv": "e008ea67ab4b084c392c4f6d63b664126f00c206",
+    "golden_lightcurve_pg2213_R.csv": "de0bbeb260b16856cf0979b5be185108ffc6ba84",
+}
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["serial", "jobs2"])
+def reduced(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("golden")
+    truth = simulate_night(folder / "night", SPEC, workers=1)
+    target = truth["stars"][0]
+    (folder / "golden.toml").write_text(
+        f"[lightcurve]\ntarget = [{target['x']:.2f}, {target['y']:.2f}]\n"
+    )
+    script = Path(sys.executable).with_name("reduxd")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "reduxd"]
+    line = [*command, *LINE, "--jobs", str(request.param)]
+    proc = subprocess.run(
+        line, cwd=folder, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "out"
+
+
+def test_reduce_gives_the_golden_tables(reduced):
+    found = {name: hashlib.sha1((reduced / name).read_bytes()).hexdigest() for name in GOLDEN}
+    if os.environ.get("REDUXD_GOLDEN_PRINT"):
+        print("\nGOLDEN = {")
+        for name, sha in found.items():
+            print(f'    "{name}": "{sha}",')
+        print("}")
+    assert found == GOLDEN
