@@ -22,7 +22,9 @@ from astropy.io import fits
 from reduxd.fitsio import read_frame
 from reduxd.frames import classify
 from reduxd.log import get_logger
+from reduxd.photparams import phot_params
 from reduxd.products.fitsout import write_calibrated
+from reduxd.products.naming import quicklook_path, reduced_path, regions_path
 from reduxd.products.regions import write_regions
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.saturation import saturation
@@ -104,32 +106,6 @@ class MasterCache:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return data
-
-
-def phot_params(config, camera):
-    """Return :class:`PhotParams` from the config and the camera entry of a light."""
-    from reduxd.steps.photometry import PhotParams  # see LIGHT_MODULES
-
-    p = config.photometry
-    region = tuple(p.sky_region) if p.sky_region else None
-    return PhotParams(
-        radius=p.radius,
-        radius_fwhm=p.radius_fwhm,
-        sky_method=p.sky_method,
-        subframe=p.subframe,
-        annulus=tuple(p.annulus) or None,
-        sky_region=region,
-        smoothing=p.smoothing,
-        detect_sigma=p.detect_sigma,
-        fit_quality=p.fit_quality,
-        mesh_box=p.mesh_box,
-        min_snr=p.min_snr,
-        match_radius=p.match_radius,
-        max_offset=p.max_offset,
-        gain_e_per_adu=camera.gain_e_per_adu,
-        read_noise_e=camera.read_noise_e,
-        keep_profiles=config.output.profile_plots,
-    )
 
 
 def calib_label(plan):
@@ -401,21 +377,6 @@ def chart_roles(outdir, rows, save):
     if target_id is not None:
         roles[target_id] = "target"
     return roles
-
-
-def reduced_path(outdir, rel):
-    """Where the calibrated light of raw frame ``rel`` is written."""
-    return Path(outdir) / "reduced" / rel
-
-
-def regions_path(outdir, rel):
-    """The DS9 region file of the stars measured on raw frame ``rel`` (beside its FITS)."""
-    return Path(outdir) / "reduced" / (rel.rsplit(".", 1)[0] + ".reg")
-
-
-def quicklook_path(outdir, rel):
-    """Where the finder chart of raw frame ``rel`` is written."""
-    return Path(outdir) / "quicklook" / (rel.rsplit(".", 1)[0] + ".png")
 
 
 _WORKER_CACHE = MasterCache()

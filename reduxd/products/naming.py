@@ -6,6 +6,7 @@ name when it is the same as the save title.
 """
 
 import re
+from pathlib import Path
 
 from reduxd.files import cap_name
 
@@ -73,3 +74,18 @@ def titled(kind, *parts, save="", obj=None):
         words.append(safe_name(obj))
     words += [safe_name(p) for p in parts]
     return "_".join(words)
+
+
+def reduced_path(outdir, rel):
+    """Where the calibrated light of raw frame ``rel`` is written."""
+    return Path(outdir) / "reduced" / rel
+
+
+def regions_path(outdir, rel):
+    """The DS9 region file of the stars measured on raw frame ``rel`` (beside its FITS)."""
+    return Path(outdir) / "reduced" / (rel.rsplit(".", 1)[0] + ".reg")
+
+
+def quicklook_path(outdir, rel):
+    """Where the finder chart of raw frame ``rel`` is written."""
+    return Path(outdir) / "quicklook" / (rel.rsplit(".", 1)[0] + ".png")

@@ -49,10 +49,10 @@ from reduxd.files import atomic_write
 from reduxd.fitsio import add_cards, clean_header, read_images, write_images_atomic
 from reduxd.frames import classify
 from reduxd.log import get_logger
+from reduxd.photparams import phot_params
 from reduxd.products.finder import finder_path, read_ensemble, write_finder
 from reduxd.products.lightcurve import lightcurve_paths
-from reduxd.products.naming import gain_label, safe_name, value_word
-from reduxd.reduce import phot_params, reduced_path
+from reduxd.products.naming import gain_label, reduced_path, safe_name, value_word
 from reduxd.steps.photometry import photometer
 from reduxd.steps.stack import StackAccumulator
 
