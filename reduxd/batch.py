@@ -398,10 +398,10 @@ def run(args):
         if args.redo:
             _reset_done(ledger, found)
         else:
-            _reset_missing_products(pipeline, found)
+            pipeline.repair_products(only=_wanted(found))
             _reset_changed_settings(ledger, found, config)
         _reset_no_longer_excluded(ledger, found, pipeline)
-        pipeline.sync_tables()
+        pipeline.tables.sync()
         progress = NightProgress(
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
@@ -484,17 +484,6 @@ def _reset_done(ledger, found):
             ledger.reset(row.id)
 
 
-def _reset_missing_products(pipeline, found):
-    """Send back to ``seen`` the done lights of this run whose products are missing or empty."""
-    wanted = _wanted(found)
-    for row in pipeline.ledger.frames(kind="light", state="done"):
-        if (row.root, row.relpath) not in wanted or "excluded" in row.info:
-            continue
-        if pipeline.products_missing(row.relpath):
-            log.warning("products_missing", file=row.relpath, action="reduced again")
-            pipeline.ledger.reset(row.id)
-
-
 def announce(workers, plans):
     """Say on stderr where the work runs (and the Dask dashboard) and what each night holds."""
     lines = [f"reduxd reduce: {len(plans)} night(s); executor: {workers.description}"]
@@ -536,14 +525,14 @@ def _reset_no_longer_excluded(ledger, found, pipeline):
     Excluded lights whose filter is no longer excluded, and calibration frames
     set aside (``-x``, ``--no-flat``, ``--no-dark``) that this run would use.
     """
-    wanted = _wanted(found)
+    wanted, cal = _wanted(found), pipeline.calibrations
     for row in ledger.frames(kind="light", state="excluded"):
-        if (row.root, row.relpath) in wanted and not pipeline.is_excluded(row.info.get("excluded")):
+        if (row.root, row.relpath) in wanted and not cal.is_excluded(row.info.get("excluded")):
             ledger.reset(row.id)
     for row in ledger.frames(state="done"):
         if "skipped" not in row.info or (row.root, row.relpath) not in wanted:
             continue
-        if pipeline.calibration_skipped(row.kind, row.info.get("filter")) is None:
+        if cal.skipped(row.kind, row.info.get("filter")) is None:
             ledger.reset(row.id)
 
 

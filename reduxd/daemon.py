@@ -183,7 +183,7 @@ class Service:
             progress=self._progress,
             should_stop=lambda: self.stop_requested,
         )
-        pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
+        pipeline.tables.sync()  # logs what it did; never drops rows the ledger lacks
         # min_size=0: a file that stays empty is handed on (and refused), not kept for ever
         tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock, min_size=0)
         self.watcher = watcher = Watcher(
@@ -312,7 +312,7 @@ class Service:
         masters are rebuilt from their raw frames by the next :meth:`Pipeline.tick`.
         """
         try:
-            pipeline.repair_masters()
+            pipeline.calibrations.repair()
             pipeline.repair_products()
         except Exception as exc:
             if not is_transient(exc):

@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import importlib
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 EXECUTORS = ("local", "dask", "dask-local")
@@ -165,6 +165,29 @@ def check_paths(workers, paths):
 
 def _missing(paths):
     return [p for p in paths if not os.path.isdir(p)]
+
+
+class InProcess:
+    """The executor of ``--jobs 1``: ``submit`` runs the call at once, here.
+
+    It returns a finished ``concurrent.futures.Future``, so callers treat this
+    process like any pool (the future holds the exception if the call raised).
+
+    Examples
+    --------
+    >>> InProcess().submit(divmod, 7, 2).result()
+    (3, 1)
+    >>> InProcess().submit(divmod, 1, 0).exception()
+    ZeroDivisionError('integer division or modulo by zero')
+    """
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
 
 def worker_pids(client):

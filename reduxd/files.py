@@ -78,3 +78,8 @@ def atomic_write(path, write, *, mode=0o644, durable=True):
     if durable:
         fsync_dir(path.parent)
     return path
+
+
+def outside_root(path, root):
+    """True when ``path`` (or a link on its way) leads out of the folder ``root``."""
+    return not Path(path).resolve().is_relative_to(Path(root).resolve())

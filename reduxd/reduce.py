@@ -11,7 +11,6 @@ and ``reduxd reduce`` imports them in a thread while it combines the masters.
 
 import dataclasses
 import math
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from reduxd.fields import field_key
 from reduxd.fitsio import read_frame
-from reduxd.frames import classify
 from reduxd.log import get_logger
 from reduxd.photparams import phot_params
 from reduxd.products.fitsout import write_calibrated
@@ -120,33 +119,6 @@ def calib_label(plan):
     if plan.flat is not None:
         parts.append("flat")
     return "+".join(parts) or "none"
-
-
-def field_key(info, relpath):
-    """Return the key of a light's field: its OBJECT (or target folder) without filter/exposure.
-
-    SharpCap names objects like ``pg2213_V_15s``; the V and R lights of that target
-    are one field, so a trailing ``_<filter>`` or ``_<exposure>s`` is dropped.
-
-    Examples
-    --------
-    >>> from reduxd.frames import FrameInfo
-    >>> info = FrameInfo('x', 'light', 'default', 'V', 15.0, None, None, (1, 1), (2, 2),
-    ...                  None, None, '', None, 'blaze_v_15s', None, None)
-    >>> field_key(info, 'blaze/blaze_v_15s/01_51_29/blaze_00001.fits')
-    'blaze'
-    """
-    name = info.object
-    if not name:
-        parts = Path(relpath).parts
-        name = parts[0] if len(parts) > 1 else Path(relpath).stem
-    tokens = name.split("_")
-    while len(tokens) > 1 and (
-        tokens[-1].lower() == (info.filter or "").lower()
-        or re.fullmatch(r"\d+(\.\d+)?s", tokens[-1].lower())
-    ):
-        tokens.pop()
-    return "_".join(tokens)
 
 
 def calibrate(raw, info, plan, *, cache, config, camera):
@@ -256,7 +228,7 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
     ]
 
 
-def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath):
+def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath, field=None):
     """Calibrate and measure one light; return a :class:`LightResult` (nothing written).
 
     Parameters
@@ -273,6 +245,8 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         The field's star catalogue; None for the first light of a field.
     night, relpath : str
         For the contract rows.
+    field : str, optional
+        The light's field (the ``object`` column); default :func:`reduxd.fields.field_key`.
     """
     from reduxd.steps.photometry import photometer  # see LIGHT_MODULES
     from reduxd.steps.times import time_cards
@@ -283,7 +257,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         cal.data, mask=cal.mask, exptime=info.exptime, params=params, reference=reference
     )
     label = calib_label(plan)
-    obj = field_key(info, relpath)
+    obj = field_key(info, relpath) if field is None else field
     rows = contract_rows(
         phot.table,
         info=info,
@@ -382,24 +356,27 @@ def chart_roles(outdir, rows, save):
 _WORKER_CACHE = MasterCache()
 
 
-def compute_light(path, rel, plan, reference, config, night, durable=True):
-    """Worker entry point: read, calibrate, measure one light and write its products.
+def compute_light(path, rel, info, plan, reference, config, *, night, field, durable=True,
+                  raw=None, cache=None):  # fmt: skip
+    """Reduce one light: read it (unless ``raw`` is given), calibrate, measure, write its
+    products; return :class:`Measured`.
 
-    The ledger stays with the caller: this returns :class:`Measured`.
+    The one body of work of a light, in this process or in a worker (module level,
+    plain arguments). The ledger stays with the caller, which commits the result
+    after the products are written (a light the ledger calls done has them).
     """
-    raw = read_light(path, config)
-    info = classify(raw.header, rel, config.classify)
-    camera = camera_for(config, info)
+    raw = read_light(path, config) if raw is None else raw
     result = reduce_light(
         raw,
         info,
         plan,
-        cache=_WORKER_CACHE,
+        cache=_WORKER_CACHE if cache is None else cache,
         config=config,
-        camera=camera,
+        camera=camera_for(config, info),
         reference=reference,
         night=night,
         relpath=rel,
+        field=field,
     )
     write_products(config.paths.outdir, rel, result, config.output, durable=durable)
     return measured(result, raw.checksum)

@@ -89,3 +89,13 @@ def regions_path(outdir, rel):
 def quicklook_path(outdir, rel):
     """Where the finder chart of raw frame ``rel`` is written."""
     return Path(outdir) / "quicklook" / (rel.rsplit(".", 1)[0] + ".png")
+
+
+def products_missing(outdir, rel, output):
+    """True when the reduced FITS or finder chart ``output`` asks for is missing or empty."""
+    expected = []
+    if output.reduced:
+        expected.append(reduced_path(outdir, rel))
+    if output.quicklook:
+        expected.append(quicklook_path(outdir, rel))
+    return any(not p.exists() or p.stat().st_size == 0 for p in expected)

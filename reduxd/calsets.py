@@ -1,0 +1,486 @@
+"""Calibration sets and masters: the one owner of everything between a calibration frame
+and the master a light is calibrated with.
+
+:class:`Calibrations` gathers calibration frames into sets (one master each),
+builds a set's masters when it stops growing (in a pool or in this process),
+checks a new master against the one it follows, names and writes it, registers
+it in the ledger, and answers which masters a light uses (its calibration plan,
+with the bad-pixel mask of its dark current and flat, cached).
+"""
+
+import dataclasses
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reduxd.errors import (
+    FrameIncomplete,
+    FrameRejected,
+    MissingCalibration,
+    ReduxdError,
+    is_transient,
+)
+from reduxd.fitsio import file_checksum, probe
+from reduxd.frames import classify, normalise_filter
+from reduxd.log import get_logger
+from reduxd.products.fitsout import read_master, write_master
+from reduxd.products.naming import gain_label, safe_name, value_word
+from reduxd.steps import masters as steps_masters
+from reduxd.steps.select import calibration_plan, select_master
+
+CALIBRATION_KINDS = ("bias", "dark", "flat")
+BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
+MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
+
+log = get_logger("reduxd.pipeline")
+
+
+@dataclass
+class CalSet:
+    """Calibration frames that will make one master."""
+
+    kind: str
+    night: str
+    members: list = field(default_factory=list)  # (frame_id, path, FrameInfo)
+    last_arrival: float = 0.0
+
+
+def header_info(row, config):
+    """Classify a known frame from its header only (no pixels read); None if unreadable."""
+    try:
+        layout = probe(row.path, max_bytes=config.reading.max_bytes)
+        return classify(layout.header, row.relpath, config.classify)
+    except (FrameIncomplete, FrameRejected):
+        return None
+
+
+def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None):
+    """Combine one calibration set into its masters (a list); nothing written.
+
+    ``kind`` 'bias' gives a master bias; 'dark' a master dark, and its dark
+    current when ``bias`` is given; 'flat' a master flat. Module level and with
+    plain arguments, so that a worker process runs it.
+    """
+    if kind == "bias":
+        return [steps_masters.make_bias(layouts, **opts)]
+    if kind == "dark":
+        made = steps_masters.make_dark(layouts, **opts)
+        return [made] if bias is None else [made, steps_masters.make_dark_current(made, bias)]
+    flat = steps_masters.make_flat(
+        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale, **opts
+    )
+    return [flat]
+
+
+class Calibrations:
+    """Calibration sets, masters and calibration plans of one pipeline.
+
+    Parameters
+    ----------
+    config : reduxd.config.Config
+    ledger : reduxd.store.Ledger
+    clock : callable
+        Monotonic clock (when a set last grew).
+    cache : reduxd.reduce.MasterCache
+        Master images in memory (shared with the lights' calibration).
+    calibration_level : str
+        Log level of the one line per calibration frame.
+    """
+
+    def __init__(self, config, *, ledger, clock, cache, calibration_level="info"):
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock
+        self.cache = cache
+        self.calibration_level = calibration_level
+        self.outdir = Path(config.paths.outdir)
+        self.sets = {}
+        self._masters = None
+        self._built = {}
+        self._bpm = {}
+        self._skips_logged = set()
+        self.restore_sets()
+
+    # -- policy ------------------------------------------------------------------
+
+    def is_excluded(self, filter_name):
+        """True when lights in ``filter_name`` (as classified) are excluded (``-x``)."""
+        aliases = self.config.classify.filter_aliases
+        excluded = {normalise_filter(f, aliases) for f in self.config.calibration.exclude_filters}
+        return bool(filter_name) and filter_name in excluded
+
+    def skipped(self, kind, filter_name):
+        """Why no master is built from frames of ``kind`` in ``filter_name`` (None: it is)."""
+        cal = self.config.calibration
+        if kind == "flat" and cal.no_flat:
+            return "--no-flat"
+        if kind == "flat" and self.is_excluded(filter_name):
+            return f"filter {filter_name} excluded (-x)"
+        if kind == "dark" and cal.no_dark:
+            return "--no-dark"
+        return None
+
+    # -- frames in, sets -----------------------------------------------------------
+
+    def ingest(self, row, raw, info, rel, path):
+        """Record a calibration frame and put it in its set; return the reason if skipped."""
+        night = info.night(self.config.site.utc_offset_hours)
+        reason = self.skipped(info.kind, info.filter)
+        if reason is not None:
+            info_json = {"skipped": reason, "filter": info.filter, "exptime": info.exptime}
+            self.ledger.finish(
+                row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
+            )
+            if (info.kind, reason) not in self._skips_logged:
+                self._skips_logged.add((info.kind, reason))
+                log.info("calibration_skipped", kind=info.kind, file=rel, reason=reason)
+            return reason
+        key = (info.kind, night, steps_masters.group_key(info))
+        info_json = {"set": repr(key), "exptime": info.exptime, "filter": info.filter}
+        self.ledger.finish(
+            row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
+        )
+        cal_set = self._add_to_set(row.id, path, info, night)
+        getattr(log, self.calibration_level)(
+            "calibration_frame",
+            file=rel,
+            kind=info.kind,
+            rule=info.kind_rule,
+            filter=info.filter,
+            exptime=info.exptime,
+            set_size=len(cal_set.members),
+        )
+        return None
+
+    def restore_sets(self):
+        """Rebuild pending calibration sets from the ledger (after a restart, or when
+        masters must be built again: see :meth:`repair`)."""
+        rows = [
+            r for kind in CALIBRATION_KINDS for r in self.ledger.frames(kind=kind, state="done")
+        ]
+        queued = {fid for cal_set in self.sets.values() for fid, _p, _i in cal_set.members}
+        for row in rows:
+            built = "master_id" in row.info and not row.info.get("rebuild")
+            if built or "set" not in row.info or row.id in queued or not row.path.exists():
+                continue
+            info = header_info(row, self.config)
+            if info is None:
+                continue
+            self._add_to_set(row.id, row.path, info, row.night)
+
+    def _add_to_set(self, frame_id, path, info, night):
+        """Put a calibration frame in its set (created if new); return the set."""
+        key = (info.kind, night, steps_masters.group_key(info))
+        cal_set = self.sets.setdefault(key, CalSet(info.kind, night))
+        cal_set.members.append((frame_id, str(path), info))
+        cal_set.last_arrival = self.clock()
+        return cal_set
+
+    def idle(self):
+        """Keys of the sets idle for ``set_timeout_seconds`` (at least two exposures)."""
+        now = self.clock()
+        return [k for k, s in self.sets.items() if now - s.last_arrival >= self._timeout(s)]
+
+    def _timeout(self, cal_set):
+        exptime = max((info.exptime or 0.0) for _fid, _p, info in cal_set.members)
+        return max(self.config.watch.set_timeout_seconds, 2.0 * exptime)
+
+    # -- building ------------------------------------------------------------------
+
+    def build(self, keys, *, final, pool=None):
+        """Build the masters of sets ``keys`` (kind by kind); return their records.
+
+        With ``pool`` (a ``concurrent.futures`` executor) the sets of one kind are
+        combined there at once; this process registers and writes them in the
+        same order as without it.
+        """
+        built, started, kinds = [], {}, set()
+        for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
+            cal_set = self.sets.get(key)
+            if cal_set is None:
+                continue
+            if pool is not None and key[0] not in kinds:  # every set of this kind at once
+                kinds.add(key[0])
+                started.update(self._start([k for k in keys if k[0] == key[0]], pool))
+            records = self._build_set(key, cal_set, final=final, work=started.get(key))
+            if records is not None:
+                del self.sets[key]
+                built.extend(records)
+        return built
+
+    def _start(self, keys, pool):
+        """Submit the combining of sets ``keys`` to ``pool``; ``{key: future}``.
+
+        A set whose inputs are missing (a flat without its dark) or unreadable is
+        left out: :meth:`_build_set` finds the same and says so.
+        """
+        started = {}
+        for key in keys:
+            if key not in self.sets:
+                continue
+            try:
+                layouts = self._layouts(self.sets[key])
+                inputs = self._master_inputs(key[0], layouts)
+            except (ReduxdError, OSError):
+                continue
+            started[key] = pool.submit(make_masters, key[0], layouts, **inputs)
+        return started
+
+    def _layouts(self, cal_set):
+        max_bytes = self.config.reading.max_bytes
+        return [
+            (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
+            for fid, path, info in cal_set.members
+        ]
+
+    def _sha1(self, frame_id):
+        """The checksum the ledger took when the frame was read (None: not known)."""
+        row = self.ledger.frame(frame_id)
+        return row.checksum if row is not None else None
+
+    def _build_set(self, key, cal_set, *, final, work=None):
+        """Build one set's masters; None to wait (a missing master), [] if it cannot be built.
+
+        ``work``: the future of its combining, when started in a pool. A set that
+        cannot be built (a member deleted or broken since it was ingested, an
+        error while combining) is logged with the reason and its frames are
+        marked (``master_error``): the service goes on without it.
+        """
+        kind, night, _ = key
+        try:
+            if work is not None:
+                results = work.result()
+            else:
+                layouts = self._layouts(cal_set)
+                results = make_masters(kind, layouts, **self._master_inputs(kind, layouts))
+        except MissingCalibration as exc:
+            if not final:
+                return None
+            return self._not_built(cal_set, night, exc.reason)
+        except sqlite3.Error:
+            raise  # the ledger's trouble, not the set's
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the disk's trouble: built after the pause
+            return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
+        records = [self._register(result, night) for result in results]
+        master_id = records[0].id if records[0] else None
+        self._annotate(cal_set, {"master_id": master_id, "rebuild": False})
+        return [r for r in records if r is not None]
+
+    def _not_built(self, cal_set, night, reason):
+        log.error(
+            "master_not_built",
+            kind=cal_set.kind,
+            night=night,
+            frames=len(cal_set.members),
+            reason=reason,
+        )
+        self._annotate(cal_set, {"master_id": None, "master_error": reason, "rebuild": False})
+        return []
+
+    def _annotate(self, cal_set, info):
+        self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
+
+    def _master_inputs(self, kind, layouts):
+        """Keyword arguments of :func:`make_masters` for one set: options, masters it needs."""
+        cal = self.config.calibration
+        opts = {
+            "method": cal.combine,
+            "clip_sigma": cal.clip_sigma,
+            "max_memory_mb": cal.max_memory_mb,
+        }
+        info = layouts[0][0]
+        if kind == "bias":
+            return {"opts": opts}
+        if kind == "dark":
+            return {"opts": opts, "bias": self._pick_loaded("bias", info)}
+        exposures = {i.exptime for i, _ in layouts}
+        dark = self._pick_loaded("dark", info) if len(exposures) == 1 else None
+        bias = self._pick_loaded("bias", info)
+        dark_current = self._pick_loaded("dark_current", info)
+        if dark is None and dark_current is None and not (cal.no_dark or cal.force):
+            raise MissingCalibration(
+                info.path, f"no dark for flats of {info.filter} ({sorted(exposures)} s)"
+            )
+        return {"opts": opts, "bias": bias, "dark": dark, "dark_current": dark_current,
+                "flat_scale": cal.flat_scale}  # fmt: skip
+
+    def _pick_loaded(self, kind, info):
+        cal = self.config.calibration
+        exptime = info.exptime if kind == "dark" else None
+        record = select_master(
+            self.masters(),
+            kind=kind,
+            info=info,
+            exptime=exptime,
+            filter=None,
+            temperature_tolerance=cal.temperature_tolerance,
+            max_age_days=cal.max_age_days,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        if record is None:
+            return None
+        built = self._built.get((record.path, record.checksum))
+        if built is not None:
+            return built
+        return read_master(record.path, max_bytes=self.config.reading.max_bytes)
+
+    # -- registering -----------------------------------------------------------------
+
+    def _register(self, result, night):
+        """Check, write and record a new master; None when it is rejected."""
+        path = (self.outdir / "masters" / night / master_name(result)).absolute()
+        previous = self._previous(result)
+        ok, reason = (True, "")
+        if previous is not None:
+            old = read_master(previous.path, max_bytes=self.config.reading.max_bytes)
+            ok, reason = steps_masters.check_master(
+                result, old, max_deviation=self.config.calibration.master_max_deviation
+            )
+        if not ok:
+            path = path.with_name(path.stem + ".rejected.fits")
+        write_master(path, result)
+        checksum = file_checksum(path)
+        record = result.record(
+            path, checksum=checksum, utc_offset_hours=self.config.site.utc_offset_hours
+        )
+        status = "valid" if ok else "rejected"
+        record_id = self.ledger.add_master(record, status=status, reason=reason or None)
+        self._masters = None
+        for stale in self.masters():  # same file name rewritten: the old record is gone
+            if stale.path == record.path and stale.id != record_id:
+                self.ledger.reject_master(stale.id, f"replaced on disk by master {record_id}")
+                self._masters = None
+        if not ok:
+            log.warning("master_rejected", kind=result.kind, file=str(path), reason=reason)
+            return None
+        # masters made next from this one (dark current, flat) need not read it back
+        self._built[(record.path, checksum)] = dataclasses.replace(
+            result, path=record.path, checksum=checksum
+        )
+        while len(self._built) > MAX_BUILT:  # a month-long daemon builds many
+            self._built.pop(next(iter(self._built)))
+        log.info(
+            "master_built",
+            kind=result.kind,
+            file=str(path),
+            ncombine=result.ncombine,
+            filter=result.filter,
+            exptime=result.exptime,
+        )
+        return dataclasses.replace(record, id=record_id)
+
+    def _previous(self, result):
+        same = [
+            m
+            for m in self.masters()
+            if m.kind == result.kind
+            and m.instrument == result.instrument
+            and m.shape == tuple(result.shape)
+            and m.binning == tuple(result.binning)
+            and m.gain == result.gain
+            and m.filter == result.filter
+            and (result.kind not in ("dark", "dark_current") or m.exptime == result.exptime)
+        ]
+        return same[-1] if same else None
+
+    def repair(self):
+        """Valid masters whose file is gone are rejected and built again from their raw
+        frames (their sets are queued); return them."""
+        gone = [m for m in self.ledger.masters() if not Path(m.path).exists()]
+        if not gone:
+            return []
+        ids = {m.id for m in gone}
+        for m in gone:
+            self.ledger.reject_master(m.id, "file missing: built again from its raw frames")
+            log.warning("master_missing", kind=m.kind, file=str(m.path), action="rebuilt")
+        members = [
+            r.id
+            for kind in CALIBRATION_KINDS
+            for r in self.ledger.frames(kind=kind, state="done")
+            if r.info.get("master_id") in ids
+        ]
+        self.ledger.annotate(members, {"rebuild": True})
+        self._masters = None
+        self._built.clear()
+        self._bpm.clear()
+        self.restore_sets()
+        return gone
+
+    # -- lights ------------------------------------------------------------------------
+
+    def masters(self):
+        """Valid masters known to the ledger (cached until one is added)."""
+        if self._masters is None:
+            self._masters = self.ledger.masters()
+        return self._masters
+
+    def best(self, info):
+        """The calibration plan of a light (raw, without its bad-pixel mask)."""
+        return calibration_plan(
+            self.masters(),
+            info,
+            self.config.calibration,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+
+    def better_masters(self, row):
+        """True when a reduced light's best masters now differ from those it used."""
+        used = sorted(self.ledger.masters_used(row.id))
+        info = header_info(row, self.config)
+        if info is None:
+            return False
+        return sorted(r.id for r in self.best(info).records().values()) != used
+
+    def plan(self, info, rel):
+        """The calibration plan of light ``rel``, with its bad-pixel mask.
+
+        Raises
+        ------
+        MissingCalibration
+            A master the policy requires is not there (yet).
+        """
+        plan = self.best(info)
+        if not plan.ok:
+            raise MissingCalibration(rel, plan.reason)
+        return self._with_bad_pixels(plan, info)
+
+    def _with_bad_pixels(self, plan, info):
+        cal = self.config.calibration
+        dc = plan.dark_current or select_master(
+            self.masters(),
+            kind="dark_current",
+            info=info,
+            temperature_tolerance=cal.temperature_tolerance,
+            max_age_days=cal.max_age_days,
+            exptime=None,
+            utc_offset_hours=self.config.site.utc_offset_hours,
+        )
+        key = (dc.id if dc else None, plan.flat.id if plan.flat else None)
+        if key == (None, None):
+            return plan
+        if key not in self._bpm:
+            self._bpm[key] = steps_masters.bad_pixel_mask(
+                dark_current=self.cache.get(dc),
+                flat=self.cache.get(plan.flat),
+                hot_sigma=cal.hot_sigma,
+                low_flat=cal.low_flat,
+            )
+        return dataclasses.replace(plan, bad_pixels=self._bpm[key])
+
+
+def master_name(result):
+    """The file name of a master: kind, camera, size, binning, gain, exposure, filter."""
+    parts = [
+        result.kind,
+        safe_name(result.instrument or "camera"),
+        f"{result.shape[1]}x{result.shape[0]}",
+        f"bin{result.binning[0]}x{result.binning[1]}",
+        gain_label(result.gain),
+    ]
+    if result.kind in ("dark", "dark_current"):
+        parts.append(f"{value_word(result.exptime)}s")
+    if result.filter:
+        parts.append(safe_name(result.filter))
+    return "_".join(parts) + ".fits"

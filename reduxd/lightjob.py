@@ -1,0 +1,130 @@
+"""One light between its plan and its commit, and the fan-out of many lights to a pool.
+
+A :class:`LightJob` is built once per light (its ledger row, relative path,
+FrameInfo, calibration plan, field and night) and used alike by a light reduced
+in this process and by one sent to a worker: the work (calibrate, measure, write
+the products: :func:`reduxd.reduce.compute_light`) runs first, then the
+coordinator commits the result.
+
+:class:`FanOut` sends lights to any ``concurrent.futures.Executor``-like object
+(``submit`` returning a future): a process pool, a Dask client's executor, or
+:class:`reduxd.executors.InProcess`. Every light of a field is reduced against
+the field's reference as it was when the run met the field (frozen); a field
+without one waits for its first light's. Jobs come back in the order they were
+added.
+"""
+
+from collections import defaultdict, deque
+from concurrent import futures
+from dataclasses import dataclass
+
+from reduxd.executors import InProcess
+from reduxd.fields import field_key
+from reduxd.reduce import compute_light
+
+
+@dataclass
+class LightJob:
+    """A light to reduce: what the coordinator knows of it before its pixels are read."""
+
+    row: object  # reduxd.store.FrameRow
+    rel: str  # path relative to its data root
+    path: str
+    info: object  # reduxd.frames.FrameInfo
+    plan: object  # reduxd.steps.select.Plan, with its bad-pixel mask
+    key: str  # the field (:func:`reduxd.fields.field_key`)
+    night: str
+    started: float  # clock time it was seen stable (its latency runs from there)
+    base: object = None  # the field reference it is reduced against
+    work: object = None  # its future, once submitted
+
+    @classmethod
+    def build(cls, row, path, rel, info, plan, *, utc_offset_hours, started):
+        key = field_key(info, rel)
+        night = info.night(utc_offset_hours)
+        return cls(row, rel, str(path), info, plan, key, night, started)
+
+    def submit(self, pool, base, *, config, durable):
+        """Send the work to ``pool`` against the field reference ``base``."""
+        self.base = base
+        self.work = pool.submit(
+            compute_light, self.path, self.rel, self.info, self.plan, base, config,
+            night=self.night, field=self.key, durable=durable,
+        )  # fmt: skip
+
+
+class FanOut:
+    """Lights sent to ``pool`` (None: this process), returned in order when done.
+
+    Parameters
+    ----------
+    pool : concurrent.futures.Executor-like or None
+    reference : callable
+        ``field -> FieldReference or None``: the field's reference now.
+    config, durable
+        Passed to the work.
+    """
+
+    def __init__(self, pool, *, reference, config, durable):
+        self.pool = pool if pool is not None else InProcess()
+        self.reference = reference
+        self.config = config
+        self.durable = durable
+        self.pending = deque()
+        self.frozen = {}
+        self.firsts = {}  # field: its first light, still running
+        self.waiting = defaultdict(list)  # field: lights waiting for the field's first light
+
+    def add(self, job):
+        self.pending.append(job)
+        self._release(block=False)
+        key = job.key
+        if key in self.firsts:
+            self.waiting[key].append(job)
+        elif key not in self.frozen and self.reference(key) is None:  # the field's first light
+            self._submit(job, None)
+            self.firsts[key] = job
+        else:
+            self._submit(job, self.frozen.setdefault(key, self.reference(key)))
+
+    def ready(self, *, block):
+        """Jobs from the front of the queue whose work is done (all of them: ``block``)."""
+        if block:
+            self._release(block=True)
+        out = []
+        while self.pending and (block or self._done(self.pending[0])):
+            out.append(self.pending.popleft())
+        return out
+
+    @staticmethod
+    def _done(job):
+        return job.work is not None and job.work.done()
+
+    def _submit(self, job, base):
+        job.submit(self.pool, base, config=self.config, durable=self.durable)
+
+    def _release(self, *, block):
+        """Freeze the reference of fields whose first light is done; submit their waiting lights.
+
+        ``block``: wait until every first light is done.
+        """
+        while self.firsts:
+            done = [key for key, first in self.firsts.items() if first.work.done()]
+            if not done and not block:
+                return
+            if not done:
+                works = [first.work for first in self.firsts.values()]
+                futures.wait(works, return_when=futures.FIRST_COMPLETED)
+                continue
+            for key in done:
+                self.frozen[key] = _reference_of(self.firsts.pop(key).work)
+                for job in self.waiting.pop(key, ()):
+                    self._submit(job, self.frozen[key])
+
+
+def _reference_of(work):
+    """The field reference a first light found (None if it failed: as without one)."""
+    try:
+        return work.result().reference
+    except Exception:
+        return None
