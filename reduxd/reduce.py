@@ -25,6 +25,7 @@ from reduxd.photparams import phot_params
 from reduxd.products.fitsout import write_calibrated
 from reduxd.products.naming import quicklook_path, reduced_path, regions_path
 from reduxd.products.regions import write_regions
+from reduxd.schema import STAR_NAMES, column
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.saturation import saturation
 
@@ -210,13 +211,14 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
         "mjd": mjd,
         "calib": calib,
     }
+    # the step's columns (reduxd.schema), floats first: the rows' key order in the ledger
+    kinds = ("f8", "i8")
     columns = {
-        name: np.asarray(table[name], dtype=float).tolist()
-        for name in ("x", "y", "fwhm", "sky", "sky_err", "flux", "flux_err", "mag_inst",
-                     "mag_err", "snr")
-    }  # fmt: skip
-    columns["star_id"] = np.asarray(table["star_id"], dtype=np.int64).tolist()
-    columns["flags"] = np.asarray(table["flags"], dtype=np.int64).tolist()
+        name: np.asarray(table[name], dtype=dtype).tolist()
+        for dtype in kinds
+        for name in STAR_NAMES
+        if column(name).dtype == dtype
+    }
     base["radius"] = float(radius)
     base.update(place or {})
     if apertures is not None:

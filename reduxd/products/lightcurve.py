@@ -69,6 +69,7 @@ from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
 from reduxd.products.tables import rows_to_table
+from reduxd.schema import column
 from reduxd.steps.measure import Flag
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
@@ -716,13 +717,13 @@ def _to_mag(rate, rate_err):
 def _frame_table(grid):
     table = Table()
     table["mjd"] = grid.mjd
-    table["mjd"].unit = "d"
-    table["mjd"].description = "mid-exposure time, MJD (UTC)"
+    table["mjd"].unit = column("mjd").unit
+    table["mjd"].description = column("mjd").description
     table["mjd"].format = ".8f"
     table["date_obs"] = grid.date_obs
-    table["date_obs"].description = "mid-exposure time, ISO 8601 UTC"
+    table["date_obs"].description = column("date_obs").description
     table["file"] = grid.files
-    table["file"].description = "raw frame, path relative to the data root"
+    table["file"].description = column("file").description
     return table
 
 

@@ -53,15 +53,13 @@ from reduxd.photparams import phot_params
 from reduxd.products.finder import finder_path, read_ensemble, write_finder
 from reduxd.products.lightcurve import lightcurve_paths
 from reduxd.products.naming import gain_label, reduced_path, safe_name, value_word
+from reduxd.schema import STACK_NAMES
 from reduxd.steps.photometry import photometer
 from reduxd.steps.stack import StackAccumulator
 
 log = get_logger("reduxd.stacks")
 
-STACK_PHOT_COLUMNS = (
-    "object", "filter", "gain", "exptime", "nframes", "star_id", "x", "y", "fwhm", "sky",
-    "sky_err", "flux", "flux_err", "mag_inst", "mag_err", "snr", "flags", "radius",
-)  # fmt: skip
+STACK_PHOT_COLUMNS = STACK_NAMES  # see reduxd.schema
 _FORMAT = {"x": ".3f", "y": ".3f"}
 
 

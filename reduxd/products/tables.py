@@ -1,7 +1,7 @@
 """The photometry table contract: one row per star per light, CSV and ECSV.
 
 Other tools (TOPCAT, pandas, the old script's users) read these files, so the
-columns, units and meanings are fixed here and nowhere else. CSV is appended
+columns, units and meanings are fixed in :mod:`reduxd.schema` and nowhere else. CSV is appended
 to as lights arrive; ECSV carries units and descriptions in its YAML header and
 is appended to the same way (data lines after the header). When measurements
 are superseded (a light re-reduced with a better master), both files are
@@ -21,34 +21,9 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
+from reduxd.schema import NAMES, PHOT_COLUMNS
 
-# name, numpy dtype, unit, description
-PHOT_COLUMNS = (
-    ("night", "U10", None, "observing night (local date at the evening's start)"),
-    ("file", "U256", None, "raw frame, path relative to the data root"),
-    ("object", "U64", None, "OBJECT card, or the target folder"),
-    ("filter", "U16", None, "filter, normalised"),
-    ("exptime", "f8", "s", "exposure time"),
-    ("date_obs", "U26", None, "mid-exposure time, ISO 8601 UTC"),
-    ("mjd", "f8", "d", "mid-exposure time, MJD (UTC)"),
-    ("star_id", "i8", None, "star identifier, stable across the frames of a field"),
-    ("x", "f8", "pix", "0-based column of the star in the calibrated frame"),
-    ("y", "f8", "pix", "0-based row of the star in the calibrated frame"),
-    ("fwhm", "f8", "pix", "full width at half maximum of the star"),
-    ("sky", "f8", "adu", "sky level per pixel"),
-    ("sky_err", "f8", "adu", "uncertainty of the sky level per pixel"),
-    ("flux", "f8", "adu", "sky-subtracted counts in the aperture"),
-    ("flux_err", "f8", "adu", "1-sigma uncertainty of flux (CCD equation)"),
-    ("mag_inst", "f8", "mag", "instrumental magnitude -2.5 log10(flux / exptime)"),
-    ("mag_err", "f8", "mag", "1-sigma uncertainty of mag_inst"),
-    ("snr", "f8", None, "signal-to-noise ratio flux / flux_err"),
-    ("flags", "i8", None, "bitmask, see reduxd.steps.measure.Flag"),
-    ("radius", "f8", "pix", "aperture radius"),
-    ("calib", "U64", None, "calibration applied: bias, dark, scaled dark, flat, or none"),
-    ("version", "i8", None, "reduction number of this frame (1 = first)"),
-    ("current", "i8", None, "1 = the frame's current measurement, 0 = superseded"),
-)
-NAMES = tuple(c[0] for c in PHOT_COLUMNS)
+# name, numpy dtype, unit, description: defined in reduxd.schema
 _FLOAT_FORMAT = {"mjd": ".8f", "x": ".3f", "y": ".3f", "exptime": ".6g"}
 
 

@@ -25,10 +25,10 @@ aperture, the covariance term ``- 2 * n_ap * var_pix * aperture_cov`` is added
 import enum
 
 import numpy as np
-from astropy import units as u
 from astropy.table import Table
 
 from reduxd import maskbits, phot_columns
+from reduxd.schema import PHOT_COLUMNS, STAR_NAMES
 
 MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857
 
@@ -50,20 +50,8 @@ class Flag(enum.IntFlag):
 Flags = Flag  # the name used in reduxd.products.tables
 
 
-COLUMNS = {
-    "star_id": (None, "star identifier, persistent within the field"),
-    "x": (u.pix, "x centre, 0-based column of the calibrated frame"),
-    "y": (u.pix, "y centre, 0-based row of the calibrated frame"),
-    "fwhm": (u.pix, "full width at half maximum (windowed moments)"),
-    "sky": (u.adu, "sky level per pixel"),
-    "sky_err": (u.adu, "uncertainty of the sky level per pixel"),
-    "flux": (u.adu, "aperture sum minus sky times aperture area"),
-    "flux_err": (u.adu, "1-sigma flux uncertainty (CCD equation)"),
-    "mag_inst": (u.mag, "-2.5 log10(flux / exptime)"),
-    "mag_err": (u.mag, "1.0857 * flux_err / flux"),
-    "snr": (None, "flux / flux_err"),
-    "flags": (None, "bitmask of reduxd.steps.measure.Flag"),
-}
+# unit and description of the columns this step gives (reduxd.schema: the one definition)
+COLUMNS = {c.name: (c.unit, c.description) for c in PHOT_COLUMNS if c.name in STAR_NAMES}
 
 
 def flux_error(
