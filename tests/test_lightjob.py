@@ -1,0 +1,68 @@
+"""One light path: a light reduced in this process or in a worker goes through the same
+LightJob, compute (products written) then commit, and reacts the same to a failed
+product write: the frame fails, nothing is committed, the retry measures it once."""
+
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from reduxd.config import load_config
+from reduxd.executors import InProcess
+from reduxd.pipeline import Pipeline
+from reduxd.simulate import NightSpec, simulate_night
+from reduxd.store import Ledger
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory):
+    """The first light of a small simulated night (read-only: copy it)."""
+    night = tmp_path_factory.mktemp("night")
+    simulate_night(night, NightSpec.small(), workers=1)
+    lights = sorted(p for p in night.rglob("*.fits") if p.is_relative_to(night / "pg2213"))
+    return night, lights[0]
+
+
+def _config(tmp_path, root):
+    return load_config(None, {
+        "paths": {"data": [str(root)], "outdir": str(tmp_path / "out")},
+        "calibration": {"force": True},
+        "photometry": {"radius": 8.0},
+        "output": {"quicklook": False, "stack": False},
+    })  # fmt: skip
+
+
+def _reduce(pipeline, path, root, how):
+    if how == "handle":
+        return pipeline.handle(path, root)
+    if how == "in-process":
+        (outcome,) = pipeline.handle_many([(root, path)], pool=InProcess())
+        return outcome
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        (outcome,) = pipeline.handle_many([(root, path)], pool=pool)
+    return outcome
+
+
+@pytest.mark.parametrize("how", ["handle", "in-process", "process-pool"])
+def test_a_failed_product_write_fails_the_light_on_every_path(tmp_path, light, how):
+    night, raw = light
+    root = tmp_path / "raw"
+    path = root / raw.relative_to(night)
+    path.parent.mkdir(parents=True)
+    shutil.copy2(raw, path)
+    config = _config(tmp_path, root)
+    (tmp_path / "out").mkdir()
+    blocker = tmp_path / "out" / "reduced"
+    blocker.write_text("a file where the folder should be")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger)
+        outcome = _reduce(pipeline, path, root, how)
+        assert (outcome.status, outcome.kind) == ("failed", "light")
+        assert "reduced" in outcome.reason
+        assert ledger.measurements(current_only=False) == []
+        row = ledger.frame(root=str(root), relpath=path.relative_to(root).as_posix())
+        assert (row.state, row.attempts) == ("seen", 1)
+        blocker.unlink()
+        assert _reduce(pipeline, path, root, how).status == "reduced"
+        assert {m.version for m in ledger.measurements(current_only=False)} == {1}
+        assert ledger.frame(row.id).info["object"] == "pg2213"
