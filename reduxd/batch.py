@@ -585,12 +585,9 @@ def refused_files(ledger, found):
         reason = row.last_error or ""
         status = row.state
         if status == "seen":
-            if reason.startswith(WAITING):
-                status, reason = "waiting", reason[len(WAITING) :].lstrip(": ")
-            elif reason.startswith("incomplete"):
-                status, reason = "incomplete", reason[len("incomplete") :].lstrip(": ")
-            else:
-                status = "retry"
+            status = {"calibration": "waiting", "incomplete": "incomplete"}.get(row.wait, "retry")
+            prefix = {"waiting": WAITING, "incomplete": "incomplete"}.get(status)
+            reason = reason.removeprefix(prefix).lstrip(": ") if prefix else reason
         out.append({"file": row.relpath, "status": status, "reason": reason or "unknown"})
     return out
 

@@ -37,7 +37,7 @@ from reduxd import lock, notify
 from reduxd.config import load_config
 from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
-from reduxd.pipeline import WAITING, Pipeline
+from reduxd.pipeline import Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan
 from reduxd.store import Ledger, ledger_error
@@ -497,4 +497,4 @@ def _utf8(path):
 
 def _retry(row):
     """A ``seen`` frame to try again (not one waiting for a master: see the docstring)."""
-    return row.state == "seen" and not (row.last_error or "").startswith(WAITING)
+    return row.state == "seen" and row.wait != "calibration"

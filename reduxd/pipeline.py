@@ -157,7 +157,7 @@ class Pipeline:
         for row in self.ledger.pending():
             if self.should_stop():
                 break
-            if (row.last_error or "").startswith(WAITING) and row.path.exists():
+            if row.wait == "calibration" and row.path.exists():
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 

@@ -12,6 +12,10 @@ Frame states::
                        -> quarantined (broken file, with the reason)
                        -> excluded (its filter is excluded; seen again when it no longer is)
     done -> changed (the file changed after it was reduced: alert, do not redo silently)
+
+A ``seen`` frame may be waiting (column ``wait``): ``calibration`` (a light waiting
+for a master) or ``incomplete`` (a file still being written). Any other state change
+clears it. A ledger made before the column is migrated in place (:func:`_migrate_waits`).
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ from reduxd.steps.select import MasterRecord
 
 SCHEMA_VERSION = 1
 STATES = ("seen", "processing", "done", "failed", "quarantined", "changed", "excluded")
+WAITS = ("calibration", "incomplete")  # why a 'seen' frame waits (column frames.wait)
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -53,6 +58,7 @@ CREATE TABLE frames (
     started TEXT,
     finished TEXT,
     latency REAL,              -- seconds from file mtime to done
+    wait TEXT CHECK (wait IN ('calibration', 'incomplete')),  -- a 'seen' frame waiting
     UNIQUE (root, relpath)
 );
 CREATE INDEX frames_state ON frames (state);
@@ -168,6 +174,7 @@ class FrameRow:
     finished: str | None
     latency: float | None
     changed: bool = False  # set by observe() on the transition done -> changed
+    wait: str | None = None  # a 'seen' frame waiting: 'calibration' or 'incomplete'
 
     @property
     def path(self) -> Path:
@@ -321,6 +328,7 @@ class Ledger:
                 f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
             )
         _migrate_fingerprints(db)
+        _migrate_waits(db)
 
     def _tx(self):
         return _Transaction(self._db)
@@ -425,8 +433,10 @@ class Ledger:
         )
         return self.frame(frame_id)
 
-    def fail(self, frame_id: int, reason: str, *, max_tries: int) -> str:
+    def fail(self, frame_id: int, reason: str, *, max_tries: int, wait: str | None = None) -> str:
         """Record a failed attempt; return the new state (``seen`` to retry, or ``failed``).
+
+        ``wait``: why a frame back to ``seen`` waits (``incomplete``), see :data:`WAITS`.
 
         Examples
         --------
@@ -435,7 +445,8 @@ class Ledger:
         """
         row = self._get(frame_id)
         state = "seen" if row.attempts < max_tries else "failed"
-        self._update(frame_id, "state = ?, last_error = ?", [state, reason])
+        wait = wait if state == "seen" else None
+        self._update(frame_id, "state = ?, last_error = ?, wait = ?", [state, reason, wait])
         return state
 
     def quarantine(self, frame_id: int, reason: str) -> None:
@@ -443,16 +454,22 @@ class Ledger:
         self._get(frame_id)
         self._update(frame_id, "state = 'quarantined', last_error = ?", [reason])
 
-    def defer(self, frame_id: int, reason: str) -> None:
+    def defer(self, frame_id: int, reason: str, *, wait: str | None = None) -> None:
         """Back to ``seen`` without spending an attempt: the frame waits (e.g. for a master).
+
+        ``wait``: what it waits for (``calibration``), see :data:`WAITS`.
 
         Examples
         --------
-        >>> ledger.defer(row.id, "waiting for calibration: no flat in V")  # doctest: +SKIP
+        >>> ledger.defer(row.id, "waiting for calibration: no flat in V", wait="calibration")
+        ... # doctest: +SKIP
         """
         row = self._get(frame_id)
         attempts = max(row.attempts - 1, 0) if row.state == "processing" else row.attempts
-        self._update(frame_id, "state = 'seen', attempts = ?, last_error = ?", [attempts, reason])
+        self._update(
+            frame_id, "state = 'seen', attempts = ?, last_error = ?, wait = ?",
+            [attempts, reason, wait],
+        )  # fmt: skip
 
     def annotate(self, frame_ids, info: dict) -> None:
         """Merge ``info`` into the JSON info of each frame in ``frame_ids`` (one transaction)."""
@@ -566,6 +583,8 @@ class Ledger:
         return [_frame_row(r) for r in cur]
 
     def _update(self, frame_id, sets, args):
+        if "state =" in sets and "wait =" not in sets:
+            sets += ", wait = NULL"  # a frame leaving 'seen' (or seen again) no longer waits
         with self._tx():
             self._db.execute(
                 f"UPDATE frames SET {sets}, updated = ? WHERE id = ?",
@@ -794,7 +813,8 @@ def _migrate_fingerprints(db):
                 db.execute("ALTER TABLE reductions ADD COLUMN fingerprint TEXT")
             if "'excluded'" not in frames_sql:
                 db.execute(create.replace("CREATE TABLE frames", "CREATE TABLE frames_new", 1))
-                db.execute("INSERT INTO frames_new SELECT * FROM frames")
+                old = ", ".join(r[1] for r in db.execute("PRAGMA table_info(frames)"))
+                db.execute(f"INSERT INTO frames_new ({old}) SELECT {old} FROM frames")
                 db.execute("DROP TABLE frames")
                 db.execute("ALTER TABLE frames_new RENAME TO frames")
                 db.execute("CREATE INDEX frames_state ON frames (state)")
@@ -803,6 +823,27 @@ def _migrate_fingerprints(db):
                 raise LedgerError("ledger migration broke a foreign key; nothing was changed")
     finally:
         db.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate_waits(db):
+    """Add ``frames.wait`` to a ledger made before it, in place (one transaction).
+
+    Before it, a waiting frame was ``seen`` with its reason in ``last_error``
+    (``waiting for calibration: ...`` or ``incomplete: ...``): that text is read
+    here, once, and nowhere else.
+    """
+    if "wait" in {r[1] for r in db.execute("PRAGMA table_info(frames)")}:
+        return
+    with _Transaction(db):
+        db.execute(
+            "ALTER TABLE frames ADD COLUMN wait TEXT CHECK (wait IN ('calibration', 'incomplete'))"
+        )
+        for wait, prefix in (("calibration", "waiting for calibration"),
+                             ("incomplete", "incomplete:")):  # fmt: skip
+            db.execute(
+                "UPDATE frames SET wait = ? WHERE state = 'seen' AND last_error LIKE ?",
+                (wait, prefix + "%"),
+            )
 
 
 class _Transaction:

@@ -55,8 +55,10 @@ def violations(layer, root=PACKAGE):
     for path in sorted((root / layer).rglob("*.py")):
         for name in imported(path, root):
             if layer == "watch":
-                bad = is_under(name, "reduxd") and name != "reduxd" and not any(
-                    is_under(name, ok) for ok in WATCH_ALLOWED
+                bad = (
+                    is_under(name, "reduxd")
+                    and name != "reduxd"
+                    and not any(is_under(name, ok) for ok in WATCH_ALLOWED)
                 )
             else:
                 bad = any(is_under(name, p) for p in FORBIDDEN[layer])
