@@ -36,6 +36,7 @@ from reduxd.reduce import LIGHT_MODULES
 from reduxd.store import Ledger
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError
+from reduxd.web.server import start_for_service
 
 log = get_logger("reduxd.daemon")
 # Outcomes that count as work for --exit-when-idle (not skipped/waiting/incomplete).
@@ -103,6 +104,7 @@ class Service:
         self.stop_signal = None
         self.counts = {}
         self.watcher = None
+        self.pipeline = None
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
         self.ping_seconds = min(PING_SECONDS, interval / 4) if interval else PING_SECONDS
@@ -125,7 +127,12 @@ class Service:
         state.parent.mkdir(parents=True, exist_ok=True)
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
         with Ledger(state) as ledger:
-            return self._serve(ledger)
+            web = start_for_service(self)  # the live page ([web] listen); None when off
+            try:
+                return self._serve(ledger)
+            finally:
+                if web is not None:
+                    web.stop()
 
     def _serve(self, ledger):
         w = self.config.watch
@@ -140,6 +147,7 @@ class Service:
                 reason=row.last_error,
             )
         pipeline = Pipeline(self.config, ledger=ledger, clock=self.clock, progress=self._progress)
+        self.pipeline = pipeline
         if not pipeline.tables_in_sync():
             log.warning("tables_rewritten", reason="photometry table differs from the ledger")
             pipeline.rewrite_tables()
