@@ -313,13 +313,13 @@ def test_event_stream_delivers_a_new_light(server, night, client):
 
 def test_stream_of_another_server_instance_reloads(server):
     status_line, events = None, []
-    with httpx.Client(timeout=10) as c:
-        with c.stream("GET", f"{server.url}events?after=3&instance=gone") as r:
-            status_line = r.status_code
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    events.append(line[7:])
-                    break
+    url = f"{server.url}events?after=3&instance=gone"
+    with httpx.Client(timeout=10) as c, c.stream("GET", url) as r:
+        status_line = r.status_code
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                events.append(line[7:])
+                break
     assert status_line == 200 and events == ["reload"]
 
 
