@@ -35,11 +35,14 @@ N_FIRST = 6  # lights reduced before the server starts
 
 
 def copy_frame(stage, root, rel, *, obj=None, name=None):
-    """Copy a staged frame into the watched tree (optionally with another OBJECT card)."""
+    """Copy a staged frame into the watched tree (optionally with another OBJECT card).
+
+    The copy's mtime is now, as for a frame the camera just wrote (latency counts from it).
+    """
     dest = root / (name or rel)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if obj is None:
-        shutil.copy2(stage / rel, dest)
+        shutil.copyfile(stage / rel, dest)
     else:
         with fits.open(stage / rel) as hdul:
             hdul[0].header["OBJECT"] = obj

@@ -181,7 +181,12 @@ const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
 const GRID = { stroke: "rgba(128,128,128,0.25)", width: 1 };
 const TICKS = { stroke: "rgba(128,128,128,0.5)", width: 1 };
 const hms = (u, splits) => splits.map((v) => new Date(v * 1e3).toISOString().slice(11, 19));
-function padTime(u, min, max) {
+function padTime(u) {
+  // the time span of the data with a margin (uPlot gives no span for a single point)
+  const t = u.data[0].filter((v) => v !== null);
+  if (!t.length) return [0, 1];
+  const min = Math.min(...t);
+  const max = Math.max(...t);
   const pad = Math.max(30, 0.03 * (max - min));
   return [min - pad, max + pad];
 }
