@@ -426,3 +426,25 @@ def test_serve_does_not_write_the_ledger(night):
     finally:
         assert serve.stop() == 0
     assert ledger.read_bytes() == before
+
+
+def test_page_curves_equal_the_written_light_curves(client, night):
+    """The page's dmag and errors are those of the light-curve files reduxd writes."""
+    import csv
+
+    outdir = night[0] / "out"
+    fields = client.get("/api/snapshot").json()["fields"]
+    compared = 0
+    for field in fields:
+        obj, filt = field["label"].rsplit(" ", 1)
+        path = outdir / f"lightcurve_{obj}_{filt}.csv"
+        if obj != "pg2213":
+            continue
+        with open(path, newline="") as fh:
+            rows = {r["file"]: r for r in csv.DictReader(fh)}
+        assert len(rows) == len(field["points"])
+        for p in field["points"]:
+            assert p["dmag"] == pytest.approx(float(rows[p["file"]]["dmag"]), abs=2e-5)
+            assert p["err"] == pytest.approx(float(rows[p["file"]]["dmag_err"]), abs=2e-5)
+            compared += 1
+    assert compared >= N_FIRST

@@ -52,7 +52,7 @@ class Live:
         self.state = {}
         self.lights = {}  # frame id -> record, in commit order
         self.fields = {}  # (object, filter) -> {"id", "label", "points", "meta"}
-        self._rows = defaultdict(dict)  # field -> {frame id: rows}
+        self._columns = defaultdict(dict)  # field -> {frame id: queries.curve_columns}
         self._shapes = {}  # frame id -> (ny, nx)
         self._cursor = 0  # last reduction id seen
         self._version = None
@@ -136,9 +136,9 @@ class Live:
             if frame is None or not rows:
                 continue
             key = (rows[0].get("object", ""), rows[0].get("filter", ""))
-            for rows_of in self._rows.values():  # a re-reduced light leaves its old field
-                rows_of.pop(frame_id, None)
-            self._rows[key][frame_id] = rows
+            for columns in self._columns.values():  # a re-reduced light leaves its old field
+                columns.pop(frame_id, None)
+            self._columns[key][frame_id] = queries.curve_columns(rows)
             touched.add(key)
             airmass, ny, nx = queries.header_facts(frame.path)
             self._shapes[frame_id] = (ny, nx)
@@ -165,9 +165,8 @@ class Live:
                 self._send_curve(key, points, meta)
 
     def _curve(self, key):
-        rows = [r for frame_rows in self._rows[key].values() for r in frame_rows]
         try:
-            return queries.field_curve(rows, self.config.lightcurve)
+            return queries.field_curve(list(self._columns[key].values()), self.config.lightcurve)
         except Exception as exc:  # a field the curve code cannot handle yet
             log.debug("web_curve_skipped", field=list(key), reason=str(exc))
             return [], {"target_id": None, "comparison_ids": [], "checks": []}
