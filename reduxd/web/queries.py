@@ -202,9 +202,14 @@ def curve_columns(rows):
     Kept per light instead of the row dicts: a night of 1,000 lights of 100
     stars is a few MB this way, and a curve is rebuilt by concatenation.
     """
-    out = {name: np.array([r[name] for r in rows], dtype=_DTYPES[name]) for name in CURVE_COLUMNS}
+    out = {name: _column([r[name] for r in rows], _DTYPES[name]) for name in CURVE_COLUMNS}
     out["bjd_tdb"] = np.array([_number(r.get("bjd_tdb")) or np.nan for r in rows], dtype=float)
     return out
+
+
+def _column(values, dtype):
+    """Numbers in their contract dtype; strings only as wide as they are (not U256)."""
+    return np.array(values, dtype=None if dtype.startswith("U") else dtype)
 
 
 def field_curve(frames, lc_config):
