@@ -191,7 +191,11 @@ def test_page_follows_the_night_live(tmp_path):
         driver.find_element("id", "next").click()
         assert driver.find_element("id", "latest-name").text == last_name
         finder = driver.find_element("id", "finder")
-        assert driver.execute_script("return arguments[0].naturalWidth", finder) > 100
+        wait_until(  # the chart of the light shown again has loaded
+            lambda: driver.execute_script("return arguments[0].naturalWidth", finder) > 100,
+            30,
+            "the finder chart",
+        )
         assert driver.find_elements("css selector", "#marks .mark.target")
         severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not [m for m in severe if "Content Security Policy" in m], severe
