@@ -6,6 +6,7 @@ folder and ledger written by another process (a running daemon or a finished
 ``reduxd reduce``). Both read the ledger read-only.
 """
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -136,14 +137,18 @@ class WebServer:
 
 
 def start_for_service(service):
-    """Start the page beside ``reduxd watch`` (a :class:`reduxd.daemon.Service`); None if off."""
+    """Start the page beside ``reduxd watch`` (a :class:`reduxd.daemon.Service`); None if off.
+
+    The server runs in a child process (its own interpreter and GIL), so serving
+    the page and rebuilding light curves never slow the daemon's worker down.
+    """
     if not service.config.web.listen:
         return None
     started = datetime.now(UTC).isoformat(timespec="seconds")
 
     def facts():
         watcher = service.watcher
-        pipeline = getattr(service, "pipeline", None)
+        pipeline = service.pipeline
         return {
             "running_since": started,
             "pid": os.getpid(),
@@ -153,10 +158,105 @@ def start_for_service(service):
         }
 
     try:
-        return WebServer(service.config, service=facts).start()
+        return WebProcess(service.config, facts).start()
     except ConfigError as exc:  # the reduction matters more than the page
         log.warning("web_not_started", reason=str(exc))
         return None
+
+
+class WebProcess:
+    """:class:`WebServer` in a child process, fed the daemon's facts once a second.
+
+    The child exits when told to, on SIGTERM, or when the pipe to the daemon
+    breaks (the daemon died); it ignores SIGINT (Ctrl-C reaches the whole process
+    group, and the daemon stops it once the current frame is done).
+    """
+
+    def __init__(self, config, facts):
+        import multiprocessing
+
+        check_listen(config)  # a refused address fails here, in the daemon's log
+        self.config = config
+        self.facts = facts
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_child, args=(config, child_conn), name="reduxd-web", daemon=True
+        )
+        self._stop = threading.Event()
+        self._feeder = None
+        self.url = None
+
+    def start(self):
+        self.process.start()
+        if not self.conn.poll(60):
+            self.process.terminate()
+            raise ConfigError("web server process did not start within 60 s")
+        kind, value = self.conn.recv()
+        if kind == "error":
+            self.process.join(10)
+            raise ConfigError(value)
+        self.url = value
+        with contextlib.suppress(Exception):  # the daemon's first facts, at once
+            self.conn.send(("facts", self.facts()))
+        self._feeder = threading.Thread(target=self._feed, name="reduxd-web-facts", daemon=True)
+        self._feeder.start()
+        return self
+
+    def _feed(self):
+        last = None
+        while not self._stop.wait(1.0):
+            try:
+                facts = self.facts()
+            except Exception:  # the daemon's objects changed under us: next time
+                continue
+            if facts != last:
+                try:
+                    self.conn.send(("facts", facts))
+                except OSError:
+                    return
+                last = facts
+
+    def stop(self):
+        self._stop.set()
+        if self._feeder is not None:
+            self._feeder.join(5)
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop", None))
+        self.process.join(15)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        self.conn.close()
+
+
+def _child(config, conn):
+    """The web process: serve until told to stop, SIGTERM, or the daemon is gone."""
+    from reduxd.log import configure_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    facts = {}
+    try:
+        server = WebServer(config, service=lambda: facts.get("now")).start()
+    except Exception as exc:
+        conn.send(("error", str(exc)))
+        return
+    conn.send(("url", server.url))
+    try:
+        while not stop.is_set():
+            if not conn.poll(0.5):
+                continue
+            kind, value = conn.recv()
+            if kind == "stop":
+                break
+            facts["now"] = value
+    except (EOFError, OSError):  # the daemon is gone
+        pass
+    finally:
+        server.stop()
 
 
 # -- reduxd serve ---------------------------------------------------------------
