@@ -448,3 +448,27 @@ def test_page_curves_equal_the_written_light_curves(client, night):
             assert p["err"] == pytest.approx(float(rows[p["file"]]["dmag_err"]), abs=2e-5)
             compared += 1
     assert compared >= N_FIRST
+
+
+@pytest.mark.parametrize("shape", [(120, 200), (2000, 3300)])  # enlarged x4; binned by 3
+def test_chart_marks_fall_on_the_drawn_circles(tmp_path, shape):
+    """queries.chart_position puts a mark where write_quicklook drew the star's circle."""
+    import numpy as np
+    from astropy.table import Table
+    from PIL import Image
+
+    from reduxd.products.quicklook import CLEAN, write_quicklook
+    from reduxd.web.queries import chart_position
+
+    x, y, radius = shape[1] * 0.3 + 0.4, shape[0] * 0.6 - 0.3, 25.0
+    table = Table({"star_id": [7], "x": [x], "y": [y], "mag_inst": [np.nan], "flags": [0]})
+    data = np.random.default_rng(0).normal(100, 1, shape).astype(np.float32)
+    path = write_quicklook(tmp_path / "q.png", data, table, radius=radius, title=" ")
+    picture = np.asarray(Image.open(path))
+    fx, fy = chart_position(x, y, shape)
+    cx, cy = fx * picture.shape[1], fy * picture.shape[0]
+    rows, cols = np.nonzero(picture == CLEAN)
+    d = np.hypot(cols - cx, rows - cy)
+    r_drawn = radius * picture.shape[1] / shape[1]
+    on_ring = np.abs(d - r_drawn) < 1.5
+    assert on_ring.sum() > 0.8 * 2 * np.pi * r_drawn, (on_ring.sum(), r_drawn)

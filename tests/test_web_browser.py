@@ -167,6 +167,13 @@ def test_page_follows_the_night_live(tmp_path):
         first = wait_until(
             lambda: (c := counts(driver))[0] >= 1 and c, 120, "the first light-curve point"
         )
+        finder = driver.find_element("id", "finder")
+        js = "return arguments[0].complete && arguments[0].naturalWidth"
+
+        def chart_loaded():
+            return driver.execute_script(js, finder) > 100
+
+        wait_until(chart_loaded, 30, "the first finder chart")
         driver.save_screenshot(str(shots / "page-early.png"))
         total = len(lights) + 1
         last_name = lights[-1]
@@ -190,12 +197,7 @@ def test_page_follows_the_night_live(tmp_path):
         assert not driver.find_element("id", "follow").is_selected()
         driver.find_element("id", "next").click()
         assert driver.find_element("id", "latest-name").text == last_name
-        finder = driver.find_element("id", "finder")
-        wait_until(  # the chart of the light shown again has loaded
-            lambda: driver.execute_script("return arguments[0].naturalWidth", finder) > 100,
-            30,
-            "the finder chart",
-        )
+        wait_until(chart_loaded, 30, "the finder chart of the newest light")
         assert driver.find_elements("css selector", "#marks .mark.target")
         severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not [m for m in severe if "Content Security Policy" in m], severe

@@ -57,6 +57,7 @@ class Live:
         self._shapes = {}  # frame id -> (ny, nx)
         self._dirty = set()  # fields with new lights whose curve is not rebuilt yet
         self._not_before = {}  # field -> monotonic time before which it is not rebuilt again
+        self._no_chart = {}  # frame id -> relpath of lights whose finder chart is not written yet
         self._cursor = 0  # last reduction id seen
         self._version = None
         self._stop = threading.Event()
@@ -116,6 +117,7 @@ class Live:
         new = ledger.reductions_since(self._cursor) if changed else []
         if new:
             self._add_lights(ledger, new)
+        self._find_charts()
         self._update_curves()
         state = queries.service_state(ledger, self._service()) if changed else None
         if state is None and self.service is not None:
@@ -163,9 +165,27 @@ class Live:
                 record["marks"] = queries.marks(rows, metas[key], self._shapes[frame.id])
                 self.lights.pop(frame.id, None)
                 self.lights[frame.id] = record
+                if record["quicklook"] is None and self.config.output.quicklook:
+                    self._no_chart[frame.id] = frame
+        while len(self._no_chart) > 100:  # lights whose chart never came (write failed)
+            self._no_chart.pop(next(iter(self._no_chart)))
             if records:
                 self._emit({"type": "lights", "lights": [self.lights[r[1].id] for r in records
                                                          if r[1].id in self.lights]})  # fmt: skip
+
+    def _find_charts(self):
+        """Send again the lights whose finder chart was written after their rows."""
+        found = [f for f in self._no_chart.values() if self._quicklook_url(f) is not None]
+        if not found:
+            return
+        with self.lock:
+            for frame in found:
+                del self._no_chart[frame.id]
+                self.lights[frame.id] = {
+                    **self.lights[frame.id],
+                    "quicklook": self._quicklook_url(frame),
+                }
+            self._emit({"type": "lights", "lights": [self.lights[f.id] for f in found]})
 
     def _known_meta(self, key):
         """Target and comparisons of a field for the chart marks (computed for a new field)."""

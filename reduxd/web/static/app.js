@@ -119,12 +119,11 @@ function tickAgo() {
 
 function addLights(lights) {
   for (const light of lights) {
-    if (S.byId.has(light.id)) {
-      const i = S.lights.findIndex((l) => l.id === light.id);
-      if (i >= 0) S.lights.splice(i, 1);
-    }
+    // a light sent again (its finder chart came, or it was re-reduced) keeps its place
+    const i = S.byId.has(light.id) ? S.lights.findIndex((l) => l.id === light.id) : -1;
     S.byId.set(light.id, light);
-    S.lights.push(light);
+    if (i >= 0) S.lights[i] = light;
+    else S.lights.push(light);
   }
   if ($("follow").checked || S.shown === null) S.shown = S.lights.length - 1;
   showLight();
