@@ -158,6 +158,13 @@ def deliver(stage, root, *, cadence):
 
 def web_client(url, stop, seen):
     """Follow the page's data as its JavaScript does, until ``stop`` is set."""
+    try:
+        _follow(url, stop, seen)
+    except Exception as exc:
+        seen.append(f"client failed: {type(exc).__name__}: {exc}")
+
+
+def _follow(url, stop, seen):
     import httpx
 
     with httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(60, connect=10)) as c:
@@ -235,7 +242,8 @@ def bench_latency(tmp, *, lights, cadence, settle, observer, live, web=False, st
         "latency max": f"{max(later):.0f} ms",
         "settle time (not included)": f"{settle:g} s",
         "daemon CPU for the night": f"{cpu:.1f} s",
-        **({"lights the client was sent": len(seen)} if web else {}),
+        **({"lights the client was sent": len(set(seen))} if web else {}),
+        **({"client": seen[-1]} if web and seen and seen[-1].startswith("client") else {}),
         "_median": statistics.median(later),
     }
 

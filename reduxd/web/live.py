@@ -167,11 +167,11 @@ class Live:
                 self.lights[frame.id] = record
                 if record["quicklook"] is None and self.config.output.quicklook:
                     self._no_chart[frame.id] = frame
-        while len(self._no_chart) > 100:  # lights whose chart never came (write failed)
-            self._no_chart.pop(next(iter(self._no_chart)))
             if records:
                 self._emit({"type": "lights", "lights": [self.lights[r[1].id] for r in records
                                                          if r[1].id in self.lights]})  # fmt: skip
+        while len(self._no_chart) > 100:  # lights whose chart never came (write failed)
+            self._no_chart.pop(next(iter(self._no_chart)))
 
     def _find_charts(self):
         """Send again the lights whose finder chart was written after their rows."""
