@@ -10,6 +10,7 @@ Browsers follow the numbered event log through server-sent events; one that
 fell too far behind is told to reload its snapshot.
 """
 
+import math
 import secrets
 import threading
 import time
@@ -24,6 +25,7 @@ from reduxd.web import queries
 log = get_logger("reduxd.web")
 KEEP_EVENTS = 5000  # events kept for browsers that reconnect
 TOLERANCE = 1e-4  # mag: earlier points that moved more than this are re-sent
+STATE_SECONDS = 1.0  # the service state is read at most this often without new lights
 CURVE_SHARE = 0.25  # a field's curve is rebuilt at most this fraction of the time
 
 
@@ -60,6 +62,7 @@ class Live:
         self._no_chart = {}  # frame id -> relpath of lights whose finder chart is not written yet
         self._cursor = 0  # last reduction id seen
         self._version = None
+        self._state_at = -math.inf
         self._stop = threading.Event()
         self._thread = None
         self.error = None
@@ -113,13 +116,20 @@ class Live:
         """Read what is new in ``ledger``; append events. Called by the thread."""
         version = ledger.data_version()
         changed = version != self._version
-        self._version = version
         new = ledger.reductions_since(self._cursor) if changed else []
         if new:
             self._add_lights(ledger, new)
         self._find_charts()
         self._update_curves()
-        state = queries.service_state(ledger, self._service()) if changed else None
+        now = time.monotonic()
+        if changed and not new and now - self._state_at < STATE_SECONDS:
+            changed = False  # other commits (a frame begun...): the state once a second
+        else:
+            self._version = version
+        state = None
+        if changed:
+            self._state_at = now
+            state = queries.service_state(ledger, self._service())
         if state is None and self.service is not None:
             state = {**self.state, "service": queries.clean(self._service())}
         if state is not None and state != self.state:

@@ -21,6 +21,7 @@ from reduxd.log import get_logger
 
 log = get_logger("reduxd.web")
 TOKEN_ENV = "REDUXD_WEB_TOKEN"
+NICE = 10  # scheduling niceness added to the web process under `reduxd watch`
 
 
 def parse_listen(text):
@@ -235,6 +236,7 @@ def _child(config, conn):
     from reduxd.log import configure_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICE)  # the worker comes first when both want a core
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
