@@ -27,7 +27,7 @@ demo: venv
 	wait $$sim; \
 	$(BIN)/reduxd status --config config.toml; \
 	echo "reduxd demo: night over; http://127.0.0.1:8750/ stays up 10 min (Ctrl-C stops)"; \
-	timeout -s INT 600 $(BIN)/reduxd serve --config config.toml; exit $$status
+	timeout --foreground -s INT 600 $(BIN)/reduxd serve --config config.toml; exit $$status
 
 test: venv lint
 	$(BIN)/pytest -q
