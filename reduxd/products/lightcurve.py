@@ -640,12 +640,14 @@ def _empty_spec(spec):
     return spec is None or (not np.isscalar(spec) and len(spec) == 0)
 
 
-def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=5):
+def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=5, per_star=True):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
 
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
     with no comparisons they are chosen by :func:`choose_comparisons`. The table's
     meta holds ``target_id`` (or None), ``comparison_ids`` and ``check_chi2``.
+    ``per_star=False`` leaves out the ``mag_<id>, err_<id>, flags_<id>`` columns
+    (the web page, which rebuilds curves often, does not show them).
     """
     grid = _grid(table)
     target_id = None if _empty_spec(target) else resolve_star(table, target)
@@ -659,7 +661,8 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=5):
     else:
         out = _frame_table(grid)
         _add_checks(out, grid, comparison_ids)
-    _add_stars(out, grid)
+    if per_star:
+        _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}

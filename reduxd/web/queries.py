@@ -229,10 +229,10 @@ def field_curve(frames, lc_config):
     try:
         lc = lightcurve.build_lightcurve(
             table, target=list(lc_config.target) or None, n_comparisons=n,
-            comparisons=[list(c) for c in lc_config.comparisons],
+            comparisons=[list(c) for c in lc_config.comparisons], per_star=False,
         )  # fmt: skip
     except ReduxdError:
-        lc = lightcurve.build_lightcurve(table, target=None, n_comparisons=n)
+        lc = lightcurve.build_lightcurve(table, target=None, n_comparisons=n, per_star=False)
     bjd = dict(zip(table["file"].tolist(), table["bjd_tdb"].tolist(), strict=True))
     checks = [c for c in lc.colnames if c.startswith("check_") and not c.startswith("check_err")]
     columns = {name: lc[name].tolist() for name in lc.colnames if name in _POINT or name in checks}
