@@ -25,6 +25,7 @@ import pytest
 from astropy.io import fits
 from nights import stage_night
 
+from reduxd import lock
 from reduxd.config import load_config
 from reduxd.errors import ConfigError
 from reduxd.web.server import WebServer, check_listen
@@ -472,3 +473,22 @@ def test_chart_marks_fall_on_the_drawn_circles(tmp_path, shape):
     r_drawn = radius * picture.shape[1] / shape[1]
     on_ring = np.abs(d - r_drawn) < 1.5
     assert on_ring.sum() > 0.8 * 2 * np.pi * r_drawn, (on_ring.sum(), r_drawn)
+
+
+def test_serve_shows_the_daemon_that_holds_the_ledger(night):
+    """A ``reduxd watch`` holding the ledger's lock is shown (pid, since when); none: read-only."""
+    ledger = night[0] / "out" / "reduxd.sqlite"
+    serve = Serve(night[1], "127.0.0.1:0", {})
+    try:
+        with httpx.Client(base_url=serve.base, timeout=30) as c:
+            assert c.get("/api/snapshot").json()["state"].get("service") is None
+            with lock.acquire(ledger, command="watch") as held:
+                deadline = time.monotonic() + 30
+                service = None
+                while service is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    service = c.get("/api/snapshot").json()["state"].get("service")
+            assert service["pid"] == os.getpid()
+            assert service["running_since"] == held.info["started"]
+    finally:
+        assert serve.stop() == 0

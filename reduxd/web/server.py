@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 
 from reduxd.errors import ConfigError
+from reduxd.lock import holder
 from reduxd.log import get_logger
 
 log = get_logger("reduxd.web")
@@ -279,6 +280,24 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
+def daemon_facts(config):
+    """The ``reduxd watch`` holding this ledger, as the page's service facts; None if none.
+
+    From its lock (:func:`reduxd.lock.holder`: pid, start); the roots and observer are
+    the config's, and its pending calibration sets are not known from outside.
+    """
+    info = holder(config.paths.state_file)
+    if not info or info.get("command") != "watch":
+        return None
+    return {
+        "running_since": info.get("started"),
+        "pid": info.get("pid"),
+        "roots": [str(r) for r in (*config.paths.data, *config.paths.calibration)],
+        "observer": config.watch.observer,
+        "pending_sets": [],
+    }
+
+
 def run(args):
     from reduxd.config import load_config
     from reduxd.log import configure_logging
@@ -289,7 +308,7 @@ def run(args):
     listen = args.listen if args.listen is not None else config.web.listen
     if not listen:
         raise ConfigError("nothing to serve on: [web] listen is empty and no --listen given")
-    server = WebServer(config, listen=listen)
+    server = WebServer(config, listen=listen, service=lambda: daemon_facts(config))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
