@@ -246,6 +246,9 @@ class Ledger:
         reading the database).
     durable : bool
         ``synchronous=FULL`` (default) or ``NORMAL``; see the notes.
+    readonly : bool
+        Open an existing ledger for reading only (SQLite ``mode=ro``): never
+        creates, migrates or takes a write lock (``reduxd serve``, the web page).
 
     Notes
     -----
@@ -274,18 +277,26 @@ class Ledger:
         allow_network_fs: bool = False,
         busy_timeout: float = 10.0,
         durable: bool = True,
+        readonly: bool = False,
     ):
         self.path = Path(path)
         self.durable = durable
+        self.readonly = readonly
         _check_local(self.path, allow_network_fs)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            if readonly:
+                self._db = _connect_readonly(self.path, busy_timeout)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise ledger_error(self.path, exc) from exc
         self._db.row_factory = sqlite3.Row
         try:
-            self._setup(busy_timeout)
+            if readonly:
+                self._check_version()
+            else:
+                self._setup(busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             self._db.close()
             raise ledger_error(self.path, exc) from exc
@@ -322,13 +333,16 @@ class Ledger:
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        self._check_version()
+        _migrate_fingerprints(db)
+        _migrate_waits(db)
+
+    def _check_version(self):
+        version = self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise LedgerError(
                 f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
             )
-        _migrate_fingerprints(db)
-        _migrate_waits(db)
 
     def _tx(self):
         return _Transaction(self._db)
@@ -724,6 +738,22 @@ class Ledger:
             for r in cur
         ]
 
+    def reductions_since(self, reduction_id: int = 0) -> list[tuple[int, int]]:
+        """``(reduction_id, frame_id)`` of current reductions newer than ``reduction_id``.
+
+        For readers following the ledger (the web page): each reduced light once,
+        in commit order; a re-reduced light comes back with its new reduction.
+        """
+        cur = self._db.execute(
+            "SELECT id, frame_id FROM reductions WHERE id > ? AND superseded = 0 ORDER BY id",
+            (reduction_id,),
+        )
+        return [(r[0], r[1]) for r in cur]
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def masters_used(self, frame_id: int) -> list[int]:
         """Ids of the masters used by a frame's current reduction."""
         cur = self._db.execute(
@@ -825,12 +855,17 @@ def _migrate_fingerprints(db):
         db.execute("PRAGMA foreign_keys = ON")
 
 
+# a waiting frame of a ledger made before frames.wait: its reason's first words
+_LEGACY_WAITS = (("calibration", "waiting for calibration"), ("incomplete", "incomplete:"))
+
+
 def _migrate_waits(db):
     """Add ``frames.wait`` to a ledger made before it, in place (one transaction).
 
     Before it, a waiting frame was ``seen`` with its reason in ``last_error``
     (``waiting for calibration: ...`` or ``incomplete: ...``): that text is read
-    here, once, and nowhere else.
+    here and, for a read-only reader of a ledger not migrated yet, by
+    :func:`_legacy_wait`; nowhere else.
     """
     if "wait" in {r[1] for r in db.execute("PRAGMA table_info(frames)")}:
         return
@@ -838,12 +873,33 @@ def _migrate_waits(db):
         db.execute(
             "ALTER TABLE frames ADD COLUMN wait TEXT CHECK (wait IN ('calibration', 'incomplete'))"
         )
-        for wait, prefix in (("calibration", "waiting for calibration"),
-                             ("incomplete", "incomplete:")):  # fmt: skip
+        for wait, prefix in _LEGACY_WAITS:
             db.execute(
                 "UPDATE frames SET wait = ? WHERE state = 'seen' AND last_error LIKE ?",
                 (wait, prefix + "%"),
             )
+
+
+def _legacy_wait(state, last_error):
+    """What a ``seen`` frame of a ledger made before ``frames.wait`` waits for (or None)."""
+    if state != "seen":
+        return None
+    return next((w for w, prefix in _LEGACY_WAITS if (last_error or "").startswith(prefix)), None)
+
+
+def _connect_readonly(path, busy_timeout):
+    """A ``mode=ro`` connection to an existing ledger (LedgerError if it cannot be opened)."""
+    if not path.is_file():
+        raise LedgerError(f"{path}: no ledger there (a read-only reader does not create one)")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        db.execute("SELECT 1 FROM schema_version LIMIT 1")
+    except sqlite3.Error as exc:
+        db.close()
+        raise LedgerError(f"{path}: cannot open the ledger read-only: {exc}") from None
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    return db
 
 
 class _Transaction:
@@ -870,6 +926,8 @@ def _where(**filters):
 def _frame_row(r):
     data = dict(r)
     data["info"] = json.loads(data["info"]) if data["info"] else {}
+    if "wait" not in data:  # a read-only reader of a ledger not migrated yet
+        data["wait"] = _legacy_wait(data["state"], data["last_error"])
     return FrameRow(**data)
 
 

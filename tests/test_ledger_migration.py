@@ -49,3 +49,16 @@ def test_wait_is_set_by_its_cause_and_cleared_by_any_state_change(tmp_path):
         assert ledger.frame(row.id).wait == "incomplete"
         ledger.defer(row.id, "some other reason")
         assert ledger.frame(row.id).wait is None
+
+
+def test_a_read_only_reader_of_an_old_ledger_sees_the_waits_without_migrating(tmp_path):
+    path = tmp_path / "reduxd.sqlite"
+    shutil.copy(FIXTURE, path)
+    with Ledger(path, readonly=True) as ledger:
+        assert [(r.relpath, r.wait) for r in ledger.pending()] == [
+            ("m51/light_1.fits", "calibration"),
+            ("m51/light_2.fits", "incomplete"),
+            ("m51/light_3.fits", None),
+        ]
+    with sqlite3.connect(path) as db:  # never migrated by a reader
+        assert "wait" not in {r[1] for r in db.execute("PRAGMA table_info(frames)")}

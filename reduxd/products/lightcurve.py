@@ -1073,7 +1073,9 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
     return trials[best][1], trials[best][2], scatter
 
 
-def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, radec=None):
+def build_lightcurve(
+    table, *, target=None, comparisons=(), n_comparisons=10, radec=None, per_star=True
+):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
 
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
@@ -1081,7 +1083,8 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, ra
     multi-aperture rows the radius is chosen by :func:`choose_aperture`. The
     table's meta holds ``target_id`` (or None), ``comparison_ids``,
     ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
-    ``check_chi2``.
+    ``check_chi2``. ``per_star=False`` leaves out the ``mag_<id>, err_<id>,
+    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them).
     """
     grid = _grid(table)
     if radec is not None:
@@ -1104,7 +1107,8 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, ra
         _add_checks(out, grid, comparison_ids)
     _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
     _add_times(out, grid)
-    _add_stars(out, grid)
+    if per_star:
+        _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
