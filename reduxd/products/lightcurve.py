@@ -35,10 +35,13 @@ date_obs, file``; with a target ``dmag, dmag_err, target_mag, target_mag_err,
 ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's photometry flags,
 -1 = target not measured in that frame); ``check_<id>, check_err_<id>`` per
 comparison (when there are at least two); ``radius`` (the aperture used),
-``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site); then
-``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
-magnitude, its error, photometry flags; NaN, NaN, -1 when the star was not
-measured in that frame). Without a target, the differential columns are absent
+``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site). The
+files have no per-star columns, so their size grows with the frames, not with
+frames x stars: every star's magnitude, error and flags per frame are in the
+photometry table (long format, one row per star per light; :func:`star_table`
+gives the wide ``mag_<id>, err_<id>, flags_<id>`` form on demand, and
+``build_lightcurve(per_star=True)``, the default, adds those columns in memory).
+Without a target, the differential columns are absent
 and the plot shows the check stars only (no target is guessed: a wrong guess
 would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
@@ -1072,8 +1075,13 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
     return trials[best][1], trials[best][2], scatter
 
 
-def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, radec=None):
+def build_lightcurve(
+    table, *, target=None, comparisons=(), n_comparisons=10, radec=None, per_star=True
+):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
+
+    ``per_star=False`` leaves out the ``mag_<id>, err_<id>, flags_<id>`` columns
+    (:func:`write_lightcurve` does: the photometry table has them in long format).
 
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
     with no comparisons they are chosen by :func:`select_ensemble`. With
@@ -1103,7 +1111,8 @@ def build_lightcurve(table, *, target=None, comparisons=(), n_comparisons=10, ra
         _add_checks(out, grid, comparison_ids)
     _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
     _add_times(out, grid)
-    _add_stars(out, grid)
+    if per_star:
+        _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
@@ -1152,8 +1161,7 @@ def write_lightcurve(
         Used in the file names (sanitised) and the plot title.
     target : sequence, optional
         ``[star_id]`` or ``[x, y]`` (first frame); None or ``[]``: no target, the
-        table has the per-star and check-star columns and the plot shows the
-        check stars only.
+        table has the check-star columns and the plot shows the check stars only.
     comparisons : sequence of sequences, optional
         Comparison specs; empty: ``n_comparisons`` chosen automatically.
     n_comparisons : int, optional
@@ -1173,8 +1181,9 @@ def write_lightcurve(
     if len(_current(table)) == 0:
         return []
     lc = build_lightcurve(
-        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec
-    )
+        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec,
+        per_star=False,
+    )  # fmt: skip
     if keep is not None:
         keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
