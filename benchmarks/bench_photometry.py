@@ -169,9 +169,7 @@ def bench_crowded(n_stars):
     params = phot_params(load_config(), camera)
     first = photometer(first_img, exptime=EXPTIME, params=params)
     ref = first.reference
-    t_ours, ours = best_time(
-        lambda: photometer(img, exptime=EXPTIME, params=params, reference=ref)
-    )
+    t_ours, ours = best_time(lambda: photometer(img, exptime=EXPTIME, params=params, reference=ref))
     radii = [float(r) for r in ours.apertures["radii"]]
     annulus = (max(radii) + 5.0, max(radii) + 15.0)
     recipe = {"fwhm": round(ours.fwhm, 1), "radius": radii[0], "annulus": annulus}

@@ -66,6 +66,7 @@ OUTSIDE_LINK = (
 
 log = get_logger("reduxd.pipeline")
 MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
+CURVE_MIN_FRAMES = 10  # a light curve is rebuilt after this many appended lights at least
 
 
 @dataclass
@@ -141,6 +142,7 @@ class Pipeline:
         self._curves_at = -math.inf
         self.dirty_curves = set()
         self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
+        self.curves = {}  # (field, filter) -> what appending to its light curve needs
         self._masters = None
         self.tables_stale = False  # rows in the ledger missing from the tables (disk full)
         self.to_release = set()  # frames left 'processing' by a ledger write error
@@ -465,7 +467,7 @@ class Pipeline:
             raise OutputUnavailable(f"{rel}: photometry table: {exc}") from exc
         latency_ms = (self.clock() - started) * 1000.0
         self._log_reduced(rel, key, info, rows, result, latency_ms, version)
-        self.dirty_curves.add((key, info.filter or ""))
+        self._curve_changed((key, info.filter or ""), rows, version)
         return Outcome(
             rel, "reduced", kind="light", n_stars=len(rows), latency_ms=latency_ms, info=extra
         )
@@ -1037,6 +1039,29 @@ class Pipeline:
 
     # -- light curves ------------------------------------------------------------
 
+    def _curve_changed(self, field, rows, version):
+        """Append a new light to its field's curve, or mark the curve for a rebuild.
+
+        Rebuilt (comparisons chosen again) when a light is superseded, when the
+        frame cannot be appended, and when the field has doubled its frames
+        since the last build: the work per light stays the same all night.
+        """
+        state = self.curves.get(field)
+        if version == 1 and state is not None and field not in self.dirty_curves:
+            save = self.config.output.save
+            try:
+                ok = lightcurve.append_lightcurve(
+                    self.outdir, rows, state, object=field[0], filter=field[1], save=save
+                )
+            except Exception as exc:
+                log.warning("lightcurve_not_appended", object=field[0], reason=str(exc))
+                ok = False
+            if ok:
+                state["appended"] = state.get("appended", 0) + 1
+                if state["appended"] < max(state["frames"], CURVE_MIN_FRAMES):
+                    return
+        self.dirty_curves.add(field)
+
     def update_curves(self, *, min_interval=0.0):
         """Rewrite the light curves of fields that got new rows."""
         now = self.clock()
@@ -1070,6 +1095,9 @@ class Pipeline:
                     lightcurve.write_lightcurve(self.outdir, table, target=None, **common)
                 if "lightcurve" in kept:
                     self.ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
+                self.curves[(obj, filt)] = (
+                    lightcurve.frozen_of(kept["lightcurve"]) if "lightcurve" in kept else None
+                )
             except Exception as exc:
                 log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
         self.dirty_curves.clear()

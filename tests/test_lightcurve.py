@@ -395,3 +395,33 @@ def test_lightcurve_file_width_does_not_grow_with_the_stars(tmp_path):
     assert sparse[0].stat().st_size == pytest.approx(crowded[0].stat().st_size, rel=0.01)
     wide = lcmod.build_lightcurve(rows + crowd, **{k: common[k] for k in ("target", "comparisons")})
     assert "mag_1299" in wide.colnames  # still available in memory (per_star=True)
+
+
+def test_append_lightcurve_adds_frames_against_the_frozen_ensemble(tmp_path):
+    """Frames after a build are appended (earlier rows untouched), as a rebuild would give them."""
+    rows = [r for r in make_rows() if r["current"] == 1]
+    frames = sorted({r["file"] for r in rows})
+    first = [r for r in rows if r["file"] in frames[:20]]
+    kept = {}
+    common = dict(object="M 31", filter="V", target=[TARGET])
+    csv_path, ecsv_path, _ = lcmod.write_lightcurve(tmp_path, first, keep=kept, **common)
+    frozen = lcmod.frozen_of(kept["lightcurve"])
+    assert frozen["frames"] == 20
+    before = csv_path.read_bytes()
+    for name in frames[20:]:
+        frame = [r for r in rows if r["file"] == name]
+        assert lcmod.append_lightcurve(tmp_path, frame, frozen, object="M 31", filter="V")
+    after = csv_path.read_bytes()
+    assert after.startswith(before)  # nothing rewritten
+    appended = Table.read(csv_path, format="ascii.csv")
+    assert len(appended) == N_FRAMES and len(Table.read(ecsv_path)) == N_FRAMES
+    ensemble = lcmod.ensemble_of(kept["lightcurve"])
+    for name, dmag in zip(appended["file"][20:], appended["dmag"][20:], strict=True):
+        expected = lcmod.frame_dmag([r for r in rows if r["file"] == name], ensemble)
+        assert dmag == pytest.approx(expected, abs=1e-4)
+    assert np.all(np.isfinite([appended[f"check_{c}"][20:] for c in frozen["ids"]]))
+    pinned = lcmod.build_lightcurve(rows, target=[TARGET], comparisons=[[c] for c in frozen["ids"]])
+    np.testing.assert_allclose(appended["dmag"], pinned["dmag"], atol=3e-3)  # medians moved
+    late = [r for r in rows if r["file"] == frames[5]]  # older than the last row: rebuild
+    assert not lcmod.append_lightcurve(tmp_path, late, frozen, object="M 31", filter="V")
+    assert csv_path.read_bytes() == after

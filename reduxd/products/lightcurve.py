@@ -71,7 +71,7 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
-from reduxd.products.tables import rows_to_table
+from reduxd.products.tables import append_lines, rows_to_table
 from reduxd.steps.measure import Flag
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
@@ -378,13 +378,19 @@ def resolve_radec(table, *, radius=5.0):
     return int(rows["star_id"][best])
 
 
-def _rel(grid, columns):
-    """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref)."""
+def _rel(grid, columns, ref=None):
+    """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref).
+
+    ``ref``: those medians given (a frozen ensemble, :func:`append_lightcurve`).
+    """
     use = _usable(grid)[:, columns]
     rate = grid.rate[:, columns]
-    ref = np.array(
-        [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan for j in range(len(columns))]
-    )
+    if ref is None:
+        ref = np.array(
+            [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan
+             for j in range(len(columns))]
+        )  # fmt: skip
+    ref = np.asarray(ref, dtype=np.float64)
     use &= np.isfinite(ref)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.where(use, rate / ref, np.nan)
@@ -429,16 +435,22 @@ def p2p_scatter(values):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
-def _per_frame(w, rel_err, use):
+def _typical(rel_err, use):
+    """Median relative error of each star over its usable frames."""
+    return np.array(
+        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
+         for j in range(use.shape[1])]
+    )  # fmt: skip
+
+
+def _per_frame(w, rel_err, use, typical=None):
     """Per-frame weights: ``w`` scaled by each frame's reported variance over the median one.
 
     Through cloud a faint star's relative error grows faster than a bright one's
     (sky and read noise take over), so its weight drops in those frames.
+    ``typical``: the median variances given (a frozen ensemble).
     """
-    typical = np.array(
-        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
-         for j in range(use.shape[1])]
-    )  # fmt: skip
+    typical = _typical(rel_err, use) if typical is None else np.asarray(typical, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         factor = (typical[None, :] / rel_err) ** 2
     return np.where(use & np.isfinite(factor), w[None, :] * factor, 0.0)
@@ -671,20 +683,23 @@ def choose_comparisons(table, *, target_id, n, exclude=(), reject=2.0, coverage=
     return list(ens.ids)
 
 
-def _ensemble(grid, columns, weights=None):
+def _ensemble(grid, columns, weights=None, frozen=None):
     """Return (rate, rate_err, n_used) of the weighted comparison ensemble per frame.
 
     The ensemble is the weighted mean of the members' rates relative to their
     median rates, times the sum of those medians (so its magnitude is that of the
     summed comparisons). A frame in which no member is usable falls back on the
-    members measured there with a positive, unsaturated flux.
+    members measured there with a positive, unsaturated flux. ``frozen``:
+    ``{"ref": medians, "typical": median relative errors}`` of the members, from
+    the frames of an earlier build (:func:`append_lightcurve`).
     """
     nf = len(grid.files)
     if len(columns) == 0:
         return np.full(nf, np.nan), np.full(nf, np.nan), np.zeros(nf, dtype=np.int64)
     columns = list(columns)
     w = np.asarray(ensemble_weights(grid, columns) if weights is None else weights, dtype=float)
-    rel, rel_err, use, ref = _rel(grid, columns)
+    frozen = frozen or {}
+    rel, rel_err, use, ref = _rel(grid, columns, frozen.get("ref"))
     empty = ~use.any(axis=1)
     if empty.any():
         flags = grid.flags[:, columns]
@@ -697,7 +712,7 @@ def _ensemble(grid, columns, weights=None):
         )  # fmt: skip
         rel, rel_err = np.where(fallback, raw, rel), np.where(fallback, raw_err, rel_err)
         use = use | fallback
-    wu = _per_frame(w, rel_err, use)
+    wu = _per_frame(w, rel_err, use, frozen.get("typical"))
     den = wu.sum(axis=1)
     total = float(np.nansum(ref))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -763,13 +778,20 @@ def _add_times(table, grid):
     )
 
 
-def _add_checks(table, grid, comparison_ids):
+def _add_checks(table, grid, comparison_ids, frozen=None):
     columns = [grid.column(int(c)) for c in comparison_ids]
     if len(columns) < 2:
         return
+    check_weights = {}
     for k, (cid, col) in enumerate(zip(comparison_ids, columns, strict=True)):
         others = columns[:k] + columns[k + 1 :]
-        rate, rate_err, _ = _ensemble(grid, others)
+        if frozen is None:
+            weights, stats = ensemble_weights(grid, others), None
+        else:
+            weights = frozen["check_weights"][str(cid)]
+            stats = {key: np.delete(np.asarray(frozen[key]), k) for key in ("ref", "typical")}
+        check_weights[str(cid)] = [float(v) for v in weights]
+        rate, rate_err, _ = _ensemble(grid, others, weights, stats)
         own = _usable(grid)[:, col]
         star, star_err = _to_mag(np.where(own, grid.rate[:, col], np.nan), grid.rate_err[:, col])
         ens, ens_err = _to_mag(rate, rate_err)
@@ -778,15 +800,16 @@ def _add_checks(table, grid, comparison_ids):
             table, f"check_err_{cid}", np.hypot(star_err, ens_err), "mag",
             f"1-sigma uncertainty of check_{cid}",
         )  # fmt: skip
+    table.meta["check_weights"] = check_weights
 
 
-def _differential(grid, target_id, comparison_ids, weights=None):
+def _differential(grid, target_id, comparison_ids, weights=None, frozen=None):
     table = _frame_table(grid)
     t = grid.column(int(target_id))
     columns = [grid.column(int(c)) for c in comparison_ids]
     if int(target_id) in {int(c) for c in comparison_ids}:
         raise ReduxdError(f"star {target_id} is both the target and a comparison")
-    ens, ens_err, n_used = _ensemble(grid, columns, weights)
+    ens, ens_err, n_used = _ensemble(grid, columns, weights, frozen)
     target, target_err = _to_mag(grid.rate[:, t], grid.rate_err[:, t])
     ens_mag, ens_mag_err = _to_mag(ens, ens_err)
     values = {
@@ -804,7 +827,7 @@ def _differential(grid, target_id, comparison_ids, weights=None):
         table, "flags", grid.flags[:, t], None,
         "target's photometry flags (-1 = not measured in this frame)", fmt=None,
     )  # fmt: skip
-    _add_checks(table, grid, comparison_ids)
+    _add_checks(table, grid, comparison_ids, frozen)
     table.meta["target_id"] = int(target_id)
     table.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     return table
@@ -988,6 +1011,20 @@ def _ecsv_quote(text):
     return text
 
 
+def _data_lines(table):
+    """Return the (csv, ecsv) data lines of ``table`` as text (no header)."""
+    columns = [_column_strings(table[name]) for name in table.colnames]
+    rows = list(zip(*columns, strict=True)) if columns else []
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    quoted = [
+        [_ecsv_quote(v) for v in col] if table[name].dtype.kind in "US" else col
+        for name, col in zip(table.colnames, columns, strict=True)
+    ]
+    lines = [" ".join(row) + "\n" for row in zip(*quoted, strict=True)] if quoted else []
+    return buf.getvalue(), "".join(lines)
+
+
 def _table_bytes(table):
     """Return (csv, ecsv) texts of ``table`` as bytes.
 
@@ -995,23 +1032,14 @@ def _table_bytes(table):
     formatted here, column by column, which is many times faster than astropy's
     writers for wide tables (hundreds of star columns).
     """
-    columns = [_column_strings(table[name]) for name in table.colnames]
-    rows = list(zip(*columns, strict=True)) if columns else []
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(table.colnames)
-    writer.writerows(rows)
-    csv_text = buf.getvalue()
-    buf = io.StringIO()
-    table[:0].write(buf, format="ascii.ecsv")
-    header = buf.getvalue()
-    quoted = [
-        [_ecsv_quote(v) for v in col] if table[name].dtype.kind in "US" else col
-        for name, col in zip(table.colnames, columns, strict=True)
-    ]
-    lines = [" ".join(row) + "\n" for row in zip(*quoted, strict=True)] if quoted else []
-    ecsv_text = header + "".join(lines)
-    return csv_text.encode("utf-8"), ecsv_text.encode("utf-8")
+    csv.writer(buf, lineterminator="\n").writerow(table.colnames)
+    csv_body, ecsv_body = _data_lines(table)
+    header = io.StringIO()
+    table[:0].write(header, format="ascii.ecsv")
+    return (buf.getvalue() + csv_body).encode("utf-8"), (header.getvalue() + ecsv_body).encode(
+        "utf-8"
+    )
 
 
 def _empty_spec(spec):
@@ -1104,21 +1132,16 @@ def build_lightcurve(
         grid, target_col=target_col, comparison_ids=comparison_ids, n=n_comparisons
     )
     comparison_ids = list(ens.ids)
-    if target_id is not None:
-        out = _differential(grid, target_id, comparison_ids, ens.weights)
-    else:
-        out = _frame_table(grid)
-        _add_checks(out, grid, comparison_ids)
-    _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
-    _add_times(out, grid)
+    out = _curve_table(grid, target_id, comparison_ids, ens.weights)
     if per_star:
         _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
     if comparison_ids:
-        _, _, _, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
+        _, rel_err, use, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
         out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
+        out.meta["comparison_typical_err"] = [float(v) for v in _typical(rel_err, use)]
     out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
     out.meta["ensemble"] = (
@@ -1133,6 +1156,18 @@ def build_lightcurve(
         "ensemble_scatter_by_radius": scatter,
         "rule": "radius whose comparisons scatter least against each other (target not used)",
     }
+    return out
+
+
+def _curve_table(grid, target_id, comparison_ids, weights, frozen=None):
+    """The light-curve columns of ``grid``'s frames (no per-star columns)."""
+    if target_id is not None:
+        out = _differential(grid, target_id, comparison_ids, weights, frozen)
+    else:
+        out = _frame_table(grid)
+        _add_checks(out, grid, comparison_ids, frozen)
+    _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
+    _add_times(out, grid)
     return out
 
 
@@ -1210,6 +1245,78 @@ def ensemble_of(lc):
         "rates": list(meta["comparison_rates"]),
         "aperture": int(meta["aperture"]["index"]),
     }
+
+
+def frozen_of(lc):
+    """What :func:`append_lightcurve` needs from a built light curve (None if it cannot append).
+
+    The members, their weights (also each check star's), median rates and
+    median relative errors, the aperture, the file's columns and how many frames
+    the build had.
+    """
+    meta = lc.meta
+    ids = list(meta.get("comparison_ids") or [])
+    if not ids or len(lc) == 0:
+        return None
+    return {
+        "target_id": meta.get("target_id"),
+        "ids": ids,
+        "weights": list(meta["comparison_weights"]),
+        "ref": list(meta["comparison_rates"]),
+        "typical": list(meta["comparison_typical_err"]),
+        "check_weights": dict(meta.get("check_weights") or {}),
+        "aperture": int(meta["aperture"]["index"]),
+        "columns": list(lc.colnames),
+        "frames": len(lc),
+        "last_mjd": float(np.nanmax(np.asarray(lc["mjd"], dtype=float))),
+    }
+
+
+def _with_members(rows, star_ids):
+    """This frame's rows of ``star_ids``, with an unmeasured row for each one absent."""
+    by_id = {int(r["star_id"]): r for r in rows}
+    template = rows[0]
+    out = []
+    for sid in star_ids:
+        row = by_id.get(int(sid))
+        if row is None:  # not measured here: as absent (flags MISSING, no flux)
+            row = dict(template, star_id=int(sid), flux=math.nan, flux_err=math.nan,
+                       flags=MISSING, x=math.nan, y=math.nan)  # fmt: skip
+            for key in ("flux_ap", "flux_err_ap"):
+                if isinstance(template.get(key), list):
+                    row[key] = [math.nan] * len(template[key])
+        out.append(row)
+    return out
+
+
+def append_lightcurve(outdir, rows, frozen, *, object, filter, save=""):
+    """Append one new frame to a light curve's CSV and ECSV, against its frozen ensemble.
+
+    The frame's row is computed as :func:`write_lightcurve` computes every row,
+    with the members, weights, median rates and median errors of the last build
+    (``frozen``, from :func:`frozen_of`; ``frozen['frames']`` is not changed), so
+    the rows already written stay valid and are not rewritten; the PNG is left
+    as it was. Returns False, writing nothing, when the frame cannot simply be
+    appended: files missing, columns changed, or the frame is older than the
+    last row (the caller then rebuilds the whole curve).
+    """
+    csv_path, ecsv_path, _ = lightcurve_paths(outdir, object=object, filter=filter, save=save)
+    rows = [r for r in rows if int(r.get("current", 1)) == 1]
+    if not rows or not (csv_path.exists() and ecsv_path.exists()):
+        return False
+    if float(rows[0]["mjd"]) < frozen["last_mjd"]:
+        return False
+    target_id = frozen["target_id"]
+    members = [*([] if target_id is None else [target_id]), *frozen["ids"]]
+    grid = _grid(field_table(_with_members(rows, members))).apertures()[frozen["aperture"]]
+    out = _curve_table(grid, target_id, frozen["ids"], frozen["weights"], frozen)
+    if out.colnames != frozen["columns"]:
+        return False
+    csv_body, ecsv_body = _data_lines(out)
+    append_lines(csv_path, "", csv_body)
+    append_lines(ecsv_path, "", ecsv_body)
+    frozen["last_mjd"] = float(rows[0]["mjd"])
+    return True
 
 
 def frame_dmag(rows, ensemble):
