@@ -465,9 +465,9 @@ class Pipeline:
                 raise
             self.tables_stale = True  # the ledger has the rows: rewritten on resume()
             raise OutputUnavailable(f"{rel}: photometry table: {exc}") from exc
-        latency_ms = (self.clock() - started) * 1000.0
-        self._log_reduced(rel, key, info, rows, result, latency_ms, version)
         self._curve_changed((key, info.filter or ""), rows, version)
+        latency_ms = (self.clock() - started) * 1000.0  # rows and light curve written
+        self._log_reduced(rel, key, info, rows, result, latency_ms, version)
         return Outcome(
             rel, "reduced", kind="light", n_stars=len(rows), latency_ms=latency_ms, info=extra
         )
