@@ -23,7 +23,7 @@ in-process to show what costs what.
 Long crowded night (``--part long``): ``--long-lights`` pre-rendered lights of a
 field of ``--stars`` stars (one filter) delivered ``--long-cadence`` s apart.
 Printed: the latency (stable file to rows and light curve written) around light
-10, 100 and 1,000 (median of the 11 lights centred there), and the daemon's RSS
+10, 100, 1,000 and the last (median of the 11 lights centred there), and the daemon's RSS
 (``VmRSS``) when those lights were reduced and at the end. Targets: light 1,000
 within 1.2x of light 10, RSS after 1,000 within 1.2x of RSS after 100.
 
@@ -240,7 +240,7 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
     )
     log_path = tmp / "long.jsonl"
     proc = start_daemon(config, log_path)
-    marks = [m for m in (10, 100, 1000) if m <= lights]
+    marks = sorted({m for m in (10, 100, 1000) if m <= lights} | {lights})
     rss, done = {}, threading.Event()
     sampler = threading.Thread(target=watch_rss, args=(log_path, proc, marks, rss, done))
     try:
