@@ -182,7 +182,7 @@ class Pipeline:
         now = self.clock()
         ready = [k for k, s in self.sets.items() if now - s.last_arrival >= self._timeout(s)]
         built = self._build_sets(ready, final=False)
-        self.update_curves(min_interval=30.0)
+        self.update_curves(min_interval=30.0, final=False)
         return built
 
     def _timeout(self, cal_set):
@@ -1062,8 +1062,15 @@ class Pipeline:
                     return
         self.dirty_curves.add(field)
 
-    def update_curves(self, *, min_interval=0.0):
-        """Rewrite the light curves of fields that got new rows."""
+    def update_curves(self, *, min_interval=0.0, final=True):
+        """Rewrite the light curves of fields that got new rows.
+
+        ``final`` (the end of a batch, a stop): curves that were appended to since
+        their last build are rebuilt too, so they end on the whole night's ensemble.
+        """
+        if final:
+            appended = [f for f, state in self.curves.items() if state and state.get("appended")]
+            self.dirty_curves.update(appended)
         now = self.clock()
         if not self.dirty_curves or now - self._curves_at < min_interval:
             return
@@ -1092,7 +1099,9 @@ class Pipeline:
                         raise
                     # the configured target (and its comparisons) is in another field
                     log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
-                    lightcurve.write_lightcurve(self.outdir, table, target=None, **common)
+                    lightcurve.write_lightcurve(
+                        self.outdir, table, target=None, keep=kept, **common
+                    )
                 if "lightcurve" in kept:
                     self.ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
                 self.curves[(obj, filt)] = (

@@ -192,5 +192,12 @@ def test_light_curve_grows_by_appends_and_is_rebuilt_when_the_field_doubles(tmp_
         rows = _field_frame(ledger, 15, rng)
         pipeline._curve_changed(("A", "V"), rows, 2)  # a light measured again: rebuild
         assert pipeline.dirty_curves == {("A", "V")}
+        pipeline.update_curves()
+        pipeline._curve_changed(("A", "V"), _field_frame(ledger, 16, rng), 1)  # appended
+        assert not pipeline.dirty_curves
+        pipeline.update_curves(min_interval=30.0, final=False)  # the daemon's tick: kept
+        assert pipeline.curves[("A", "V")]["appended"] == 1
+        pipeline.update_curves()  # the end of a batch or a stop: rebuilt on every frame
+        assert pipeline.curves[("A", "V")]["frames"] == 17
     curve = Table.read(tmp_path / "lightcurve_A_V.ecsv")
-    assert len(curve) == 15 and np.all(np.abs(curve["dmag"] - np.median(curve["dmag"])) < 0.02)
+    assert len(curve) == 17 and np.all(np.abs(curve["dmag"] - np.median(curve["dmag"])) < 0.02)
