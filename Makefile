@@ -16,15 +16,19 @@ $(VENV)/.installed: pyproject.toml
 
 # The daemon on the default config.toml while the simulator writes a night in
 # real time into the watched folder (demo/night); products in demo/analysis.
+# The live page is served while it runs, then by `reduxd serve` for 10 minutes.
 demo: venv
 	rm -rf demo
+	@echo "reduxd demo: open http://127.0.0.1:8750/ in a browser to watch the night live"
 	$(BIN)/reduxd simulate demo/night --realtime --cadence 1.0 --n-bias 5 --n-darks 5 \
 		--n-flats 5 --n-lights 12 --lights-per-run 2 --transit-depth 0.05 \
 		--target-flux 8000 & \
 	sim=$$!; \
 	$(BIN)/reduxd watch --config config.toml --exit-when-idle 15; status=$$?; \
 	wait $$sim; \
-	$(BIN)/reduxd status --config config.toml; $(PY) -m reduxd.demo demo/analysis; exit $$status
+	$(BIN)/reduxd status --config config.toml; $(PY) -m reduxd.demo demo/analysis; \
+	echo "reduxd demo: night over; http://127.0.0.1:8750/ stays up 10 min (Ctrl-C stops)"; \
+	timeout --foreground -s INT 600 $(BIN)/reduxd serve --config config.toml; exit $$status
 
 test: venv lint
 	$(BIN)/pytest -q

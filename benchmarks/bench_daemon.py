@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_daemon.py                 # both parts (~4 min)
     .venv/bin/python benchmarks/bench_daemon.py --part latency --lights 20 --cadence 1.5
     .venv/bin/python benchmarks/bench_daemon.py --part idle --frames 5000 --idle-seconds 60
+    .venv/bin/python benchmarks/bench_daemon.py --part latency --web-client   # page on/off
     .venv/bin/python benchmarks/bench_daemon.py --part long --long-lights 100 --stars 1000
 
 Latency: the simulator writes a night of 1608x1104 frames (ZWO ASI432MM) in real
@@ -12,6 +13,13 @@ time into the watched folder (in chunks, ``--cadence`` seconds apart) while the
 daemon runs as a subprocess with JSON on stdout. Each light's ``frame_reduced``
 line gives ``latency_ms``: from the file being found stable (after
 ``settle_seconds``) to its photometry rows being written. Target: median < 150 ms.
+
+With ``--web-client`` the latency part runs three times in the same run, on the
+same pre-rendered frames: without the web page (``[web] listen = ""``), with it
+and a client connected all night the way the page's JavaScript is (one snapshot,
+then the event stream; the finder chart and the download list fetched for every
+new light), and without it again. It prints the ratio of the median latencies
+(issue 14: unchanged within noise) and that of the two runs without the page.
 
 Idle CPU: ``--frames`` tiny frames in a SharpCap-like tree are reduced in a first
 pass (so they are in the ledger as done), then the daemon is started again with a
@@ -58,7 +66,7 @@ from reduxd.simulate import (  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def write_config(tmp, *, root, observer, settle, poll_interval=2.0, reconcile=60.0):
+def write_config(tmp, *, root, observer, settle, poll_interval=2.0, reconcile=60.0, listen=""):
     path = tmp / "config.toml"
     path.write_text(
         f"""
@@ -80,6 +88,8 @@ poll_interval = {poll_interval}
 settle_seconds = {settle}
 reconcile_seconds = {reconcile}
 set_timeout_seconds = 5.0
+[web]
+listen = "{listen}"
 """
     )
     return path
@@ -136,6 +146,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid):
+    """Pids of the direct children of ``pid`` (the web page's process)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
@@ -154,11 +177,43 @@ def deliver(stage, root, *, cadence):
         write_frame(dest, path.read_bytes(), delivery="chunks", chunk_bytes=256 * 1024, pause=0.02)
 
 
-def bench_latency(tmp, *, lights, cadence, settle, observer, live):
+def web_client(url, stop, seen):
+    """Follow the page's data as its JavaScript does, until ``stop`` is set."""
+    try:
+        _follow(url, stop, seen)
+    except Exception as exc:
+        seen.append(f"client failed: {type(exc).__name__}: {exc}")
+
+
+def _follow(url, stop, seen):
+    import httpx
+
+    with httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(60, connect=10)) as c:
+        snap = c.get("/api/snapshot").json()
+        c.get("/api/files")
+        query = {"after": snap["seq"], "instance": snap["instance"]}
+        with c.stream("GET", "/events", params=query) as r:
+            event = None
+            for line in r.iter_lines():
+                if stop.is_set():
+                    return
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "lights":
+                    for light in json.loads(line[6:])["lights"]:
+                        seen.append(light["file"])
+                        if light["quicklook"]:
+                            c.get(light["quicklook"])
+                    c.get("/api/files")
+
+
+def bench_latency(tmp, *, lights, cadence, settle, observer, live, web=False, stage=None):
     root = tmp / "raw"
     root.mkdir()
-    config = write_config(tmp, root=root, observer=observer, settle=settle)
+    listen = "127.0.0.1:0" if web else ""
+    config = write_config(tmp, root=root, observer=observer, settle=settle, listen=listen)
     spec = NightSpec(n_lights=lights, lights_per_run=10, n_bias=5, n_darks=3, n_flats=3)
+    stage = stage or tmp / "stage"
     if live:  # the simulator renders while the daemon works (it shares the CPUs)
         writer = threading.Thread(
             target=simulate_night,
@@ -166,14 +221,20 @@ def bench_latency(tmp, *, lights, cadence, settle, observer, live):
             kwargs={"realtime": True, "cadence": cadence, "overwrite": True},
         )
     else:  # rendered beforehand: the camera computer is another machine
-        simulate_night(tmp / "stage", spec)
-        writer = threading.Thread(
-            target=deliver, args=(tmp / "stage", root), kwargs={"cadence": cadence}
-        )
+        if not stage.exists():
+            simulate_night(stage, spec)
+        writer = threading.Thread(target=deliver, args=(stage, root), kwargs={"cadence": cadence})
     log_path = tmp / "latency.jsonl"
     proc = start_daemon(config, log_path)
+    stop_client, seen, client = threading.Event(), [], None
     try:
         wait_for(log_path, "service_started", proc, 60)
+        if web:
+            wait_for(log_path, "web_started", proc, 60)
+            url = events(log_path, "web_started")[0]["url"]
+            client = threading.Thread(target=web_client, args=(url, stop_client, seen))
+            client.daemon = True
+            client.start()
         t0 = time.monotonic()
         writer.start()
         writer.join()
@@ -185,7 +246,10 @@ def bench_latency(tmp, *, lights, cadence, settle, observer, live):
                 raise TimeoutError("not every light was reduced")
             time.sleep(0.2)
         cpu = cpu_seconds(proc.pid)
+        web_cpu = sum(cpu_seconds(pid) for pid in children(proc.pid)) if web else 0.0
+        time.sleep(3 if web else 0)  # the page's last events
     finally:
+        stop_client.set()
         stop(proc)
     reduced = [e for e in events(log_path, "frame_reduced") if "version" not in e]
     latency = [e["latency_ms"] for e in reduced]
@@ -200,6 +264,10 @@ def bench_latency(tmp, *, lights, cadence, settle, observer, live):
         "latency max": f"{max(later):.0f} ms",
         "settle time (not included)": f"{settle:g} s",
         "daemon CPU for the night": f"{cpu:.1f} s",
+        **({"web process CPU for the night": f"{web_cpu:.1f} s"} if web else {}),
+        **({"lights the client was sent": len(set(seen))} if web else {}),
+        **({"client": seen[-1]} if web and seen and seen[-1].startswith("client") else {}),
+        "_median": statistics.median(later),
     }
 
 
@@ -404,6 +472,11 @@ def main(argv=None):
         action="store_true",
         help="render frames while the daemon runs (simulate_night realtime) instead of before",
     )
+    p.add_argument(
+        "--web-client",
+        action="store_true",
+        help="latency without and with the web page and a connected client (same frames)",
+    )
     p.add_argument("--frames", type=int, default=5000, help="frames in the idle tree")
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument(
@@ -417,16 +490,29 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
         tmp = Path(tmp)
         if args.part in ("latency", "both"):
-            (tmp / "latency").mkdir()
-            results["latency (realtime night, 1608x1104)"] = bench_latency(
-                tmp / "latency",
-                lights=args.lights,
-                cadence=args.cadence,
-                settle=args.settle,
-                observer=args.observer,
-                live=args.live_simulator,
-            )
-            shutil.rmtree(tmp / "latency")
+            runs = [(False, "")]
+            if args.web_client:  # A/B/A: the spread of the two A runs is the noise
+                runs += [(True, ", web page + client"), (False, ", again")]
+            for web, label in runs:
+                (tmp / "latency").mkdir()
+                results[f"latency (realtime night, 1608x1104{label})"] = bench_latency(
+                    tmp / "latency",
+                    lights=args.lights,
+                    cadence=args.cadence,
+                    settle=args.settle,
+                    observer=args.observer,
+                    live=args.live_simulator,
+                    web=web,
+                    stage=tmp / "stage",
+                )
+                shutil.rmtree(tmp / "latency")
+            medians = [r.pop("_median") for r in results.values()]
+            if args.web_client:
+                without = (medians[0] + medians[2]) / 2
+                results["web page"] = {
+                    "median latency, with / without the page": f"{medians[1] / without:.2f}",
+                    "the two runs without the page, ratio": f"{medians[2] / medians[0]:.2f}",
+                }
         if args.part == "long":
             (tmp / "long").mkdir()
             results["long crowded night (1608x1104)"] = bench_long(

@@ -379,20 +379,19 @@ def run(args):
         held = lock.acquire(config.paths.state_file, command="reduce")
     except OSError as exc:
         raise ledger_error(config.paths.state_file, exc) from exc
-    stack = contextlib.ExitStack()
-    stack.enter_context(held)
-    try:
-        workers = stack.enter_context(
-            executors.open_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
-        )
-        executors.check_paths(workers, [Path(p).resolve() for p in [*roots, outdir]])
-    except executors.ExecutorError as exc:
-        stack.close()
-        print(f"reduxd reduce: error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    announce(workers, plans)
-    pool = workers.pool
-    with stack, Ledger(config.paths.state_file, durable=False) as ledger:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(held)
+        ledger = stack.enter_context(Ledger(config.paths.state_file, durable=False))
+        try:  # after the ledger: its trouble is named first, alone
+            workers = stack.enter_context(
+                executors.open_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
+            )
+            executors.check_paths(workers, [Path(p).resolve() for p in [*roots, outdir]])
+        except executors.ExecutorError as exc:
+            print(f"reduxd reduce: error: {exc}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        announce(workers, plans)
+        pool = workers.pool
         _recover_interrupted(ledger, config)
         pipeline = Pipeline(config, ledger=ledger, durable=False, calibration_level="debug")
         if args.redo:

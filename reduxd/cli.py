@@ -1,4 +1,4 @@
-"""The ``reduxd`` command: ``reduce``, ``watch``, ``status``, ``simulate``."""
+"""The ``reduxd`` command: ``reduce``, ``watch``, ``status``, ``simulate``, ``serve``."""
 
 import argparse
 import importlib
@@ -20,6 +20,7 @@ COMMANDS = {
     "watch": "reduxd.daemon",
     "status": "reduxd.status",
     "simulate": "reduxd.simulate",
+    "serve": "reduxd.web.server",
 }
 
 

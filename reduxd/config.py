@@ -178,6 +178,12 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Web:
+    listen: str = "127.0.0.1:8750"
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     paths: Paths = field(default_factory=Paths)
     site: Site = field(default_factory=Site)
@@ -189,6 +195,7 @@ class Config:
     output: Output = field(default_factory=Output)
     watch: Watch = field(default_factory=Watch)
     logging: Logging = field(default_factory=Logging)
+    web: Web = field(default_factory=Web)
     source: str = "<defaults>"
 
     def camera(self, instrument, gain):

@@ -43,6 +43,7 @@ from reduxd.runplan import run_plan
 from reduxd.store import Ledger, ledger_error
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError, check_roots
+from reduxd.web.server import start_for_service
 
 log = get_logger("reduxd.daemon")
 # Outcomes that count as work for --exit-when-idle (not skipped/waiting/incomplete).
@@ -120,6 +121,7 @@ class Service:
         self.backoff = 0.0
         self.own_folders = ()  # output and ledger folders below a root: never read
         self.missing = set()  # ids of unfinished frames whose file was gone at the last pass
+        self.pipeline = None
         self.broken = {}  # path -> signature of files whose handling raised (not retried)
         interval = notify.watchdog_interval()
         self.ping_seconds = min(PING_SECONDS, interval / 4) if interval else PING_SECONDS
@@ -157,7 +159,12 @@ class Service:
         Path(self.config.paths.outdir).mkdir(parents=True, exist_ok=True)
         try:
             with held, Ledger(state) as ledger:
-                return self._serve(ledger)
+                web = start_for_service(self)  # the live page ([web] listen); None when off
+                try:
+                    return self._serve(ledger)
+                finally:
+                    if web is not None:
+                        web.stop()
         except KeyboardInterrupt:
             log.warning("service_stopped", forced=True)
             return 130
@@ -183,6 +190,7 @@ class Service:
             progress=self._progress,
             should_stop=lambda: self.stop_requested,
         )
+        self.pipeline = pipeline
         pipeline.sync_tables()  # logs what it did; never drops rows the ledger lacks
         # min_size=0: a file that stays empty is handed on (and refused), not kept for ever
         tracker = StabilityTracker(settle_seconds=w.settle_seconds, clock=self.clock, min_size=0)

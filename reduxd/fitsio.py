@@ -329,13 +329,30 @@ def clean_header(header):
     return out
 
 
+def fits_text(text):
+    r"""``text`` as printable ASCII, the only characters a FITS string may hold.
+
+    Other characters (a newline or an accent in a file name) are escaped.
+
+    Examples
+    --------
+    >>> print(fits_text("a b.fits"), fits_text("two\nlines.fits"), fits_text("é.fits"))
+    a b.fits two\nlines.fits \xe9.fits
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def add_cards(header, cards):
     """Append ``(keyword, value, comment)`` cards (HISTORY/COMMENT allowed) to ``header``.
 
     A non-finite float (FITS cannot store NaN or inf, e.g. the saturation level of
-    float data) is written as an undefined value.
+    float data) is written as an undefined value; text goes through :func:`fits_text`.
     """
     for key, value, comment in cards:
+        if isinstance(value, str):
+            value = fits_text(value)
         if key in ("HISTORY", "COMMENT"):
             header.add_history(value) if key == "HISTORY" else header.add_comment(value)
         elif isinstance(value, float | np.floating) and not np.isfinite(value):

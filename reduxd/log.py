@@ -138,7 +138,7 @@ def configure_logging(
         old.close()
     root.addHandler(_handler(logging.StreamHandler(sys.stdout), _formatter(as_json=as_json)))
     if text_file is not None:
-        text_handler = logging.FileHandler(text_file, encoding="utf-8")
+        text_handler = _BestEffortFileHandler(text_file, encoding="utf-8")
         root.addHandler(_handler(text_handler, _formatter(as_json=False, colors=False)))
     if json_file is not None:
         file_handler = logging.handlers.WatchedFileHandler(json_file, encoding="utf-8")
@@ -159,6 +159,19 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _BestEffortFileHandler(logging.FileHandler):
+    """A log file that stops quietly once its disk refuses a write (stdout still has all)."""
+
+    failed = False
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):
+        self.failed = True
 
 
 def get_logger(name: str | None = None):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reduxd.config import load_config
+from reduxd.lock import holder
 from reduxd.store import Ledger
 
 CONFIG_PLACES = ("config.toml", "/etc/reduxd/config.toml")
@@ -67,10 +68,6 @@ def run(args):
 
 def service_line(state):
     """Whether a ``reduxd watch`` holds this ledger's lock (its pid, since when)."""
-    try:
-        from reduxd.lock import holder  # LEAD: the single call site of issue 11's lock.py
-    except ImportError:
-        return "service: unknown (this reduxd cannot read the service's lock)"
     info = holder(state)
     if not info:
         return f"service: not running on this ledger (no process holds {state}.lock)"

@@ -239,6 +239,9 @@ class Ledger:
         reading the database).
     durable : bool
         ``synchronous=FULL`` (default) or ``NORMAL``; see the notes.
+    readonly : bool
+        Open an existing ledger for reading only (SQLite ``mode=ro``): never
+        creates, migrates or takes a write lock (``reduxd serve``, the web page).
 
     Notes
     -----
@@ -267,18 +270,26 @@ class Ledger:
         allow_network_fs: bool = False,
         busy_timeout: float = 10.0,
         durable: bool = True,
+        readonly: bool = False,
     ):
         self.path = Path(path)
         self.durable = durable
+        self.readonly = readonly
         _check_local(self.path, allow_network_fs)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            if readonly:
+                self._db = _connect_readonly(self.path, busy_timeout)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise ledger_error(self.path, exc) from exc
         self._db.row_factory = sqlite3.Row
         try:
-            self._setup(busy_timeout)
+            if readonly:
+                self._check_version()
+            else:
+                self._setup(busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             self._db.close()
             raise ledger_error(self.path, exc) from exc
@@ -315,12 +326,15 @@ class Ledger:
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        self._check_version()
+        _migrate_fingerprints(db)
+
+    def _check_version(self):
+        version = self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise LedgerError(
                 f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
             )
-        _migrate_fingerprints(db)
 
     def _tx(self):
         return _Transaction(self._db)
@@ -705,6 +719,22 @@ class Ledger:
             for r in cur
         ]
 
+    def reductions_since(self, reduction_id: int = 0) -> list[tuple[int, int]]:
+        """``(reduction_id, frame_id)`` of current reductions newer than ``reduction_id``.
+
+        For readers following the ledger (the web page): each reduced light once,
+        in commit order; a re-reduced light comes back with its new reduction.
+        """
+        cur = self._db.execute(
+            "SELECT id, frame_id FROM reductions WHERE id > ? AND superseded = 0 ORDER BY id",
+            (reduction_id,),
+        )
+        return [(r[0], r[1]) for r in cur]
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def masters_used(self, frame_id: int) -> list[int]:
         """Ids of the masters used by a frame's current reduction."""
         cur = self._db.execute(
@@ -803,6 +833,21 @@ def _migrate_fingerprints(db):
                 raise LedgerError("ledger migration broke a foreign key; nothing was changed")
     finally:
         db.execute("PRAGMA foreign_keys = ON")
+
+
+def _connect_readonly(path, busy_timeout):
+    """A ``mode=ro`` connection to an existing ledger (LedgerError if it cannot be opened)."""
+    if not path.is_file():
+        raise LedgerError(f"{path}: no ledger there (a read-only reader does not create one)")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        db.execute("SELECT 1 FROM schema_version LIMIT 1")
+    except sqlite3.Error as exc:
+        db.close()
+        raise LedgerError(f"{path}: cannot open the ledger read-only: {exc}") from None
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    return db
 
 
 class _Transaction:

@@ -1,5 +1,6 @@
 """``reduxd status`` on a real ledger file."""
 
+import os
 import re
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from reduxd import lock
 from reduxd.status import format_latency, format_status
 from reduxd.steps.select import MasterRecord
 from reduxd.store import Ledger
@@ -132,3 +134,13 @@ def test_format_latency():
     assert format_latency(59.94) == "59.9 s"
     assert format_latency(600) == "10.0 min"
     assert format_latency(3 * 3600) == "3.0 h"
+
+
+def test_cli_says_whether_a_service_holds_the_ledger(state):
+    out = status(["--state", str(state)], state.parent)
+    assert out.stdout.splitlines()[1].startswith("service: not running on this ledger")
+    with lock.acquire(state, command="watch"):
+        out = status(["--state", str(state)], state.parent)
+    line = out.stdout.splitlines()[1]
+    assert line.startswith(f"service: running, pid {os.getpid()}, since "), line
+    assert line.endswith("(watch)")

@@ -1108,15 +1108,14 @@ def build_lightcurve(
 ):
     """Return the wide light-curve table of one field (what :func:`write_lightcurve` writes).
 
-    ``per_star=False`` leaves out the ``mag_<id>, err_<id>, flags_<id>`` columns
-    (:func:`write_lightcurve` does: the photometry table has them in long format).
-
     ``target`` and ``comparisons`` are config specs (``[star_id]`` or ``[x, y]``);
     with no comparisons they are chosen by :func:`select_ensemble`. With
     multi-aperture rows the radius is chosen by :func:`choose_aperture`. The
     table's meta holds ``target_id`` (or None), ``comparison_ids``,
     ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
-    ``check_chi2``.
+    ``check_chi2``. ``per_star=False`` leaves out the ``mag_<id>, err_<id>,
+    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them;
+    nor does :func:`write_lightcurve`: the photometry table has them in long format).
     """
     grid = _grid(table)
     if radec is not None:
