@@ -350,6 +350,11 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
         f"{percentile(latency[1:], 95):.0f} / {max(latency[1:]):.0f} ms"
     )
     out["RSS at the end"] = f"{end_rss:.0f} MB"
+    block = max(10, lights // 10)
+    out[f"latency by blocks of {block} lights: median / max"] = ", ".join(
+        f"{statistics.median(latency[k : k + block]):.0f}/{max(latency[k : k + block]):.0f}"
+        for k in range(0, len(latency), block)
+    )
     return out
 
 
