@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_batch.py              # 60 calibration frames, 100 lights
     .venv/bin/python benchmarks/bench_batch.py --lights 20  # quicker
     .venv/bin/python benchmarks/bench_batch.py --profile    # + where reduxd's time goes
+    .venv/bin/python benchmarks/bench_batch.py --lights 25 --stars 1000  # a crowded night
 
 A night is simulated first (not timed; ``reduxd.simulate``, ZWO ASI432MM,
 1608x1104): 20 bias, 10 darks at each of the light (15 s) and flat (2 s)
@@ -61,9 +62,10 @@ TARGET = 8.0
 RADIUS, ANNULUS, FWHM = 15.0, (20.0, 30.0), 3.5
 
 
-def night_spec(n_lights, shape):
+def night_spec(n_lights, shape, n_stars=80):
     return NightSpec(
         filters=("V",),
+        n_stars=n_stars,
         n_lights=n_lights,
         n_bias=20,
         n_darks=10,  # at 15 s and at 2 s
@@ -260,6 +262,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lights", type=int, default=100, help="lights (default 100)")
     parser.add_argument("--shape", default="1608x1104", help="WIDTHxHEIGHT (default 1608x1104)")
+    parser.add_argument("--stars", type=int, default=80, help="field stars (crowded: 1000)")
     parser.add_argument("--jobs", type=int, default=2, help="reduxd --jobs (default 2)")
     parser.add_argument(
         "--repeat", type=int, default=3, help="reduxd runs, median reported (default 3)"
@@ -273,10 +276,11 @@ def main(argv=None):
     try:
         night = work / "night"
         t0 = time.perf_counter()
-        truth = simulate_night(night, night_spec(args.lights, (ny, nx)))
+        truth = simulate_night(night, night_spec(args.lights, (ny, nx), args.stars))
         n_cal, n_lights = len(truth["calibration"]), len(truth["lights"])
         print(
-            f"simulated {n_cal} calibration frames + {n_lights} lights of {nx}x{ny} "
+            f"simulated {n_cal} calibration frames + {n_lights} lights of {nx}x{ny}, "
+            f"{args.stars} field stars "
             f"in {time.perf_counter() - t0:.1f} s ({os.cpu_count()} CPUs)",
             flush=True,
         )

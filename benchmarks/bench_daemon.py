@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python benchmarks/bench_daemon.py --part latency --lights 20 --cadence 1.5
     .venv/bin/python benchmarks/bench_daemon.py --part idle --frames 5000 --idle-seconds 60
     .venv/bin/python benchmarks/bench_daemon.py --part latency --web-client   # page on/off
+    .venv/bin/python benchmarks/bench_daemon.py --part long --long-lights 100 --stars 1000
 
 Latency: the simulator writes a night of 1608x1104 frames (ZWO ASI432MM) in real
 time into the watched folder (in chunks, ``--cadence`` seconds apart) while the
@@ -26,6 +27,13 @@ polling observer and its utime + stime (``/proc/<pid>/stat``) measured over
 ``--idle-seconds`` of doing nothing. Target: < 2 % of one core. The cost of one
 watchdog polling snapshot and of one reconciliation pass over the tree are timed
 in-process to show what costs what.
+
+Long crowded night (``--part long``): ``--long-lights`` pre-rendered lights of a
+field of ``--stars`` stars (one filter) delivered ``--long-cadence`` s apart.
+Printed: the latency (stable file to rows and light curve written) around light
+10, 100, 1,000 and the last (median of the 11 lights centred there), and the daemon's RSS
+(``VmRSS``) when those lights were reduced and at the end. Targets: light 1,000
+within 1.2x of light 10, RSS after 1,000 within 1.2x of RSS after 100.
 
 Temporary files are removed at the end.
 """
@@ -263,6 +271,93 @@ def bench_latency(tmp, *, lights, cadence, settle, observer, live, web=False, st
     }
 
 
+# -- long crowded night -----------------------------------------------------------------
+
+
+def rss_mb(pid):
+    """Resident set size of a process, MB (``VmRSS`` of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def watch_rss(log_path, proc, marks, out, stop_event):
+    """Record the daemon's RSS when the number of reduced lights first reaches each mark."""
+    pending = sorted(marks)
+    while pending and not stop_event.is_set() and proc.poll() is None:
+        n = len(events(log_path, "frame_reduced"))
+        while pending and n >= pending[0]:
+            out[pending.pop(0)] = rss_mb(proc.pid)
+        time.sleep(0.25)
+
+
+def bench_long(tmp, *, lights, stars, cadence, settle, observer):
+    root = tmp / "raw"
+    root.mkdir()
+    config = write_config(tmp, root=root, observer=observer, settle=settle)
+    spec = NightSpec(
+        filters=("V",), n_stars=stars, n_lights=lights, lights_per_run=50, n_bias=5, n_darks=3,
+        n_flats=3,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    simulate_night(tmp / "stage", spec)
+    rendered = time.monotonic() - t0
+    writer = threading.Thread(
+        target=deliver, args=(tmp / "stage", root), kwargs={"cadence": cadence}
+    )
+    log_path = tmp / "long.jsonl"
+    proc = start_daemon(config, log_path)
+    marks = sorted({m for m in (10, 100, 1000) if m <= lights} | {lights})
+    rss, done = {}, threading.Event()
+    sampler = threading.Thread(target=watch_rss, args=(log_path, proc, marks, rss, done))
+    try:
+        wait_for(log_path, "service_started", proc, 60)
+        writer.start()
+        sampler.start()
+        writer.join()
+        deadline = time.monotonic() + 300
+        while len(events(log_path, "frame_reduced")) < lights:
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every light was reduced")
+            time.sleep(0.5)
+        end_rss = rss_mb(proc.pid)
+        for m in marks:  # reached while the sampler slept
+            rss.setdefault(m, end_rss)
+    finally:
+        done.set()
+        stop(proc)
+    reduced = [e for e in events(log_path, "frame_reduced") if "version" not in e]
+    latency = [e["latency_ms"] for e in reduced]
+    stars_measured = statistics.median(e["n_stars"] for e in reduced)
+    out = {
+        "lights": f"{len(reduced)} of a {stars}-star field (median {stars_measured:.0f} measured)"
+        f", delivered {cadence:g} s apart; rendering {rendered:.0f} s (not timed)",
+    }
+    for m in marks:
+        window = latency[max(0, m - 6) : m + 5]
+        out[f"latency around light {m}"] = (
+            f"{statistics.median(window):.0f} ms (median of lights {max(1, m - 5)}-"
+            f"{min(len(latency), m + 5)}); RSS {rss.get(m, float('nan')):.0f} MB"
+        )
+    first = statistics.median(latency[max(0, marks[0] - 6) : marks[0] + 5])
+    last_mark = marks[-1]
+    last = statistics.median(latency[max(0, last_mark - 6) : last_mark + 5])
+    out[f"latency ratio light {last_mark} / light {marks[0]}"] = f"{last / first:.2f}"
+    if 100 in rss and last_mark > 100:
+        out[f"RSS ratio light {last_mark} / light 100"] = f"{rss[last_mark] / rss[100]:.2f}"
+    out["latency p95 / max (all lights)"] = (
+        f"{percentile(latency[1:], 95):.0f} / {max(latency[1:]):.0f} ms"
+    )
+    out["RSS at the end"] = f"{end_rss:.0f} MB"
+    block = max(10, lights // 10)
+    out[f"latency by blocks of {block} lights: median / max"] = ", ".join(
+        f"{statistics.median(latency[k : k + block]):.0f}/{max(latency[k : k + block]):.0f}"
+        for k in range(0, len(latency), block)
+    )
+    return out
+
+
 # -- idle CPU --------------------------------------------------------------------------
 
 
@@ -369,7 +464,10 @@ def _observer(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("latency", "idle", "both"), default="both")
+    p.add_argument("--part", choices=("latency", "idle", "both", "long"), default="both")
+    p.add_argument("--long-lights", type=int, default=100, help="lights of the long night")
+    p.add_argument("--long-cadence", type=float, default=2.0, help="seconds between its lights")
+    p.add_argument("--stars", type=int, default=1000, help="stars of the long night's field")
     p.add_argument("--lights", type=int, default=20, help="lights per filter (2 filters)")
     p.add_argument("--cadence", type=float, default=1.5, help="seconds between frames")
     p.add_argument("--settle", type=float, default=1.0, help="settle_seconds")
@@ -420,6 +518,16 @@ def main(argv=None):
                     "median latency, with / without the page": f"{medians[1] / without:.2f}",
                     "the two runs without the page, ratio": f"{medians[2] / medians[0]:.2f}",
                 }
+        if args.part == "long":
+            (tmp / "long").mkdir()
+            results["long crowded night (1608x1104)"] = bench_long(
+                tmp / "long",
+                lights=args.long_lights,
+                stars=args.stars,
+                cadence=args.long_cadence,
+                settle=args.settle,
+                observer=args.observer,
+            )
         if args.part in ("idle", "both"):
             (tmp / "idle").mkdir()
             results["idle (polling observer)"] = bench_idle(

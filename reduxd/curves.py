@@ -1,9 +1,11 @@
-"""Light curves kept current: the fields that got new rows are rewritten, now and then.
+"""Light curves kept current: each new light appended, the curve rebuilt now and then.
 
-The pipeline marks a field and filter dirty when a light is committed;
-:meth:`Curves.update` rewrites their light curves from the ledger's current rows,
-and remembers each field's ensemble, so the log line of the next light can give
-the target's differential magnitude (:meth:`Curves.target_mag`).
+When a light is committed, :meth:`Curves.changed` appends it to its field's light
+curve (against the comparisons frozen at the last build), or marks the field for a
+rebuild: a superseded light, a frame that cannot be appended, a field that doubled
+its frames since the last build. :meth:`Curves.update` rebuilds the marked curves
+from the ledger's current rows and remembers each field's ensemble, so the log line
+of the next light can give the target's differential magnitude (:meth:`Curves.target_mag`).
 """
 
 import math
@@ -14,6 +16,7 @@ from reduxd.log import get_logger
 from reduxd.products import lightcurve
 
 log = get_logger("reduxd.pipeline")
+CURVE_MIN_FRAMES = 10  # a light curve is rebuilt after this many appended lights at least
 
 
 class Curves:
@@ -26,6 +29,7 @@ class Curves:
         self.clock = clock
         self.dirty = set()  # (field, filter) with new rows
         self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
+        self.states = {}  # (field, filter) -> what appending to its light curve needs
         self._at = -math.inf
 
     def target_mag(self, rows):
@@ -38,8 +42,38 @@ class Curves:
         ensemble = self.ensembles.get(key)
         return lightcurve.frame_dmag(rows, ensemble) if ensemble else None
 
-    def update(self, *, min_interval=0.0):
-        """Rewrite the light curves of fields that got new rows."""
+    def changed(self, field, rows, version):
+        """Append a new light to its field's curve, or mark the curve for a rebuild.
+
+        Rebuilt (comparisons chosen again) when a light is superseded, when the
+        frame cannot be appended, and when the field has doubled its frames
+        since the last build: the work per light stays the same all night.
+        """
+        state = self.states.get(field)
+        if version == 1 and state is not None and field not in self.dirty:
+            save = self.config.output.save
+            try:
+                ok = lightcurve.append_lightcurve(
+                    self.outdir, rows, state, object=field[0], filter=field[1], save=save
+                )
+            except Exception as exc:
+                log.warning("lightcurve_not_appended", object=field[0], reason=str(exc))
+                ok = False
+            if ok:
+                state["appended"] = state.get("appended", 0) + 1
+                if state["appended"] < max(state["frames"], CURVE_MIN_FRAMES):
+                    return
+        self.dirty.add(field)
+
+    def update(self, *, min_interval=0.0, final=True):
+        """Rewrite the light curves of fields that got new rows.
+
+        ``final`` (the end of a batch, a stop): curves that were appended to since
+        their last build are rebuilt too, so they end on the whole night's ensemble.
+        """
+        if final:
+            appended = [f for f, state in self.states.items() if state and state.get("appended")]
+            self.dirty.update(appended)
         now = self.clock()
         if not self.dirty or now - self._at < min_interval:
             return
@@ -72,8 +106,11 @@ class Curves:
                     raise
                 # the configured target (and its comparisons) is in another field
                 log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
-                lightcurve.write_lightcurve(self.outdir, table, target=None, **common)
+                lightcurve.write_lightcurve(self.outdir, table, target=None, keep=kept, **common)
             if "lightcurve" in kept:
                 self.ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
+            self.states[(obj, filt)] = (
+                lightcurve.frozen_of(kept["lightcurve"]) if "lightcurve" in kept else None
+            )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))

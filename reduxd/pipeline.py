@@ -60,14 +60,11 @@ class Pipeline:
     clock : callable
         Monotonic clock (injectable for tests).
     progress : callable, optional
-        Called with the relative path before each frame is processed, including
-        re-reductions run inside :meth:`tick` (the daemon feeds the watchdog there).
+        Called with the relative path before each frame (the daemon feeds the watchdog).
     should_stop : callable
-        Re-reductions and retries stop between lights when it returns True (a
-        stop was requested); what is left is found again after the restart.
+        True: re-reductions and retries stop between lights (found again at restart).
     durable : bool
-        Fsync each reduced FITS and PNG (the daemon). ``reduxd reduce`` passes
-        False: it redoes lights whose products are missing on its next run.
+        Fsync each product (the daemon); ``reduxd reduce`` redoes missing ones instead.
     calibration_level : str
         Log level of the one line per calibration frame (``reduxd reduce``: debug).
     """
@@ -86,7 +83,7 @@ class Pipeline:
         self.fields = Fields(ledger, match_radius=config.photometry.match_radius)
         self.tables = PhotTables(self.outdir, ledger=ledger, save=config.output.save,
                                  durable=durable)  # fmt: skip
-        self.curves = Curves(config, ledger=ledger, outdir=self.outdir, clock=clock)
+        self.lightcurves = Curves(config, ledger=ledger, outdir=self.outdir, clock=clock)
         self.calibrations = Calibrations(config, ledger=ledger, clock=clock, cache=self.cache,
                                          calibration_level=calibration_level)  # fmt: skip
 
@@ -99,14 +96,21 @@ class Pipeline:
 
     @property
     def dirty_curves(self):
-        return self.curves.dirty
+        return self.lightcurves.dirty
+
+    @property
+    def curves(self):  # {(field, filter): state} of the light curves appended to
+        return self.lightcurves.states
+
+    def _curve_changed(self, field, rows, version):
+        self.lightcurves.changed(field, rows, version)
 
     def reference(self, key):
         """The field reference of ``key`` now (None before its first light)."""
         return self.fields.reference(key)
 
-    def update_curves(self, *, min_interval=0.0):
-        self.curves.update(min_interval=min_interval)
+    def update_curves(self, *, min_interval=0.0, final=True):
+        self.lightcurves.update(min_interval=min_interval, final=final)
 
     # -- entry points ------------------------------------------------------------
 
@@ -137,7 +141,7 @@ class Pipeline:
     def tick(self):
         """Build the masters of calibration sets idle for ``set_timeout_seconds``."""
         built = self._build(self.calibrations.idle(), final=False)
-        self.update_curves(min_interval=30.0)
+        self.update_curves(min_interval=30.0, final=False)
         return built
 
     def flush(self, *, pool=None):
@@ -162,13 +166,9 @@ class Pipeline:
         return out
 
     def handle_many(self, items, *, pool=None, progress=None):
-        """Reduce lights ``[(root, path)]`` in order; return their outcomes.
-
-        Every light of a field is reduced, in ``pool`` when given, against the
-        field's reference as it was when this run met the field (see
-        :class:`~reduxd.lightjob.FanOut`). Results are committed in the original
-        order as they come; star IDs of new stars are given at commit time, so
-        any number of workers gives the same tables.
+        """Reduce lights ``[(root, path)]`` in ``pool`` (see :class:`~reduxd.lightjob.FanOut`);
+        return their outcomes. Results are committed in order as they come; star IDs of
+        new stars are given at commit time, so any number of workers gives the same tables.
         """
         fan = FanOut(pool, reference=self.fields.reference, config=self.config,
                      durable=self.durable)  # fmt: skip
@@ -271,9 +271,9 @@ class Pipeline:
         for r in rows:
             r["version"], r["current"] = version, 1
         self.tables.add(rows, version, job.rel)
-        latency_ms = (self.clock() - job.started) * 1000.0
-        log_reduced(job, rows, result, latency_ms, version, self.curves.target_mag(rows))
-        self.curves.dirty.add((job.key, info.filter or ""))
+        self.lightcurves.changed((job.key, info.filter or ""), rows, version)
+        latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written
+        log_reduced(job, rows, result, latency_ms, version, self.lightcurves.target_mag(rows))
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),
                        latency_ms=latency_ms, info=extra)  # fmt: skip
 

@@ -300,8 +300,8 @@ def test_write_lightcurve_files(tmp_path, table):
         "mjd", "date_obs", "file", "dmag", "dmag_err", "target_mag", "target_mag_err",
         "ensemble_mag", "ensemble_mag_err", "n_comp", "flags",
     ]  # fmt: skip
-    for star in STARS:
-        assert {f"mag_{star}", f"err_{star}", f"flags_{star}"} <= set(read.colnames)
+    for star in STARS:  # per-star columns: in the photometry table, not in the curve's files
+        assert not {f"mag_{star}", f"err_{star}", f"flags_{star}"} & set(read.colnames)
     for star in COMPS:
         assert f"check_{star}" in read.colnames
     assert "check_7" not in read.colnames  # the variable is not a comparison
@@ -317,12 +317,12 @@ def test_write_lightcurve_files(tmp_path, table):
 
     ecsv = Table.read(ecsv_path, format="ascii.ecsv")
     assert ecsv["dmag"].unit == "mag" and ecsv["mjd"].unit == "d"
-    assert ecsv["mag_1"].unit == "mag"
+    assert ecsv["target_mag"].unit == "mag"
     assert ecsv.meta["target_id"] == TARGET
     assert sorted(ecsv.meta["comparison_ids"]) == sorted(chosen)
     assert ecsv.meta["object"] == "M 31"
     assert ecsv.colnames == read.colnames
-    assert ecsv["file"][0] == "lights/M 31_000.fits" and ecsv["flags_1"].dtype.kind == "i"
+    assert ecsv["file"][0] == "lights/M 31_000.fits" and ecsv["flags"].dtype.kind == "i"
     np.testing.assert_allclose(ecsv["dmag"], lc["dmag"], atol=1e-5)
     np.testing.assert_allclose(ecsv["mjd"], lc["mjd"], atol=1e-8)
 
@@ -340,7 +340,8 @@ def test_write_without_target(tmp_path, table):
     assert csv_path.name == "lightcurve_M31_R.csv"
     read = Table.read(ecsv_path)
     assert "dmag" not in read.colnames
-    assert {"check_2", "check_3", "check_5", "mag_1"} <= set(read.colnames)
+    assert {"check_2", "check_3", "check_5"} <= set(read.colnames)
+    assert "mag_1" not in read.colnames
     assert read.meta["target_id"] is None and read.meta["comparison_ids"] == [2, 3, 5]
     assert png_path.read_bytes().startswith(b"\x89PNG")
 
@@ -373,3 +374,54 @@ def test_awkward_strings_round_trip(tmp_path):
         np.testing.assert_allclose(table["dmag"], -2.5 * math.log10(1 / 5), atol=1e-5)
     # empty strings are written as "" (astropy, like its own writer, reads them as masked)
     assert len(Table.read(ecsv_path)["date_obs"]) == 3
+
+
+def test_lightcurve_file_width_does_not_grow_with_the_stars(tmp_path):
+    """A crowded field's curve has the columns of a sparse one: per-star data is long format."""
+    rows = make_rows()
+    crowd = []
+    for r in rows:
+        if r["star_id"] == TARGET:  # 300 faint neighbours around the target, in every frame
+            for k in range(300):
+                faint = dict(r, star_id=1000 + k, x=r["x"] + 20 + k % 20, y=r["y"] + 20 + k // 20)
+                crowd.append(dict(faint, flux=500.0, flux_err=30.0))
+    common = dict(object="M 31", filter="V", target=[TARGET], comparisons=[[c] for c in COMPS])
+    sparse = lcmod.write_lightcurve(tmp_path / "sparse", rows, **common)
+    crowded = lcmod.write_lightcurve(tmp_path / "crowded", rows + crowd, **common)
+    sparse_names = Table.read(sparse[0], format="ascii.csv").colnames
+    crowded_names = Table.read(crowded[0], format="ascii.csv").colnames
+    assert crowded_names == sparse_names
+    assert len(crowded_names) < 40
+    assert sparse[0].stat().st_size == pytest.approx(crowded[0].stat().st_size, rel=0.01)
+    wide = lcmod.build_lightcurve(rows + crowd, **{k: common[k] for k in ("target", "comparisons")})
+    assert "mag_1299" in wide.colnames  # still available in memory (per_star=True)
+
+
+def test_append_lightcurve_adds_frames_against_the_frozen_ensemble(tmp_path):
+    """Frames after a build are appended (earlier rows untouched), as a rebuild would give them."""
+    rows = [r for r in make_rows() if r["current"] == 1]
+    frames = sorted({r["file"] for r in rows})
+    first = [r for r in rows if r["file"] in frames[:20]]
+    kept = {}
+    common = dict(object="M 31", filter="V", target=[TARGET])
+    csv_path, ecsv_path, _ = lcmod.write_lightcurve(tmp_path, first, keep=kept, **common)
+    frozen = lcmod.frozen_of(kept["lightcurve"])
+    assert frozen["frames"] == 20
+    before = csv_path.read_bytes()
+    for name in frames[20:]:
+        frame = [r for r in rows if r["file"] == name]
+        assert lcmod.append_lightcurve(tmp_path, frame, frozen, object="M 31", filter="V")
+    after = csv_path.read_bytes()
+    assert after.startswith(before)  # nothing rewritten
+    appended = Table.read(csv_path, format="ascii.csv")
+    assert len(appended) == N_FRAMES and len(Table.read(ecsv_path)) == N_FRAMES
+    ensemble = lcmod.ensemble_of(kept["lightcurve"])
+    for name, dmag in zip(appended["file"][20:], appended["dmag"][20:], strict=True):
+        expected = lcmod.frame_dmag([r for r in rows if r["file"] == name], ensemble)
+        assert dmag == pytest.approx(expected, abs=1e-4)
+    assert np.all(np.isfinite([appended[f"check_{c}"][20:] for c in frozen["ids"]]))
+    pinned = lcmod.build_lightcurve(rows, target=[TARGET], comparisons=[[c] for c in frozen["ids"]])
+    np.testing.assert_allclose(appended["dmag"], pinned["dmag"], atol=3e-3)  # medians moved
+    late = [r for r in rows if r["file"] == frames[5]]  # older than the last row: rebuild
+    assert not lcmod.append_lightcurve(tmp_path, late, frozen, object="M 31", filter="V")
+    assert csv_path.read_bytes() == after

@@ -148,3 +148,56 @@ def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp
     assert len(lights) == 12 and not pipeline.sets
     assert set(versions) == {1} and len(versions) > 12
     assert sorted(m.ncombine for m in flat_masters) == [3, 3]
+
+
+def _field_frame(ledger, i, rng):
+    """A light of field A with 8 steady stars, recorded in the ledger; its rows."""
+    frame = ledger.observe("/raw", f"A_{i:03d}.fits", size=1, mtime_ns=i)
+    rows = []
+    for sid in range(1, 9):
+        row = contract_row(0)
+        flux = 1e4 * sid * (1 + rng.normal(0, 0.002))
+        row.update(object="A", filter="V", file=f"A_{i:03d}.fits", mjd=60000.0 + i / 1e3,
+                   star_id=sid, x=100.0 + 40 * (sid - 1), y=50.0, flux=flux,
+                   flux_err=10.0 * sid, flags=0, exptime=10.0, version=1, current=1)  # fmt: skip
+        rows.append(row)
+    ledger.add_measurements(frame.id, rows, calib="none", master_ids=[])
+    return rows
+
+
+def test_light_curve_grows_by_appends_and_is_rebuilt_when_the_field_doubles(tmp_path):
+    """Each new light is appended to its curve (nothing rewritten); the curve is rebuilt,
+    comparisons chosen again, once the field has doubled its frames (10 at least)."""
+    config = load_config(
+        overrides={"paths": {"outdir": str(tmp_path)}, "lightcurve": {"target": [100.0, 50.0]}}
+    )
+    rng = np.random.default_rng(3)
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger)
+        for i in range(5):
+            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+        pipeline.update_curves()
+        assert len(Table.read(csv_path, format="ascii.csv")) == 5
+        for i in range(5, 14):
+            before = csv_path.read_bytes()
+            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+            assert not pipeline.dirty_curves
+            assert csv_path.read_bytes().startswith(before)
+            assert len(Table.read(csv_path, format="ascii.csv")) == i + 1
+        pipeline._curve_changed(("A", "V"), _field_frame(ledger, 14, rng), 1)  # 10th append
+        assert pipeline.dirty_curves == {("A", "V")}
+        pipeline.update_curves()
+        assert pipeline.curves[("A", "V")]["frames"] == 15
+        rows = _field_frame(ledger, 15, rng)
+        pipeline._curve_changed(("A", "V"), rows, 2)  # a light measured again: rebuild
+        assert pipeline.dirty_curves == {("A", "V")}
+        pipeline.update_curves()
+        pipeline._curve_changed(("A", "V"), _field_frame(ledger, 16, rng), 1)  # appended
+        assert not pipeline.dirty_curves
+        pipeline.update_curves(min_interval=30.0, final=False)  # the daemon's tick: kept
+        assert pipeline.curves[("A", "V")]["appended"] == 1
+        pipeline.update_curves()  # the end of a batch or a stop: rebuilt on every frame
+        assert pipeline.curves[("A", "V")]["frames"] == 17
+    curve = Table.read(tmp_path / "lightcurve_A_V.ecsv")
+    assert len(curve) == 17 and np.all(np.abs(curve["dmag"] - np.median(curve["dmag"])) < 0.02)

@@ -2,9 +2,10 @@
 
 ``reduxd reduce`` with built-in defaults (no camera entry, no radius, no
 comparisons): the light curve has no NaN point, at least five comparisons, a
-point-to-point scatter no worse than the hand-tuned reductions quoted in issue 10
-(reduxd hand-tuned 0.0055, ccdproc + photutils peer 0.0052; the live peer is
-``benchmarks/bench_xo1_peer.py``), and honest errors on clear frames.
+point-to-point scatter no worse than the best ccdproc + photutils peer of
+``benchmarks/bench_xo1_peer.py`` (which, unlike reduxd, chooses its radius and
+comparison set by looking at the target's own curve), and honest errors on clear
+frames.
 """
 
 import os
@@ -20,7 +21,12 @@ from reduxd.products.lightcurve import p2p_scatter
 
 pytestmark = pytest.mark.slow
 
-PEER_SCATTER = 0.0052  # issue 10: ccdproc + photutils, R = 7, 7 hand-picked comparisons
+# The peer's best: ``python benchmarks/bench_xo1_peer.py`` (ccdproc masters and calibration,
+# photutils apertures; best of 7 fixed radii x the k = 1 .. 12 brightest comparison sets, chosen
+# by the target's own scatter) printed "p2p scatter 0.00308, radius 6.0 px, 5 comparisons" on
+# 2026-11-26 (issue 10 and again for issue 10b). Not recomputed here: the peer takes about a
+# minute. Issue 10's hand-tuned figures were 0.0055 (reduxd) and 0.0052 (peer).
+PEER_SCATTER = 0.00308
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,8 @@ def test_no_nan_enough_comparisons_and_low_scatter(xo1_curve):
     assert np.all(np.isfinite(lc["dmag"]))
     assert len(lc.meta["comparison_ids"]) >= 5 and np.all(lc["n_comp"] >= 5)
     scatter = p2p_scatter(lc["dmag"])
-    print(f"XO-1 p2p scatter {scatter:.5f}, radius {lc.meta['aperture']['radius_px']:.2f} px")
+    print(f"XO-1 p2p scatter {scatter:.5f}, radius {lc.meta['aperture']['radius_px']:.2f} px, "
+          f"weights {lc.meta['comparison_weights']}")  # fmt: skip
     assert scatter <= PEER_SCATTER
     # the radius follows the seeing (FWHM 2.5-4 px), not the old 15 px default
     assert 2.5 <= lc.meta["aperture"]["radius_px"] <= 12.0

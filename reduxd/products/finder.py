@@ -57,6 +57,7 @@ def _ensemble(path, _mtime_ns, _size):
 def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):
     """The finder chart as PNG bytes (``table``: star_id, x, y, mag_inst; 0-based x, y)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PatchCollection
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
@@ -86,10 +87,15 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     labels = place_labels(
         stars, radius=radius, char_width=0.62 * FONT_PX * scale, height=FONT_PX * scale
     )
-    for sid, x, y, text in stars:
+    circles = PatchCollection(
+        [Circle((x, y), radius) for _sid, x, y, _text in stars],
+        facecolors="none",
+        edgecolors=[COLOURS[role[sid]] for sid, *_ in stars],
+        linewidths=[1.6 if role[sid] != "star" else 0.8 for sid, *_ in stars],
+    )  # one artist for every circle: drawn in the same order, far faster than patches
+    ax.add_collection(circles)
+    for sid, _x, _y, text in stars:
         colour = COLOURS[role[sid]]
-        width = 1.6 if role[sid] != "star" else 0.8
-        ax.add_patch(Circle((x, y), radius, fill=False, color=colour, lw=width))
         if sid in labels:
             x0, y0, _x1, _y1 = labels[sid]
             ax.text(x0, y0, text, color=colour, fontsize=8, ha="left", va="bottom")

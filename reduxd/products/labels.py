@@ -1,6 +1,7 @@
 """Label placement for finder charts: no label over another label or over a star's circle."""
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 #: candidate places around a star, most liked first: (dx, dy) in units of the gap
 OFFSETS = ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -35,27 +36,63 @@ def place_labels(stars, *, radius, char_width, height):
         return {}
     cx = np.array([s[1] for s in stars], dtype=float)
     cy = np.array([s[2] for s in stars], dtype=float)
-    boxes = np.empty((0, 4))
+    widths = np.array([char_width * max(len(s[3]), 1) for s in stars], dtype=float)
     gap = radius + 0.25 * height
+    boxes = _candidates(cx, cy, widths, height, gap)  # (n, 8, 4), most liked first
+    # a label lies within (gap + width, gap + height) of its star: only stars that
+    # close in x and in y can be in each other's way
+    wide, tall = gap + widths.max(), gap + height
+    pairs = cKDTree(np.column_stack([cx, cy])).query_pairs(
+        float(np.hypot(2 * wide, 2 * tall)) + radius, output_type="ndarray"
+    )
+    near = (np.abs(cx[pairs[:, 0]] - cx[pairs[:, 1]]) < 2 * wide + radius) & (
+        np.abs(cy[pairs[:, 0]] - cy[pairs[:, 1]]) < 2 * tall + radius
+    )
+    pairs = pairs[near]
+    n = len(stars)
+    a = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n)].astype(np.int64)
+    b = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n)].astype(np.int64)
+    blocked = np.zeros((n, len(OFFSETS)), bool)  # over a circle: whatever the order
+    np.logical_or.at(blocked, a, _over_circle(boxes[a], cx[b], cy[b], radius))
+    others = a != b
+    a, b = a[others], b[others]
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    start = np.searchsorted(a, np.arange(n + 1))
+    placed = np.full((n, 4), np.nan)  # the box chosen for each star (NaN: none yet)
     out = {}
-    for key, x, y, text in stars:
-        width = char_width * max(len(text), 1)
-        for dx, dy in OFFSETS:
-            x0 = x + dx * gap - (width if dx < 0 else width / 2 if dx == 0 else 0.0)
-            y0 = y + dy * gap - (height if dy < 0 else height / 2 if dy == 0 else 0.0)
-            box = (x0, y0, x0 + width, y0 + height)
-            if _free(box, boxes, cx, cy, radius):
-                boxes = np.vstack([boxes, box])
-                out[key] = box
-                break
+    for i, (key, *_rest) in enumerate(stars):
+        free = ~blocked[i]
+        taken = placed[b[start[i] : start[i + 1]]]
+        if taken.size:
+            free &= ~_overlap(boxes[i], taken).any(axis=1)
+        if free.any():
+            k = int(np.argmax(free))  # the most liked free place
+            placed[i] = boxes[i, k]
+            out[key] = tuple(float(v) for v in boxes[i, k])
     return out
 
 
-def _free(box, boxes, cx, cy, radius):
-    x0, y0, x1, y1 = box
-    if len(boxes) and np.any(
-        (x0 < boxes[:, 2]) & (boxes[:, 0] < x1) & (y0 < boxes[:, 3]) & (boxes[:, 1] < y1)
-    ):
-        return False
-    nx, ny = np.clip(cx, x0, x1), np.clip(cy, y0, y1)  # nearest point of the box
-    return not np.any((nx - cx) ** 2 + (ny - cy) ** 2 < radius**2)
+def _candidates(cx, cy, widths, height, gap):
+    """The boxes ``(x0, y0, x1, y1)`` around each star, one per OFFSETS entry."""
+    dx, dy = (np.array(v, dtype=float)[None, :] for v in zip(*OFFSETS, strict=True))
+    w = widths[:, None]
+    x0 = cx[:, None] + dx * gap - np.where(dx < 0, w, np.where(dx == 0, w / 2, 0.0))
+    y0 = cy[:, None] + dy * gap - np.where(dy < 0, height, np.where(dy == 0, height / 2, 0.0))
+    return np.stack([x0, y0, x0 + w, y0 + height], axis=-1)
+
+
+def _over_circle(boxes, cx, cy, radius):
+    """(pairs, 8): does each box come within ``radius`` of its pair's star."""
+    nx = np.clip(cx[:, None], boxes[..., 0], boxes[..., 2])  # nearest point of the box
+    ny = np.clip(cy[:, None], boxes[..., 1], boxes[..., 3])
+    return (nx - cx[:, None]) ** 2 + (ny - cy[:, None]) ** 2 < radius**2
+
+
+def _overlap(candidates, boxes):
+    """(8, m): does each candidate box overlap each of ``boxes`` (NaN rows never do)."""
+    p, q = candidates[:, None, :], boxes[None, :, :]
+    return (
+        (p[..., 0] < q[..., 2]) & (q[..., 0] < p[..., 2])
+        & (p[..., 1] < q[..., 3]) & (q[..., 1] < p[..., 3])
+    )  # fmt: skip

@@ -35,10 +35,13 @@ date_obs, file``; with a target ``dmag, dmag_err, target_mag, target_mag_err,
 ensemble_mag, ensemble_mag_err, n_comp, flags`` (the target's photometry flags,
 -1 = target not measured in that frame); ``check_<id>, check_err_<id>`` per
 comparison (when there are at least two); ``radius`` (the aperture used),
-``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site); then
-``mag_<id>, err_<id>, flags_<id>`` for every star of the field (instrumental
-magnitude, its error, photometry flags; NaN, NaN, -1 when the star was not
-measured in that frame). Without a target, the differential columns are absent
+``bjd_tdb`` and ``airmass`` (when the rows carry the pointing and site). The
+files have no per-star columns, so their size grows with the frames, not with
+frames x stars: every star's magnitude, error and flags per frame are in the
+photometry table (long format, one row per star per light; :func:`star_table`
+gives the wide ``mag_<id>, err_<id>, flags_<id>`` form on demand, and
+``build_lightcurve(per_star=True)``, the default, adds those columns in memory).
+Without a target, the differential columns are absent
 and the plot shows the check stars only (no target is guessed: a wrong guess
 would look like a result). Files, each written atomically (temporary file in
 the same folder, fsync, rename): ``[<save>_]lightcurve_<object>_<filter>.csv``
@@ -68,7 +71,7 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
-from reduxd.products.tables import rows_to_table
+from reduxd.products.tables import append_lines, rows_to_table
 from reduxd.schema import column
 from reduxd.steps.measure import Flag
 
@@ -376,13 +379,19 @@ def resolve_radec(table, *, radius=5.0):
     return int(rows["star_id"][best])
 
 
-def _rel(grid, columns):
-    """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref)."""
+def _rel(grid, columns, ref=None):
+    """Rates of ``columns`` relative to each star's median usable rate: (rel, rel_err, use, ref).
+
+    ``ref``: those medians given (a frozen ensemble, :func:`append_lightcurve`).
+    """
     use = _usable(grid)[:, columns]
     rate = grid.rate[:, columns]
-    ref = np.array(
-        [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan for j in range(len(columns))]
-    )
+    if ref is None:
+        ref = np.array(
+            [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan
+             for j in range(len(columns))]
+        )  # fmt: skip
+    ref = np.asarray(ref, dtype=np.float64)
     use &= np.isfinite(ref)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.where(use, rate / ref, np.nan)
@@ -427,16 +436,22 @@ def p2p_scatter(values):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
-def _per_frame(w, rel_err, use):
+def _typical(rel_err, use):
+    """Median relative error of each star over its usable frames."""
+    return np.array(
+        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
+         for j in range(use.shape[1])]
+    )  # fmt: skip
+
+
+def _per_frame(w, rel_err, use, typical=None):
     """Per-frame weights: ``w`` scaled by each frame's reported variance over the median one.
 
     Through cloud a faint star's relative error grows faster than a bright one's
     (sky and read noise take over), so its weight drops in those frames.
+    ``typical``: the median variances given (a frozen ensemble).
     """
-    typical = np.array(
-        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
-         for j in range(use.shape[1])]
-    )  # fmt: skip
+    typical = _typical(rel_err, use) if typical is None else np.asarray(typical, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         factor = (typical[None, :] / rel_err) ** 2
     return np.where(use & np.isfinite(factor), w[None, :] * factor, 0.0)
@@ -599,29 +614,44 @@ def select_ensemble(grid, *, target_col, n, exclude_cols=(), reject=2.0, coverag
     return Ensemble(tuple(int(grid.star_ids[j]) for j in members), tuple(weights), dropped)
 
 
-def measured_variances(grid, columns, *, iterations=4):
-    """Each comparison's relative variance, measured against the others.
+def measured_variances(grid, columns):
+    """Each comparison's relative variance, measured against the others (N-cornered hat).
 
-    The point-to-point scatter of a star against the weighted ensemble of the
-    others, ``s_i``, minus that ensemble's own variance ``1 / sum_{j != i} w_j``
-    (``w = 1 / variance``), iterated from the median reported relative
-    variances; never below half of the reported value. Reported errors of bright
-    stars miss the noise floor (scintillation, flat-field), so weights from them
-    alone put too much on the brightest star.
+    For every pair of comparisons the point-to-point scatter ``s_ij`` of the log
+    of their ratio is measured (the same for i/j and j/i). For independent noise
+    ``s_ij**2 = var_i + var_j``; the variances are the least-squares solution of
+    those ``N (N - 1) / 2`` equations, each weighted by ``1 / s_ij**2``, never
+    below half of each star's reported variance. Reported errors of bright stars
+    miss the noise floor (scintillation, flat-field), so weights from them alone
+    put too much on the brightest star. The earlier estimate (each star against
+    the weighted ensemble of the others, iterated) did not converge when two
+    stars dominate: on XO-1 the split between the two brightest went from
+    66/25 % to 39/49 % with a faint member swapped. When the other members are
+    much noisier than the two brightest, their split stays poorly determined by
+    any estimate.
     """
     rel, rel_err, use, _ = _rel(grid, columns)
     w = _weights(rel_err, use)
     with np.errstate(divide="ignore"):
         reported = np.where(w > 0, 1.0 / w, np.inf)
-    if len(columns) < 3 or len(grid.files) < 5 or not np.all(w > 0):
+    n = len(columns)
+    if n < 3 or len(grid.files) < 5 or not np.all(w > 0):
         return reported
-    var = reported
-    for _ in range(iterations):
-        ratio, _ = _leave_one_out(rel, rel_err, use, 1.0 / var)
-        s2 = _p2p_columns(ratio) ** 2
-        others = np.sum(1.0 / var) - 1.0 / var
-        var = np.maximum(np.where(np.isfinite(s2), s2 - 1.0 / others, reported), 0.5 * reported)
-    return var
+    design, s2 = [], []
+    for i in range(n):
+        for j in range(i + 1, n):
+            both = use[:, i] & use[:, j]
+            s = p2p_scatter(np.log(rel[both, i] / rel[both, j])) if both.sum() >= 5 else math.nan
+            if np.isfinite(s) and s > 0:
+                row = np.zeros(n)
+                row[[i, j]] = 1.0
+                design.append(row)
+                s2.append(s**2)
+    if len(s2) < n:
+        return reported
+    design, s2 = np.array(design), np.array(s2)
+    var = np.linalg.lstsq(design / s2[:, None], np.ones(len(s2)), rcond=None)[0]
+    return np.maximum(np.where(np.isfinite(var), var, reported), 0.5 * reported)
 
 
 def ensemble_weights(grid, columns):
@@ -669,20 +699,23 @@ def choose_comparisons(table, *, target_id, n, exclude=(), reject=2.0, coverage=
     return list(ens.ids)
 
 
-def _ensemble(grid, columns, weights=None):
+def _ensemble(grid, columns, weights=None, frozen=None):
     """Return (rate, rate_err, n_used) of the weighted comparison ensemble per frame.
 
     The ensemble is the weighted mean of the members' rates relative to their
     median rates, times the sum of those medians (so its magnitude is that of the
     summed comparisons). A frame in which no member is usable falls back on the
-    members measured there with a positive, unsaturated flux.
+    members measured there with a positive, unsaturated flux. ``frozen``:
+    ``{"ref": medians, "typical": median relative errors}`` of the members, from
+    the frames of an earlier build (:func:`append_lightcurve`).
     """
     nf = len(grid.files)
     if len(columns) == 0:
         return np.full(nf, np.nan), np.full(nf, np.nan), np.zeros(nf, dtype=np.int64)
     columns = list(columns)
     w = np.asarray(ensemble_weights(grid, columns) if weights is None else weights, dtype=float)
-    rel, rel_err, use, ref = _rel(grid, columns)
+    frozen = frozen or {}
+    rel, rel_err, use, ref = _rel(grid, columns, frozen.get("ref"))
     empty = ~use.any(axis=1)
     if empty.any():
         flags = grid.flags[:, columns]
@@ -695,7 +728,7 @@ def _ensemble(grid, columns, weights=None):
         )  # fmt: skip
         rel, rel_err = np.where(fallback, raw, rel), np.where(fallback, raw_err, rel_err)
         use = use | fallback
-    wu = _per_frame(w, rel_err, use)
+    wu = _per_frame(w, rel_err, use, frozen.get("typical"))
     den = wu.sum(axis=1)
     total = float(np.nansum(ref))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -761,13 +794,20 @@ def _add_times(table, grid):
     )
 
 
-def _add_checks(table, grid, comparison_ids):
+def _add_checks(table, grid, comparison_ids, frozen=None):
     columns = [grid.column(int(c)) for c in comparison_ids]
     if len(columns) < 2:
         return
+    check_weights = {}
     for k, (cid, col) in enumerate(zip(comparison_ids, columns, strict=True)):
         others = columns[:k] + columns[k + 1 :]
-        rate, rate_err, _ = _ensemble(grid, others)
+        if frozen is None:
+            weights, stats = ensemble_weights(grid, others), None
+        else:
+            weights = frozen["check_weights"][str(cid)]
+            stats = {key: np.delete(np.asarray(frozen[key]), k) for key in ("ref", "typical")}
+        check_weights[str(cid)] = [float(v) for v in weights]
+        rate, rate_err, _ = _ensemble(grid, others, weights, stats)
         own = _usable(grid)[:, col]
         star, star_err = _to_mag(np.where(own, grid.rate[:, col], np.nan), grid.rate_err[:, col])
         ens, ens_err = _to_mag(rate, rate_err)
@@ -776,15 +816,16 @@ def _add_checks(table, grid, comparison_ids):
             table, f"check_err_{cid}", np.hypot(star_err, ens_err), "mag",
             f"1-sigma uncertainty of check_{cid}",
         )  # fmt: skip
+    table.meta["check_weights"] = check_weights
 
 
-def _differential(grid, target_id, comparison_ids, weights=None):
+def _differential(grid, target_id, comparison_ids, weights=None, frozen=None):
     table = _frame_table(grid)
     t = grid.column(int(target_id))
     columns = [grid.column(int(c)) for c in comparison_ids]
     if int(target_id) in {int(c) for c in comparison_ids}:
         raise ReduxdError(f"star {target_id} is both the target and a comparison")
-    ens, ens_err, n_used = _ensemble(grid, columns, weights)
+    ens, ens_err, n_used = _ensemble(grid, columns, weights, frozen)
     target, target_err = _to_mag(grid.rate[:, t], grid.rate_err[:, t])
     ens_mag, ens_mag_err = _to_mag(ens, ens_err)
     values = {
@@ -802,7 +843,7 @@ def _differential(grid, target_id, comparison_ids, weights=None):
         table, "flags", grid.flags[:, t], None,
         "target's photometry flags (-1 = not measured in this frame)", fmt=None,
     )  # fmt: skip
-    _add_checks(table, grid, comparison_ids)
+    _add_checks(table, grid, comparison_ids, frozen)
     table.meta["target_id"] = int(target_id)
     table.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     return table
@@ -986,6 +1027,20 @@ def _ecsv_quote(text):
     return text
 
 
+def _data_lines(table):
+    """Return the (csv, ecsv) data lines of ``table`` as text (no header)."""
+    columns = [_column_strings(table[name]) for name in table.colnames]
+    rows = list(zip(*columns, strict=True)) if columns else []
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    quoted = [
+        [_ecsv_quote(v) for v in col] if table[name].dtype.kind in "US" else col
+        for name, col in zip(table.colnames, columns, strict=True)
+    ]
+    lines = [" ".join(row) + "\n" for row in zip(*quoted, strict=True)] if quoted else []
+    return buf.getvalue(), "".join(lines)
+
+
 def _table_bytes(table):
     """Return (csv, ecsv) texts of ``table`` as bytes.
 
@@ -993,23 +1048,14 @@ def _table_bytes(table):
     formatted here, column by column, which is many times faster than astropy's
     writers for wide tables (hundreds of star columns).
     """
-    columns = [_column_strings(table[name]) for name in table.colnames]
-    rows = list(zip(*columns, strict=True)) if columns else []
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(table.colnames)
-    writer.writerows(rows)
-    csv_text = buf.getvalue()
-    buf = io.StringIO()
-    table[:0].write(buf, format="ascii.ecsv")
-    header = buf.getvalue()
-    quoted = [
-        [_ecsv_quote(v) for v in col] if table[name].dtype.kind in "US" else col
-        for name, col in zip(table.colnames, columns, strict=True)
-    ]
-    lines = [" ".join(row) + "\n" for row in zip(*quoted, strict=True)] if quoted else []
-    ecsv_text = header + "".join(lines)
-    return csv_text.encode("utf-8"), ecsv_text.encode("utf-8")
+    csv.writer(buf, lineterminator="\n").writerow(table.colnames)
+    csv_body, ecsv_body = _data_lines(table)
+    header = io.StringIO()
+    table[:0].write(header, format="ascii.ecsv")
+    return (buf.getvalue() + csv_body).encode("utf-8"), (header.getvalue() + ecsv_body).encode(
+        "utf-8"
+    )
 
 
 def _empty_spec(spec):
@@ -1052,8 +1098,25 @@ def _radius_key(radius):
     return f"{float(np.median(finite)):.2f}" if finite.size else "unknown"
 
 
+def radius_margin(n_frames):
+    """Relative gain in expected noise needed to leave the main radius: 2 x 1.166 / sqrt(N - 1).
+
+    1.166 / sqrt(N) is the relative standard error of a MAD-based scatter from
+    N normal values; the point-to-point scatter of ``n_frames`` has
+    ``n_frames - 1`` differences. 26 % for 80 frames, 20 % for 142.
+    """
+    return 2.0 * 1.166 / math.sqrt(max(n_frames - 1, 1))
+
+
 def choose_aperture(grid, *, target_col, comparison_ids, n):
     """Pick the aperture radius whose comparison ensemble is steadiest (never looks at the target).
+
+    The first radius of the rows (the ``flux`` column's, 2 x FWHM by default)
+    is kept unless another one's expected noise (:func:`ensemble_scatter`) is
+    lower by more than :func:`radius_margin`: those estimates come from the same
+    few frames, and a difference within their own scatter is noise (on XO-1 the
+    estimates for 1.5, 2 and 2.5 x FWHM were within 7 % of each other while the
+    target's curve scattered 0.0030, 0.0030 and 0.0043 through them).
 
     Returns
     -------
@@ -1066,6 +1129,8 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
         ens = _ensemble_for(g, target_col, comparison_ids, n)
         trials.append((ensemble_scatter(g, ens, target_col=target_col), g, ens))
     best = min(range(len(trials)), key=lambda k: trials[k][0])
+    if trials[best][0] >= trials[0][0] * (1.0 - radius_margin(len(grid.files))):
+        best = 0
     object.__setattr__(trials[best][2], "aperture", best)  # which radius of the rows
     scatter = {
         _radius_key(g.radius): (round(v, 6) if math.isfinite(v) else None) for v, g, _ in trials
@@ -1084,7 +1149,8 @@ def build_lightcurve(
     table's meta holds ``target_id`` (or None), ``comparison_ids``,
     ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
     ``check_chi2``. ``per_star=False`` leaves out the ``mag_<id>, err_<id>,
-    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them).
+    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them;
+    nor does :func:`write_lightcurve`: the photometry table has them in long format).
     """
     grid = _grid(table)
     if radec is not None:
@@ -1100,21 +1166,16 @@ def build_lightcurve(
         grid, target_col=target_col, comparison_ids=comparison_ids, n=n_comparisons
     )
     comparison_ids = list(ens.ids)
-    if target_id is not None:
-        out = _differential(grid, target_id, comparison_ids, ens.weights)
-    else:
-        out = _frame_table(grid)
-        _add_checks(out, grid, comparison_ids)
-    _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
-    _add_times(out, grid)
+    out = _curve_table(grid, target_id, comparison_ids, ens.weights)
     if per_star:
         _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
     out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
     if comparison_ids:
-        _, _, _, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
+        _, rel_err, use, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
         out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
+        out.meta["comparison_typical_err"] = [float(v) for v in _typical(rel_err, use)]
     out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
     out.meta["ensemble"] = (
@@ -1127,8 +1188,23 @@ def build_lightcurve(
         "index": int(ens.aperture),
         "radius_px": radius,
         "ensemble_scatter_by_radius": scatter,
-        "rule": "radius whose comparisons scatter least against each other (target not used)",
+        "rule": (
+            "the first radius (2 x FWHM by default) unless another one's comparisons scatter "
+            f"less by more than {radius_margin(len(grid.files)):.0%} (target not used)"
+        ),
     }
+    return out
+
+
+def _curve_table(grid, target_id, comparison_ids, weights, frozen=None):
+    """The light-curve columns of ``grid``'s frames (no per-star columns)."""
+    if target_id is not None:
+        out = _differential(grid, target_id, comparison_ids, weights, frozen)
+    else:
+        out = _frame_table(grid)
+        _add_checks(out, grid, comparison_ids, frozen)
+    _add(out, "radius", grid.radius, "pix", "aperture radius used in this frame", fmt=".3f")
+    _add_times(out, grid)
     return out
 
 
@@ -1157,8 +1233,7 @@ def write_lightcurve(
         Used in the file names (sanitised) and the plot title.
     target : sequence, optional
         ``[star_id]`` or ``[x, y]`` (first frame); None or ``[]``: no target, the
-        table has the per-star and check-star columns and the plot shows the
-        check stars only.
+        table has the check-star columns and the plot shows the check stars only.
     comparisons : sequence of sequences, optional
         Comparison specs; empty: ``n_comparisons`` chosen automatically.
     n_comparisons : int, optional
@@ -1178,8 +1253,9 @@ def write_lightcurve(
     if len(_current(table)) == 0:
         return []
     lc = build_lightcurve(
-        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec
-    )
+        table, target=target, comparisons=comparisons, n_comparisons=n_comparisons, radec=radec,
+        per_star=False,
+    )  # fmt: skip
     if keep is not None:
         keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
@@ -1206,6 +1282,78 @@ def ensemble_of(lc):
         "rates": list(meta["comparison_rates"]),
         "aperture": int(meta["aperture"]["index"]),
     }
+
+
+def frozen_of(lc):
+    """What :func:`append_lightcurve` needs from a built light curve (None if it cannot append).
+
+    The members, their weights (also each check star's), median rates and
+    median relative errors, the aperture, the file's columns and how many frames
+    the build had.
+    """
+    meta = lc.meta
+    ids = list(meta.get("comparison_ids") or [])
+    if not ids or len(lc) == 0:
+        return None
+    return {
+        "target_id": meta.get("target_id"),
+        "ids": ids,
+        "weights": list(meta["comparison_weights"]),
+        "ref": list(meta["comparison_rates"]),
+        "typical": list(meta["comparison_typical_err"]),
+        "check_weights": dict(meta.get("check_weights") or {}),
+        "aperture": int(meta["aperture"]["index"]),
+        "columns": list(lc.colnames),
+        "frames": len(lc),
+        "last_mjd": float(np.nanmax(np.asarray(lc["mjd"], dtype=float))),
+    }
+
+
+def _with_members(rows, star_ids):
+    """This frame's rows of ``star_ids``, with an unmeasured row for each one absent."""
+    by_id = {int(r["star_id"]): r for r in rows}
+    template = rows[0]
+    out = []
+    for sid in star_ids:
+        row = by_id.get(int(sid))
+        if row is None:  # not measured here: as absent (flags MISSING, no flux)
+            row = dict(template, star_id=int(sid), flux=math.nan, flux_err=math.nan,
+                       flags=MISSING, x=math.nan, y=math.nan)  # fmt: skip
+            for key in ("flux_ap", "flux_err_ap"):
+                if isinstance(template.get(key), list):
+                    row[key] = [math.nan] * len(template[key])
+        out.append(row)
+    return out
+
+
+def append_lightcurve(outdir, rows, frozen, *, object, filter, save=""):
+    """Append one new frame to a light curve's CSV and ECSV, against its frozen ensemble.
+
+    The frame's row is computed as :func:`write_lightcurve` computes every row,
+    with the members, weights, median rates and median errors of the last build
+    (``frozen``, from :func:`frozen_of`; ``frozen['frames']`` is not changed), so
+    the rows already written stay valid and are not rewritten; the PNG is left
+    as it was. Returns False, writing nothing, when the frame cannot simply be
+    appended: files missing, columns changed, or the frame is older than the
+    last row (the caller then rebuilds the whole curve).
+    """
+    csv_path, ecsv_path, _ = lightcurve_paths(outdir, object=object, filter=filter, save=save)
+    rows = [r for r in rows if int(r.get("current", 1)) == 1]
+    if not rows or not (csv_path.exists() and ecsv_path.exists()):
+        return False
+    if float(rows[0]["mjd"]) < frozen["last_mjd"]:
+        return False
+    target_id = frozen["target_id"]
+    members = [*([] if target_id is None else [target_id]), *frozen["ids"]]
+    grid = _grid(field_table(_with_members(rows, members))).apertures()[frozen["aperture"]]
+    out = _curve_table(grid, target_id, frozen["ids"], frozen["weights"], frozen)
+    if out.colnames != frozen["columns"]:
+        return False
+    csv_body, ecsv_body = _data_lines(out)
+    append_lines(csv_path, "", csv_body)
+    append_lines(ecsv_path, "", ecsv_body)
+    frozen["last_mjd"] = float(rows[0]["mjd"])
+    return True
 
 
 def frame_dmag(rows, ensemble):

@@ -127,6 +127,11 @@ def _append(path, header, lines, *, durable):
         os.close(fd)
 
 
+def append_lines(path, header, lines, *, durable=True):
+    """Append whole text lines to ``path`` (``header`` first if it is empty), or nothing."""
+    _append(path, header, lines, durable=durable)
+
+
 def row_key(row):
     """What identifies a table row: ``(file, star_id, version)``, as text."""
     return (str(row["file"]), str(row["star_id"]), str(row["version"]))

@@ -133,9 +133,9 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
 def _neighbour_within(x, y, radius):
     if x.size < 2:
         return np.zeros(x.size, bool)
-    d = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-    np.fill_diagonal(d, np.inf)
-    return d.min(axis=1) < radius
+    # the nearest other star (k=2: the first hit is the star itself)
+    dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+    return dist[:, 1] < radius
 
 
 def _finish(table, ids, fwhm, frame_fwhm, radius, params, blend=None):

@@ -143,51 +143,94 @@ def _annulus_offsets(r_in, r_out):
     return dx[near], dy[near]
 
 
+def _first_at_least(s, rows, start, stop, above):
+    """For each of ``rows``, the first index in ``[start, stop)`` where ``above(v, k)`` holds.
+
+    ``above`` (value, position in ``rows``) must be monotone along each sorted
+    row; a vectorised binary search; ``stop`` where it never holds.
+    """
+    lo, hi = start.copy(), stop.copy()
+    last = s.shape[1] - 1
+    k = np.arange(rows.size)
+    for _ in range(int(s.shape[1]).bit_length() + 1):
+        open_ = lo < hi
+        if not open_.any():
+            break
+        mid = (lo + hi) // 2
+        ok = above(s[rows, np.minimum(mid, last)].astype(np.float64), k)
+        hi = np.where(open_ & ok, mid, hi)
+        lo = np.where(open_ & ~ok, mid + 1, lo)
+    return lo
+
+
 def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     """``clipped_stats`` of every row at once (same clipping rule and iterations).
 
     ``rows`` holds one star's candidate pixels per row, NaN where a pixel is not
     usable (values are compared and summed in float64, as ``clipped_stats``).
     Each row is sorted once: a clipped set ``|v - median| <= sigma * std``
-    is a contiguous run of the sorted row, tracked as ``(lo, n)``. Returns
-    ``(median, std, n)`` arrays; median and std are NaN where ``n == 0``.
+    is a contiguous run ``[lo, hi)`` of the sorted row, found by binary search;
+    the run's sums (of the row less its first median, so the variance loses no
+    precision) are the row's sums less the values clipped off its ends.
+    Returns ``(median, std, n)`` arrays; median and std are NaN where ``n == 0``.
     """
     s = np.sort(rows, axis=1)  # NaN last
-    n = np.count_nonzero(~np.isnan(s), axis=1)
-    s = s[:, : max(int(n.max(initial=0)), 1)].astype(np.float64)
+    n_all = np.count_nonzero(~np.isnan(s), axis=1)
+    s = s[:, : max(int(n_all.max(initial=0)), 1)]
     n_rows, width = s.shape
-    index = np.arange(width)
-    lo = np.zeros(n_rows, np.int64)
-    active = n >= 3
+    lo, hi = np.zeros(n_rows, np.int64), n_all.astype(np.int64)
 
-    def stats(which):
-        rr, lo_w, n_w = np.flatnonzero(which), lo[which], n[which]
-        a = s[rr, lo_w + (n_w - 1) // 2]
-        b = s[rr, lo_w + n_w // 2]
-        median = np.where(n_w % 2 == 1, a, (a + b) / 2.0)
-        inside = (index >= lo_w[:, None]) & (index < (lo_w + n_w)[:, None])
-        rows_w = s[rr]
-        mean = np.where(inside, rows_w, 0.0).sum(axis=1) / n_w
-        dev = np.where(inside, rows_w - mean[:, None], 0.0)
-        std = np.sqrt((dev * dev).sum(axis=1) / n_w)
-        return rr, rows_w, inside, median, std
+    def median_of(rr, lo, hi):
+        n = np.maximum(hi - lo, 1)
+        a = s[rr, np.minimum(lo + (n - 1) // 2, width - 1)].astype(np.float64)
+        b = s[rr, np.minimum(lo + n // 2, width - 1)].astype(np.float64)
+        return np.where(n % 2 == 1, a, (a + b) / 2.0)
 
+    # sums (float64) of each row less its first median, updated as runs shrink
+    every = np.arange(n_rows)
+    u = np.subtract(s, np.nan_to_num(median_of(every, lo, hi))[:, None], dtype=np.float64)
+    np.copyto(u, 0.0, where=np.isnan(u))
+    s1, s2 = u.sum(axis=1), np.einsum("ij,ij->i", u, u)
+
+    def drop(rr, start, stop):  # take the values in [start, stop) out of the sums
+        span = int(np.max(stop - start, initial=0))
+        if span == 0:
+            return
+        j = start[:, None] + np.arange(span)
+        v = np.where(j < stop[:, None], u[rr[:, None], np.minimum(j, width - 1)], 0.0)
+        s1[rr] -= v.sum(axis=1)
+        s2[rr] -= np.einsum("ij,ij->i", v, v)
+
+    def stats(rr, lo, hi):
+        n = np.maximum(hi - lo, 1)
+        mean_u = s1[rr] / n
+        var = np.maximum(s2[rr] / n - mean_u * mean_u, 0.0)
+        return median_of(rr, lo, hi), np.sqrt(var)
+
+    active = np.flatnonzero(hi >= 3)
     with np.errstate(invalid="ignore", divide="ignore"):
         for _ in range(maxiters):
-            if not active.any():
+            if active.size == 0:
                 break
-            rr, rows_w, inside, median, std = stats(active)
-            keep = inside & (np.abs(rows_w - median[:, None]) <= sigma * std[:, None])
-            n_keep = keep.sum(axis=1)
-            done = n_keep == n[rr]
-            lo[rr] = np.where(done, lo[rr], np.argmax(keep, axis=1))
-            n[rr] = n_keep
-            active[rr] = ~done & (n_keep >= 3)
-        median, std = np.full(n_rows, np.nan), np.full(n_rows, np.nan)
-        some = n > 0
-        if some.any():
-            rr, _, _, median[some], std[some] = stats(some)
-    return median, std, n
+            a_lo, a_hi = lo[active], hi[active]
+            median, std = stats(active, a_lo, a_hi)
+            limit = sigma * std
+
+            def kept(v, k, median=median, limit=limit):
+                return np.abs(v - median[k]) <= limit[k]
+
+            # along a sorted row |v - median| falls, then rises: the kept run
+            new_lo = _first_at_least(s, active, a_lo, a_hi, kept)
+            new_hi = _first_at_least(s, active, new_lo, a_hi, lambda v, k: ~kept(v, k))
+            drop(active, a_lo, new_lo)
+            drop(active, new_hi, a_hi)
+            lo[active], hi[active] = new_lo, new_hi
+            moved = (new_lo != a_lo) | (new_hi != a_hi)
+            active = active[moved & (new_hi - new_lo >= 3)]
+        median, std = stats(every, lo, hi)
+    n = hi - lo
+    empty = n == 0
+    return np.where(empty, np.nan, median), np.where(empty, np.nan, std), n
 
 
 def _annulus_rows(data, mask, x, y, dx, dy, *, r_in, r_out):
@@ -198,9 +241,16 @@ def _annulus_rows(data, mask, x, y, dx, dy, *, r_in, r_out):
     """
     ny, nx = data.shape
     cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
-    r = np.hypot(dx[None, :] - (x - cx)[:, None], dy[None, :] - (y - cy)[:, None])
-    usable = (r >= r_in) & (r < r_out)
+    usable = np.ones((x.size, dx.size), bool)
+    # only offsets near r_in or r_out depend on where the star sits in its pixel
+    length, slack = np.hypot(dx, dy), np.sqrt(0.5) + 1e-6
+    test = ~((length - slack >= r_in) & (length + slack < r_out))
+    if test.any():
+        # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
+        ddx = dx[test][None, :] - (x - cx)[:, None]
+        ddy = dy[test][None, :] - (y - cy)[:, None]
+        r2 = ddx * ddx + ddy * ddy  # squared: no square root per pixel
+        usable[:, test] = (r2 >= r_in * r_in) & (r2 < r_out * r_out)
     index = (cy * nx + cx)[:, None] + (dy * nx + dx)[None, :]
     half = max(int(np.max(np.abs(dx), initial=0)), int(np.max(np.abs(dy), initial=0)))
     edge = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
