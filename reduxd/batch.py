@@ -39,6 +39,7 @@ from reduxd.fitsio import probe
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
+from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import WAITING, Outcome, Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan, unused_flags
@@ -392,7 +393,7 @@ def run(args):
             return EXIT_UNUSABLE
         announce(workers, plans)
         pool = workers.pool
-        _recover_interrupted(ledger, config)
+        recover_interrupted(ledger, max_tries=config.watch.max_tries)
         pipeline = Pipeline(config, ledger=ledger, durable=False, calibration_level="debug")
         if args.redo:
             _reset_done(ledger, found)
@@ -452,18 +453,6 @@ def _where_data(args, config):
         f" (no -D/--datadir given, so [paths] data of {config.source} was used:"
         f" {', '.join(config.paths.data)}); give the raw folder with -D FOLDER"
     )
-
-
-def _recover_interrupted(ledger, config):
-    """Frames a killed run left ``processing`` go back to ``seen`` (as the daemon does)."""
-    for row in ledger.recover_interrupted(max_tries=config.watch.max_tries):
-        log.warning(
-            "interrupted_frame",
-            file=row.relpath,
-            state=row.state,
-            attempts=row.attempts,
-            reason=row.last_error,
-        )
 
 
 def _step(pipeline, root, path, progress):

@@ -37,6 +37,7 @@ from reduxd import lock, notify
 from reduxd.config import load_config
 from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
+from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan
@@ -175,14 +176,7 @@ class Service:
         w = self.config.watch
         for name in LIGHT_MODULES:  # now, not on the first light (its latency)
             importlib.import_module(name)
-        for row in ledger.recover_interrupted(max_tries=w.max_tries):
-            log.warning(
-                "interrupted_frame",
-                file=row.relpath,
-                state=row.state,
-                attempts=row.attempts,
-                reason=row.last_error,
-            )
+        recover_interrupted(ledger, max_tries=w.max_tries)
         pipeline = Pipeline(
             self.config,
             ledger=ledger,

@@ -149,6 +149,18 @@ class Reactions:
             self.to_release.discard(frame_id)
 
 
+def recover_interrupted(ledger, *, max_tries):
+    """Frames a killed run left ``processing`` go back to ``seen`` (or fail); log each."""
+    for row in ledger.recover_interrupted(max_tries=max_tries):
+        log.warning(
+            "interrupted_frame",
+            file=row.relpath,
+            state=row.state,
+            attempts=row.attempts,
+            reason=row.last_error,
+        )
+
+
 def log_reduced(job, rows, result, latency_ms, version, target_mag):
     """The one log line of a reduced light (``target_mag``: the target's dmag, or None)."""
     fields = {"file": job.rel, "object": job.key, "filter": job.info.filter,
