@@ -63,6 +63,7 @@ from reduxd.simulate import (  # noqa: E402
     write_frame,
 )
 
+CAMERA = NightSpec().camera_toml()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,11 +76,7 @@ data = ["{root}"]
 outdir = "{tmp / "out"}"
 [calibration]
 force = true
-[[calibration.cameras]]
-instrument = "ZWO ASI432MM"
-gain_e_per_adu = 0.25
-read_noise_e = 4.0
-saturation_adu = 65520.0
+{CAMERA}
 [output]
 stack = false
 [watch]

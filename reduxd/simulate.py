@@ -196,6 +196,25 @@ class NightSpec:
         values.update(overrides)
         return cls(**values)
 
+    def camera_toml(self):
+        """The ``[[calibration.cameras]]`` entry of this night's camera, as config TOML.
+
+        >>> print(NightSpec().camera_toml())
+        [[calibration.cameras]]
+        instrument = "ZWO ASI432MM"
+        gain_e_per_adu = 0.25
+        read_noise_e = 4.0
+        saturation_adu = 65520.0
+        """
+        saturation = (2**self.adc_bits - 1) * 2 ** (16 - self.adc_bits)
+        return (
+            "[[calibration.cameras]]\n"
+            f'instrument = "{self.instrument}"\n'
+            f"gain_e_per_adu = {self.gain_e_per_adu}\n"
+            f"read_noise_e = {self.read_noise_e}\n"
+            f"saturation_adu = {float(saturation)}"
+        )
+
     def sky(self, filt):
         """Sky rate (e-/s/pixel before the flat) in filter ``filt``."""
         return dict(self.sky_e_per_s).get(filt, self.sky_default_e_per_s)

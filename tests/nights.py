@@ -4,6 +4,8 @@ import json
 
 from reduxd.simulate import NightSpec, simulate_night
 
+CAMERA = NightSpec().camera_toml()  # the simulated camera's config entry
+
 
 def stage_night(tmp, *, flats_last=False, spec=None):
     """Simulate a small night outside the watched tree.

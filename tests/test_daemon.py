@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from nights import stage_night
+from nights import CAMERA, stage_night
 
 from reduxd.fitsio import file_checksum
 from reduxd.simulate import fits_bytes, sharpcap_cards, write_frame
@@ -51,11 +51,7 @@ data = ["{root}"]
 outdir = "{tmp / "out"}"
 [calibration]
 force = {str(force).lower()}
-[[calibration.cameras]]
-instrument = "ZWO ASI432MM"
-gain_e_per_adu = 0.25
-read_noise_e = 4.0
-saturation_adu = 65520.0
+{CAMERA}
 [photometry]
 radius = 8.0
 [lightcurve]
@@ -74,6 +70,14 @@ max_tries = 3
 """
     )
     return path
+
+
+def whole_night(tmp):
+    """A small night placed whole under ``tmp/raw``: ``(relpaths, root, config, ledger)``."""
+    stage, rels, _ = stage_night(tmp)
+    root = tmp / "raw"
+    place(stage, root, rels)
+    return rels, root, write_config(tmp, root=root), tmp / "out" / "reduxd.sqlite"
 
 
 class Daemon:
@@ -348,11 +352,7 @@ def kill_while_processing(d, db, like, *, timeout=30, when=None):
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_kill9_mid_frame_then_restart(tmp_path):
-    stage, rels, _ = stage_night(tmp_path)
-    root = tmp_path / "raw"
-    place(stage, root, rels)
-    config = write_config(tmp_path, root=root)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    rels, _, config, db = whole_night(tmp_path)
     with daemon(config, name="first") as d:
         d.started()
         killed = kill_while_processing(d, db, LIGHTS + "%")
@@ -568,11 +568,7 @@ class NotifyListener:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_sigterm_mid_frame(tmp_path):
-    stage, rels, _ = stage_night(tmp_path)
-    root = tmp_path / "raw"
-    place(stage, root, rels)
-    config = write_config(tmp_path, root=root)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    _, _, config, db = whole_night(tmp_path)
     listener = NotifyListener(tmp_path / "notify.sock")
     try:
         with daemon(config, env={"NOTIFY_SOCKET": listener.path}) as d:

@@ -36,6 +36,7 @@ from test_daemon import (
     query,
     reduced_files,
     states,
+    whole_night,
     write_config,
 )
 
@@ -162,11 +163,7 @@ def test_batch_after_kill9_reduces_the_interrupted_lights(night):  # noqa: F811
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_second_writer_exits_at_once_naming_the_first(tmp_path):
-    stage, rels, _ = stage_night(tmp_path)
-    root = tmp_path / "raw"
-    place(stage, root, rels)
-    config = write_config(tmp_path, root=root)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    _, root, config, db = whole_night(tmp_path)
     with daemon(config) as d:
         d.started()
         assert lock.holder(db) == {**lock.holder(db), "pid": d.pid, "command": "watch"}
@@ -408,11 +405,7 @@ def test_sigterm_stops_a_rereduction_between_lights_and_it_resumes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_second_sigint_exits_at_once_and_sighup_stops_cleanly(tmp_path):
-    stage, rels, _ = stage_night(tmp_path)
-    root = tmp_path / "raw"
-    place(stage, root, rels)
-    config = write_config(tmp_path, root=root)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    _, _, config, db = whole_night(tmp_path)
     with daemon(config, name="int") as d:
         d.started()
         deadline = time.monotonic() + 60

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from astropy.io import fits
-from nights import stage_night
+from nights import CAMERA, stage_night
 
 from reduxd import lock
 from reduxd.config import load_config
@@ -78,11 +78,7 @@ def night(tmp_path_factory):
 [paths]
 data = ["{root}"]
 outdir = "{tmp / "out"}"
-[[calibration.cameras]]
-instrument = "ZWO ASI432MM"
-gain_e_per_adu = 0.25
-read_noise_e = 4.0
-saturation_adu = 65520.0
+{CAMERA}
 [photometry]
 radius = 8.0
 [lightcurve]

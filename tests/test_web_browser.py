@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nights import stage_night
+from nights import CAMERA, stage_night
 from test_web import EVIL, copy_frame
 
 from reduxd.simulate import NightSpec
@@ -68,11 +68,7 @@ def write_config(tmp, root, target):
 [paths]
 data = ["{root}"]
 outdir = "{tmp / "out"}"
-[[calibration.cameras]]
-instrument = "ZWO ASI432MM"
-gain_e_per_adu = 0.25
-read_noise_e = 4.0
-saturation_adu = 65520.0
+{CAMERA}
 [photometry]
 radius = 8.0
 [lightcurve]
