@@ -571,11 +571,9 @@ def refused_files(ledger, found):
     out = []
     for row in sorted(rows, key=lambda r: (r.root, r.relpath)):
         reason = row.last_error or ""
-        status = row.state
-        if status == "seen":
-            status = {"calibration": "waiting", "incomplete": "incomplete"}.get(row.wait, "retry")
-            prefix = {"waiting": WAITING, "incomplete": "incomplete"}.get(status)
-            reason = reason.removeprefix(prefix).lstrip(": ") if prefix else reason
+        status = "retry" if row.state == "seen" else row.state
+        prefix = {"waiting": WAITING, "incomplete": "incomplete"}.get(status)
+        reason = reason.removeprefix(prefix).lstrip(": ") if prefix else reason
         out.append({"file": row.relpath, "status": status, "reason": reason or "unknown"})
     return out
 

@@ -104,7 +104,7 @@ class Reactions:
 
     def waiting(self, row, rel, reason):
         """A light waits for a master (each problem logged once)."""
-        self.ledger.defer(row.id, f"{WAITING}: {reason}", wait="calibration")
+        self.ledger.defer(row.id, f"{WAITING}: {reason}", state="waiting")
         if row.last_error != f"{WAITING}: {reason}":
             log.warning("light_waiting", file=rel, reason=reason)
         return Outcome(rel, "waiting", kind="light", reason=reason)
@@ -115,7 +115,7 @@ class Reactions:
         if self.clock() - first >= timeout:
             reason = f"still incomplete after {timeout:g} s: {exc.reason}"
             return self.quarantine(row, rel, reason)
-        self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9, wait="incomplete")
+        self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9, retry="incomplete")
         if row.id not in self._incomplete_seen:  # logged once per frame
             self._incomplete_seen.add(row.id)
             log.info("frame_incomplete", file=rel, reason=exc.reason)

@@ -38,6 +38,7 @@ from reduxd.log import get_logger
 from reduxd.outcomes import WAITING, Outcome, Reactions, log_reduced
 from reduxd.products.naming import products_missing
 from reduxd.reduce import MasterCache, compute_light, read_light
+from reduxd.store import PENDING
 from reduxd.tablesync import PhotTables
 
 __all__ = ["WAITING", "Outcome", "Pipeline"]
@@ -127,14 +128,14 @@ class Pipeline:
         except FileNotFoundError:
             return Outcome(str(path), "skipped", reason="file vanished")
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state == "seen" and self._outside(path, root):
+        if row.state in PENDING and self._outside(path, root):
             return self.reactions.quarantine(row, rel, OUTSIDE_LINK)
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
         if row.state == "excluded":
             return Outcome(rel, "excluded", kind="light", reason=row.info.get("excluded"))
-        if row.state != "seen":
+        if row.state not in PENDING:
             return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
         return self._process(row, path, rel, since)
 
@@ -158,10 +159,10 @@ class Pipeline:
     def retry_waiting(self):
         """Reduce lights that were waiting for a master; return their outcomes."""
         out = []
-        for row in self.ledger.pending():
+        for row in self.ledger.frames(state="waiting"):
             if self.should_stop():
                 break
-            if row.wait == "calibration" and row.path.exists():
+            if row.path.exists():
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
@@ -290,7 +291,7 @@ class Pipeline:
         rel = path.relative_to(root).as_posix()
         st = path.stat()
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state != "seen" or self._outside(path, root):
+        if row.state not in PENDING or self._outside(path, root):
             return self.handle(path, root)
         info = header_info(row, self.config)
         if info is None or info.kind != "light" or self.calibrations.is_excluded(info.filter):

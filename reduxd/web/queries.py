@@ -63,11 +63,7 @@ def service_state(ledger, service=None):
         }
         for m in ledger.masters()
     ]
-    waiting = [
-        {"file": r.relpath, "reason": r.last_error}
-        for r in ledger.pending()
-        if r.wait == "calibration"
-    ]
+    waiting = [{"file": r.relpath, "reason": r.last_error} for r in ledger.frames(state="waiting")]
     failures = [
         {"id": r.id, "file": r.relpath, "state": r.state, "reason": r.last_error}
         for r in ledger.failures()
