@@ -32,6 +32,7 @@ from reduxd.errors import (
 from reduxd.fields import Fields
 from reduxd.files import outside_root
 from reduxd.fingerprint import fingerprint
+from reduxd.framemeta import FrameMeta
 from reduxd.frames import classify
 from reduxd.lightjob import FanOut, LightJob
 from reduxd.log import get_logger
@@ -263,11 +264,11 @@ class Pipeline:
         )  # fmt: skip
         self.fields.save(job.key, reference)
         info = job.info
-        extra = {"object": job.key, "filter": info.filter, "exptime": info.exptime,
-                 "gain": info.gain, "n_stars": len(rows), "offset": list(result.offset),
-                 "fwhm": result.fwhm, "calib": result.calib, "version": version}  # fmt: skip
+        meta = FrameMeta(object=job.key, filter=info.filter, exptime=info.exptime,
+                         gain=info.gain, n_stars=len(rows), offset=result.offset,
+                         fwhm=result.fwhm, calib=result.calib, version=version)  # fmt: skip
         self.ledger.finish(
-            job.row.id, kind="light", checksum=result.checksum, night=job.night, info=extra
+            job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
         )
         for r in rows:
             r["version"], r["current"] = version, 1
@@ -276,7 +277,7 @@ class Pipeline:
         latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written
         log_reduced(job, rows, result, latency_ms, version, self.lightcurves.target_mag(rows))
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),
-                       latency_ms=latency_ms, info=extra)  # fmt: skip
+                       latency_ms=latency_ms, info=meta)  # fmt: skip
 
     def _finish(self, job, progress):
         """Commit a job done in the pool (or record why it failed)."""

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reduxd.errors import ReduxdError
+from reduxd.framemeta import FrameMeta
 from reduxd.fsinfo import is_network_fs, mount_fstype
 from reduxd.steps.select import MasterRecord
 
@@ -173,7 +174,7 @@ class FrameRow:
     state: str
     attempts: int
     last_error: str | None
-    info: dict
+    info: FrameMeta
     first_seen: str
     updated: str
     started: str | None
@@ -222,6 +223,14 @@ def _json_default(obj):
 
 def _dumps(data):
     return json.dumps(data, default=_json_default, allow_nan=True)
+
+
+def _meta_json(info):
+    """``frames.info`` of a :class:`FrameMeta` (a mapping of its field names is read as one)."""
+    try:
+        return _dumps(FrameMeta.of(info).to_dict())
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"cannot store frame metadata {info!r}: {exc}") from None
 
 
 def _check_local(path, allow_network_fs):
@@ -433,14 +442,14 @@ class Ledger:
         kind: str,
         checksum: str | None,
         night: str | None = None,
-        info: dict | None = None,
+        info: FrameMeta | None = None,
     ) -> FrameRow:
-        """Mark a frame done, with its kind, checksum, night and any extra info (JSON).
+        """Mark a frame done, with its kind, checksum, night and metadata (:class:`FrameMeta`).
 
         Examples
         --------
         >>> ledger.finish(row.id, kind="light", checksum=file_checksum(row.path),
-        ...               night="2025-06-01", info={"filter": "V"})  # doctest: +SKIP
+        ...               night="2025-06-01", info=FrameMeta(filter="V"))  # doctest: +SKIP
         """
         row = self._get(frame_id)
         latency = max(0.0, time.time() - row.mtime_ns / 1e9)
@@ -448,7 +457,7 @@ class Ledger:
             frame_id,
             "state = 'done', kind = ?, checksum = ?, night = ?, info = ?, finished = ?,"
             " latency = ?, last_error = NULL",
-            [kind, checksum, night, _dumps(info or {}), utc_now(), latency],
+            [kind, checksum, night, _meta_json(info), utc_now(), latency],
         )
         return self.frame(frame_id)
 
@@ -488,25 +497,25 @@ class Ledger:
         attempts = max(row.attempts - 1, 0) if row.state == "processing" else row.attempts
         self._update(frame_id, "state = ?, attempts = ?, last_error = ?", [state, attempts, reason])
 
-    def annotate(self, frame_ids, info: dict) -> None:
-        """Merge ``info`` into the JSON info of each frame in ``frame_ids`` (one transaction)."""
+    def annotate(self, frame_ids, **changes) -> None:
+        """Set fields of the metadata of each frame in ``frame_ids`` (one transaction)."""
         with self._tx():
             for frame_id in frame_ids:
                 row = self._get(frame_id)
-                merged = _dumps({**row.info, **info})
+                merged = _meta_json(row.info.updated(**changes))
                 self._db.execute(
                     "UPDATE frames SET info = ?, updated = ? WHERE id = ?",
                     (merged, utc_now(), frame_id),
                 )
 
-    def exclude(self, frame_id: int, *, checksum: str | None, night: str | None, info: dict):
+    def exclude(self, frame_id: int, *, checksum: str | None, night: str | None, info: FrameMeta):
         """Mark a light ``excluded`` (its filter is excluded); ``reset`` brings it back."""
         self._get(frame_id)
         self._update(
             frame_id,
             "state = 'excluded', kind = 'light', checksum = ?, night = ?, info = ?,"
             " finished = ?, last_error = NULL",
-            [checksum, night, _dumps(info), utc_now()],
+            [checksum, night, _meta_json(info), utc_now()],
         )
 
     def fingerprints(self) -> dict[int, dict]:
@@ -945,7 +954,10 @@ def _where(**filters):
 
 def _frame_row(r):
     data = dict(r)
-    data["info"] = json.loads(data["info"]) if data["info"] else {}
+    try:
+        data["info"] = FrameMeta.from_dict(json.loads(data["info"]) if data["info"] else {})
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"frame {data['id']} ({data['relpath']}): {exc}") from None
     return FrameRow(**data)
 
 
