@@ -135,7 +135,7 @@ class Pipeline:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
         if row.state == "excluded":
-            return Outcome(rel, "excluded", kind="light", reason=row.info.get("excluded"))
+            return Outcome(rel, "excluded", kind="light", reason=row.info.excluded)
         if row.state not in PENDING:
             return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
         return self._process(row, path, rel, since)
@@ -318,7 +318,7 @@ class Pipeline:
         for row in self.ledger.frames(night=night, kind="light", state="done"):
             if self.should_stop():
                 break
-            if "excluded" in row.info or not row.path.exists():
+            if row.info.excluded is not None or not row.path.exists():
                 continue
             if not self.calibrations.better_masters(row):
                 continue
@@ -337,7 +337,7 @@ class Pipeline:
         for row in self.ledger.frames(kind="light", state="done"):
             if only is not None and (row.root, row.relpath) not in only:
                 continue
-            if "excluded" in row.info or not row.path.exists():
+            if row.info.excluded is not None or not row.path.exists():
                 continue
             if products_missing(self.outdir, row.relpath, self.config.output):
                 log.warning("products_missing", file=row.relpath, action="reduced again")

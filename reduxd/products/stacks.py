@@ -94,8 +94,7 @@ def stack_groups(ledger):
 
 def _signature(rows, params):
     members = sorted(
-        (r.relpath, r.info.version, [round(float(v), 3) for v in r.info.offset])
-        for r in rows
+        (r.relpath, r.info.version, [round(float(v), 3) for v in r.info.offset]) for r in rows
     )
     text = json.dumps([members, repr(params)], default=str)
     return hashlib.sha1(text.encode()).hexdigest()
