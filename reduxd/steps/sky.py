@@ -653,20 +653,9 @@ def annulus_estimator(data, x, y, *, mask, annulus, **_):
     return annulus_sky(data, x, y, r_in=annulus[0], r_out=annulus[1], mask=mask)
 
 
-def radial_estimator(data, x, y, *, mask, annulus, size, fwhm, fit_quality, radius, keep, **_):
-    """``radial_sky``: the profile fit in a ``size`` subframe, the annulus where it fails."""
-    return radial_sky(
-        data,
-        x,
-        y,
-        size=size,
-        annulus=annulus,
-        fwhm=fwhm,
-        mask=mask,
-        fit_quality=fit_quality,
-        radius=radius,
-        keep=keep,
-    )
+def radial_estimator(data, x, y, *, region, box, **options):
+    """``radial_sky`` with the other options: the profile fit, the annulus where it fails."""
+    return radial_sky(data, x, y, **options)
 
 
 def mesh_estimator(data, x, y, *, mask, box, **_):
