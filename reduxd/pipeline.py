@@ -32,7 +32,6 @@ from reduxd.errors import (
 from reduxd.fields import Fields
 from reduxd.files import outside_root
 from reduxd.fingerprint import fingerprint
-from reduxd.framemeta import FrameMeta
 from reduxd.frames import classify
 from reduxd.lightjob import FanOut, LightJob
 from reduxd.log import get_logger
@@ -263,17 +262,14 @@ class Pipeline:
             fingerprint=fingerprint(self.config, job.plan),
         )  # fmt: skip
         self.fields.save(job.key, reference)
-        info = job.info
-        meta = FrameMeta(object=job.key, filter=info.filter, exptime=info.exptime,
-                         gain=info.gain, n_stars=len(rows), offset=result.offset,
-                         fwhm=result.fwhm, calib=result.calib, version=version)  # fmt: skip
+        meta = job.meta(result, len(rows), version)
         self.ledger.finish(
             job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
         )
         for r in rows:
             r["version"], r["current"] = version, 1
         self.tables.add(rows, version, job.rel)
-        self.lightcurves.changed((job.key, info.filter or ""), rows, version)
+        self.lightcurves.changed((job.key, job.info.filter or ""), rows, version)
         latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written
         log_reduced(job, rows, result, latency_ms, version, self.lightcurves.target_mag(rows))
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),
