@@ -12,9 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reduxd import skymethods
 from reduxd.errors import ConfigError
 from reduxd.frames import KINDS, ClassifyRules
-from reduxd.steps import skymethods
 
 COMBINE_METHODS = ("median", "sigma_clip")
 OBSERVERS = ("auto", "inotify", "polling")
@@ -33,7 +33,7 @@ def _one_of(choices):
     return _check(lambda v: v in choices, f"one of {', '.join(choices)}")
 
 
-# the sky methods registered when the config is read (steps/skymethods.py)
+# the sky methods registered when the config is read (skymethods.py)
 SKY_METHOD = _check(
     lambda v: v in skymethods.METHODS, lambda: f"one of {', '.join(skymethods.names())}"
 )

@@ -5,8 +5,7 @@ settings of the run with the stored ones and reduces again the lights whose
 numbers would differ (the new rows supersede the old, as with ``--redo``).
 """
 
-from reduxd import __version__
-from reduxd.steps import skymethods
+from reduxd import __version__, skymethods
 
 
 def run_settings(config):

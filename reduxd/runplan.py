@@ -5,7 +5,7 @@ a flag that cannot act with the other settings (``-L`` without the radial sky
 fit) gets a warning saying why (event ``flag_unused``).
 """
 
-from reduxd.steps import skymethods
+from reduxd import skymethods
 
 
 def sky_text(p):

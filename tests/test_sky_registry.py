@@ -1,4 +1,4 @@
-"""Sky methods are registered in one place (steps/skymethods.py): config validation,
+"""Sky methods are registered in one place (skymethods.py): config validation,
 photometry, the run plan and the settings fingerprint read that registry, so a new
 method needs its estimator, its registration and config.toml, nothing else."""
 
@@ -8,12 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+from reduxd import skymethods
 from reduxd.config import load_config
 from reduxd.errors import ConfigError
 from reduxd.fingerprint import run_settings
 from reduxd.photparams import phot_params
 from reduxd.runplan import sky_text
-from reduxd.steps import sky, skymethods
+from reduxd.steps import sky
 from reduxd.steps.photometry import PhotParams, photometer
 from reduxd.synth import render_stars
 

@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from reduxd import phot_columns
-from reduxd.steps.skymethods import METHODS, get
+from reduxd.skymethods import METHODS, get
 
 __all__ = ["METHODS", "SkyEstimate", "estimate_sky"]
 MAX_GLOBAL_PIXELS = 250_000  # larger frames/regions are subsampled on a regular grid
@@ -640,7 +640,7 @@ def estimate_sky(
     return estimator(data, x, y, mask=mask, box=box, radius=radius, keep=keep, **options)
 
 
-# The estimators of the registered methods (steps/skymethods.py), one call signature.
+# The estimators of the registered methods (skymethods.py), one call signature.
 
 
 def global_estimator(data, x, y, *, mask, region, **_):
