@@ -14,7 +14,7 @@ for any one frame, and the SQL reads only ``excluded`` (``json_extract``).
 
 Examples
 --------
->>> meta = FrameMeta(object="m51", filter="V", exptime=30, offset=[1.5, -2.0])
+>>> meta = FrameMeta(object="m51", filter="V", exptime=30.0, offset=[1.5, -2.0])
 >>> meta.to_dict()
 {'object': 'm51', 'filter': 'V', 'exptime': 30.0, 'offset': (1.5, -2.0), 'meta_version': 1}
 >>> FrameMeta.from_dict(meta.to_dict()).offset, meta["filter"], "gain" in meta
@@ -80,12 +80,8 @@ class FrameMeta(Mapping):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.offset is not None:
+        if self.offset is not None:  # stored as a JSON list
             object.__setattr__(self, "offset", tuple(float(v) for v in self.offset))
-        for name in ("exptime", "gain", "fwhm"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, float(value))
 
     @property
     def master_tried(self):
