@@ -36,6 +36,7 @@ from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.executors import EXECUTORS
 from reduxd.fingerprint import changes, run_settings
 from reduxd.fitsio import probe
+from reduxd.framemeta import FrameMeta
 from reduxd.frames import classify
 from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
@@ -515,12 +516,12 @@ def _reset_no_longer_excluded(ledger, found, pipeline):
     """
     wanted, cal = _wanted(found), pipeline.calibrations
     for row in ledger.frames(kind="light", state="excluded"):
-        if (row.root, row.relpath) in wanted and not cal.is_excluded(row.info.get("excluded")):
+        if (row.root, row.relpath) in wanted and not cal.is_excluded(row.info.excluded):
             ledger.reset(row.id)
     for row in ledger.frames(state="done"):
-        if "skipped" not in row.info or (row.root, row.relpath) not in wanted:
+        if row.info.skipped is None or (row.root, row.relpath) not in wanted:
             continue
-        if cal.skipped(row.kind, row.info.get("filter")) is None:
+        if cal.skipped(row.kind, row.info.filter) is None:
             ledger.reset(row.id)
 
 
@@ -571,11 +572,9 @@ def refused_files(ledger, found):
     out = []
     for row in sorted(rows, key=lambda r: (r.root, r.relpath)):
         reason = row.last_error or ""
-        status = row.state
-        if status == "seen":
-            status = {"calibration": "waiting", "incomplete": "incomplete"}.get(row.wait, "retry")
-            prefix = {"waiting": WAITING, "incomplete": "incomplete"}.get(status)
-            reason = reason.removeprefix(prefix).lstrip(": ") if prefix else reason
+        status = "retry" if row.state == "seen" else row.state
+        prefix = {"waiting": WAITING, "incomplete": "incomplete"}.get(status)
+        reason = reason.removeprefix(prefix).lstrip(": ") if prefix else reason
         out.append({"file": row.relpath, "status": status, "reason": reason or "unknown"})
     return out
 
@@ -628,11 +627,10 @@ def make_summary(ledger, outcomes, stacked, seconds, *, found=None):
 
 
 def _group(outcome):
-    info = outcome.info or {}
+    info = outcome.info or FrameMeta()
     if outcome.kind == "light":
-        exptime = info.get("exptime")
-        exp = f"{exptime:g}s" if isinstance(exptime, int | float) else "?s"
-        return f"light {info.get('object')} {info.get('filter')} {exp}"
+        exp = "?s" if info.exptime is None else f"{info.exptime:g}s"
+        return f"light {info.object} {info.filter} {exp}"
     return outcome.kind or "unknown"
 
 

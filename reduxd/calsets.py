@@ -21,6 +21,7 @@ from reduxd.errors import (
     is_transient,
 )
 from reduxd.fitsio import file_checksum, probe
+from reduxd.framemeta import FrameMeta
 from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
 from reduxd.products.fitsout import read_master, write_master
@@ -127,19 +128,17 @@ class Calibrations:
         night = info.night(self.config.site.utc_offset_hours)
         reason = self.skipped(info.kind, info.filter)
         if reason is not None:
-            info_json = {"skipped": reason, "filter": info.filter, "exptime": info.exptime}
+            meta = FrameMeta(skipped=reason, filter=info.filter, exptime=info.exptime)
             self.ledger.finish(
-                row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
+                row.id, kind=info.kind, checksum=raw.checksum, night=night, info=meta
             )
             if (info.kind, reason) not in self._skips_logged:
                 self._skips_logged.add((info.kind, reason))
                 log.info("calibration_skipped", kind=info.kind, file=rel, reason=reason)
             return reason
         key = (info.kind, night, steps_masters.group_key(info))
-        info_json = {"set": repr(key), "exptime": info.exptime, "filter": info.filter}
-        self.ledger.finish(
-            row.id, kind=info.kind, checksum=raw.checksum, night=night, info=info_json
-        )
+        meta = FrameMeta(set=repr(key), exptime=info.exptime, filter=info.filter)
+        self.ledger.finish(row.id, kind=info.kind, checksum=raw.checksum, night=night, info=meta)
         cal_set = self._add_to_set(row.id, path, info, night)
         getattr(log, self.calibration_level)(
             "calibration_frame",
@@ -160,8 +159,9 @@ class Calibrations:
         ]
         queued = {fid for cal_set in self.sets.values() for fid, _p, _i in cal_set.members}
         for row in rows:
-            built = "master_id" in row.info and not row.info.get("rebuild")
-            if built or "set" not in row.info or row.id in queued or not row.path.exists():
+            if row.info.master_tried or row.info.set is None:
+                continue
+            if row.id in queued or not row.path.exists():
                 continue
             info = header_info(row, self.config)
             if info is None:
@@ -265,7 +265,7 @@ class Calibrations:
             return self._not_built(cal_set, night, f"{type(exc).__name__}: {exc}")
         records = [self._register(result, night) for result in results]
         master_id = records[0].id if records[0] else None
-        self._annotate(cal_set, {"master_id": master_id, "rebuild": False})
+        self._annotate(cal_set, master_id=master_id, rebuild=False)
         return [r for r in records if r is not None]
 
     def _not_built(self, cal_set, night, reason):
@@ -276,11 +276,11 @@ class Calibrations:
             frames=len(cal_set.members),
             reason=reason,
         )
-        self._annotate(cal_set, {"master_id": None, "master_error": reason, "rebuild": False})
+        self._annotate(cal_set, master_id=None, master_error=reason, rebuild=False)
         return []
 
-    def _annotate(self, cal_set, info):
-        self.ledger.annotate([fid for fid, _p, _i in cal_set.members], info)
+    def _annotate(self, cal_set, **changes):
+        self.ledger.annotate([fid for fid, _p, _i in cal_set.members], **changes)
 
     def _master_inputs(self, kind, layouts):
         """Keyword arguments of :func:`make_masters` for one set: options, masters it needs."""
@@ -399,9 +399,9 @@ class Calibrations:
             r.id
             for kind in CALIBRATION_KINDS
             for r in self.ledger.frames(kind=kind, state="done")
-            if r.info.get("master_id") in ids
+            if r.info.master_id in ids
         ]
-        self.ledger.annotate(members, {"rebuild": True})
+        self.ledger.annotate(members, rebuild=True)
         self._masters = None
         self._built.clear()
         self._bpm.clear()

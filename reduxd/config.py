@@ -12,10 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reduxd import skymethods
 from reduxd.errors import ConfigError
 from reduxd.frames import KINDS, ClassifyRules
 
-SKY_METHODS = ("global", "annulus", "radial", "mesh")
 COMBINE_METHODS = ("median", "sigma_clip")
 OBSERVERS = ("auto", "inotify", "polling")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -31,6 +31,12 @@ NON_NEGATIVE = _check(lambda v: v >= 0, "a number >= 0")
 
 def _one_of(choices):
     return _check(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+# the sky methods registered when the config is read (skymethods.py)
+SKY_METHOD = _check(
+    lambda v: v in skymethods.METHODS, lambda: f"one of {', '.join(skymethods.names())}"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Photometry:
         ),
     )
     radius_fwhm: float = field(default=0.0, metadata=NON_NEGATIVE)
-    sky_method: str = field(default="annulus", metadata=_one_of(SKY_METHODS))
+    sky_method: str = field(default=skymethods.DEFAULT, metadata=SKY_METHOD)
     subframe: int = field(default=25, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
     annulus: tuple[float, ...] = field(
         default=(),
@@ -211,6 +217,7 @@ class _Loader:
         self.source = source
 
     def fail(self, key, expected, value):
+        expected = expected() if callable(expected) else expected
         raise ConfigError(f"{self.source}: [{key}] expected {expected}, got {value!r}")
 
     def build(self, cls, values, key):

@@ -41,7 +41,7 @@ from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import Pipeline
 from reduxd.reduce import LIGHT_MODULES
 from reduxd.runplan import run_plan
-from reduxd.store import Ledger, ledger_error
+from reduxd.store import PENDING, Ledger, ledger_error
 from reduxd.watch.stability import StabilityTracker, file_signature
 from reduxd.watch.watcher import Watcher, WatchError, check_roots
 from reduxd.web.server import start_for_service
@@ -294,7 +294,7 @@ class Service:
         """
         missing = set()
         for (r, rel), row in known.items():
-            if r != root or row.state != "seen" or rel in found:
+            if r != root or row.state not in PENDING or rel in found:
                 continue
             if os.path.lexists(row.path):  # e.g. excluded by a pattern since: not ours to judge
                 continue
@@ -439,7 +439,8 @@ class Service:
         if now - self._status_at >= STATUS_SECONDS:
             self._status_at = now
             counts = ledger.counts()
-            text = f"{counts['done']} done, {counts['seen']} pending, {counts['failed']} failed"
+            pending = sum(counts[state] for state in PENDING)
+            text = f"{counts['done']} done, {pending} pending, {counts['failed']} failed"
             notify.status(text + (f"; last {self._last}" if self._last else ""))
 
     def _ping(self):
@@ -498,5 +499,5 @@ def _utf8(path):
 
 
 def _retry(row):
-    """A ``seen`` frame to try again (not one waiting for a master: see the docstring)."""
-    return row.state == "seen" and row.wait != "calibration"
+    """A frame to try again (not one waiting for a master: see the docstring)."""
+    return row.state in ("seen", "incomplete")

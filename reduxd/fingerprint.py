@@ -5,7 +5,7 @@ settings of the run with the stored ones and reduces again the lights whose
 numbers would differ (the new rows supersede the old, as with ``--redo``).
 """
 
-from reduxd import __version__
+from reduxd import __version__, skymethods
 
 
 def run_settings(config):
@@ -35,14 +35,9 @@ def run_settings(config):
         "no_dark": cal.no_dark,
         "no_flat": cal.no_flat,
     }
-    if p.sky_method in ("annulus", "radial"):  # radial falls back to the annulus
-        out["annulus"] = list(p.annulus)
-    if p.sky_method == "radial":
-        out.update(subframe=p.subframe, fit_quality=p.fit_quality)
-    if p.sky_method == "mesh":
-        out["mesh_box"] = p.mesh_box
-    if p.sky_method == "global":
-        out["sky_region"] = list(p.sky_region)
+    for name in skymethods.get(p.sky_method).options:
+        value = getattr(p, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
     return out
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from reduxd.executors import InProcess
 from reduxd.fields import field_key
+from reduxd.framemeta import FrameMeta
 from reduxd.reduce import compute_light
 
 
@@ -51,6 +52,13 @@ class LightJob:
             compute_light, self.path, self.rel, self.info, self.plan, base, config,
             night=self.night, field=self.key, durable=durable,
         )  # fmt: skip
+
+    def meta(self, result, n_stars, version):
+        """The ledger metadata of this light once measured (``result``: its ``Measured``)."""
+        info = self.info
+        return FrameMeta(object=self.key, filter=info.filter, exptime=info.exptime,
+                         gain=info.gain, n_stars=n_stars, offset=result.offset,
+                         fwhm=result.fwhm, calib=result.calib, version=version)  # fmt: skip
 
 
 class FanOut:

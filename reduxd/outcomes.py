@@ -16,7 +16,7 @@ anything else                 ``failed`` after ``max_tries`` attempts
 ============================  =============================================
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from reduxd.errors import (
     FrameIncomplete,
@@ -25,6 +25,7 @@ from reduxd.errors import (
     OutputUnavailable,
     is_transient,
 )
+from reduxd.framemeta import FrameMeta
 from reduxd.log import get_logger
 
 WAITING = "waiting for calibration"
@@ -41,7 +42,7 @@ class Outcome:
     reason: str | None = None
     n_stars: int = 0
     latency_ms: float | None = None
-    info: dict = field(default_factory=dict)
+    info: FrameMeta | None = None  # a reduced light's metadata
 
 
 class Reactions:
@@ -86,13 +87,13 @@ class Reactions:
     def excluded(self, row, rel, checksum, night, filter_name):
         """A light in an excluded filter (``-x``): recorded, not reduced."""
         self.ledger.exclude(row.id, checksum=checksum, night=night,
-                            info={"excluded": filter_name})  # fmt: skip
+                            info=FrameMeta(excluded=filter_name))  # fmt: skip
         return Outcome(rel, "excluded", kind="light", reason=f"filter {filter_name} excluded")
 
     def duplicate(self, row, rel, checksum, night, first):
         """A byte-identical copy of a light already reduced: recorded, not measured again."""
         reason = f"duplicate of {first.relpath} (same checksum)"
-        info = {"excluded": "duplicate", "duplicate_of": first.relpath}
+        info = FrameMeta(excluded="duplicate", duplicate_of=first.relpath)
         self.ledger.finish(row.id, kind="light", checksum=checksum, night=night, info=info)
         log.warning("frame_duplicate", file=rel, duplicate_of=first.relpath)
         return Outcome(rel, "excluded", kind="light", reason=reason)
@@ -104,7 +105,7 @@ class Reactions:
 
     def waiting(self, row, rel, reason):
         """A light waits for a master (each problem logged once)."""
-        self.ledger.defer(row.id, f"{WAITING}: {reason}", wait="calibration")
+        self.ledger.defer(row.id, f"{WAITING}: {reason}", state="waiting")
         if row.last_error != f"{WAITING}: {reason}":
             log.warning("light_waiting", file=rel, reason=reason)
         return Outcome(rel, "waiting", kind="light", reason=reason)
@@ -115,7 +116,7 @@ class Reactions:
         if self.clock() - first >= timeout:
             reason = f"still incomplete after {timeout:g} s: {exc.reason}"
             return self.quarantine(row, rel, reason)
-        self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9, wait="incomplete")
+        self.ledger.fail(row.id, f"incomplete: {exc.reason}", max_tries=10**9, retry="incomplete")
         if row.id not in self._incomplete_seen:  # logged once per frame
             self._incomplete_seen.add(row.id)
             log.info("frame_incomplete", file=rel, reason=exc.reason)

@@ -38,6 +38,7 @@ from reduxd.log import get_logger
 from reduxd.outcomes import WAITING, Outcome, Reactions, log_reduced
 from reduxd.products.naming import products_missing
 from reduxd.reduce import MasterCache, compute_light, read_light
+from reduxd.store import PENDING
 from reduxd.tablesync import PhotTables
 
 __all__ = ["WAITING", "Outcome", "Pipeline"]
@@ -127,14 +128,14 @@ class Pipeline:
         except FileNotFoundError:
             return Outcome(str(path), "skipped", reason="file vanished")
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state == "seen" and self._outside(path, root):
+        if row.state in PENDING and self._outside(path, root):
             return self.reactions.quarantine(row, rel, OUTSIDE_LINK)
         if row.changed:
             log.error("raw_frame_changed", file=rel, reason=row.last_error)
             return Outcome(rel, "changed", reason=row.last_error)
         if row.state == "excluded":
-            return Outcome(rel, "excluded", kind="light", reason=row.info.get("excluded"))
-        if row.state != "seen":
+            return Outcome(rel, "excluded", kind="light", reason=row.info.excluded)
+        if row.state not in PENDING:
             return Outcome(rel, "skipped", kind=row.kind, reason=row.state)
         return self._process(row, path, rel, since)
 
@@ -158,10 +159,10 @@ class Pipeline:
     def retry_waiting(self):
         """Reduce lights that were waiting for a master; return their outcomes."""
         out = []
-        for row in self.ledger.pending():
+        for row in self.ledger.frames(state="waiting"):
             if self.should_stop():
                 break
-            if row.wait == "calibration" and row.path.exists():
+            if row.path.exists():
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
@@ -261,21 +262,18 @@ class Pipeline:
             fingerprint=fingerprint(self.config, job.plan),
         )  # fmt: skip
         self.fields.save(job.key, reference)
-        info = job.info
-        extra = {"object": job.key, "filter": info.filter, "exptime": info.exptime,
-                 "gain": info.gain, "n_stars": len(rows), "offset": list(result.offset),
-                 "fwhm": result.fwhm, "calib": result.calib, "version": version}  # fmt: skip
+        meta = job.meta(result, len(rows), version)
         self.ledger.finish(
-            job.row.id, kind="light", checksum=result.checksum, night=job.night, info=extra
+            job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
         )
         for r in rows:
             r["version"], r["current"] = version, 1
         self.tables.add(rows, version, job.rel)
-        self.lightcurves.changed((job.key, info.filter or ""), rows, version)
+        self.lightcurves.changed((job.key, job.info.filter or ""), rows, version)
         latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written
         log_reduced(job, rows, result, latency_ms, version, self.lightcurves.target_mag(rows))
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),
-                       latency_ms=latency_ms, info=extra)  # fmt: skip
+                       latency_ms=latency_ms, info=meta)  # fmt: skip
 
     def _finish(self, job, progress):
         """Commit a job done in the pool (or record why it failed)."""
@@ -290,7 +288,7 @@ class Pipeline:
         rel = path.relative_to(root).as_posix()
         st = path.stat()
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if row.state != "seen" or self._outside(path, root):
+        if row.state not in PENDING or self._outside(path, root):
             return self.handle(path, root)
         info = header_info(row, self.config)
         if info is None or info.kind != "light" or self.calibrations.is_excluded(info.filter):
@@ -316,7 +314,7 @@ class Pipeline:
         for row in self.ledger.frames(night=night, kind="light", state="done"):
             if self.should_stop():
                 break
-            if "excluded" in row.info or not row.path.exists():
+            if row.info.excluded is not None or not row.path.exists():
                 continue
             if not self.calibrations.better_masters(row):
                 continue
@@ -335,7 +333,7 @@ class Pipeline:
         for row in self.ledger.frames(kind="light", state="done"):
             if only is not None and (row.root, row.relpath) not in only:
                 continue
-            if "excluded" in row.info or not row.path.exists():
+            if row.info.excluded is not None or not row.path.exists():
                 continue
             if products_missing(self.outdir, row.relpath, self.config.output):
                 log.warning("products_missing", file=row.relpath, action="reduced again")

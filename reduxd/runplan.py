@@ -5,13 +5,7 @@ a flag that cannot act with the other settings (``-L`` without the radial sky
 fit) gets a warning saying why (event ``flag_unused``).
 """
 
-SKY_WHY = {
-    "annulus": "median in an annulus {annulus} around each star, the default method",
-    "global": "one sigma-clipped median of {region}",
-    "radial": "fit of each star's radial profile in a {subframe} px subframe (-L);"
-    " annulus {annulus} where the fit is poor",
-    "mesh": "smooth 2-D background in {box} px boxes",
-}
+from reduxd import skymethods
 
 
 def sky_text(p):
@@ -21,10 +15,11 @@ def sky_text(p):
     else:
         annulus = "r+5 to r+15 px (r: the largest aperture)"
     region = f"the region {list(p.sky_region)}" if p.sky_region else "the whole frame"
-    why = SKY_WHY[p.sky_method].format(
+    why = skymethods.get(p.sky_method).text.format(
         annulus=annulus, region=region, subframe=p.subframe, box=p.mesh_box
     )
-    return f"{p.sky_method}: {why}"
+    default = ", the default method" if p.sky_method == skymethods.DEFAULT else ""
+    return f"{p.sky_method}: {why}{default}"
 
 
 def calibration_text(cal):
@@ -94,7 +89,7 @@ def unused_flags(config, typed):
     """
     out = []
     method = config.photometry.sky_method
-    if "length" in typed and method != "radial":
+    if "length" in typed and "subframe" not in skymethods.get(method).options:
         out.append(
             {
                 "flag": typed["length"],

@@ -148,8 +148,8 @@ def format_status(ledger, *, n=10):
     lines.append(f"  {'updated':<23}  {'state':<11} {'kind':<6} {'latency':>9}  "
                  f"{'stars':>5}  file")  # fmt: skip
     for row in ledger.recent(n):
-        stars = row.info.get("n_stars", "")
-        version = row.info.get("version")
+        stars = "" if row.info.n_stars is None else row.info.n_stars
+        version = row.info.version
         note = f" v{version}" if version and version > 1 else ""
         if row.state != "done" and row.last_error:
             note += f"  ({row.last_error})"

@@ -9,13 +9,16 @@ Frame states::
 
     seen -> processing -> done
                        -> seen (retry) -> ... -> failed (attempts exhausted)
+                       -> waiting (a light without its master; no attempt spent)
+                       -> incomplete (the file is still being written; no attempt spent)
                        -> quarantined (broken file, with the reason)
                        -> excluded (its filter is excluded; seen again when it no longer is)
     done -> changed (the file changed after it was reduced: alert, do not redo silently)
 
-A ``seen`` frame may be waiting (column ``wait``): ``calibration`` (a light waiting
-for a master) or ``incomplete`` (a file still being written). Any other state change
-clears it. A ledger made before the column is migrated in place (:func:`_migrate_waits`).
+``seen``, ``waiting`` and ``incomplete`` are picked up again (:data:`PENDING`):
+a waiting light when masters arrive, an incomplete file when it grows or settles.
+A ledger made by an earlier version, where these two were ``seen`` with the
+column ``frames.wait`` or only their reason, is migrated in place (:func:`_migrate`).
 """
 
 import dataclasses
@@ -30,12 +33,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reduxd.errors import ReduxdError
+from reduxd.framemeta import FrameMeta
 from reduxd.fsinfo import is_network_fs, mount_fstype
 from reduxd.steps.select import MasterRecord
 
 SCHEMA_VERSION = 1
-STATES = ("seen", "processing", "done", "failed", "quarantined", "changed", "excluded")
-WAITS = ("calibration", "incomplete")  # why a 'seen' frame waits (column frames.wait)
+STATES = (
+    "seen", "processing", "done", "failed", "quarantined", "changed", "excluded",
+    "waiting",     # a light waiting for a master (calibration)
+    "incomplete",  # a file still being written: read again later, no attempt spent
+)  # fmt: skip
+PENDING = ("seen", "waiting", "incomplete")  # states of frames to be picked up again
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -48,8 +56,8 @@ CREATE TABLE frames (
     checksum TEXT,
     kind TEXT,
     night TEXT,
-    state TEXT NOT NULL CHECK (state IN
-        ('seen', 'processing', 'done', 'failed', 'quarantined', 'changed', 'excluded')),
+    state TEXT NOT NULL CHECK (state IN ('seen', 'processing', 'done', 'failed',
+        'quarantined', 'changed', 'excluded', 'waiting', 'incomplete')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     info TEXT,                 -- JSON
@@ -58,7 +66,6 @@ CREATE TABLE frames (
     started TEXT,
     finished TEXT,
     latency REAL,              -- seconds from file mtime to done
-    wait TEXT CHECK (wait IN ('calibration', 'incomplete')),  -- a 'seen' frame waiting
     UNIQUE (root, relpath)
 );
 CREATE INDEX frames_state ON frames (state);
@@ -167,14 +174,13 @@ class FrameRow:
     state: str
     attempts: int
     last_error: str | None
-    info: dict
+    info: FrameMeta
     first_seen: str
     updated: str
     started: str | None
     finished: str | None
     latency: float | None
     changed: bool = False  # set by observe() on the transition done -> changed
-    wait: str | None = None  # a 'seen' frame waiting: 'calibration' or 'incomplete'
 
     @property
     def path(self) -> Path:
@@ -217,6 +223,14 @@ def _json_default(obj):
 
 def _dumps(data):
     return json.dumps(data, default=_json_default, allow_nan=True)
+
+
+def _meta_json(info):
+    """``frames.info`` of a :class:`FrameMeta` (a mapping of its field names is read as one)."""
+    try:
+        return _dumps(FrameMeta.of(info).to_dict())
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"cannot store frame metadata {info!r}: {exc}") from None
 
 
 def _check_local(path, allow_network_fs):
@@ -295,6 +309,7 @@ class Ledger:
         try:
             if readonly:
                 self._check_version()
+                _legacy_view(self._db)
             else:
                 self._setup(busy_timeout)
         except (OSError, sqlite3.Error) as exc:
@@ -334,8 +349,7 @@ class Ledger:
                         db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         self._check_version()
-        _migrate_fingerprints(db)
-        _migrate_waits(db)
+        _migrate(db)
 
     def _check_version(self):
         version = self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
@@ -428,14 +442,14 @@ class Ledger:
         kind: str,
         checksum: str | None,
         night: str | None = None,
-        info: dict | None = None,
+        info: FrameMeta | None = None,
     ) -> FrameRow:
-        """Mark a frame done, with its kind, checksum, night and any extra info (JSON).
+        """Mark a frame done, with its kind, checksum, night and metadata (:class:`FrameMeta`).
 
         Examples
         --------
         >>> ledger.finish(row.id, kind="light", checksum=file_checksum(row.path),
-        ...               night="2025-06-01", info={"filter": "V"})  # doctest: +SKIP
+        ...               night="2025-06-01", info=FrameMeta(filter="V"))  # doctest: +SKIP
         """
         row = self._get(frame_id)
         latency = max(0.0, time.time() - row.mtime_ns / 1e9)
@@ -443,24 +457,25 @@ class Ledger:
             frame_id,
             "state = 'done', kind = ?, checksum = ?, night = ?, info = ?, finished = ?,"
             " latency = ?, last_error = NULL",
-            [kind, checksum, night, _dumps(info or {}), utc_now(), latency],
+            [kind, checksum, night, _meta_json(info), utc_now(), latency],
         )
         return self.frame(frame_id)
 
-    def fail(self, frame_id: int, reason: str, *, max_tries: int, wait: str | None = None) -> str:
-        """Record a failed attempt; return the new state (``seen`` to retry, or ``failed``).
+    def fail(self, frame_id: int, reason: str, *, max_tries: int, retry: str = "seen") -> str:
+        """Record a failed attempt; return the new state (``retry`` or ``failed``).
 
-        ``wait``: why a frame back to ``seen`` waits (``incomplete``), see :data:`WAITS`.
+        ``retry``: the state of a frame to try again, ``seen`` or ``incomplete``
+        (a file still being written).
 
         Examples
         --------
         >>> ledger.fail(row.id, "FrameIncomplete: short data", max_tries=3)  # doctest: +SKIP
         'seen'
         """
+        _check_state(retry, ("seen", "incomplete"))
         row = self._get(frame_id)
-        state = "seen" if row.attempts < max_tries else "failed"
-        wait = wait if state == "seen" else None
-        self._update(frame_id, "state = ?, last_error = ?, wait = ?", [state, reason, wait])
+        state = retry if row.attempts < max_tries else "failed"
+        self._update(frame_id, "state = ?, last_error = ?", [state, reason])
         return state
 
     def quarantine(self, frame_id: int, reason: str) -> None:
@@ -468,42 +483,39 @@ class Ledger:
         self._get(frame_id)
         self._update(frame_id, "state = 'quarantined', last_error = ?", [reason])
 
-    def defer(self, frame_id: int, reason: str, *, wait: str | None = None) -> None:
-        """Back to ``seen`` without spending an attempt: the frame waits (e.g. for a master).
-
-        ``wait``: what it waits for (``calibration``), see :data:`WAITS`.
+    def defer(self, frame_id: int, reason: str, *, state: str = "seen") -> None:
+        """Back to ``state`` without spending an attempt: ``waiting`` for a master, or
+        ``seen`` (a forced stop, a full disk).
 
         Examples
         --------
-        >>> ledger.defer(row.id, "waiting for calibration: no flat in V", wait="calibration")
+        >>> ledger.defer(row.id, "waiting for calibration: no flat in V", state="waiting")
         ... # doctest: +SKIP
         """
+        _check_state(state, ("seen", "waiting"))
         row = self._get(frame_id)
         attempts = max(row.attempts - 1, 0) if row.state == "processing" else row.attempts
-        self._update(
-            frame_id, "state = 'seen', attempts = ?, last_error = ?, wait = ?",
-            [attempts, reason, wait],
-        )  # fmt: skip
+        self._update(frame_id, "state = ?, attempts = ?, last_error = ?", [state, attempts, reason])
 
-    def annotate(self, frame_ids, info: dict) -> None:
-        """Merge ``info`` into the JSON info of each frame in ``frame_ids`` (one transaction)."""
+    def annotate(self, frame_ids, **changes) -> None:
+        """Set fields of the metadata of each frame in ``frame_ids`` (one transaction)."""
         with self._tx():
             for frame_id in frame_ids:
                 row = self._get(frame_id)
-                merged = _dumps({**row.info, **info})
+                merged = _meta_json(row.info.updated(**changes))
                 self._db.execute(
                     "UPDATE frames SET info = ?, updated = ? WHERE id = ?",
                     (merged, utc_now(), frame_id),
                 )
 
-    def exclude(self, frame_id: int, *, checksum: str | None, night: str | None, info: dict):
+    def exclude(self, frame_id: int, *, checksum: str | None, night: str | None, info: FrameMeta):
         """Mark a light ``excluded`` (its filter is excluded); ``reset`` brings it back."""
         self._get(frame_id)
         self._update(
             frame_id,
             "state = 'excluded', kind = 'light', checksum = ?, night = ?, info = ?,"
             " finished = ?, last_error = NULL",
-            [checksum, night, _dumps(info), utc_now()],
+            [checksum, night, _meta_json(info), utc_now()],
         )
 
     def fingerprints(self) -> dict[int, dict]:
@@ -544,8 +556,8 @@ class Ledger:
         return rows[0] if rows else None
 
     def pending(self) -> list[FrameRow]:
-        """Frames waiting for work (``seen``), oldest first."""
-        return self._select("WHERE state = 'seen' ORDER BY id")
+        """Frames to be picked up again (``seen``, ``waiting``, ``incomplete``), oldest first."""
+        return self._select(f"WHERE state IN {PENDING} ORDER BY id")
 
     def counts(self) -> dict[str, int]:
         """Number of frames per state (every state present, zeros included)."""
@@ -597,8 +609,6 @@ class Ledger:
         return [_frame_row(r) for r in cur]
 
     def _update(self, frame_id, sets, args):
-        if "state =" in sets and "wait =" not in sets:
-            sets += ", wait = NULL"  # a frame leaving 'seen' (or seen again) no longer waits
         with self._tx():
             self._db.execute(
                 f"UPDATE frames SET {sets}, updated = ? WHERE id = ?",
@@ -824,67 +834,86 @@ class Ledger:
         return None if row is None else json.loads(row[0])
 
 
-def _migrate_fingerprints(db):
-    """Bring a ledger made before settings fingerprints up to date, in place.
+def _migrate(db):
+    """Bring a ledger made by an earlier version up to date, in place, in one transaction.
 
-    Adds ``reductions.fingerprint`` and the ``excluded`` frame state. The frames
-    table is rebuilt for its new CHECK, as SQLite documents (foreign keys off,
-    copy, drop, rename), in one transaction; rows and ids are kept.
+    Adds ``reductions.fingerprint``, and the states ``excluded``, ``waiting`` and
+    ``incomplete``. SQLite cannot change a CHECK constraint, so the frames table is
+    rebuilt as SQLite documents (foreign keys off; create the new table, copy, drop,
+    rename, indexes, foreign key check); ids and rows are kept, and a frame that
+    waited as ``seen`` gets its state from :func:`_state_sql`.
     """
     columns = {r[1] for r in db.execute("PRAGMA table_info(reductions)")}
-    frames_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
-    if "fingerprint" in columns and "'excluded'" in frames_sql:
+    if "fingerprint" in columns and "'waiting'" in _frames_sql(db):
         return
-    create = re.search(r"CREATE TABLE frames \(.*?\n\);", _SCHEMA, re.S).group(0)
     db.execute("PRAGMA foreign_keys = OFF")
     try:
         with _Transaction(db):
             if "fingerprint" not in columns:
                 db.execute("ALTER TABLE reductions ADD COLUMN fingerprint TEXT")
-            if "'excluded'" not in frames_sql:
-                db.execute(create.replace("CREATE TABLE frames", "CREATE TABLE frames_new", 1))
-                old = ", ".join(r[1] for r in db.execute("PRAGMA table_info(frames)"))
-                db.execute(f"INSERT INTO frames_new ({old}) SELECT {old} FROM frames")
-                db.execute("DROP TABLE frames")
-                db.execute("ALTER TABLE frames_new RENAME TO frames")
-                db.execute("CREATE INDEX frames_state ON frames (state)")
-                db.execute("CREATE INDEX frames_night ON frames (night, kind)")
+            if "'waiting'" not in _frames_sql(db):
+                _rebuild_frames(db)
             if db.execute("PRAGMA foreign_key_check").fetchall():
                 raise LedgerError("ledger migration broke a foreign key; nothing was changed")
     finally:
         db.execute("PRAGMA foreign_keys = ON")
 
 
-# a waiting frame of a ledger made before frames.wait: its reason's first words
-_LEGACY_WAITS = (("calibration", "waiting for calibration"), ("incomplete", "incomplete:"))
+def _frames_sql(db):
+    return db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
 
 
-def _migrate_waits(db):
-    """Add ``frames.wait`` to a ledger made before it, in place (one transaction).
+def _rebuild_frames(db):
+    """Copy the frames into a table made by this version's schema (inside a transaction)."""
+    create = re.search(r"CREATE TABLE frames \(.*?\n\);", _SCHEMA, re.S).group(0)
+    db.execute(create.replace("CREATE TABLE frames", "CREATE TABLE frames_new", 1))
+    new = {r[1] for r in db.execute("PRAGMA table_info(frames_new)")}
+    old = [r[1] for r in db.execute("PRAGMA table_info(frames)")]
+    kept = ", ".join(c for c in old if c in new and c != "state")
+    state = _state_sql(old)
+    db.execute(f"INSERT INTO frames_new ({kept}, state) SELECT {kept}, {state} FROM frames")
+    db.execute("DROP TABLE frames")
+    db.execute("ALTER TABLE frames_new RENAME TO frames")
+    db.execute("CREATE INDEX frames_state ON frames (state)")
+    db.execute("CREATE INDEX frames_night ON frames (night, kind)")
 
-    Before it, a waiting frame was ``seen`` with its reason in ``last_error``
-    (``waiting for calibration: ...`` or ``incomplete: ...``): that text is read
-    here and, for a read-only reader of a ledger not migrated yet, by
-    :func:`_legacy_wait`; nowhere else.
+
+def _state_sql(columns):
+    """SQL giving the state of a frame stored by an earlier version with ``columns``.
+
+    Main f55142a kept a waiting frame as ``seen`` with ``frames.wait``
+    (``calibration`` or ``incomplete``); before that column only its reason told
+    (``waiting for calibration: ...``, ``incomplete: ...``). Read here, nowhere else.
     """
-    if "wait" in {r[1] for r in db.execute("PRAGMA table_info(frames)")}:
+    if "wait" in columns:
+        waiting, incomplete = "wait = 'calibration'", "wait = 'incomplete'"
+    else:
+        waiting = "last_error LIKE 'waiting for calibration%'"
+        incomplete = "last_error LIKE 'incomplete:%'"
+    return (
+        f"CASE WHEN state = 'seen' AND {waiting} THEN 'waiting'"
+        f" WHEN state = 'seen' AND {incomplete} THEN 'incomplete' ELSE state END"
+    )
+
+
+def _legacy_view(db):
+    """A read-only reader of a ledger not migrated yet sees this version's states.
+
+    A TEMP view named ``frames`` (it shadows the file's table for this connection
+    only; nothing is written to the file) gives the states :func:`_rebuild_frames`
+    would store.
+    """
+    if "'waiting'" in _frames_sql(db):
         return
-    with _Transaction(db):
-        db.execute(
-            "ALTER TABLE frames ADD COLUMN wait TEXT CHECK (wait IN ('calibration', 'incomplete'))"
-        )
-        for wait, prefix in _LEGACY_WAITS:
-            db.execute(
-                "UPDATE frames SET wait = ? WHERE state = 'seen' AND last_error LIKE ?",
-                (wait, prefix + "%"),
-            )
+    old = [r[1] for r in db.execute("PRAGMA table_info(frames)")]
+    state = f"{_state_sql(old)} AS state"
+    select = ", ".join(state if c == "state" else c for c in old if c != "wait")
+    db.execute(f"CREATE TEMP VIEW frames AS SELECT {select} FROM main.frames")
 
 
-def _legacy_wait(state, last_error):
-    """What a ``seen`` frame of a ledger made before ``frames.wait`` waits for (or None)."""
-    if state != "seen":
-        return None
-    return next((w for w, prefix in _LEGACY_WAITS if (last_error or "").startswith(prefix)), None)
+def _check_state(state, allowed):
+    if state not in allowed:
+        raise LedgerError(f"state {state!r} is not one of {', '.join(allowed)} here")
 
 
 def _connect_readonly(path, busy_timeout):
@@ -925,9 +954,10 @@ def _where(**filters):
 
 def _frame_row(r):
     data = dict(r)
-    data["info"] = json.loads(data["info"]) if data["info"] else {}
-    if "wait" not in data:  # a read-only reader of a ledger not migrated yet
-        data["wait"] = _legacy_wait(data["state"], data["last_error"])
+    try:
+        data["info"] = FrameMeta.from_dict(json.loads(data["info"]) if data["info"] else {})
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"frame {data['id']} ({data['relpath']}): {exc}") from None
     return FrameRow(**data)
 
 

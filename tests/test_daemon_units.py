@@ -81,7 +81,7 @@ def test_reconcile_hands_on_only_what_the_ledger_does_not_account_for(tmp_path):
             elif state == "failed":
                 ledger.fail(row.id, error, max_tries=1)
             if error and error.startswith(WAITING):  # as the pipeline records it
-                ledger.defer(row.id, error, wait="calibration")
+                ledger.defer(row.id, error, state="waiting")
 
         observe(done, "done")
         observe(changed, "done")

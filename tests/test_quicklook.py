@@ -20,7 +20,9 @@ def frame():
 
 def test_finder_chart_is_a_png_with_circles(tmp_path):
     data = frame()
-    result = photometer(data, exptime=10.0, params=PhotParams(radius=6, keep_profiles=True))
+    result = photometer(
+        data, exptime=10.0, params=PhotParams(radius=6, sky_method="radial", keep_profiles=True)
+    )
     before = data.copy()
     mask = np.zeros(data.shape, np.uint8)
     mask[10:12, 10:40] = 2
@@ -45,7 +47,9 @@ def test_quicklook_replaces_an_existing_file(tmp_path):
 
 
 def test_profile_plot_of_a_measured_star(tmp_path):
-    result = photometer(frame(), exptime=10.0, params=PhotParams(radius=6, keep_profiles=True))
+    result = photometer(
+        frame(), exptime=10.0, params=PhotParams(radius=6, sky_method="radial", keep_profiles=True)
+    )
     assert result.profiles and "star_id" in result.profiles[0]
     out = write_profile_plot(tmp_path / "p.png", result.profiles[0], radius=6)
     assert out.read_bytes()[:8] == PNG

@@ -78,7 +78,7 @@ def test_excluded_lights_are_reduced_by_a_later_run(night):
 
 def old_ledger(path):
     """A ledger made by reduxd before fingerprints: no column, no ``excluded`` state."""
-    schema = store._SCHEMA.replace(", 'excluded')", ")").replace(
+    schema = store._SCHEMA.replace(", 'excluded', 'waiting', 'incomplete')", ")").replace(
         "    fingerprint TEXT,           -- JSON: the settings that produced the rows\n", ""
     )
     assert "excluded" not in schema and "fingerprint" not in schema

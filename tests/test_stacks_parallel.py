@@ -13,6 +13,7 @@ from fitsverify import assert_valid
 from reduxd import fitsio, maskbits
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
+from reduxd.framemeta import FrameMeta
 from reduxd.products import stacks
 from reduxd.steps.stack import StackAccumulator
 from reduxd.synth import render_stars
@@ -108,8 +109,8 @@ def make_night(tmp_path, n=N_LIGHTS, seed=2):
         fitsio.write_images_atomic(
             outdir / "reduced" / relpath, [(image, header, None), (mask, None, "MASK")]
         )
-        info = {"object": "field", "filter": "V", "gain": 100, "exptime": 10.0,
-                "version": "1", "offset": [float(dx), float(dy)]}  # fmt: skip
+        info = FrameMeta(object="field", filter="V", gain=100, exptime=10.0,
+                         version=1, offset=(float(dx), float(dy)))  # fmt: skip
         rows.append(SimpleNamespace(relpath=relpath, info=info))
     config = load_config(None, {"paths": {"outdir": str(outdir)}})
     pipeline = SimpleNamespace(
@@ -200,7 +201,8 @@ def test_unchanged_stack_submits_nothing(tmp_path):
     assert stacks.finish_stacks(pipeline, pending) == [path]
     assert (path.stat().st_mtime_ns, path.read_bytes()) == before
 
-    pipeline.ledger.rows[2].info["offset"] = [9.0, -9.0]  # an input changed: stacked again
+    row = pipeline.ledger.rows[2]
+    row.info = row.info.updated(offset=(9.0, -9.0))  # an input changed: stacked again
     pool = RecordingPool()
     assert stacks.write_stacks(pipeline, pool) == [path]
     assert len(pool.submitted) == 1 and fits.getval(path, "NCOMBINE") == 5

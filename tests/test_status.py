@@ -60,7 +60,7 @@ def state(tmp_path):
         ledger.quarantine(broken.id, "No SIMPLE card found")
         waiting = ledger.observe(ROOT, "m51/light_4.fits", size=100, mtime_ns=0)
         ledger.begin(waiting.id)
-        ledger.defer(waiting.id, "waiting for calibration: no flat in R")
+        ledger.defer(waiting.id, "waiting for calibration: no flat in R", state="waiting")
     return path
 
 
@@ -69,7 +69,8 @@ def test_format_status(state):
         text = format_status(ledger, n=5)
     lines = text.splitlines()
     assert lines[0] == (
-        "frames: seen 1, processing 0, done 2, failed 1, quarantined 1, changed 0, excluded 0"
+        "frames: seen 0, processing 0, done 2, failed 1, quarantined 1, changed 0, excluded 0,"
+        " waiting 1, incomplete 0"
     )
     # times with their zone, and how long ago
     assert lines[1].startswith("last frame arrived: 20") and lines[1].endswith(" ago)")
@@ -107,7 +108,7 @@ def test_cli(state):
     lines = out.stdout.splitlines()
     assert lines[0] == f"ledger: {state}"
     assert lines[1].startswith("service: ")
-    assert lines[2].startswith("frames: seen 1,")
+    assert lines[2].startswith("frames: seen 0,") and "waiting 1" in lines[2]
     assert "last 2 frames:" in out.stdout and "failures (2):" in out.stdout
 
 

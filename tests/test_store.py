@@ -227,7 +227,18 @@ def test_growing_file_before_work_stays_seen(ledger):
 
 def test_counts_and_filters(ledger):
     assert ledger.counts() == dict.fromkeys(
-        ["seen", "processing", "done", "failed", "quarantined", "changed", "excluded"], 0
+        (
+            "seen",
+            "processing",
+            "done",
+            "failed",
+            "quarantined",
+            "changed",
+            "excluded",
+            "waiting",
+            "incomplete",
+        ),
+        0,
     )
     _done_light(ledger, "n1/a.fits", night="2025-06-01")
     _done_light(ledger, "n2/b.fits", night="2025-06-02")

@@ -85,17 +85,16 @@ def stack_groups(ledger):
     groups = defaultdict(list)
     for row in ledger.frames(kind="light", state="done"):
         info = row.info
-        if "excluded" in info or "offset" not in info:
+        if info.excluded is not None or info.offset is None:
             continue
-        key = (info.get("object"), info.get("filter"), info.get("gain"), info.get("exptime"))
+        key = (info.object, info.filter, info.gain, info.exptime)
         groups[key].append(row)
     return groups
 
 
 def _signature(rows, params):
     members = sorted(
-        (r.relpath, r.info.get("version"), [round(float(v), 3) for v in r.info["offset"]])
-        for r in rows
+        (r.relpath, r.info.version, [round(float(v), 3) for v in r.info.offset]) for r in rows
     )
     text = json.dumps([members, repr(params)], default=str)
     return hashlib.sha1(text.encode()).hexdigest()
@@ -227,7 +226,7 @@ def start_stacks(pipeline, pool=None):
             group.unchanged = True
             continue
         items = [
-            (str(reduced_path(pipeline.outdir, r.relpath)), *map(float, r.info["offset"]))
+            (str(reduced_path(pipeline.outdir, r.relpath)), *map(float, r.info.offset))
             for r in rows
         ]
         group.header = add_cards(group.header, span_cards([p for p, _x, _y in items], pipeline))

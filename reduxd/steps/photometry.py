@@ -19,6 +19,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from reduxd import skymethods
 from reduxd.steps import detect, sky
 from reduxd.steps.match import FieldReference, assign_ids, brightest, find_offset
 from reduxd.steps.measure import COLUMNS, Flag, describe, measure, measure_radii
@@ -32,7 +33,7 @@ class PhotParams:
 
     radius: float = 15.0  # -R, pixels; 0 = from the seeing (``fwhm_factors``)
     radius_fwhm: float = 0.0  # >0: radius = radius_fwhm * measured FWHM
-    sky_method: str = "radial"  # global | annulus | radial | mesh
+    sky_method: str = skymethods.DEFAULT  # a name in skymethods.py
     subframe: int = 25  # -L, side of the radial-fit subframe
     annulus: tuple[float, float] | None = (20.0, 30.0)  # None: (r_max + 5, r_max + 15)
     sky_region: tuple[int, int, int, int] | None = None  # x0, x1, y0, y1 for global

@@ -1,6 +1,6 @@
 """Sky estimates for aperture photometry (pure functions, inputs never modified).
 
-Methods (``estimate_sky(method=...)``):
+Methods (``estimate_sky(method=...)``, registered by name in ``skymethods``):
 
 ``global``
     sigma-clipped median of the frame, or of a region ``(x0, x1, y0, y1)``.
@@ -34,8 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 from reduxd import phot_columns
+from reduxd.skymethods import METHODS, get
 
-METHODS = ("global", "annulus", "radial", "mesh")
+__all__ = ["METHODS", "SkyEstimate", "estimate_sky"]
 MAX_GLOBAL_PIXELS = 250_000  # larger frames/regions are subsampled on a regular grid
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -623,7 +624,7 @@ def estimate_sky(
     radius=None,
     keep=False,
 ):
-    """Dispatch to the sky method named ``method`` (one of ``METHODS``).
+    """Measure the sky with the method registered as ``method`` (see ``skymethods``).
 
     Examples
     --------
@@ -631,29 +632,34 @@ def estimate_sky(
     >>> [float(estimate_sky(img, [40.0], [40.0], method=m).value[0]) for m in METHODS]
     [4.0, 4.0, 4.0, 4.0]
     """
-    n = np.size(x)
-    if method not in METHODS:
-        raise ValueError(f"unknown sky method {method!r}; expected one of {METHODS}")
-    if n == 0:
+    estimator = get(method).resolve()
+    if np.size(x) == 0:
         empty = np.zeros(0)
         return SkyEstimate(empty, empty, empty, empty, np.zeros(0, bool), method)
-    if method == "global":
-        return global_sky(data, n=n, mask=mask, region=region)
-    if method == "annulus":
-        return annulus_sky(data, x, y, r_in=annulus[0], r_out=annulus[1], mask=mask)
-    if method == "radial":
-        return radial_sky(
-            data,
-            x,
-            y,
-            size=size,
-            annulus=annulus,
-            fwhm=fwhm,
-            mask=mask,
-            fit_quality=fit_quality,
-            radius=radius,
-            keep=keep,
-        )
+    options = dict(region=region, annulus=annulus, size=size, fwhm=fwhm, fit_quality=fit_quality)
+    return estimator(data, x, y, mask=mask, box=box, radius=radius, keep=keep, **options)
+
+
+# The estimators of the registered methods (skymethods.py), one call signature.
+
+
+def global_estimator(data, x, y, *, mask, region, **_):
+    """``global_sky`` for the stars at ``x, y``."""
+    return global_sky(data, n=np.size(x), mask=mask, region=region)
+
+
+def annulus_estimator(data, x, y, *, mask, annulus, **_):
+    """``annulus_sky`` in ``annulus = (r_in, r_out)``."""
+    return annulus_sky(data, x, y, r_in=annulus[0], r_out=annulus[1], mask=mask)
+
+
+def radial_estimator(data, x, y, *, region, box, **options):
+    """``radial_sky`` with the other options: the profile fit, the annulus where it fails."""
+    return radial_sky(data, x, y, **options)
+
+
+def mesh_estimator(data, x, y, *, mask, box, **_):
+    """``mesh_sky`` with boxes of side ``box``."""
     return mesh_sky(data, x, y, box=box, mask=mask)
 
 

@@ -63,11 +63,7 @@ def service_state(ledger, service=None):
         }
         for m in ledger.masters()
     ]
-    waiting = [
-        {"file": r.relpath, "reason": r.last_error}
-        for r in ledger.pending()
-        if r.wait == "calibration"
-    ]
+    waiting = [{"file": r.relpath, "reason": r.last_error} for r in ledger.frames(state="waiting")]
     failures = [
         {"id": r.id, "file": r.relpath, "state": r.state, "reason": r.last_error}
         for r in ledger.failures()
@@ -151,6 +147,11 @@ def chart_position(x, y, shape):
     return [round(cx / width, 5), round(cy / (height + TITLE_HEIGHT), 5)]
 
 
+def _first_set(*values):
+    """The first of ``values`` that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)
+
+
 def light_record(frame, rows, *, reduction_id, masters, airmass=None, quicklook=None):
     """One reduced light as the page lists it.
 
@@ -166,13 +167,13 @@ def light_record(frame, rows, *, reduction_id, masters, airmass=None, quicklook=
             "reduction": reduction_id,
             "file": frame.relpath,
             "night": frame.night,
-            "object": info.get("object", first.get("object")),
-            "filter": info.get("filter", first.get("filter")),
-            "exptime": info.get("exptime", first.get("exptime")),
-            "fwhm": info.get("fwhm"),
+            "object": _first_set(info.object, first.get("object")),
+            "filter": _first_set(info.filter, first.get("filter")),
+            "exptime": _first_set(info.exptime, first.get("exptime")),
+            "fwhm": info.fwhm,
             "sky": float(np.median(sky)) if sky else None,
             "n_stars": len(rows),
-            "calib": info.get("calib"),
+            "calib": info.calib,
             "masters": masters,
             "latency": frame.latency,
             "finished": frame.finished,
