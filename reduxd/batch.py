@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -392,6 +393,7 @@ def run(args):
         except executors.ExecutorError as exc:
             print(f"reduxd reduce: error: {exc}", file=sys.stderr)
             return EXIT_UNUSABLE
+        config = uncalibrated_if_no_calibration(config, cal, lights, ledger, roots)
         announce(workers, plans)
         pool = workers.pool
         recover_interrupted(ledger, max_tries=config.watch.max_tries)
@@ -432,6 +434,30 @@ def run(args):
         file=sys.stderr,
     )
     return EXIT_NOTHING
+
+
+def uncalibrated_if_no_calibration(config, cal, lights, ledger, roots):
+    """The run's config: with ``force`` when there is nothing to calibrate with at all.
+
+    A camera that never takes calibration frames (no bias, dark or flat under the
+    data and calibration folders, no master in the ledger) has nothing to wait
+    for: its lights are measured uncalibrated, as with ``--force``, and one warning
+    says so. A night with some calibration frames keeps the policy: a light
+    missing its dark or flat is refused, naming ``--force``, ``--no-dark`` and
+    ``--no-flat``.
+    """
+    c = config.calibration
+    if c.force or not lights or any(info for *_, info in cal) or ledger.masters(status=None):
+        return config
+    log.warning(
+        "no_calibration_frames",
+        reason="no bias, dark or flat found and no master in the ledger: "
+        "the lights are measured uncalibrated, as with --force "
+        "(give -C FOLDER to calibrate; --force, --no-dark or --no-flat silence this)",
+        folders=[str(Path(r)) for r in roots],
+        lights=len(lights),
+    )
+    return replace(config, calibration=replace(c, force=True))
 
 
 def run_log_name(now=None):

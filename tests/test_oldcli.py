@@ -96,12 +96,22 @@ def test_missing_datadir_says_so(tmp_path):
     assert "no -D/--datadir given" in err
 
 
-def test_lights_only_names_the_flags_and_logs_once(night):
-    shutil.rmtree(night / "calibration")
-    proc = run_reduxd("reduce -D pg2213 -O analysis", cwd=night)
+def test_missing_flats_name_the_flags_and_log_once(night):
+    shutil.rmtree(night / "calibration" / "flats")
+    proc = run_reduxd("reduce -D pg2213 -C calibration -O analysis", cwd=night)
     text = proc.stdout + proc.stderr
     assert "--force, --no-dark or --no-flat" in text
     waiting = [line for line in proc.stdout.splitlines() if "light_waiting" in line]
     assert len(waiting) == 12, waiting  # one line per light, not two
     with Ledger(night / "analysis" / "reduxd.sqlite") as ledger:
         assert len(ledger.pending()) == 12
+
+
+def test_lights_only_are_measured_uncalibrated_with_one_warning(night):
+    shutil.rmtree(night / "calibration")
+    proc = ok(run_reduxd("reduce -D pg2213 -O analysis", cwd=night))
+    warned = [line for line in proc.stdout.splitlines() if "no_calibration_frames" in line]
+    assert len(warned) == 1 and "--force, --no-dark or --no-flat" in warned[0]
+    assert "light_waiting" not in proc.stdout
+    assert summary(night / "analysis")["reduced"] == 12
+    assert set(phot(night / "analysis")["calib"]) == {"none"}
