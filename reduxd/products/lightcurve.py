@@ -167,6 +167,11 @@ def field_table(rows):
         xy = [r.get("target_xy") or (math.nan, math.nan) for r in rows]
         table["target_x"] = np.array([v[0] for v in xy], dtype=np.float64)
         table["target_y"] = np.array([v[1] for v in xy], dtype=np.float64)
+    detectors = sorted({tuple(r["detector"]) for r in rows if r.get("detector")})
+    if detectors:
+        table.meta["detector"] = [
+            {"gain_e_per_adu": g, "read_noise_e": n, "source": s} for g, n, s in detectors
+        ]
     sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
@@ -1147,10 +1152,12 @@ def build_lightcurve(
     with no comparisons they are chosen by :func:`select_ensemble`. With
     multi-aperture rows the radius is chosen by :func:`choose_aperture`. The
     table's meta holds ``target_id`` (or None), ``comparison_ids``,
-    ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
-    ``check_chi2``. ``per_star=False`` leaves out the ``mag_<id>, err_<id>,
-    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them;
-    nor does :func:`write_lightcurve`: the photometry table has them in long format).
+    ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture``,
+    ``check_chi2`` and, from :func:`field_table`, ``detector`` (the gain and read
+    noise behind the errors, with their source). ``per_star=False`` leaves out the
+    ``mag_<id>, err_<id>, flags_<id>`` columns (the web page, which rebuilds curves
+    often, does not show them; nor does :func:`write_lightcurve`: the photometry table
+    has them in long format).
     """
     grid = _grid(table)
     if radec is not None:
@@ -1177,6 +1184,8 @@ def build_lightcurve(
         out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
         out.meta["comparison_typical_err"] = [float(v) for v in _typical(rel_err, use)]
     out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
+    if isinstance(table, Table) and "detector" in table.meta:  # gain, read noise, their source
+        out.meta["detector"] = table.meta["detector"]
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
     out.meta["ensemble"] = (
         "inverse-variance weighted mean of the comparisons' rates relative to their medians, "
