@@ -994,13 +994,13 @@ class BareNight:
     exptime: float = 60.0
     cadence_s: float = 75.0
     start: str = "2024-03-10T02:00:00"
-    gain_e_per_adu: float = 3.0
+    gain_e_per_adu: float = 5.0
     read_noise_e: float = 9.0
     bias_adu: float = 100.0
-    sky_e_per_s: float = 2.0
+    sky_e_per_s: float = 3.5
     target_xy: tuple[float, float] = (430.0, 300.0)  # first frame, 0-based
-    target_e_per_s: float = 1000.0
-    star_flux_min: float = 7.0  # e-/s, faintest field star
+    target_e_per_s: float = 1700.0  # its peak near half the ADC range
+    star_flux_min: float = 12.0  # e-/s, faintest field star
     star_flux_slope: float = 0.7  # N(>f) ~ f**-slope; a dozen stars clip at 4095
     drift_px: tuple[float, float] = (-250.0, -125.0)  # (dx, dy) first to last light
     rotation_deg: float = 0.6
@@ -1013,7 +1013,7 @@ class BareNight:
     cosmic_rays_per_frame: float = 3.0
     transit: Transit = field(
         default_factory=lambda: Transit(
-            depth=0.0239, mid_frac=0.5, duration_frac=0.45, ingress_frac=0.12, flux_e_per_s=1000.0
+            depth=0.0239, mid_frac=0.5, duration_frac=0.45, ingress_frac=0.12, flux_e_per_s=1700.0
         )
     )
     seed: int = 7

@@ -1,12 +1,14 @@
 """Sharp outliers in a light: cosmic rays, and hot pixels no dark removed (pure).
 
-A star spreads its light over a few pixels (FWHM >= 1.5 px): its peak pixel is at
-most ~4 times the median of its 8 neighbours above the sky. A cosmic ray or a hot
-pixel is a single bright pixel (or a thin track) on the sky. A pixel is *sharp*
-when it is the highest (or tied) of its 3 x 3 box, stands more than ``nsigma`` sky sigmas
+A star spreads its light over a few pixels (FWHM >= 1.5 px): above the sky, its
+peak pixel is at most ~2.7 times its second-brightest neighbour (centred on a
+pixel; less when centred on an edge or a corner). A cosmic ray or a hot pixel is
+a single bright pixel (or a thin track) on the sky. A pixel is *sharp* when it is
+the highest (or tied) of its 3 x 3 box, stands more than ``nsigma`` sky sigmas
 above the median of its 8 neighbours, and more than ``ratio`` times higher above
-the sky than that median is (a star's wing pixel is never the highest of its box;
-a track is repaired from its brightest pixel down, in ``passes`` passes).
+the sky than its second-brightest neighbour is (a star's wing pixel is never the
+highest of its box; a two-pixel track has one bright neighbour, a longer one is
+repaired from its ends inwards, in ``passes`` passes).
 Sharp pixels are replaced by that median (the flux of a star they fall on is
 repaired, not lost) and marked ``maskbits.REPAIRED``; their SATURATED bit is
 cleared, so a cosmic ray at the ADC ceiling does not make a star "saturated".
@@ -33,7 +35,7 @@ def _sky(data):
     return level, max(sigma, 1e-6)
 
 
-def sharp_pixels(data, *, nsigma=5.0, ratio=6.0):
+def sharp_pixels(data, *, nsigma=5.0, ratio=4.0):
     """Return ``(iy, ix, replacement)`` of the sharp pixels of ``data`` (border excluded).
 
     Examples
@@ -56,16 +58,17 @@ def sharp_pixels(data, *, nsigma=5.0, ratio=6.0):
         return iy, ix, np.zeros(0, dtype=data.dtype)
     around = np.stack([data[iy + dy, ix + dx] for dy, dx in NEIGHBOURS])
     median = np.median(around, axis=0)
+    ranked = np.sort(around, axis=0)
     value = data[iy, ix]
     sharp = (
-        (value >= around.max(axis=0))  # ties: a track clipped at the ADC ceiling
+        (value >= ranked[-1])  # ties: a track clipped at the ADC ceiling
         & (value - median > nsigma * sigma)
-        & (value - level > ratio * np.maximum(median - level, sigma))
+        & (value - level > ratio * np.maximum(ranked[-2] - level, sigma))
     )
     return iy[sharp], ix[sharp], median[sharp].astype(data.dtype)
 
 
-def repair_sharp(data, mask, *, nsigma=5.0, ratio=6.0, passes=3):
+def repair_sharp(data, mask, *, nsigma=5.0, ratio=4.0, passes=4):
     """Return ``(data, mask, n)``: sharp pixels replaced and marked (new arrays when n > 0).
 
     The mask's SATURATED bit is cleared on the repaired pixels and REPAIRED set.

@@ -25,7 +25,7 @@ MIN_FRAMES = 4  # fewer darks cannot tell a flicker from a cosmic ray
 BAND_ROWS = 128
 
 
-def unstable_pixels(layouts, *, nsigma=8.0, gain=1.0, band_rows=BAND_ROWS):
+def unstable_pixels(layouts, *, nsigma=6.0, gain=1.0, band_rows=BAND_ROWS):
     """Return a boolean mask of the unstable pixels of a set of darks (None: too few frames).
 
     Parameters
@@ -33,7 +33,9 @@ def unstable_pixels(layouts, *, nsigma=8.0, gain=1.0, band_rows=BAND_ROWS):
     layouts : sequence of reduxd.fitsio.FitsLayout
         Darks (or biases) of one exposure, same shape.
     nsigma : float
-        Threshold in units of the expected noise of the pixel.
+        Threshold in units of the expected noise of the pixel. A pixel that spends
+        half the frames at each of two levels deviates by half the step, so steps
+        above ``2 x nsigma`` sigmas are found.
     gain : float
         e-/ADU for the Poisson noise of warm pixels. 1 when unknown: cameras with
         fewer e-/ADU make that noise larger in ADU, so a larger ``nsigma`` guards
