@@ -94,8 +94,21 @@ def _frame_fwhm(fwhm, flux, fallback):
     return float(np.median(fwhm[good][np.argsort(-flux[good])][:50]))
 
 
-def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
-    radii = _radii(params, frame_fwhm)
+def _aperture_fwhm(reference, frame_fwhm):
+    """The FWHM the apertures scale with: the field's, fixed at its first frame.
+
+    Radii that follow each frame's seeing would take in more or less of the
+    neighbours' light as the seeing changes, a trend the comparisons do not share
+    with the target; with radii fixed per field, the fraction of a star's light
+    in the aperture changes with the seeing alike for every star.
+    """
+    if reference is not None and reference.aperture_fwhm > 0:
+        return reference.aperture_fwhm
+    return frame_fwhm
+
+
+def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale_fwhm):
+    radii = _radii(params, frame_fwhm if params.radius_fwhm > 0 else scale_fwhm)
     radius = radii[0]
     guess = np.where(np.isfinite(fwhm), fwhm, frame_fwhm)
     estimate = sky.estimate_sky(
@@ -181,8 +194,9 @@ def _first_frame(data, mask, exptime, params, reference):
         box=params.mesh_box,
     )
     frame_fwhm = found.frame_fwhm
+    scale = _aperture_fwhm(reference, frame_fwhm)
     table, estimate, radius, apertures = _measure_stars(
-        data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm
+        data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm, scale
     )
     base = FieldReference.empty() if reference is None else reference
     flux = np.asarray(table["flux"])
@@ -204,7 +218,7 @@ def _first_frame(data, mask, exptime, params, reference):
     else:
         ref = base.extend(found.x, found.y, flux)
         ids = ref.star_id
-    ref = replace(ref, fwhm=frame_fwhm)
+    ref = replace(ref, fwhm=frame_fwhm, aperture_fwhm=scale)
     table = _finish(table, ids, found.fwhm, frame_fwhm, radius, params, found.blend)
     n_new = len(ref) - len(base)
     cards = _cards(params, radius, frame_fwhm, offset, table, estimate, n_new, votes)
@@ -340,13 +354,14 @@ def _next_frame(data, mask, exptime, params, reference):
         data, mask, params, peaks, reference.x + dx, reference.y + dy, frame_fwhm
     )
     x, y, fwhm = np.r_[x, new_x], np.r_[y, new_y], np.r_[fwhm, new_fwhm]
+    scale = _aperture_fwhm(reference, frame_fwhm)
     table, estimate, radius, apertures = _measure_stars(
-        data, mask, exptime, params, x, y, fwhm, frame_fwhm
+        data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale
     )
     n_new = new_x.size
     ref = reference.extend(new_x - dx, new_y - dy, np.asarray(table["flux"])[x.size - n_new :])
     ids = np.r_[ids, ref.star_id[len(reference) :]]
-    ref = replace(ref, fwhm=frame_fwhm)
+    ref = replace(ref, fwhm=frame_fwhm, aperture_fwhm=scale)
     table = _finish(table, ids, fwhm, frame_fwhm, radius, params)
     lost = np.r_[~ok, np.zeros(n_new, bool)]
     table["flags"][lost] |= Flag.NOT_RECENTRED
