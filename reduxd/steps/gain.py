@@ -282,7 +282,7 @@ def choose_detector(*, entry=None, header=None, measured=None, default=(1.0, 5.0
     Examples
     --------
     >>> choose_detector().source
-    'assumed (no camera entry, no gain card, no flat pairs)'
+    'assumed: no entry, card or flat pairs'
     >>> choose_detector(measured=Detector(1.33, 15.9, 'photon transfer from 2 flat pairs'))
     Detector(gain=1.33, read_noise=15.9, source='photon transfer from 2 flat pairs')
     """
@@ -299,4 +299,4 @@ def choose_detector(*, entry=None, header=None, measured=None, default=(1.0, 5.0
     if measured is not None:
         noise = measured.read_noise if math.isfinite(measured.read_noise) else default[1]
         return Detector(measured.gain, noise, measured.source)
-    return Detector(*default, "assumed (no camera entry, no gain card, no flat pairs)")
+    return Detector(*default, "assumed: no entry, card or flat pairs")
