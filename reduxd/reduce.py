@@ -42,7 +42,7 @@ def detector_cards(detector):
     return [
         ("RDXGAIN", round(float(detector.gain), 4), "[e-/adu] gain used for the errors"),
         ("RDXRDNS", round(float(detector.read_noise), 3), "[e-] read noise used for the errors"),
-        ("RDXGAINS", detector.source, "source of RDXGAIN and RDXRDNS"),
+        ("RDXGAINS", detector.source, "source of RDXGAIN, RDXRDNS"),
     ]
 
 
@@ -172,7 +172,7 @@ def calibrate(raw, info, plan, *, cache, config, camera):
     cards = [("RDXSATSR", source, "where RDXSATUR comes from")]
     if result.dark_mode in ("none", "bias"):
         data, mask, n = repair_sharp(result.data, result.mask)
-        cards.append(("RDXNSHRP", n, "sharp pixels (cosmic ray, hot) repaired, no dark"))
+        cards.append(("RDXNSHRP", n, "sharp pixels repaired (no dark)"))
         result = dataclasses.replace(result, data=data, mask=mask)
     return dataclasses.replace(result, cards=(*result.cards, *cards))
 
