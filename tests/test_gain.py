@@ -12,6 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from reduxd import maskbits
 from reduxd.steps.gain import photon_transfer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +136,9 @@ def test_arcsat_gain_measured_when_the_camera_is_unknown(arcsat_dir, tmp_path):
     assert detector["source"] == fits.getheader(reduced[0])["RDXGAINS"]
     output = run.stdout + run.stderr
     assert output.count("camera_unknown") == 1 and "photon transfer" in output
+    # the dark set's unstable pixels (1 on this night) are bad in every reduced light's mask
+    unstable = np.argwhere(fits.getdata(dark, "UNSTABLE"))
+    assert len(unstable) == fits.getval(dark, "RDXNUNST") >= 1
+    for path in reduced:
+        mask = fits.getdata(path, "MASK")
+        assert all(mask[y, x] & maskbits.BAD for y, x in unstable)
