@@ -626,7 +626,9 @@ def measured_variances(grid, columns):
     of their ratio is measured (the same for i/j and j/i). For independent noise
     ``s_ij**2 = var_i + var_j``; the variances are the least-squares solution of
     those ``N (N - 1) / 2`` equations, each weighted by ``1 / s_ij**2``, never
-    below half of each star's reported variance. Reported errors of bright stars
+    below each star's reported variance (the CCD-equation errors are honest or
+    low, issue 10's check: a star measured quieter than its photon, sky and read
+    noise is an estimate's noise). Reported errors of bright stars
     miss the noise floor (scintillation, flat-field), so weights from them alone
     put too much on the brightest star. The earlier estimate (each star against
     the weighted ensemble of the others, iterated) did not converge when two
@@ -656,7 +658,7 @@ def measured_variances(grid, columns):
         return reported
     design, s2 = np.array(design), np.array(s2)
     var = np.linalg.lstsq(design / s2[:, None], np.ones(len(s2)), rcond=None)[0]
-    return np.maximum(np.where(np.isfinite(var), var, reported), 0.5 * reported)
+    return np.maximum(np.where(np.isfinite(var), var, reported), reported)
 
 
 def ensemble_weights(grid, columns):
@@ -1143,6 +1145,21 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
     return trials[best][1], trials[best][2], scatter
 
 
+def _rounded(weights):
+    """Weights rounded to 6 decimals, the largest taking the rounding so they still sum to 1.
+
+    Examples
+    --------
+    >>> sum(_rounded([1 / 3, 1 / 3, 1 / 3])) == 1.0
+    True
+    """
+    out = [round(float(w), 6) for w in weights]
+    if out:
+        k = max(range(len(out)), key=out.__getitem__)
+        out[k] = round(out[k] + 1.0 - math.fsum(out), 6)
+    return out
+
+
 def build_lightcurve(
     table, *, target=None, comparisons=(), n_comparisons=10, radec=None, per_star=True
 ):
@@ -1178,7 +1195,7 @@ def build_lightcurve(
         _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
-    out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
+    out.meta["comparison_weights"] = _rounded(ens.weights)
     if comparison_ids:
         _, rel_err, use, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
         out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)

@@ -24,7 +24,7 @@ class FieldReference:
     flux: np.ndarray
     next_id: int
     fwhm: float = 0.0  # FWHM (pixels) of the latest frame, a starting guess; 0 = unknown
-    aperture_fwhm: float = 0.0  # FWHM the field's apertures scale with (its first frame's)
+    aperture_fwhm: float = 0.0  # crowded field: its first frame's FWHM, radii fixed; 0: follow
 
     def to_dict(self):
         """Plain lists and ints, for JSON.
