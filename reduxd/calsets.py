@@ -13,6 +13,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from astropy.io import fits
+
 from reduxd.errors import (
     FrameIncomplete,
     FrameRejected,
@@ -26,7 +29,9 @@ from reduxd.frames import classify, normalise_filter
 from reduxd.log import get_logger
 from reduxd.products.fitsout import read_master, write_master
 from reduxd.products.naming import gain_label, safe_name, value_word
+from reduxd.steps import gain as steps_gain
 from reduxd.steps import masters as steps_masters
+from reduxd.steps import unstable as steps_unstable
 from reduxd.steps.select import calibration_plan, select_master
 
 CALIBRATION_KINDS = ("bias", "dark", "flat")
@@ -60,17 +65,29 @@ def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None
 
     ``kind`` 'bias' gives a master bias; 'dark' a master dark, and its dark
     current when ``bias`` is given; 'flat' a master flat. Module level and with
-    plain arguments, so that a worker process runs it.
+    plain arguments, so that a worker process runs it. The set's detector
+    measurements go on its masters (:func:`measure_set`).
     """
     if kind == "bias":
-        return [steps_masters.make_bias(layouts, **opts)]
+        return [measure_set(kind, layouts, steps_masters.make_bias(layouts, **opts))]
     if kind == "dark":
-        made = steps_masters.make_dark(layouts, **opts)
+        made = measure_set(kind, layouts, steps_masters.make_dark(layouts, **opts))
         return [made] if bias is None else [made, steps_masters.make_dark_current(made, bias)]
     flat = steps_masters.make_flat(
         layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale, **opts
     )
-    return [flat]
+    cards = steps_gain.flat_gain_cards(layouts, dark=dark, bias=bias, dark_current=dark_current)
+    return [dataclasses.replace(flat, cards=(*flat.cards, *cards))]
+
+
+def measure_set(kind, layouts, master):
+    """``master`` with its set's read noise (biases, darks) and unstable pixels (darks)."""
+    frames = [lay for _info, lay in layouts]
+    cards = steps_gain.read_noise_cards(frames, kind)
+    unstable = steps_unstable.unstable_pixels(frames) if kind == "dark" else None
+    if unstable is not None:
+        cards.append(("RDXNUNST", int(unstable.sum()), "unstable pixels (extension UNSTABLE)"))
+    return dataclasses.replace(master, cards=(*master.cards, *cards), unstable=unstable)
 
 
 class Calibrations:
@@ -99,6 +116,7 @@ class Calibrations:
         self._masters = None
         self._built = {}
         self._bpm = {}
+        self._detectors = {}
         self._skips_logged = set()
         self.restore_sets()
 
@@ -405,6 +423,7 @@ class Calibrations:
         self._masters = None
         self._built.clear()
         self._bpm.clear()
+        self._detectors.clear()
         self.restore_sets()
         return gone
 
@@ -444,7 +463,17 @@ class Calibrations:
         plan = self.best(info)
         if not plan.ok:
             raise MissingCalibration(rel, plan.reason)
-        return self._with_bad_pixels(plan, info)
+        return self._with_detector(self._with_bad_pixels(plan, info))
+
+    def _with_detector(self, plan):
+        """``plan`` with the gain its master flat measured (photon transfer), if any."""
+        if plan.flat is None:
+            return plan
+        key = (plan.flat.path, plan.flat.checksum)
+        if key not in self._detectors:
+            header = fits.getheader(plan.flat.path)
+            self._detectors[key] = steps_gain.measured_detector(header)
+        return dataclasses.replace(plan, detector=self._detectors[key])
 
     def _with_bad_pixels(self, plan, info):
         cal = self.config.calibration
@@ -460,14 +489,24 @@ class Calibrations:
         key = (dc.id if dc else None, plan.flat.id if plan.flat else None)
         if key == (None, None):
             return plan
+        key += (plan.dark.id if plan.dark else None,)
         if key not in self._bpm:
             self._bpm[key] = steps_masters.bad_pixel_mask(
                 dark_current=self.cache.get(dc),
                 flat=self.cache.get(plan.flat),
                 hot_sigma=cal.hot_sigma,
                 low_flat=cal.low_flat,
+                unstable=unstable_of(plan.dark) if plan.dark else unstable_of(dc),
             )
         return dataclasses.replace(plan, bad_pixels=self._bpm[key])
+
+
+def unstable_of(record):
+    """The unstable-pixel mask (bool) a master dark or dark current carries (None: none)."""
+    if record is None:
+        return None
+    with fits.open(record.path, memmap=False) as hdul:
+        return np.asarray(hdul["UNSTABLE"].data, bool) if "UNSTABLE" in hdul else None
 
 
 def master_name(result):

@@ -17,7 +17,10 @@ def field_key(info, relpath):
     """Return the key of a light's field: its OBJECT (or target folder) without filter/exposure.
 
     SharpCap names objects like ``pg2213_V_15s``; the V and R lights of that target
-    are one field, so a trailing ``_<filter>`` or ``_<exposure>s`` is dropped.
+    are one field, so a trailing ``_<filter>`` or ``_<exposure>s`` is dropped. A light
+    with no OBJECT card directly in the data folder is named by its file name
+    without the frame counter or time stamp (``wasp12_0042.fits``: ``wasp12``), so
+    the lights of one sequence make one field, not one field each.
 
     Examples
     --------
@@ -26,11 +29,15 @@ def field_key(info, relpath):
     ...                  None, None, '', None, 'blaze_v_15s', None, None)
     >>> field_key(info, 'blaze/blaze_v_15s/01_51_29/blaze_00001.fits')
     'blaze'
+    >>> bare = FrameInfo('x', 'light', 'default', None, 60.0, None, None, (1, 1), (2, 2),
+    ...                  None, None, '', None, None, None, None)
+    >>> field_key(bare, 'WASP-12_20240310_021500.fits'), field_key(bare, 'light_017.fits')
+    ('WASP-12', 'light')
     """
     name = info.object
     if not name:
         parts = Path(relpath).parts
-        name = parts[0] if len(parts) > 1 else Path(relpath).stem
+        name = parts[0] if len(parts) > 1 else _without_counter(Path(relpath).stem)
     tokens = name.split("_")
     while len(tokens) > 1 and (
         tokens[-1].lower() == (info.filter or "").lower()
@@ -38,6 +45,17 @@ def field_key(info, relpath):
     ):
         tokens.pop()
     return "_".join(tokens)
+
+
+def _without_counter(stem):
+    """``stem`` without trailing groups of a separator and 3 or more digits ('field' if empty)."""
+    name = stem
+    while True:
+        shorter = re.sub(r"[_\-. ]\d{3,}$", "", name)
+        if shorter == name or not shorter:
+            break
+        name = shorter
+    return name if not re.fullmatch(r"\d*", name) else "field"
 
 
 class Fields:

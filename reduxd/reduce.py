@@ -28,41 +28,64 @@ from reduxd.products.regions import write_regions
 from reduxd.schema import STAR_NAMES, column
 from reduxd.steps.calibrate import calibrate_light
 from reduxd.steps.saturation import saturation
+from reduxd.steps.sharp import repair_sharp
 
 log = get_logger("reduxd.reduce")
 _UNKNOWN_CAMERAS = set()  # (instrument, gain) already warned about in this process
 
 
-def detector_cards(config, camera):
-    """FITS cards: the gain and read noise used for the errors, and where they came from."""
-    known = any(camera is entry for entry in config.calibration.cameras)
-    source = "camera entry" if known else "assumed: no camera entry"
+def detector_cards(detector):
+    """FITS cards: the gain and read noise used for the errors, and where they came from.
+
+    ``detector`` is a :class:`reduxd.steps.gain.Detector`.
+    """
     return [
-        ("RDXGAIN", float(camera.gain_e_per_adu), "[e-/adu] gain used for the errors"),
-        ("RDXRDNS", float(camera.read_noise_e), "[e-] read noise used for the errors"),
-        ("RDXGAINS", source, "source of RDXGAIN and RDXRDNS"),
+        ("RDXGAIN", round(float(detector.gain), 4), "[e-/adu] gain used for the errors"),
+        ("RDXRDNS", round(float(detector.read_noise), 3), "[e-] read noise used for the errors"),
+        ("RDXGAINS", detector.source, "source of RDXGAIN, RDXRDNS"),
     ]
 
 
-def camera_for(config, info):
-    """Return the camera entry of a frame; warn once per process when none matches."""
+def detector_for(config, info, header=None, measured=None):
+    """Return ``(camera, detector)`` of a light: its camera entry with the gain and read
+    noise :func:`reduxd.steps.gain.choose_detector` picks, and that choice.
+
+    ``measured``: the :class:`~reduxd.steps.gain.Detector` of the light's master flat
+    (photon transfer), if any. With no camera entry, one warning per process and
+    camera names what was assumed.
+    """
+    from reduxd.steps.gain import choose_detector
+
     camera = config.camera(info.instrument, info.gain)
-    if any(camera is entry for entry in config.calibration.cameras):
-        return camera
+    known = any(camera is entry for entry in config.calibration.cameras)
+    detector = choose_detector(
+        entry=camera if known else None,
+        header=header,
+        measured=measured,
+        default=(camera.gain_e_per_adu, camera.read_noise_e),
+    )
     key = (info.instrument, info.gain)
-    if key not in _UNKNOWN_CAMERAS:
+    if not known and key not in _UNKNOWN_CAMERAS:
         _UNKNOWN_CAMERAS.add(key)
         log.warning(
             "camera_unknown",
             instrument=info.instrument,
             gain=info.gain,
             assumed=(
-                f"no [[calibration.cameras]] entry matches: gain {camera.gain_e_per_adu} "
-                f"e-/ADU, read noise {camera.read_noise_e} e-, saturation from SATURATE/"
-                "DATAMAX, else the data's ADC ceiling, else the file type (x 0.95)"
+                f"no [[calibration.cameras]] entry matches: gain {detector.gain:.4g} e-/ADU, "
+                f"read noise {detector.read_noise:.4g} e- ({detector.source}); saturation "
+                "from SATURATE/DATAMAX, else the data's ADC ceiling, else the file type (x 0.95)"
             ),
         )
-    return camera
+    camera = dataclasses.replace(
+        camera, gain_e_per_adu=detector.gain, read_noise_e=detector.read_noise
+    )
+    return camera, detector
+
+
+def camera_for(config, info, header=None, measured=None):
+    """Return the camera of a light, gain and read noise as :func:`detector_for` chooses them."""
+    return detector_for(config, info, header, measured)[0]
 
 
 @dataclass(frozen=True)
@@ -126,7 +149,9 @@ def calibrate(raw, info, plan, *, cache, config, camera):
     """Calibrate a raw light following ``plan`` (masters loaded through ``cache``).
 
     The saturation level comes from :func:`reduxd.steps.saturation.saturation`;
-    its source is the ``RDXSATSR`` card.
+    its source is the ``RDXSATSR`` card. A light from which no dark was
+    subtracted keeps its hot pixels: its sharp outliers (those and cosmic rays)
+    are repaired (:func:`reduxd.steps.sharp.repair_sharp`, card ``RDXNSHRP``).
     """
     cal = config.calibration
     level, source = saturation(raw.header, camera, raw.data)
@@ -144,8 +169,12 @@ def calibrate(raw, info, plan, *, cache, config, camera):
         force=cal.force,
         sources=plan.sources(),
     )
-    card = ("RDXSATSR", source, "where RDXSATUR comes from")
-    return dataclasses.replace(result, cards=(*result.cards, card))
+    cards = [("RDXSATSR", source, "where RDXSATUR comes from")]
+    if result.dark_mode in ("none", "bias"):
+        data, mask, n = repair_sharp(result.data, result.mask)
+        cards.append(("RDXNSHRP", n, "sharp pixels repaired (no dark)"))
+        result = dataclasses.replace(result, data=data, mask=mask)
+    return dataclasses.replace(result, cards=(*result.cards, *cards))
 
 
 def frame_place(header, config):
@@ -230,7 +259,8 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
     ]
 
 
-def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath, field=None):
+def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath, field=None,
+                 detector=None):  # fmt: skip
     """Calibrate and measure one light; return a :class:`LightResult` (nothing written).
 
     Parameters
@@ -249,10 +279,16 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         For the contract rows.
     field : str, optional
         The light's field (the ``object`` column); default :func:`reduxd.fields.field_key`.
+    detector : reduxd.steps.gain.Detector, optional
+        Where ``camera``'s gain and read noise came from (:func:`detector_for`);
+        default: said to be the camera entry's.
     """
+    from reduxd.steps.gain import choose_detector
     from reduxd.steps.photometry import photometer  # see LIGHT_MODULES
     from reduxd.steps.times import time_cards
 
+    if detector is None:
+        detector = choose_detector(entry=camera)
     cal = calibrate(raw, info, plan, cache=cache, config=config, camera=camera)
     params = phot_params(config, camera)
     phot = photometer(
@@ -269,7 +305,11 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         calib=label,
         radius=phot.radius,
         apertures=phot.apertures,
-        place={**frame_place(raw.header, config), **target_pixel(raw.header, config, obj)},
+        place={
+            **frame_place(raw.header, config),
+            **target_pixel(raw.header, config, obj),
+            "detector": [detector.gain, detector.read_noise, detector.source],
+        },
     )
     header = raw.header
     source = [
@@ -277,7 +317,7 @@ def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, re
         ("RAWSHA1", raw.checksum, "SHA-1 of the raw file"),
     ]
     cards = source + list(cal.cards) + list(phot.cards) + time_cards(info, raw.header)
-    cards += detector_cards(config, camera)
+    cards += detector_cards(detector)
     return LightResult(cal.data, cal.mask, header, cards, phot, rows, label)
 
 
@@ -368,17 +408,19 @@ def compute_light(path, rel, info, plan, reference, config, *, night, field, dur
     after the products are written (a light the ledger calls done has them).
     """
     raw = read_light(path, config) if raw is None else raw
+    camera, detector = detector_for(config, info, raw.header, plan.detector)
     result = reduce_light(
         raw,
         info,
         plan,
         cache=_WORKER_CACHE if cache is None else cache,
         config=config,
-        camera=camera_for(config, info),
+        camera=camera,
         reference=reference,
         night=night,
         relpath=rel,
         field=field,
+        detector=detector,
     )
     write_products(config.paths.outdir, rel, result, config.output, durable=durable)
     return measured(result, raw.checksum)

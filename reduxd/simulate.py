@@ -992,6 +992,157 @@ def simulate_night(
     return night.truth
 
 
+# ------------------------------------------------- a night of the held-out class
+
+
+@dataclass(frozen=True)
+class BareNight:
+    """A night from a bare 12-bit camera: lights only, a header with almost nothing.
+
+    The class of issue 10's held-out night: 12-bit ADC stored as BITPIX 16 with no
+    BZERO and no SATURATE card (bright stars clip at 4095), no calibration frames,
+    no IMAGETYP, OBJECT or INSTRUME card; the field drifts ~280 px and rotates 0.6
+    degrees about the frame centre over the night; a transit on the target (star 0).
+    Uncorrected detector effects stay in the lights: bias pedestal, warm pixels,
+    mild vignetting and pixel response non-uniformity, cosmic rays.
+    """
+
+    n_lights: int = 142
+    shape: tuple[int, int] = (500, 650)  # (ny, nx)
+    n_stars: int = 800  # over the sky area the frames cover, target included
+    exptime: float = 60.0
+    cadence_s: float = 75.0
+    start: str = "2024-03-10T02:00:00"
+    gain_e_per_adu: float = 5.0
+    read_noise_e: float = 9.0
+    bias_adu: float = 100.0
+    sky_e_per_s: float = 3.5
+    target_xy: tuple[float, float] = (430.0, 300.0)  # first frame, 0-based
+    target_e_per_s: float = 1700.0  # its peak near half the ADC range
+    star_flux_min: float = 12.0  # e-/s, faintest field star
+    star_flux_slope: float = 0.7  # N(>f) ~ f**-slope; a dozen stars clip at 4095
+    drift_px: tuple[float, float] = (-250.0, -125.0)  # (dx, dy) first to last light
+    rotation_deg: float = 0.6
+    jitter_px: float = 0.6
+    fwhm_range: tuple[float, float] = (2.4, 3.6)  # seeing wanders between these
+    transparency_rms: float = 0.01
+    vignetting: float = 0.01  # fractional loss in the corners
+    prnu: float = 0.003
+    n_warm: int = 60
+    cosmic_rays_per_frame: float = 3.0
+    transit: Transit = field(
+        default_factory=lambda: Transit(
+            depth=0.0239, mid_frac=0.5, duration_frac=0.45, ingress_frac=0.12, flux_e_per_s=1700.0
+        )
+    )
+    seed: int = 7
+
+    @property
+    def saturation_adu(self):
+        return 4095
+
+
+def _bare_stars(spec, rng):
+    """Sky positions (first-frame pixels) and e-/s of the target (0) and the field stars."""
+    ny, nx = spec.shape
+    dx, dy = spec.drift_px
+    pad = 20.0
+    x0, x1 = min(0.0, -dx) - pad, nx + max(0.0, -dx) + pad
+    y0, y1 = min(0.0, -dy) - pad, ny + max(0.0, -dy) + pad
+    n = spec.n_stars - 1
+    x = rng.uniform(x0, x1, n)
+    y = rng.uniform(y0, y1, n)
+    flux = spec.star_flux_min * rng.uniform(0, 1, n) ** (-1.0 / spec.star_flux_slope)
+    flux = np.minimum(flux, 400.0 * spec.target_e_per_s)
+    tx, ty = spec.target_xy
+    far = np.hypot(x - tx, y - ty) > 12.0  # the target is not blended
+    x, y, flux = x[far], y[far], flux[far]
+    return (np.concatenate([[tx], x]), np.concatenate([[ty], y]),
+            np.concatenate([[spec.target_e_per_s], flux]))  # fmt: skip
+
+
+def _bare_place(spec, k, x, y, rng):
+    """Pixel positions in light ``k``: the first frame's, rotated about the centre, shifted."""
+    ny, nx = spec.shape
+    frac = k / max(spec.n_lights - 1, 1)
+    angle = math.radians(spec.rotation_deg * frac)
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    c, s = math.cos(angle), math.sin(angle)
+    jx, jy = rng.normal(0.0, spec.jitter_px, 2)
+    px = cx + c * (x - cx) - s * (y - cy) + spec.drift_px[0] * frac + jx
+    py = cy + s * (x - cx) + c * (y - cy) + spec.drift_px[1] * frac + jy
+    return px, py
+
+
+def bare_night(outdir, spec=None):
+    """Write the lights of a :class:`BareNight` into ``outdir``; return the truth dict.
+
+    Files are ``outdir/light_NNN.fits`` (int16, BITPIX 16, no BZERO) with only
+    ``EXPTIME`` and ``DATE-OBS`` (UTC) besides the structural cards. The truth has
+    per light the transit's relative flux of the target, its position, the FWHM,
+    the transparency, and which stars have a pixel at 4095.
+    """
+    spec = spec or BareNight()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    ny, nx = spec.shape
+    x, y, flux = _bare_stars(spec, rng)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    r2 = ((xx - nx / 2) ** 2 + (yy - ny / 2) ** 2) / ((nx / 2) ** 2 + (ny / 2) ** 2)
+    response = (1.0 - spec.vignetting * r2) * (1.0 + spec.prnu * rng.standard_normal((ny, nx)))
+    warm = np.zeros((ny, nx))
+    warm.flat[rng.choice(ny * nx, spec.n_warm, replace=False)] = rng.uniform(5, 200, spec.n_warm)
+    start = datetime.fromisoformat(spec.start).replace(tzinfo=UTC)
+    t = spec.transit
+    n = spec.n_lights
+    phase = (np.arange(n) + 0.5) / n  # mid-exposure as a fraction of the sequence
+    rel = _trapezoid(phase, t.mid_frac, t.duration_frac, t.ingress_frac * t.duration_frac,
+                     t.depth)  # fmt: skip
+    seeing = np.interp(np.sin(np.linspace(0, 3 * math.pi, n)), [-1, 1], spec.fwhm_range)
+    truth = {"spec": _jsonable(asdict(spec)), "lights": []}
+    for k in range(n):
+        frame_rng = np.random.default_rng((spec.seed, k))
+        px, py = _bare_place(spec, k, x, y, frame_rng)
+        fwhm = float(seeing[k] * (1 + 0.03 * frame_rng.standard_normal()))
+        clear = float(1 + spec.transparency_rms * frame_rng.standard_normal())
+        rates = flux * clear
+        rates[0] *= rel[k]
+        inside = (px > -15) & (px < nx + 15) & (py > -15) & (py < ny + 15)
+        stars = render_stars((ny, nx), px[inside], py[inside], rates[inside] * spec.exptime, fwhm)
+        electrons = (stars + spec.sky_e_per_s * clear * spec.exptime) * response
+        electrons += warm * spec.exptime
+        noisy = add_ccd_noise(electrons, read_noise_e=spec.read_noise_e, rng=frame_rng)
+        for _ in range(frame_rng.poisson(spec.cosmic_rays_per_frame)):
+            cy_, cx_ = frame_rng.integers(0, ny), frame_rng.integers(0, nx - 3)
+            noisy[cy_, cx_ : cx_ + frame_rng.integers(1, 4)] += frame_rng.uniform(2000, 20000)
+        adu = np.clip(np.round(noisy / spec.gain_e_per_adu + spec.bias_adu), 0, 4095)
+        data = adu.astype(np.int16)
+        stamp = start + timedelta(seconds=k * spec.cadence_s)
+        header = fits.Header()
+        header["EXPTIME"] = (spec.exptime, "[s]")
+        header["DATE-OBS"] = (stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3], "UTC start")
+        fits.PrimaryHDU(data, header).writeto(outdir / f"light_{k:03d}.fits", overwrite=True)
+        clipped = sorted({int(i) for i in np.flatnonzero(inside)
+                          if _peak(data, px[i], py[i]) >= 4095})  # fmt: skip
+        truth["lights"].append({
+            "file": f"light_{k:03d}.fits", "rel_flux": float(rel[k]), "fwhm": fwhm,
+            "transparency": clear, "target_xy": [float(px[0]), float(py[0])],
+            "saturated_stars": clipped,
+        })  # fmt: skip
+    truth["stars"] = {"x": x.tolist(), "y": y.tolist(), "e_per_s": flux.tolist()}
+    (outdir / "truth.json").write_text(json.dumps(truth) + "\n")
+    return truth
+
+
+def _peak(data, x, y):
+    """The largest pixel within 2 px of ``(x, y)`` (0 outside the frame)."""
+    ny, nx = data.shape
+    xi, yi = round(float(x)), round(float(y))
+    box = data[max(yi - 2, 0) : max(min(yi + 3, ny), 0), max(xi - 2, 0) : max(min(xi + 3, nx), 0)]
+    return int(box.max()) if box.size else 0
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -17,7 +17,8 @@ from reduxd.fitsio import file_checksum
 from reduxd.frames import normalise_filter, parse_date
 from reduxd.steps.masters import InputFile, MasterResult
 
-_MASK_KEYS = {maskbits.BAD: "MASKBAD", maskbits.SATURATED: "MASKSAT", maskbits.NONFINITE: "MASKNAN"}
+_MASK_KEYS = {maskbits.BAD: "MASKBAD", maskbits.SATURATED: "MASKSAT", maskbits.NONFINITE: "MASKNAN",
+              maskbits.REPAIRED: "MASKFIX"}  # fmt: skip
 
 
 def master_hdul(result):
@@ -37,7 +38,13 @@ def master_hdul(result):
     table = fits.table_to_hdu(result.inputs_table())
     table.name = "INPUTS"
     table.header["COMMENT"] = "the raw frames combined into this master"
-    return fits.HDUList([primary, table])
+    hdus = [primary, table]
+    if result.unstable is not None:
+        image = fits.ImageHDU(result.unstable.astype(np.uint8), name="UNSTABLE")
+        image.header["COMMENT"] = "1: pixel flickers between the darks (bad pixel)"
+        image.header["RDXNUNST"] = (int(result.unstable.sum()), "unstable pixels")
+        hdus.append(image)
+    return fits.HDUList(hdus)
 
 
 def write_master(path, result):
@@ -106,6 +113,7 @@ def read_master(path, *, max_bytes):
     h = frame.header
     with fits.open(path, memmap=False) as hdul:
         rows = hdul["INPUTS"].data if "INPUTS" in hdul else []
+        unstable = np.asarray(hdul["UNSTABLE"].data, bool) if "UNSTABLE" in hdul else None
         inputs = tuple(
             InputFile(str(r["name"]), str(r["sha1"]), _finite(r["exptime"]), str(r["date_obs"]))
             for r in rows
@@ -128,6 +136,7 @@ def read_master(path, *, max_bytes):
         method=str(h.get("RDXCOMB", "")),
         path=str(path),
         checksum=file_checksum(path),
+        unstable=unstable,
     )
 
 

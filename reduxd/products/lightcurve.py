@@ -167,6 +167,11 @@ def field_table(rows):
         xy = [r.get("target_xy") or (math.nan, math.nan) for r in rows]
         table["target_x"] = np.array([v[0] for v in xy], dtype=np.float64)
         table["target_y"] = np.array([v[1] for v in xy], dtype=np.float64)
+    detectors = sorted({tuple(r["detector"]) for r in rows if r.get("detector")})
+    if detectors:
+        table.meta["detector"] = [
+            {"gain_e_per_adu": g, "read_noise_e": n, "source": s} for g, n, s in detectors
+        ]
     sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
@@ -621,7 +626,9 @@ def measured_variances(grid, columns):
     of their ratio is measured (the same for i/j and j/i). For independent noise
     ``s_ij**2 = var_i + var_j``; the variances are the least-squares solution of
     those ``N (N - 1) / 2`` equations, each weighted by ``1 / s_ij**2``, never
-    below half of each star's reported variance. Reported errors of bright stars
+    below each star's reported variance (the CCD-equation errors are honest or
+    low, issue 10's check: a star measured quieter than its photon, sky and read
+    noise is an estimate's noise). Reported errors of bright stars
     miss the noise floor (scintillation, flat-field), so weights from them alone
     put too much on the brightest star. The earlier estimate (each star against
     the weighted ensemble of the others, iterated) did not converge when two
@@ -651,7 +658,7 @@ def measured_variances(grid, columns):
         return reported
     design, s2 = np.array(design), np.array(s2)
     var = np.linalg.lstsq(design / s2[:, None], np.ones(len(s2)), rcond=None)[0]
-    return np.maximum(np.where(np.isfinite(var), var, reported), 0.5 * reported)
+    return np.maximum(np.where(np.isfinite(var), var, reported), reported)
 
 
 def ensemble_weights(grid, columns):
@@ -1138,6 +1145,21 @@ def choose_aperture(grid, *, target_col, comparison_ids, n):
     return trials[best][1], trials[best][2], scatter
 
 
+def _rounded(weights):
+    """Weights rounded to 6 decimals, the largest taking the rounding so they still sum to 1.
+
+    Examples
+    --------
+    >>> sum(_rounded([1 / 3, 1 / 3, 1 / 3])) == 1.0
+    True
+    """
+    out = [round(float(w), 6) for w in weights]
+    if out:
+        k = max(range(len(out)), key=out.__getitem__)
+        out[k] = round(out[k] + 1.0 - math.fsum(out), 6)
+    return out
+
+
 def build_lightcurve(
     table, *, target=None, comparisons=(), n_comparisons=10, radec=None, per_star=True
 ):
@@ -1147,10 +1169,12 @@ def build_lightcurve(
     with no comparisons they are chosen by :func:`select_ensemble`. With
     multi-aperture rows the radius is chosen by :func:`choose_aperture`. The
     table's meta holds ``target_id`` (or None), ``comparison_ids``,
-    ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture`` and
-    ``check_chi2``. ``per_star=False`` leaves out the ``mag_<id>, err_<id>,
-    flags_<id>`` columns (the web page, which rebuilds curves often, does not show them;
-    nor does :func:`write_lightcurve`: the photometry table has them in long format).
+    ``comparison_weights``, ``dropped`` (candidate: reason), ``aperture``,
+    ``check_chi2`` and, from :func:`field_table`, ``detector`` (the gain and read
+    noise behind the errors, with their source). ``per_star=False`` leaves out the
+    ``mag_<id>, err_<id>, flags_<id>`` columns (the web page, which rebuilds curves
+    often, does not show them; nor does :func:`write_lightcurve`: the photometry table
+    has them in long format).
     """
     grid = _grid(table)
     if radec is not None:
@@ -1171,12 +1195,14 @@ def build_lightcurve(
         _add_stars(out, grid)
     out.meta["target_id"] = target_id
     out.meta["comparison_ids"] = [int(c) for c in comparison_ids]
-    out.meta["comparison_weights"] = [round(float(w), 6) for w in ens.weights]
+    out.meta["comparison_weights"] = _rounded(ens.weights)
     if comparison_ids:
         _, rel_err, use, ref = _rel(grid, [grid.column(c) for c in comparison_ids])
         out.meta["comparison_rates"] = [float(r) for r in ref]  # median count rates (ADU/s)
         out.meta["comparison_typical_err"] = [float(v) for v in _typical(rel_err, use)]
     out.meta["dropped"] = {str(k): v for k, v in sorted(ens.dropped.items())}
+    if isinstance(table, Table) and "detector" in table.meta:  # gain, read noise, their source
+        out.meta["detector"] = table.meta["detector"]
     out.meta["check_chi2"] = {str(k): v for k, v in flatness(out).items()}
     out.meta["ensemble"] = (
         "inverse-variance weighted mean of the comparisons' rates relative to their medians, "

@@ -67,10 +67,18 @@ def _fields(rows):
     return [[_format(name, row[name]) for name in NAMES] for row in rows]
 
 
+_EMPTY = "\x00empty\x00"  # stands for "" while the csv module writes ECSV lines
+
+
 def _lines(fields, delimiter):
+    """CSV lines, or with ``delimiter=" "`` ECSV lines, where an empty string must be
+    written ``""`` (a light without FILTER): bare, the reader would lose the column."""
     buf = io.StringIO()
+    if delimiter == " ":
+        fields = [[_EMPTY if f == "" else f for f in row] for row in fields]
     csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerows(fields)
-    return buf.getvalue()
+    text = buf.getvalue()
+    return text.replace(_EMPTY, '""') if delimiter == " " else text
 
 
 @functools.cache  # astropy's YAML header costs ~70 ms; it was built for every append

@@ -63,6 +63,7 @@ class MasterResult:
     method: str
     path: str | None = None  # set when read back from a file
     checksum: str | None = None
+    unstable: np.ndarray | None = None  # bool: pixels that flicker between the darks
 
     @property
     def ncombine(self):
@@ -436,7 +437,7 @@ def make_dark_current(dark, bias):
     ]
     settings = {key: _card(dark.cards, key) for key in ("OFFSET", "READOUTM")}
     cards = _cards(result, settings, None) + history + _input_history(inputs)
-    return MasterResult(cards=tuple(cards), **result)
+    return MasterResult(cards=tuple(cards), unstable=dark.unstable, **result)
 
 
 def _card(cards, key):
@@ -637,10 +638,11 @@ def robust_sigma(values):
     return float(MAD_TO_SIGMA * np.median(np.abs(finite - np.median(finite))))
 
 
-def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
+def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat, unstable=None):
     """Return a uint8 mask with :data:`reduxd.maskbits.BAD` on bad pixels.
 
-    Bad means: not finite in a master, low in the flat (dead or nearly), or,
+    Bad means: not finite in a master, low in the flat (dead or nearly),
+    unstable between the darks (``unstable``, see :mod:`reduxd.steps.unstable`), or,
     only when ``hot_sigma > 0``, dark current above ``median + hot_sigma *
     robust sigma``. Warm and hot pixels are *not* bad by default
     (``hot_sigma = 0``): the dark subtraction removes them, and flagging every
@@ -654,6 +656,8 @@ def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
     flat : MasterResult or ndarray, optional
         Normalised flat: pixels below ``low_flat`` (or not finite) are dead or low.
     hot_sigma, low_flat : float
+    unstable : ndarray of bool, optional
+        Pixels that flicker between the darks of the set.
 
     Examples
     --------
@@ -681,6 +685,8 @@ def bad_pixel_mask(*, dark_current=None, flat=None, hot_sigma, low_flat):
     fl = _data(flat)
     if fl is not None:
         mask[~(fl >= low_flat)] = maskbits.BAD
+    if unstable is not None and unstable.shape == mask.shape:
+        mask[unstable] = maskbits.BAD
     return mask
 
 

@@ -24,6 +24,7 @@ class FieldReference:
     flux: np.ndarray
     next_id: int
     fwhm: float = 0.0  # FWHM (pixels) of the latest frame, a starting guess; 0 = unknown
+    aperture_fwhm: float = 0.0  # crowded field: its first frame's FWHM, radii fixed; 0: follow
 
     def to_dict(self):
         """Plain lists and ints, for JSON.
@@ -31,8 +32,9 @@ class FieldReference:
         Examples
         --------
         >>> ref = FieldReference.empty().extend([1.0], [2.0], [3.0])
-        >>> ref.to_dict()
-        {'star_id': [1], 'x': [1.0], 'y': [2.0], 'flux': [3.0], 'next_id': 2, 'fwhm': 0.0}
+        >>> ref.to_dict()  # doctest: +NORMALIZE_WHITESPACE
+        {'star_id': [1], 'x': [1.0], 'y': [2.0], 'flux': [3.0], 'next_id': 2, 'fwhm': 0.0,
+         'aperture_fwhm': 0.0}
         """
         return {
             "star_id": [int(v) for v in self.star_id],
@@ -41,6 +43,7 @@ class FieldReference:
             "flux": [float(v) for v in self.flux],
             "next_id": int(self.next_id),
             "fwhm": float(self.fwhm),
+            "aperture_fwhm": float(self.aperture_fwhm),
         }
 
     @classmethod
@@ -60,6 +63,7 @@ class FieldReference:
             np.asarray(d["flux"], dtype=np.float64),
             int(d["next_id"]),
             float(d.get("fwhm", 0.0)),
+            float(d.get("aperture_fwhm", 0.0)),
         )
 
     @classmethod

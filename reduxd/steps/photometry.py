@@ -95,8 +95,46 @@ def _frame_fwhm(fwhm, flux, fallback):
     return float(np.median(fwhm[good][np.argsort(-flux[good])][:50]))
 
 
-def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm):
-    radii = _radii(params, frame_fwhm)
+def _aperture_fwhm(reference, frame_fwhm):
+    """The FWHM the apertures scale with: the field's, when :func:`_field_fwhm` fixed it.
+
+    Otherwise (an uncrowded field) the frame's own: radii at a fixed multiple of
+    each frame's seeing take in the same fraction of every star's light whatever
+    the seeing.
+    """
+    if reference is not None and reference.aperture_fwhm > 0:
+        return reference.aperture_fwhm
+    return frame_fwhm
+
+
+def _field_fwhm(params, x, y, frame_fwhm):
+    """On a field's first frame: the FWHM its radii stay fixed at, or 0 to follow the seeing.
+
+    Radii that follow each frame's seeing take in more or less of the neighbours'
+    light as the seeing changes, a trend the comparisons do not share with the
+    target; so a crowded field (the median distance from a star to its nearest
+    detected neighbour is within the outer edge of the sky annulus, the region
+    each star's photometry uses) keeps the radii of its first frame. In an
+    uncrowded field radii that follow the seeing are steadier (ARCSAT XO-1:
+    median nearest neighbour 76 px against an annulus edge of 26 px).
+
+    Examples
+    --------
+    >>> params = PhotParams(radius=0.0, annulus=None)
+    >>> _field_fwhm(params, np.array([0.0, 10.0, 20.0]), np.zeros(3), 3.0)
+    3.0
+    >>> _field_fwhm(params, np.array([0.0, 100.0, 200.0]), np.zeros(3), 3.0)
+    0.0
+    """
+    if x.size < 2:
+        return 0.0
+    dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+    outer = _annulus(params, _radii(params, frame_fwhm))[1]
+    return float(frame_fwhm) if np.median(dist[:, 1]) < outer else 0.0
+
+
+def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale_fwhm):
+    radii = _radii(params, frame_fwhm if params.radius_fwhm > 0 else scale_fwhm)
     radius = radii[0]
     guess = np.where(np.isfinite(fwhm), fwhm, frame_fwhm)
     estimate = sky.estimate_sky(
@@ -182,8 +220,9 @@ def _first_frame(data, mask, exptime, params, reference):
         box=params.mesh_box,
     )
     frame_fwhm = found.frame_fwhm
+    scale = _aperture_fwhm(reference, frame_fwhm)
     table, estimate, radius, apertures = _measure_stars(
-        data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm
+        data, mask, exptime, params, found.x, found.y, found.fwhm, frame_fwhm, scale
     )
     base = FieldReference.empty() if reference is None else reference
     flux = np.asarray(table["flux"])
@@ -205,7 +244,12 @@ def _first_frame(data, mask, exptime, params, reference):
     else:
         ref = base.extend(found.x, found.y, flux)
         ids = ref.star_id
-    ref = replace(ref, fwhm=frame_fwhm)
+    fixed = (
+        _field_fwhm(params, found.x, found.y, frame_fwhm)
+        if reference is None
+        else reference.aperture_fwhm
+    )
+    ref = replace(ref, fwhm=frame_fwhm, aperture_fwhm=fixed)
     table = _finish(table, ids, found.fwhm, frame_fwhm, radius, params, found.blend)
     n_new = len(ref) - len(base)
     cards = _cards(params, radius, frame_fwhm, offset, table, estimate, n_new, votes)
@@ -341,13 +385,14 @@ def _next_frame(data, mask, exptime, params, reference):
         data, mask, params, peaks, reference.x + dx, reference.y + dy, frame_fwhm
     )
     x, y, fwhm = np.r_[x, new_x], np.r_[y, new_y], np.r_[fwhm, new_fwhm]
+    scale = _aperture_fwhm(reference, frame_fwhm)
     table, estimate, radius, apertures = _measure_stars(
-        data, mask, exptime, params, x, y, fwhm, frame_fwhm
+        data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale
     )
     n_new = new_x.size
     ref = reference.extend(new_x - dx, new_y - dy, np.asarray(table["flux"])[x.size - n_new :])
     ids = np.r_[ids, ref.star_id[len(reference) :]]
-    ref = replace(ref, fwhm=frame_fwhm)
+    ref = replace(ref, fwhm=frame_fwhm, aperture_fwhm=reference.aperture_fwhm)
     table = _finish(table, ids, fwhm, frame_fwhm, radius, params)
     lost = np.r_[~ok, np.zeros(n_new, bool)]
     table["flags"][lost] |= Flag.NOT_RECENTRED

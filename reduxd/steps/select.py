@@ -196,6 +196,7 @@ class Plan:
     ok: bool
     reason: str
     bad_pixels: object = None  # uint8 mask from these masters, set by the caller
+    detector: object = None  # reduxd.steps.gain.Detector its flat measured, set by the caller
 
     def records(self):
         """Return ``{name: MasterRecord}`` for the masters the plan uses."""

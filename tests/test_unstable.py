@@ -1,0 +1,60 @@
+"""Unstable (flickering) pixels: found in the darks of a set, bad in the mask; warm ones not."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from reduxd import maskbits
+from reduxd.calsets import make_masters
+from reduxd.products.fitsout import read_master, write_master
+from reduxd.steps import masters as M
+from reduxd.steps.unstable import unstable_pixels
+
+SHAPE = (120, 160)
+FLICKER = [(10, 20), (50, 60), (100, 140)]  # random telegraph noise, 150 ADU steps
+WARM = [(30, 30), (80, 100)]  # steady dark current, 500 and 5000 ADU in 60 s
+
+
+def _darks(tmp_path, n=6, *, seed=3):
+    """Paths of ``n`` 60 s darks (uint16 FITS): read noise 6 ADU, flickering and warm pixels."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        data = 300 + rng.normal(0, 6.0, SHAPE)
+        for k, (y, x) in enumerate(FLICKER):
+            data[y, x] += 150.0 * ((i + k) % 2)  # on in every other frame
+        for (y, x), level in zip(WARM, (500.0, 5000.0), strict=True):
+            data[y, x] += rng.poisson(level)  # Poisson noise of the dark current
+        header = fits.Header({"IMAGETYP": "DARK", "EXPTIME": 60.0, "INSTRUME": "cam"})
+        paths.append(tmp_path / f"dark_{i}.fits")
+        fits.PrimaryHDU(np.round(data).astype(np.uint16), header).writeto(paths[-1])
+    return paths
+
+
+def test_flickering_pixels_are_found_and_warm_ones_not(tmp_path):
+    frames = M.load_frames(_darks(tmp_path), max_bytes=10**8)
+    mask = unstable_pixels([lay for _info, lay in frames])
+    assert sorted(map(tuple, np.argwhere(mask).tolist())) == FLICKER
+    # too few darks cannot tell a flicker from a cosmic ray
+    assert unstable_pixels([lay for _info, lay in frames[:3]]) is None
+
+
+def test_unstable_pixels_travel_with_the_master_into_the_bad_pixel_mask(tmp_path):
+    frames = M.load_frames(_darks(tmp_path), max_bytes=10**8)
+    opts = {"method": "median", "clip_sigma": 3.0, "max_memory_mb": 256}
+    (dark,) = make_masters("dark", frames, opts=opts)
+    assert dict((k, v) for k, v, _c in dark.cards)["RDXNUNST"] == len(FLICKER)
+    assert dict((k, v) for k, v, _c in dark.cards)["RDXRNADU"] == pytest.approx(6.0, rel=0.1)
+    path = write_master(tmp_path / "master_dark.fits", dark)
+    back = read_master(path, max_bytes=10**8)
+    assert np.array_equal(back.unstable, dark.unstable)
+    flat = np.ones(SHAPE, np.float32)
+    bad = M.bad_pixel_mask(flat=flat, hot_sigma=0, low_flat=0.5, unstable=back.unstable)
+    assert sorted(map(tuple, np.argwhere(bad == maskbits.BAD).tolist())) == FLICKER
+
+
+def test_arcsat_darks_have_few_unstable_pixels(arcsat_dir):
+    frames = M.load_frames(sorted(arcsat_dir.glob("Dark_BIN1_*.fits")), max_bytes=10**9)
+    mask = unstable_pixels([lay for _info, lay in frames])
+    print(f"ARCSAT 60 s darks: {int(mask.sum())} unstable pixels of {mask.size}")
+    assert mask.sum() / mask.size < 1e-4
