@@ -13,12 +13,16 @@ ledger, off the worker: the lights committed meanwhile wait and are appended to
 the new curve when it lands, so the work per light stays flat all night.
 """
 
+import itertools
 import math
 import multiprocessing
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
+from astropy.table import vstack
 
 from reduxd.errors import ReduxdError
 from reduxd.log import configure_logging, get_logger
@@ -27,6 +31,7 @@ from reduxd.store import Ledger
 
 log = get_logger("reduxd.pipeline")
 CURVE_MIN_FRAMES = 10  # a light curve is rebuilt after this many appended lights at least
+CHUNK_ROWS = 20_000  # rows turned into table columns at a time when a curve is rebuilt
 
 
 class Curves:
@@ -148,17 +153,14 @@ class Curves:
         """
         ensembles, states = {}, {}
         for obj, filt in fields:
-            rows = [
-                {**row, "version": version, "current": 1}
-                for version, row in self.ledger.field_measurements(obj, filt, upto=upto)
-            ]
-            if rows:
-                self._write(obj, filt, rows, ensembles, states)
+            found = self.ledger.field_measurements(obj, filt, upto=upto)
+            table = field_table({**row, "version": version, "current": 1} for version, row in found)
+            if len(table):
+                self._write(obj, filt, table, ensembles, states)
         return ensembles, states
 
-    def _write(self, obj, filt, rows, ensembles, states):
+    def _write(self, obj, filt, table, ensembles, states):
         lc = self.config.lightcurve
-        table = lightcurve.field_table(rows)
         common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
                       save=self.config.output.save)  # fmt: skip
         target, comparisons, radec = lightcurve.field_target(lc, obj)
@@ -182,6 +184,46 @@ class Curves:
             )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
+
+
+def field_table(rows, *, chunk=CHUNK_ROWS):
+    """:func:`lightcurve.field_table` of many rows, built ``chunk`` rows at a time.
+
+    The rows (an iterator) are never all held as dicts: a night of 1,000 lights
+    of 1,000 stars is a million rows, gigabytes as dicts, a few hundred MB as
+    columns. The result is that of ``lightcurve.field_table(list(rows))``: a
+    column that the whole would leave out (not in every row, or multi-aperture
+    lists of different lengths) is left out; ``target_x``/``target_y`` are NaN
+    in rows without them.
+    """
+    rows = iter(rows)
+    parts = []
+    while batch := list(itertools.islice(rows, chunk)):
+        parts.append(_narrow_strings(lightcurve.field_table(batch)))
+    if len(parts) < 2:
+        return parts[0] if parts else lightcurve.field_table([])
+    # the column order of a part with every kind of column there is
+    order = max(parts, key=lambda p: ("target_x" in p.colnames, len(p.colnames))).colnames
+    for name in ("target_x", "target_y"):
+        if any(name in p.colnames for p in parts):
+            for p in parts:
+                if name not in p.colnames:
+                    p[name] = np.full(len(p), np.nan)
+    keep = set.intersection(*(set(p.colnames) for p in parts))
+    if len({p["flux_ap"].shape[1:] for p in parts if "flux_ap" in keep}) > 1:
+        keep -= set(lightcurve.APERTURE_KEYS)
+    names = [n for n in order if n in keep]
+    return vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
+
+
+def _narrow_strings(table):
+    """String columns as wide as their longest value (the contract's ``file`` is U256)."""
+    for name in table.colnames:
+        values = np.asarray(table[name])
+        if values.dtype.kind == "U" and len(values):
+            width = max(1, int(np.char.str_len(values).max()))
+            table.replace_column(name, table[name].astype(f"U{width}"), copy=False)
+    return table
 
 
 def rebuild(config, ledger_path, outdir, fields, upto):

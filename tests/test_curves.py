@@ -5,7 +5,9 @@ from astropy.table import Table
 from test_pipeline import _field_frame
 
 from reduxd.config import load_config
+from reduxd.curves import field_table
 from reduxd.pipeline import Pipeline
+from reduxd.products import lightcurve
 from reduxd.store import Ledger
 
 
@@ -69,3 +71,27 @@ def test_tick_rebuilds_in_a_child_and_appends_the_lights_committed_meanwhile(tmp
     final = Table.read(csv_path, format="ascii.csv")
     assert list(final["file"]) == list(appended["file"])
     assert np.allclose(final["dmag"], appended["dmag"], atol=0.01)
+
+
+def test_field_table_built_in_chunks_equals_the_whole(tmp_path):
+    """A rebuild turns rows into columns a chunk at a time; the table is the same,
+    with the whole's rules for columns that only some rows carry."""
+    rng = np.random.default_rng(2)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = [row for i in range(4) for row in _field_frame(ledger, i, rng)]
+    for i, row in enumerate(rows):
+        row["flux_ap"] = [row["flux"], 2 * row["flux"]]
+        row["flux_err_ap"] = [row["flux_err"]] * 2
+        row["radius_ap"] = [3.0, 6.0]
+        if i >= 20:
+            row["target_xy"] = [100.0, 50.0]
+    rows[-1]["file"] = "a/much/longer/name/than/the/others.fits"
+    whole = lightcurve.field_table(rows)
+    chunked = field_table(iter(rows), chunk=7)
+    assert chunked.colnames == whole.colnames and "target_x" in whole.colnames
+    for name in whole.colnames:
+        a, b = np.asarray(whole[name]), np.asarray(chunked[name])
+        assert a.shape == b.shape and whole[name].unit == chunked[name].unit, name
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    rows[3]["flux_ap"] = [1.0]  # radii that differ: the whole leaves the columns out
+    assert field_table(iter(rows), chunk=7).colnames == lightcurve.field_table(rows).colnames
