@@ -6,17 +6,32 @@ rebuild: a superseded light, a frame that cannot be appended, a field that doubl
 its frames since the last build. :meth:`Curves.update` rebuilds the marked curves
 from the ledger's current rows and remembers each field's ensemble, so the log line
 of the next light can give the target's differential magnitude (:meth:`Curves.target_mag`).
+
+A rebuild reads only its field's rows (:meth:`Ledger.field_measurements`). In the
+daemon (``update(final=False)``) it runs in a child process on a snapshot of the
+ledger, off the worker: the lights committed meanwhile wait and are appended to
+the new curve when it lands, so the work per light stays flat all night.
 """
 
+import itertools
 import math
+import multiprocessing
+import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from astropy.table import vstack
 
 from reduxd.errors import ReduxdError
-from reduxd.log import get_logger
+from reduxd.log import configure_logging, get_logger
 from reduxd.products import lightcurve
+from reduxd.store import Ledger
 
 log = get_logger("reduxd.pipeline")
 CURVE_MIN_FRAMES = 10  # a light curve is rebuilt after this many appended lights at least
+CHUNK_ROWS = 20_000  # rows turned into table columns at a time when a curve is rebuilt
 
 
 class Curves:
@@ -31,6 +46,9 @@ class Curves:
         self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
         self.states = {}  # (field, filter) -> what appending to its light curve needs
         self._at = -math.inf
+        self.pool = None  # one child process for the rebuilds off the worker (daemon)
+        self.running = None  # (future, fields) of the rebuild in the child
+        self.waiting = defaultdict(list)  # field -> (rows, version) committed meanwhile
 
     def target_mag(self, rows):
         """The configured target's differential magnitude in this frame, or None.
@@ -49,6 +67,9 @@ class Curves:
         frame cannot be appended, and when the field has doubled its frames
         since the last build: the work per light stays the same all night.
         """
+        if self.running and field in self.running[1]:
+            self.waiting[field].append((rows, version))  # appended when the rebuild lands
+            return
         state = self.states.get(field)
         if version == 1 and state is not None and field not in self.dirty:
             save = self.config.output.save
@@ -69,28 +90,77 @@ class Curves:
         """Rewrite the light curves of fields that got new rows.
 
         ``final`` (the end of a batch, a stop): curves that were appended to since
-        their last build are rebuilt too, so they end on the whole night's ensemble.
+        their last build are rebuilt too, so they end on the whole night's ensemble,
+        here and now. Otherwise (the daemon's tick) the rebuild goes to a child
+        process and lands at a later call.
         """
+        self._land(wait=final)
         if final:
             appended = [f for f, state in self.states.items() if state and state.get("appended")]
             self.dirty.update(appended)
         now = self.clock()
-        if not self.dirty or now - self._at < min_interval:
+        if not self.dirty or now - self._at < min_interval or self.running:
             return
         self._at = now
-        groups = defaultdict(list)
-        wanted = set(self.dirty)
-        for m in self.ledger.measurements(current_only=True):
-            key = (m.row.get("object"), m.row.get("filter"))
-            if key in wanted:
-                groups[key].append({**m.row, "version": m.version, "current": 1})
-        for (obj, filt), rows in groups.items():
-            self._write(obj, filt, rows)
+        fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
+        if final:
+            self._install(self._rebuild(fields, upto))
+            self._close_pool()
+            return
+        if self.pool is None:
+            spawn = multiprocessing.get_context("spawn")  # the daemon has threads: no fork
+            self.pool = ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1)
+        future = self.pool.submit(
+            rebuild, self.config, str(self.ledger.path), str(self.outdir), fields, upto
+        )
+        self.running = (future, set(fields))
 
-    def _write(self, obj, filt, rows):
+    def close(self):
+        """Wait for a rebuild in the child, then stop the child."""
+        self._land(wait=True)
+        self._close_pool()
+
+    def _close_pool(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def _land(self, *, wait):
+        """Take a finished rebuild's ensembles, then append the lights that waited for it."""
+        if not self.running or not (wait or self.running[0].done()):
+            return
+        future, fields = self.running
+        self.running = None
+        try:
+            self._install(future.result())
+        except Exception as exc:
+            log.warning("lightcurve_not_written", fields=sorted(fields, key=str), reason=str(exc))
+            self.dirty.update(fields)
+        for field in fields:
+            for rows, version in self.waiting.pop(field, []):
+                self.changed(field, rows, version)
+
+    def _install(self, built):
+        ensembles, states = built
+        self.ensembles.update(ensembles)
+        self.states.update(states)
+
+    def _rebuild(self, fields, upto):
+        """Rewrite the curves of ``fields`` from the ledger's rows up to reduction ``upto``.
+
+        Returns the ``(ensembles, states)`` of the curves written.
+        """
+        ensembles, states = {}, {}
+        for obj, filt in fields:
+            found = self.ledger.field_measurements(obj, filt, upto=upto)
+            table = field_table({**row, "version": version, "current": 1} for version, row in found)
+            if len(table):
+                self._write(obj, filt, table, ensembles, states)
+        return ensembles, states
+
+    def _write(self, obj, filt, table, ensembles, states):
         lc = self.config.lightcurve
-        table = lightcurve.field_table(rows)
         common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
                       save=self.config.output.save)  # fmt: skip
         target, comparisons, radec = lightcurve.field_target(lc, obj)
@@ -108,9 +178,60 @@ class Curves:
                 log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
                 lightcurve.write_lightcurve(self.outdir, table, target=None, keep=kept, **common)
             if "lightcurve" in kept:
-                self.ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
-            self.states[(obj, filt)] = (
+                ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
+            states[(obj, filt)] = (
                 lightcurve.frozen_of(kept["lightcurve"]) if "lightcurve" in kept else None
             )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
+
+
+def field_table(rows, *, chunk=CHUNK_ROWS):
+    """:func:`lightcurve.field_table` of many rows, built ``chunk`` rows at a time.
+
+    The rows (an iterator) are never all held as dicts: a night of 1,000 lights
+    of 1,000 stars is a million rows, gigabytes as dicts, a few hundred MB as
+    columns. The result is that of ``lightcurve.field_table(list(rows))``: a
+    column that the whole would leave out (not in every row, or multi-aperture
+    lists of different lengths) is left out; ``target_x``/``target_y`` are NaN
+    in rows without them.
+    """
+    rows = iter(rows)
+    parts = []
+    while batch := list(itertools.islice(rows, chunk)):
+        parts.append(_narrow_strings(lightcurve.field_table(batch)))
+    if len(parts) < 2:
+        return parts[0] if parts else lightcurve.field_table([])
+    # the column order of a part with every kind of column there is
+    order = max(parts, key=lambda p: ("target_x" in p.colnames, len(p.colnames))).colnames
+    for name in ("target_x", "target_y"):
+        if any(name in p.colnames for p in parts):
+            for p in parts:
+                if name not in p.colnames:
+                    p[name] = np.full(len(p), np.nan)
+    keep = set.intersection(*(set(p.colnames) for p in parts))
+    if len({p["flux_ap"].shape[1:] for p in parts if "flux_ap" in keep}) > 1:
+        keep -= set(lightcurve.APERTURE_KEYS)
+    names = [n for n in order if n in keep]
+    return vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
+
+
+def _narrow_strings(table):
+    """String columns as wide as their longest value (the contract's ``file`` is U256)."""
+    for name in table.colnames:
+        values = np.asarray(table[name])
+        if values.dtype.kind == "U" and len(values):
+            width = max(1, int(np.char.str_len(values).max()))
+            table.replace_column(name, table[name].astype(f"U{width}"), copy=False)
+    return table
+
+
+def rebuild(config, ledger_path, outdir, fields, upto):
+    """Rebuild light curves in a child process, from a read-only ledger.
+
+    Returns ``(ensembles, states)`` for :meth:`Curves._install`.
+    """
+    configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    with Ledger(ledger_path, readonly=True) as ledger:
+        curves = Curves(config, ledger=ledger, outdir=Path(outdir), clock=time.monotonic)
+        return curves._rebuild(fields, upto)

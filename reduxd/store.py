@@ -748,6 +748,33 @@ class Ledger:
             for r in cur
         ]
 
+    def field_measurements(self, object, filter, *, upto: int | None = None):
+        """Current photometry rows of one field, in frame then insertion order (an iterator).
+
+        A field is the rows' ``object`` and ``filter`` (None matches a missing
+        value). Only the field's reductions are read, not the night's: a light
+        curve's rebuild costs its own frames. ``upto``: reductions with this id
+        or lower only (a snapshot, see :meth:`last_reduction`). Yields
+        ``(version, row)``.
+        """
+        upto = self.last_reduction() if upto is None else upto
+        found = self._db.execute(
+            "SELECT r.id, r.version FROM reductions r WHERE r.superseded = 0 AND r.id <= ?"
+            " AND (SELECT json_extract(m.data, '$.object') IS ? AND json_extract(m.data,"
+            " '$.filter') IS ? FROM measurements m WHERE m.reduction_id = r.id"
+            " ORDER BY m.id LIMIT 1) ORDER BY r.frame_id",
+            (upto, object, filter),
+        ).fetchall()
+        for red_id, version in found:
+            cur = self._db.execute(
+                "SELECT data FROM measurements WHERE reduction_id = ? ORDER BY id", (red_id,)
+            )
+            yield from ((version, json.loads(r[0])) for r in cur)
+
+    def last_reduction(self) -> int:
+        """Id of the newest reduction (0 without any): a snapshot for :meth:`field_measurements`."""
+        return self._db.execute("SELECT coalesce(max(id), 0) FROM reductions").fetchone()[0]
+
     def reductions_since(self, reduction_id: int = 0) -> list[tuple[int, int]]:
         """``(reduction_id, frame_id)`` of current reductions newer than ``reduction_id``.
 

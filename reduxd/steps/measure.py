@@ -206,6 +206,21 @@ def _sums_and_areas(data, x, y, radii, flags):
     return sums, areas
 
 
+def aperture_sums(data, x, y, radii):
+    """Sums and covered areas of every star at every radius, for :func:`measure` and
+    :func:`measure_radii` together (``sums=``): one pass of sep for both.
+
+    Returns ``(sums, areas, bad)``: ``(n, n_radii)`` arrays as ``measure_radii``
+    finds them (edges within ``max(radii)``), and ``bad``, the stars whose first
+    aperture met non-finite pixels (BAD_PIXEL in ``measure``).
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
+    edge = aperture_flags(np.shape(data), x, y, max(radii))
+    sums, areas = _sums_and_areas(data, x, y, [float(r) for r in radii], edge)
+    return sums, areas, (edge & Flag.BAD_PIXEL) != 0
+
+
 def measure(
     data,
     x,
@@ -221,6 +236,7 @@ def measure(
     min_snr=5.0,
     noise="measured",
     flag_radius=None,
+    sums=None,
 ):
     """Aperture photometry at given positions with a given sky.
 
@@ -247,6 +263,9 @@ def measure(
     flag_radius : float, optional
         Radius within which SATURATED, BAD_PIXEL and NEAR_EDGE are looked for
         (default ``radius``; the largest radius of a multi-aperture measurement).
+    sums : tuple, optional
+        :func:`aperture_sums` of radii whose first is ``radius`` and largest
+        ``flag_radius`` (already computed for :func:`measure_radii`).
 
     Returns
     -------
@@ -264,7 +283,11 @@ def measure(
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     flags = aperture_flags(data.shape, x, y, flag_radius or radius, mask)
-    sums, areas = _sums_and_areas(data, x, y, [float(radius)], flags)
+    if sums is None:
+        sums, areas = _sums_and_areas(data, x, y, [float(radius)], flags)
+    else:
+        sums, areas, bad = sums
+        flags[bad] |= Flag.BAD_PIXEL
     sums, areas = sums[:, 0], areas[:, 0]
     value = np.broadcast_to(sky.value, x.shape)
     flux = sums - value * areas
@@ -316,10 +339,12 @@ def measure_radii(
     read_noise_e=0.0,
     dark_e_per_s=0.0,
     noise="measured",
+    sums=None,
 ):
     """Fluxes and CCD-equation errors of every star through several radii.
 
     Vectorised across stars and radii (``circle_sums``: sep, exact overlap).
+    ``sums``: :func:`aperture_sums` of ``radii``, when already computed.
 
     Returns
     -------
@@ -337,8 +362,7 @@ def measure_radii(
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     value = np.broadcast_to(sky.value, x.shape)
-    edge = aperture_flags(data.shape, x, y, max(radii))
-    sums, areas = _sums_and_areas(data, x, y, [float(r) for r in radii], edge)
+    sums, areas, _ = aperture_sums(data, x, y, radii) if sums is None else sums
     flux = sums - value[:, None] * areas
     flux_err = flux_error(
         flux, n_ap=areas, sky_std=_column(sky.std, x), sky_err=_column(sky.err, x),

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from reduxd import skymethods
 from reduxd.steps import detect, sky
 from reduxd.steps.match import FieldReference, assign_ids, brightest, find_offset
-from reduxd.steps.measure import COLUMNS, Flag, describe, measure, measure_radii
+from reduxd.steps.measure import COLUMNS, Flag, aperture_sums, describe, measure, measure_radii
 
 __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 
@@ -158,13 +158,16 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale_fw
         dark_e_per_s=params.dark_e_per_s,
         noise=params.noise,
     )
+    # the sums at every radius once: the first radius's are the table's
+    sums = aperture_sums(data, x, y, radii) if len(radii) > 1 else None
     table = measure(
         data, x, y, radius=radius, sky=estimate, exptime=exptime, mask=mask,
-        min_snr=params.min_snr, flag_radius=max(radii), **detector,
+        min_snr=params.min_snr, flag_radius=max(radii), sums=sums, **detector,
     )  # fmt: skip
     apertures = None
     if len(radii) > 1:
-        flux, flux_err = measure_radii(data, x, y, radii=radii, sky=estimate, **detector)
+        flux, flux_err = measure_radii(data, x, y, radii=radii, sky=estimate, sums=sums,
+                                       **detector)  # fmt: skip
         apertures = {"radii": np.asarray(radii), "flux": flux, "flux_err": flux_err}
     return table, estimate, radius, apertures
 

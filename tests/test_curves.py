@@ -1,0 +1,97 @@
+"""Long nights: light-curve rebuilds read only their field, and run off the daemon's worker."""
+
+import numpy as np
+from astropy.table import Table
+from test_pipeline import _field_frame
+
+from reduxd.config import load_config
+from reduxd.curves import field_table
+from reduxd.pipeline import Pipeline
+from reduxd.products import lightcurve
+from reduxd.store import Ledger
+
+
+def _other_field_frame(ledger, i):
+    frame = ledger.observe("/raw", f"B_{i:03d}.fits", size=1, mtime_ns=i)
+    rows = [{"object": "B", "filter": "R", "star_id": s, "flux": 1.0} for s in (1, 2)]
+    ledger.add_measurements(frame.id, rows, calib="none", master_ids=[])
+
+
+def test_field_measurements_read_one_field_up_to_a_snapshot(tmp_path):
+    rng = np.random.default_rng(1)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for i in range(3):
+            _field_frame(ledger, i, rng)
+            _other_field_frame(ledger, i)
+        snapshot = ledger.last_reduction()
+        _field_frame(ledger, 3, rng)
+        redo = ledger.frame(root="/raw", relpath="A_001.fits")
+        ledger.add_measurements(redo.id, [{"object": "A", "filter": "V", "star_id": 1}],
+                                calib="none", master_ids=[])  # fmt: skip
+        now = list(ledger.field_measurements("A", "V"))
+        then = list(ledger.field_measurements("A", "V", upto=snapshot))
+        others = list(ledger.field_measurements("B", "R"))
+        expected = [
+            (m.version, m.row)
+            for m in ledger.measurements()
+            if (m.row["object"], m.row["filter"]) == ("A", "V")
+        ]
+    assert now == expected and len(now) == 3 * 8 + 1
+    assert [row["file"] for _, row in then] == ["A_000.fits"] * 8 + ["A_002.fits"] * 8
+    assert len(others) == 6 and {row["object"] for _, row in others} == {"B"}
+
+
+def test_tick_rebuilds_in_a_child_and_appends_the_lights_committed_meanwhile(tmp_path):
+    """The daemon's rebuild runs in another process on a snapshot of the ledger; the
+    lights committed meanwhile wait and are appended to the new curve, each once."""
+    config = load_config(
+        overrides={"paths": {"outdir": str(tmp_path)}, "lightcurve": {"target": [100.0, 50.0]}}
+    )
+    rng = np.random.default_rng(3)
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger)
+        for i in range(12):
+            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+        pipeline.update_curves(final=False)  # the daemon's tick
+        curves = pipeline.lightcurves
+        assert curves.running is not None and not curves.dirty
+        for i in range(12, 15):
+            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+        assert len(curves.waiting[("A", "V")]) == 3
+        curves.running[0].result(timeout=120)
+        pipeline.update_curves(final=False)  # lands: the waiting lights are appended
+        assert curves.running is None and not curves.waiting
+        assert pipeline.curves[("A", "V")] == {**pipeline.curves[("A", "V")], "frames": 12,
+                                               "appended": 3}  # fmt: skip
+        appended = Table.read(csv_path, format="ascii.csv")
+        pipeline.update_curves()  # a stop: rebuilt here on every frame, the child stopped
+        assert curves.pool is None and pipeline.curves[("A", "V")]["frames"] == 15
+    assert list(appended["file"]) == [f"A_{i:03d}.fits" for i in range(15)]
+    final = Table.read(csv_path, format="ascii.csv")
+    assert list(final["file"]) == list(appended["file"])
+    assert np.allclose(final["dmag"], appended["dmag"], atol=0.01)
+
+
+def test_field_table_built_in_chunks_equals_the_whole(tmp_path):
+    """A rebuild turns rows into columns a chunk at a time; the table is the same,
+    with the whole's rules for columns that only some rows carry."""
+    rng = np.random.default_rng(2)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = [row for i in range(4) for row in _field_frame(ledger, i, rng)]
+    for i, row in enumerate(rows):
+        row["flux_ap"] = [row["flux"], 2 * row["flux"]]
+        row["flux_err_ap"] = [row["flux_err"]] * 2
+        row["radius_ap"] = [3.0, 6.0]
+        if i >= 20:
+            row["target_xy"] = [100.0, 50.0]
+    rows[-1]["file"] = "a/much/longer/name/than/the/others.fits"
+    whole = lightcurve.field_table(rows)
+    chunked = field_table(iter(rows), chunk=7)
+    assert chunked.colnames == whole.colnames and "target_x" in whole.colnames
+    for name in whole.colnames:
+        a, b = np.asarray(whole[name]), np.asarray(chunked[name])
+        assert a.shape == b.shape and whole[name].unit == chunked[name].unit, name
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    rows[3]["flux_ap"] = [1.0]  # radii that differ: the whole leaves the columns out
+    assert field_table(iter(rows), chunk=7).colnames == lightcurve.field_table(rows).colnames
