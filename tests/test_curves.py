@@ -2,11 +2,9 @@
 
 import numpy as np
 from astropy.table import Table
-from test_pipeline import _field_frame
+from test_pipeline import _field_frame, field_a_pipeline
 
-from reduxd.config import load_config
 from reduxd.curves import field_table
-from reduxd.pipeline import Pipeline
 from reduxd.products import lightcurve
 from reduxd.store import Ledger
 
@@ -44,20 +42,15 @@ def test_field_measurements_read_one_field_up_to_a_snapshot(tmp_path):
 def test_tick_rebuilds_in_a_child_and_appends_the_lights_committed_meanwhile(tmp_path):
     """The daemon's rebuild runs in another process on a snapshot of the ledger; the
     lights committed meanwhile wait and are appended to the new curve, each once."""
-    config = load_config(
-        overrides={"paths": {"outdir": str(tmp_path)}, "lightcurve": {"target": [100.0, 50.0]}}
-    )
-    rng = np.random.default_rng(3)
     csv_path = tmp_path / "lightcurve_A_V.csv"
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        pipeline = Pipeline(config, ledger=ledger)
+    with field_a_pipeline(tmp_path) as (pipeline, add):
         for i in range(12):
-            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+            add(i)
         pipeline.update_curves(final=False)  # the daemon's tick
         curves = pipeline.lightcurves
         assert curves.running is not None and not curves.dirty
         for i in range(12, 15):
-            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+            add(i)
         assert len(curves.waiting[("A", "V")]) == 3
         curves.running[0].result(timeout=120)
         pipeline.update_curves(final=False)  # lands: the waiting lights are appended

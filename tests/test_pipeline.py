@@ -1,5 +1,6 @@
 """Pipeline fixes found while proving ``reduxd reduce``, and one found by CI."""
 
+import contextlib
 import time
 
 import numpy as np
@@ -165,35 +166,46 @@ def _field_frame(ledger, i, rng):
     return rows
 
 
-def test_light_curve_grows_by_appends_and_is_rebuilt_when_the_field_doubles(tmp_path):
-    """Each new light is appended to its curve (nothing rewritten); the curve is rebuilt,
-    comparisons chosen again, once the field has doubled its frames (10 at least)."""
+@contextlib.contextmanager
+def field_a_pipeline(tmp_path):
+    """A Pipeline on a fresh ledger, target star 1 of field (A, V); yields ``(pipeline, add)``:
+    ``add(i, version=1)`` commits light ``i`` of that field and tells the pipeline."""
     config = load_config(
         overrides={"paths": {"outdir": str(tmp_path)}, "lightcurve": {"target": [100.0, 50.0]}}
     )
     rng = np.random.default_rng(3)
-    csv_path = tmp_path / "lightcurve_A_V.csv"
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         pipeline = Pipeline(config, ledger=ledger)
+
+        def add(i, version=1):
+            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), version)
+
+        yield pipeline, add
+
+
+def test_light_curve_grows_by_appends_and_is_rebuilt_when_the_field_doubles(tmp_path):
+    """Each new light is appended to its curve (nothing rewritten); the curve is rebuilt,
+    comparisons chosen again, once the field has doubled its frames (10 at least)."""
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with field_a_pipeline(tmp_path) as (pipeline, add):
         for i in range(5):
-            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+            add(i)
         pipeline.update_curves()
         assert len(Table.read(csv_path, format="ascii.csv")) == 5
         for i in range(5, 14):
             before = csv_path.read_bytes()
-            pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), 1)
+            add(i)
             assert not pipeline.dirty_curves
             assert csv_path.read_bytes().startswith(before)
             assert len(Table.read(csv_path, format="ascii.csv")) == i + 1
-        pipeline._curve_changed(("A", "V"), _field_frame(ledger, 14, rng), 1)  # 10th append
+        add(14)  # 10th append
         assert pipeline.dirty_curves == {("A", "V")}
         pipeline.update_curves()
         assert pipeline.curves[("A", "V")]["frames"] == 15
-        rows = _field_frame(ledger, 15, rng)
-        pipeline._curve_changed(("A", "V"), rows, 2)  # a light measured again: rebuild
+        add(15, version=2)  # a light measured again: rebuild
         assert pipeline.dirty_curves == {("A", "V")}
         pipeline.update_curves()
-        pipeline._curve_changed(("A", "V"), _field_frame(ledger, 16, rng), 1)  # appended
+        add(16)  # appended
         assert not pipeline.dirty_curves
         pipeline.update_curves(min_interval=30.0, final=False)  # the daemon's tick: kept
         assert pipeline.curves[("A", "V")]["appended"] == 1
