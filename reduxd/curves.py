@@ -213,7 +213,12 @@ def field_table(rows, *, chunk=CHUNK_ROWS):
     if len({p["flux_ap"].shape[1:] for p in parts if "flux_ap" in keep}) > 1:
         keep -= set(lightcurve.APERTURE_KEYS)
     names = [n for n in order if n in keep]
-    return vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
+    table = vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
+    table.meta = dict(parts[0].meta)  # vstack concatenates the parts' lists (comments...)
+    detectors = {tuple(d.items()) for p in parts for d in p.meta.get("detector", [])}
+    if detectors:
+        table.meta["detector"] = [dict(d) for d in sorted(detectors)]
+    return table
 
 
 def _narrow_strings(table):

@@ -76,12 +76,14 @@ def test_field_table_built_in_chunks_equals_the_whole(tmp_path):
         row["flux_ap"] = [row["flux"], 2 * row["flux"]]
         row["flux_err_ap"] = [row["flux_err"]] * 2
         row["radius_ap"] = [3.0, 6.0]
+        row["detector"] = (1.33, 16.1, "photon transfer") if i % 3 else (1.0, 5.0, "assumed")
         if i >= 20:
             row["target_xy"] = [100.0, 50.0]
     rows[-1]["file"] = "a/much/longer/name/than/the/others.fits"
     whole = lightcurve.field_table(rows)
     chunked = field_table(iter(rows), chunk=7)
     assert chunked.colnames == whole.colnames and "target_x" in whole.colnames
+    assert chunked.meta == whole.meta and len(whole.meta["detector"]) == 2
     for name in whole.colnames:
         a, b = np.asarray(whole[name]), np.asarray(chunked[name])
         assert a.shape == b.shape and whole[name].unit == chunked[name].unit, name
