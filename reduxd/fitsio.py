@@ -358,8 +358,23 @@ def add_cards(header, cards):
         elif isinstance(value, float | np.floating) and not np.isfinite(value):
             header[key] = (None, f"{comment} ({value})".strip())
         else:
-            header[key] = (value, comment)
+            header[key] = (value, _fitting(key, value, comment))
     return header
+
+
+def _fitting(key, value, comment):
+    """``comment`` cut to the room left beside ``value`` (astropy would cut it and warn).
+
+    >>> raw = "pg2213/pg2213_R_15s/00_55_32/pg2213_00001.fits"
+    >>> _fitting("RAWFILE", raw, "raw frame, relative to its data folder")
+    'raw frame, relative'
+    """
+    if not comment:
+        return comment
+    used = len(fits.Card(key, value).image.rstrip())
+    if used > 80:  # a long string goes on over CONTINUE cards, the comment on the last
+        return comment
+    return comment[: max(80 - used - 3, 0)]
 
 
 def write_fits_atomic(path, hdul, *, durable=True):
