@@ -373,7 +373,6 @@ def run(args):
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
-    preload = Preload(LATER_MODULES)  # while the frames are sorted and ingested
     light_nights = {}
     cal, lights = sort_frames(found, config, nights=light_nights)
     plans, night_of = plan_nights(
@@ -411,6 +410,7 @@ def run(args):
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
+        preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
         if pool is not None:
             preload.join()  # before any fork: no import lock held by a thread
         pipeline.flush(pool=pool)  # the masters, in the pool when there is one
