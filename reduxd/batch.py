@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -552,12 +553,25 @@ def _reset_no_longer_excluded(ledger, found, pipeline):
 
 
 def _stacks_and_curves(pipeline, pool):
-    """Stacks in the workers while this process writes the light curves; the stack paths."""
+    """The light curves and the stacks, side by side in the workers; the stack paths.
+
+    With a local process pool the light curves are rebuilt in one worker (which
+    reads the ledger) while the others stack and this process measures and writes
+    the stacks; their finder charts (which mark the light curves' comparisons)
+    wait for the light curves. Dask workers may not see the ledger: not there.
+    """
     from reduxd.products import stacks  # see LATER_MODULES
 
-    pending = stacks.start_stacks(pipeline, pool) if pipeline.config.output.stack else None
-    pipeline.update_curves()
-    return stacks.finish_stacks(pipeline, pending) if pending is not None else []
+    local = pool if isinstance(pool, ProcessPoolExecutor) else None
+    pipeline.update_curves(pool=local)
+    curves_written = pipeline.lightcurves.close
+    try:
+        if not pipeline.config.output.stack:
+            return []
+        pending = stacks.start_stacks(pipeline, pool)
+        return stacks.finish_stacks(pipeline, pending, before_finders=curves_written)
+    finally:
+        curves_written()
 
 
 class Preload:

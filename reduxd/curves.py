@@ -86,13 +86,14 @@ class Curves:
                     return
         self.dirty.add(field)
 
-    def update(self, *, min_interval=0.0, final=True):
+    def update(self, *, min_interval=0.0, final=True, pool=None):
         """Rewrite the light curves of fields that got new rows.
 
         ``final`` (the end of a batch, a stop): curves that were appended to since
         their last build are rebuilt too, so they end on the whole night's ensemble,
-        here and now. Otherwise (the daemon's tick) the rebuild goes to a child
-        process and lands at a later call.
+        here and now, or in ``pool`` (the batch's forked process pool: it runs
+        beside the stacks) and then :meth:`close` waits for them. Otherwise (the
+        daemon's tick) the rebuild goes to a child process and lands at a later call.
         """
         self._land(wait=final)
         if final:
@@ -104,6 +105,11 @@ class Curves:
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
+        if final and pool is not None:
+            future = pool.submit(rebuild_here, self.config, str(self.ledger.path),
+                                 str(self.outdir), fields, upto)  # fmt: skip
+            self.running = (future, set(fields))
+            return
         if final:
             self._install(self._rebuild(fields, upto))
             self._close_pool()
@@ -237,6 +243,11 @@ def rebuild(config, ledger_path, outdir, fields, upto):
     Returns ``(ensembles, states)`` for :meth:`Curves._install`.
     """
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
+    return rebuild_here(config, ledger_path, outdir, fields, upto)
+
+
+def rebuild_here(config, ledger_path, outdir, fields, upto):
+    """:func:`rebuild` with this process's logging (a forked worker logs to the run's log)."""
     with Ledger(ledger_path, readonly=True) as ledger:
         curves = Curves(config, ledger=ledger, outdir=Path(outdir), clock=time.monotonic)
         return curves._rebuild(fields, upto)

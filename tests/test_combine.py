@@ -8,7 +8,13 @@ from astropy.io import fits
 from astropy.stats import sigma_clip
 
 from reduxd import fitsio
-from reduxd.steps.combine import band_rows, clipped_mean, combine_files, frame_median
+from reduxd.steps.combine import (
+    band_rows,
+    clipped_mean,
+    combine_files,
+    frame_median,
+    lane_median,
+)
 
 SHAPE = (61, 47)
 
@@ -147,3 +153,19 @@ def test_frame_median(tmp_path, cube):
     assert frame_median(layout, offset=pattern) == np.median(cube[0]) - 10.0
     band = frame_median(layout, offset=lambda y0, y1: pattern[y0:y1])
     assert band == np.median(cube[0]) - 10.0
+
+
+@pytest.mark.parametrize("nframes", [1, 2, 3, 10, 11, 20])
+def test_lane_median_equals_numpy_bit_for_bit(rng, nframes):
+    stack = rng.normal(300.0, 5.0, size=(40, 33, nframes)).astype(np.float32)
+    stack[::3] = np.round(stack[::3] * 4) / 4  # ties
+    stack[1, 2, nframes // 2] = np.nan  # one NaN: the lane's median is NaN
+    stack[2, :, 0] = np.float32(3.4e38)  # the two middle values may overflow when added
+    stack[3, :] = np.float32(1e-45)  # subnormal
+    expected = np.median(stack, axis=-1)
+    out = lane_median(stack.copy())
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(out, expected)
+    into = np.empty(stack.shape[:-1], np.float32)
+    assert lane_median(stack.copy(), out=into) is into
+    np.testing.assert_array_equal(into, expected)

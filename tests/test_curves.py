@@ -90,3 +90,27 @@ def test_field_table_built_in_chunks_equals_the_whole(tmp_path):
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
     rows[3]["flux_ap"] = [1.0]  # radii that differ: the whole leaves the columns out
     assert field_table(iter(rows), chunk=7).colnames == lightcurve.field_table(rows).colnames
+
+
+def test_final_rebuild_in_a_batch_pool_gives_the_curve_of_an_inline_rebuild(tmp_path):
+    """``reduxd reduce --jobs N`` rebuilds the curves in a worker (beside the stacks):
+    nothing is installed until ``close``; the files are those of a rebuild here."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    csv_path, ecsv_path = tmp_path / "lightcurve_A_V.csv", tmp_path / "lightcurve_A_V.ecsv"
+    with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
+        for i in range(12):
+            add(i)
+        curves = pipeline.lightcurves
+        pipeline.update_curves(pool=pool)
+        assert curves.running is not None and not curves.ensembles
+        curves.close()
+        assert curves.running is None and curves.pool is None
+        assert curves.ensembles[("A", "V")]["target_id"] == 1
+        assert pipeline.curves[("A", "V")]["frames"] == 12
+        in_worker = csv_path.read_bytes(), ecsv_path.read_bytes()
+        csv_path.unlink()
+        curves.dirty.add(("A", "V"))
+        pipeline.update_curves()  # the same rebuild, in this process
+    assert (csv_path.read_bytes(), ecsv_path.read_bytes()) == in_worker
+    assert len(Table.read(csv_path, format="ascii.csv")) == 12

@@ -74,3 +74,29 @@ def test_grey_levels_are_a_monotonic_zscale_asinh_stretch():
     x = np.linspace(0.0, 1.0, LUT_SIZE)
     expected = AsinhStretch(a=0.1)(x) * (GREYS - 1)
     assert np.abs(_ASINH_LUT - expected).max() <= 0.5 + 1e-9
+
+
+def test_stack_finder_png_has_the_pixels_of_the_default_compression(tmp_path, monkeypatch):
+    """The finder chart is written at zlib level 1: the same image as at matplotlib's default."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from reduxd.products.finder import finder_png
+
+    data = frame()
+    table = Table({"star_id": [1, 2, 3], "x": [50.0, 150.0, 250.0], "y": [100.0] * 3,
+                   "mag_inst": [-8.0, -9.0, -7.0]})  # fmt: skip
+    fast = finder_png(data, table, radius=6.0, target_id=1, comparison_ids=[2], title="t")
+    levels = []
+    savefig = Figure.savefig
+
+    def default_level(self, *args, **kwargs):  # what matplotlib writes without pil_kwargs
+        levels.append(kwargs.pop("pil_kwargs", None))
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", default_level)
+    default = finder_png(data, table, radius=6.0, target_id=1, comparison_ids=[2], title="t")
+    assert levels == [{"compress_level": 1}]
+    assert fast != default
+    np.testing.assert_array_equal(imread(io.BytesIO(fast)), imread(io.BytesIO(default)))

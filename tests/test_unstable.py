@@ -58,3 +58,21 @@ def test_arcsat_darks_have_few_unstable_pixels(arcsat_dir):
     mask = unstable_pixels([lay for _info, lay in frames])
     print(f"ARCSAT 60 s darks: {int(mask.sum())} unstable pixels of {mask.size}")
     assert mask.sum() / mask.size < 1e-4
+
+
+def test_unstable_pixels_equal_the_frames_first_formula(tmp_path):
+    """The frames-last computation gives the mask of the plain numpy formula, pixel for pixel."""
+    frames = [lay for _info, lay in M.load_frames(_darks(tmp_path, n=7), max_bytes=10**8)]
+    from reduxd.steps.gain import central_box, pair_read_noise
+
+    boxes = [central_box(lay) for lay in frames]
+    levels = [float(np.median(b)) for b in boxes]
+    read_noise, _ = pair_read_noise([b - lv for b, lv in zip(boxes, levels, strict=True)])
+    stack = np.stack([fits.getdata(lay.path).astype(np.float32) - np.float32(lv)
+                      for lay, lv in zip(frames, levels, strict=True)])  # fmt: skip
+    median = np.median(stack, axis=0)
+    second = np.sort(np.abs(stack - median), axis=0)[-2]
+    expected = second > 3.0 * np.sqrt(read_noise**2 + np.clip(median, 0, None))
+    mask = unstable_pixels(frames, nsigma=3.0, band_rows=16)
+    assert expected.sum() > len(FLICKER)  # noise pixels too at 3 sigma: a real comparison
+    np.testing.assert_array_equal(mask, expected)

@@ -112,7 +112,9 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     if title:
         fig.suptitle(title, fontsize=10, y=0.99, va="top")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    # zlib level 1: the same pixels as matplotlib's default (6), written 5x faster (0.06
+    # against 0.30 s for a 1000x776 stack chart) and no larger (a noisy sky barely packs)
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 

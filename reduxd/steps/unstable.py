@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from reduxd.fitsio import read_rows
+from reduxd.steps.combine import lane_median
 from reduxd.steps.gain import central_box, pair_read_noise
 
 MIN_FRAMES = 4  # fewer darks cannot tell a flicker from a cosmic ray
@@ -69,9 +70,11 @@ def unstable_pixels(layouts, *, nsigma=6.0, gain=1.0, band_rows=BAND_ROWS):
     for y0 in range(0, ny, band_rows):
         y1 = min(ny, y0 + band_rows)
         bands = zip(layouts, levels, strict=True)
-        stack = np.stack([read_rows(lay, y0, y1) - np.float32(lv) for lay, lv in bands])
-        median = np.median(stack, axis=0)
-        second = np.sort(np.abs(stack - median), axis=0)[-2]
+        stack = np.stack([read_rows(lay, y0, y1) - np.float32(lv) for lay, lv in bands], axis=-1)
+        median = lane_median(stack.copy())  # frames last: short lanes sort fast
+        deviations = np.abs(stack - median[..., None])
+        deviations.sort(axis=-1)
+        second = deviations[..., -2]
         expected = np.sqrt(read_noise**2 + np.clip(median, 0, None) / gain)
         mask[y0:y1] = second > nsigma * expected
     return mask
