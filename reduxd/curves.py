@@ -89,6 +89,10 @@ class Curves:
     def update(self, *, min_interval=0.0, final=True, pool=None):
         """Rewrite the light curves of fields that got new rows.
 
+        ``min_interval`` (s) spaces the rebuilds of fields that have a curve; a
+        field without one yet (a new field, or too few frames so far) is built at
+        the first call after its new light.
+
         ``final`` (the end of a batch, a stop): curves that were appended to since
         their last build are rebuilt too, so they end on the whole night's ensemble,
         here and now, or in ``pool`` (the batch's forked process pool: it runs
@@ -100,7 +104,8 @@ class Curves:
             appended = [f for f, state in self.states.items() if state and state.get("appended")]
             self.dirty.update(appended)
         now = self.clock()
-        if not self.dirty or now - self._at < min_interval or self.running:
+        young = any(not self.states.get(f) for f in self.dirty)  # no curve yet: not held back
+        if not self.dirty or self.running or (now - self._at < min_interval and not young):
             return
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()

@@ -114,3 +114,28 @@ def test_final_rebuild_in_a_batch_pool_gives_the_curve_of_an_inline_rebuild(tmp_
         pipeline.update_curves()  # the same rebuild, in this process
     assert (csv_path.read_bytes(), ecsv_path.read_bytes()) == in_worker
     assert len(Table.read(csv_path, format="ascii.csv")) == 12
+
+
+def test_a_new_field_gets_its_curve_at_the_next_tick_not_after_the_interval(tmp_path):
+    """The daemon spaces rebuilds of curves that exist (30 s); a field without a curve
+    yet is built at the next tick, so its curve (and its finder charts' target) shows
+    seconds after its first lights."""
+    now = [0.0]
+    with field_a_pipeline(tmp_path, clock=lambda: now[0]) as (pipeline, add):
+        curves = pipeline.lightcurves
+        for i in range(3):
+            add(i)
+        pipeline.update_curves(min_interval=30.0, final=False)
+        curves.running[0].result(timeout=120)
+        now[0] = 5.0
+        pipeline.update_curves(min_interval=30.0, final=False)  # lands: A has its curve
+        assert curves.running is None and curves.states[("A", "V")]
+        add(3)  # appended to A's curve
+        rows = _field_frame(pipeline.ledger, 0, np.random.default_rng(5), field=("B", "R"))
+        pipeline._curve_changed(("B", "R"), rows, 1)
+        now[0] = 6.0
+        pipeline.update_curves(min_interval=30.0, final=False)
+        assert curves.running is not None and curves.running[1] == {("B", "R")}
+        curves.running[0].result(timeout=120)
+        pipeline.update_curves()
+    assert (tmp_path / "lightcurve_B_R.csv").exists()

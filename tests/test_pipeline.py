@@ -151,14 +151,15 @@ def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp
     assert sorted(m.ncombine for m in flat_masters) == [3, 3]
 
 
-def _field_frame(ledger, i, rng):
-    """A light of field A with 8 steady stars, recorded in the ledger; its rows."""
-    frame = ledger.observe("/raw", f"A_{i:03d}.fits", size=1, mtime_ns=i)
+def _field_frame(ledger, i, rng, field=("A", "V")):
+    """A light of ``field`` (A, V) with 8 steady stars, recorded in the ledger; its rows."""
+    name = f"{field[0]}_{i:03d}.fits"
+    frame = ledger.observe("/raw", name, size=1, mtime_ns=i)
     rows = []
     for sid in range(1, 9):
         row = contract_row(0)
         flux = 1e4 * sid * (1 + rng.normal(0, 0.002))
-        row.update(object="A", filter="V", file=f"A_{i:03d}.fits", mjd=60000.0 + i / 1e3,
+        row.update(object=field[0], filter=field[1], file=name, mjd=60000.0 + i / 1e3,
                    star_id=sid, x=100.0 + 40 * (sid - 1), y=50.0, flux=flux,
                    flux_err=10.0 * sid, flags=0, exptime=10.0, version=1, current=1)  # fmt: skip
         rows.append(row)
@@ -167,7 +168,7 @@ def _field_frame(ledger, i, rng):
 
 
 @contextlib.contextmanager
-def field_a_pipeline(tmp_path):
+def field_a_pipeline(tmp_path, clock=time.monotonic):
     """A Pipeline on a fresh ledger, target star 1 of field (A, V); yields ``(pipeline, add)``:
     ``add(i, version=1)`` commits light ``i`` of that field and tells the pipeline."""
     config = load_config(
@@ -175,7 +176,7 @@ def field_a_pipeline(tmp_path):
     )
     rng = np.random.default_rng(3)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        pipeline = Pipeline(config, ledger=ledger)
+        pipeline = Pipeline(config, ledger=ledger, clock=clock)
 
         def add(i, version=1):
             pipeline._curve_changed(("A", "V"), _field_frame(ledger, i, rng), version)
