@@ -110,22 +110,23 @@ class Curves:
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
-        if final and pool is not None:
-            future = pool.submit(rebuild_here, self.config, str(self.ledger.path),
-                                 str(self.outdir), fields, upto)  # fmt: skip
-            self.running = (future, set(fields))
-            return
-        if final:
+        if final and pool is None:
             self._install(self._rebuild(fields, upto))
             self._close_pool()
             return
+        if final:  # in the batch's forked pool, whose workers log to the run's log
+            work = rebuild_here
+        else:
+            work, pool = rebuild, self._child()
+        args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
+        self.running = (pool.submit(work, *args), set(fields))
+
+    def _child(self):
+        """The daemon's one-worker pool for rebuilds (spawned: the daemon has threads)."""
         if self.pool is None:
-            spawn = multiprocessing.get_context("spawn")  # the daemon has threads: no fork
+            spawn = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1)
-        future = self.pool.submit(
-            rebuild, self.config, str(self.ledger.path), str(self.outdir), fields, upto
-        )
-        self.running = (future, set(fields))
+        return self.pool
 
     def close(self):
         """Wait for a rebuild in the child, then stop the child."""
