@@ -227,9 +227,9 @@ def field_table(rows, *, chunk=CHUNK_ROWS):
     names = [n for n in order if n in keep]
     table = vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
     table.meta = dict(parts[0].meta)  # vstack concatenates the parts' lists (comments...)
-    detectors = {tuple(d.items()) for p in parts for d in p.meta.get("detector", [])}
+    detectors = [tuple(d.values()) for p in parts for d in p.meta.get("detector", [])]
     if detectors:
-        table.meta["detector"] = [dict(d) for d in sorted(detectors)]
+        table.meta["detector"] = lightcurve.detector_meta(detectors)
     return table
 
 

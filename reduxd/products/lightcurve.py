@@ -150,6 +150,17 @@ def _place(row):
     return (*radec, *where)
 
 
+def detector_meta(detectors):
+    """The ``detector`` meta of a light curve: each distinct (gain, read noise, source), sorted.
+
+    >>> detector_meta([(1.33, 16.1, "flats"), (1.33, 16.1, "flats")])
+    [{'gain_e_per_adu': 1.33, 'read_noise_e': 16.1, 'source': 'flats'}]
+    """
+    return [
+        {"gain_e_per_adu": g, "read_noise_e": n, "source": s} for g, n, s in sorted(set(detectors))
+    ]
+
+
 def field_table(rows):
     """Return the contract table of one field's rows, with multi-aperture columns when known.
 
@@ -167,11 +178,9 @@ def field_table(rows):
         xy = [r.get("target_xy") or (math.nan, math.nan) for r in rows]
         table["target_x"] = np.array([v[0] for v in xy], dtype=np.float64)
         table["target_y"] = np.array([v[1] for v in xy], dtype=np.float64)
-    detectors = sorted({tuple(r["detector"]) for r in rows if r.get("detector")})
+    detectors = detector_meta(tuple(r["detector"]) for r in rows if r.get("detector"))
     if detectors:
-        table.meta["detector"] = [
-            {"gain_e_per_adu": g, "read_noise_e": n, "source": s} for g, n, s in detectors
-        ]
+        table.meta["detector"] = detectors
     sizes = {len(r[k]) if isinstance(r.get(k), list) else -1 for r in rows for k in APERTURE_KEYS}
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
