@@ -80,6 +80,18 @@ def whole_night(tmp):
     return rels, root, write_config(tmp, root=root), tmp / "out" / "reduxd.sqlite"
 
 
+def night_before_flats(tmp, *, force):
+    """A small night under ``tmp/raw`` without its dawn flats yet:
+    ``(lights, add_flats, config, ledger)``; ``add_flats()`` places the flats."""
+    stage, rels, _ = stage_night(tmp, flats_last=True)
+    flats = [r for r in rels if "/flats/" in r]
+    root = tmp / "raw"
+    place(stage, root, [r for r in rels if r not in flats])
+    lights = [r for r in rels if r.startswith(LIGHTS)]
+    config = write_config(tmp, root=root, force=force)
+    return lights, lambda: place(stage, root, flats), config, tmp / "out" / "reduxd.sqlite"
+
+
 class Daemon:
     """``reduxd watch`` in a subprocess; stdout (JSON lines) goes to a file we can read live."""
 
@@ -461,13 +473,7 @@ def test_flats_after_lights(tmp_path, force):
     reduced without a flat) and each light is re-reduced with the flat once it exists:
     both versions in the table, the new one current. Without ``force`` the lights wait
     for the flat and are reduced once."""
-    stage, rels, _ = stage_night(tmp_path, flats_last=True)
-    flats = [r for r in rels if "/flats/" in r]
-    lights = [r for r in rels if r.startswith(LIGHTS)]
-    root = tmp_path / "raw"
-    place(stage, root, [r for r in rels if r not in flats])
-    config = write_config(tmp_path, root=root, force=force)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    lights, add_flats, config, db = night_before_flats(tmp_path, force=force)
     with daemon(config) as d:
         d.started()
         if force:
@@ -484,7 +490,7 @@ def test_flats_after_lights(tmp_path, force):
                 what="lights waiting for a flat",
             )
             assert not d.events("frame_reduced")
-        place(stage, root, flats)
+        add_flats()
         with_flat = "SELECT count(*) FROM reductions WHERE superseded = 0 AND calib LIKE '%flat'"
         d.wait_for(
             lambda: query(db, with_flat)[0][0] == N_LIGHTS,
@@ -513,17 +519,11 @@ def test_flats_after_lights(tmp_path, force):
 def test_kill9_during_rereduction_resumes_it(tmp_path):
     """Killed while re-reducing the night's lights with the new flat: after the restart
     every light is current with the flat, not only the one that was interrupted."""
-    stage, rels, _ = stage_night(tmp_path, flats_last=True)
-    flats = [r for r in rels if "/flats/" in r]
-    lights = [r for r in rels if r.startswith(LIGHTS)]
-    root = tmp_path / "raw"
-    place(stage, root, [r for r in rels if r not in flats])
-    config = write_config(tmp_path, root=root, force=True)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    lights, add_flats, config, db = night_before_flats(tmp_path, force=True)
     with daemon(config, name="first") as d:
         d.started()
         d.wait_for(lambda: len(d.events("frame_reduced")) == N_LIGHTS, timeout=30, what="v1")
-        place(stage, root, flats)
+        add_flats()
         flat_built = "SELECT count(*) FROM masters WHERE kind = 'flat'"
         killed = kill_while_processing(d, db, LIGHTS + "%", when=flat_built)
     with_flat = "SELECT count(*) FROM reductions WHERE superseded = 0 AND calib LIKE '%flat'"

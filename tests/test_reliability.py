@@ -32,6 +32,7 @@ from test_daemon import (
     N_LIGHTS,
     check_consistent,
     daemon,
+    night_before_flats,
     place,
     query,
     reduced_files,
@@ -378,17 +379,11 @@ def test_two_gigabytes_of_zeros_named_fits_stay_under_200_mb(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_stops_a_rereduction_between_lights_and_it_resumes(tmp_path):
-    stage, rels, _ = stage_night(tmp_path, flats_last=True)
-    flats = [r for r in rels if "/flats/" in r]
-    lights = [r for r in rels if r.startswith(LIGHTS)]
-    root = tmp_path / "raw"
-    place(stage, root, [r for r in rels if r not in flats])
-    config = write_config(tmp_path, root=root, force=True)
-    db = tmp_path / "out" / "reduxd.sqlite"
+    lights, add_flats, config, db = night_before_flats(tmp_path, force=True)
     with daemon(config, name="first") as d:
         d.started()
         d.wait_for(lambda: len(reduced_files(d)) == N_LIGHTS, timeout=60, what="v1")
-        place(stage, root, flats)
+        add_flats()
         d.wait_for(lambda: d.events("rereduce"), timeout=60, what="a re-reduction")
         assert d.stop(signal.SIGTERM) == 0
     redone = len(reduced_files(d)) - N_LIGHTS
