@@ -27,6 +27,7 @@ pixels; as the fit also uses pixels inside the aperture, ``aperture_cov``
 carries the covariance needed by the flux error (``measure.flux_error``).
 """
 
+import functools
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -129,76 +130,90 @@ def _radii(sl, x, y):
     return np.hypot(xx - x, yy - y)
 
 
+_SLACK = np.sqrt(0.5) + 1e-6  # a star lies within sqrt(0.5) px of its nearest pixel centre
+
+
+@functools.lru_cache(maxsize=16)
 def _annulus_offsets(r_in, r_out):
-    """Integer offsets ``(dx, dy)`` that can fall in the annulus of a star near a pixel centre.
+    """Integer offsets that can fall in the annulus of a star near a pixel centre.
 
     A star lies within half a pixel (in x and y) of its nearest pixel centre, so
     its distance to any pixel differs from the offset's length by at most
-    ``sqrt(0.5)``; the offsets are those of the square stamp of half size
-    ``ceil(r_out)`` (as ``_stamp``) within 1 pixel of the annulus, row-major.
+    ``sqrt(0.5)``. Returns ``(dx, dy, n_sure, half)``: the offsets of the square
+    stamp of half size ``half = ceil(r_out)`` (as ``_stamp``) that can fall in
+    the annulus, first the ``n_sure`` ones in it wherever the star sits in its
+    pixel, then those that depend on it (cached by radii; read-only arrays).
     """
     half = int(np.ceil(r_out))
     dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
-    dist = np.hypot(dx, dy)
-    near = (dist >= r_in - 1.0) & (dist < r_out + 1.0)
-    return dx[near], dy[near]
+    length = np.hypot(dx, dy).ravel()
+    near = (length >= r_in - _SLACK) & (length < r_out + _SLACK)
+    sure = (length - _SLACK >= r_in) & (length + _SLACK < r_out)
+    order = np.r_[np.flatnonzero(sure), np.flatnonzero(near & ~sure)]
+    dx, dy = dx.ravel()[order], dy.ravel()[order]
+    for a in (dx, dy):
+        a.flags.writeable = False
+    return dx, dy, int(sure.sum()), half
 
 
-def _first_at_least(s, rows, start, stop, above):
-    """For each of ``rows``, the first index in ``[start, stop)`` where ``above(v, k)`` holds.
+def _row_search(flat, base, lo, hi, above):
+    """For each row, the first index in ``[lo, hi)`` where ``above(value)`` holds; ``hi``
+    where it never does.
 
-    ``above`` (value, position in ``rows``) must be monotone along each sorted
-    row; a vectorised binary search; ``stop`` where it never holds.
+    ``flat`` holds the sorted rows end to end, row ``k`` from ``base[k]``;
+    ``above`` (float64 values) must be monotone along each row. A vectorised
+    binary search; ``lo`` and ``hi`` are not modified.
     """
-    lo, hi = start.copy(), stop.copy()
-    last = s.shape[1] - 1
-    k = np.arange(rows.size)
-    for _ in range(int(s.shape[1]).bit_length() + 1):
+    lo, hi = lo.copy(), hi.copy()
+    last = flat.size - 1
+    while True:
         open_ = lo < hi
         if not open_.any():
-            break
-        mid = (lo + hi) // 2
-        ok = above(s[rows, np.minimum(mid, last)].astype(np.float64), k)
+            return lo
+        mid = (lo + hi) >> 1
+        ok = above(flat.take(np.minimum(base + mid, last)).astype(np.float64))
         hi = np.where(open_ & ok, mid, hi)
         lo = np.where(open_ & ~ok, mid + 1, lo)
-    return lo
 
 
 def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     """``clipped_stats`` of every row at once (same clipping rule and iterations).
 
     ``rows`` holds one star's candidate pixels per row, NaN where a pixel is not
-    usable (values are compared and summed in float64, as ``clipped_stats``).
-    Each row is sorted once: a clipped set ``|v - median| <= sigma * std``
-    is a contiguous run ``[lo, hi)`` of the sorted row, found by binary search;
-    the run's sums (of the row less its first median, so the variance loses no
-    precision) are the row's sums less the values clipped off its ends.
-    Returns ``(median, std, n)`` arrays; median and std are NaN where ``n == 0``.
+    usable (values are compared and summed in float64, as ``clipped_stats``);
+    it is sorted in place, once: a clipped set ``|v - median| <= sigma * std``
+    is a contiguous run ``[lo, hi)`` of the sorted row, found by binary search
+    (``_kept_run``); the run's sums (of the row less its first median, so the
+    variance loses no precision) are the row's sums less the values clipped off
+    its ends. Returns ``(median, std, n)`` arrays; median and std are NaN where
+    ``n == 0``.
     """
-    s = np.sort(rows, axis=1)  # NaN last
-    n_all = np.count_nonzero(~np.isnan(s), axis=1)
-    s = s[:, : max(int(n_all.max(initial=0)), 1)]
-    n_rows, width = s.shape
-    lo, hi = np.zeros(n_rows, np.int64), n_all.astype(np.int64)
+    rows.sort(axis=1)  # NaN last
+    n_rows, width = rows.shape
+    flat = rows.reshape(-1)
+    base = np.arange(n_rows, dtype=np.int64) * width
+    lo = np.zeros(n_rows, np.int64)
+    hi = _row_search(flat, base, lo, np.full(n_rows, width, np.int64), np.isnan)
 
     def median_of(rr, lo, hi):
         n = np.maximum(hi - lo, 1)
-        a = s[rr, np.minimum(lo + (n - 1) // 2, width - 1)].astype(np.float64)
-        b = s[rr, np.minimum(lo + n // 2, width - 1)].astype(np.float64)
+        a = flat.take(base[rr] + np.minimum(lo + (n - 1) // 2, width - 1)).astype(np.float64)
+        b = flat.take(base[rr] + np.minimum(lo + n // 2, width - 1)).astype(np.float64)
         return np.where(n % 2 == 1, a, (a + b) / 2.0)
 
-    # sums (float64) of each row less its first median, updated as runs shrink
     every = np.arange(n_rows)
-    u = np.subtract(s, np.nan_to_num(median_of(every, lo, hi))[:, None], dtype=np.float64)
-    np.copyto(u, 0.0, where=np.isnan(u))
-    s1, s2 = u.sum(axis=1), np.einsum("ij,ij->i", u, u)
+    first = np.nan_to_num(median_of(every, lo, hi))
+    s1, s2 = _centred_sums(rows[:, : max(int(hi.max(initial=0)), 1)], first)
 
     def drop(rr, start, stop):  # take the values in [start, stop) out of the sums
         span = int(np.max(stop - start, initial=0))
         if span == 0:
             return
         j = start[:, None] + np.arange(span)
-        v = np.where(j < stop[:, None], u[rr[:, None], np.minimum(j, width - 1)], 0.0)
+        inside = j < stop[:, None]
+        j = base[rr, None] + np.where(inside, j, start[:, None])
+        u = np.subtract(flat.take(j), first[rr, None], dtype=np.float64)
+        v = np.where(inside, u, 0.0)
         s1[rr] -= v.sum(axis=1)
         s2[rr] -= np.einsum("ij,ij->i", v, v)
 
@@ -215,14 +230,7 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
                 break
             a_lo, a_hi = lo[active], hi[active]
             median, std = stats(active, a_lo, a_hi)
-            limit = sigma * std
-
-            def kept(v, k, median=median, limit=limit):
-                return np.abs(v - median[k]) <= limit[k]
-
-            # along a sorted row |v - median| falls, then rises: the kept run
-            new_lo = _first_at_least(s, active, a_lo, a_hi, kept)
-            new_hi = _first_at_least(s, active, new_lo, a_hi, lambda v, k: ~kept(v, k))
+            new_lo, new_hi = _kept_run(flat, base[active], a_lo, a_hi, median, std, sigma)
             drop(active, a_lo, new_lo)
             drop(active, new_hi, a_hi)
             lo[active], hi[active] = new_lo, new_hi
@@ -234,38 +242,103 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     return np.where(empty, np.nan, median), np.where(empty, np.nan, std), n
 
 
-def _annulus_rows(data, mask, x, y, dx, dy, *, r_in, r_out):
+def _centred_sums(rows, centre, block=64):
+    """Sums of ``rows - centre`` and of its squares per row (float64, NaN as 0).
+
+    In blocks of rows, so the float64 copy stays small (in cache).
+    """
+    s1, s2 = np.empty(rows.shape[0]), np.empty(rows.shape[0])
+    buffer = np.empty((block, rows.shape[1]))
+    for start in range(0, rows.shape[0], block):
+        stop = min(start + block, rows.shape[0])
+        u = buffer[: stop - start]
+        np.subtract(rows[start:stop], centre[start:stop, None], out=u)
+        np.copyto(u, 0.0, where=np.isnan(u))
+        s1[start:stop], s2[start:stop] = u.sum(axis=1), np.einsum("ij,ij->i", u, u)
+    return s1, s2
+
+
+def _kept_run(flat, base, lo, hi, median, std, sigma):
+    """The run ``[new_lo, new_hi)`` of each sorted row's ``[lo, hi)`` within ``sigma * std``.
+
+    Along a sorted row ``|v - median|`` falls, then rises. The middle element
+    (``(lo + hi) // 2``) is kept whenever ``sigma >= 1`` (it lies within one std
+    of the median), and then both ends are found by one binary search of twice
+    the rows: the first kept value below it, the first one not kept from it on.
+    Rows whose middle is not kept search from ``lo`` for both ends, in turn.
+    """
+    limit = sigma * std
+
+    def kept(v, median, limit):
+        return np.abs(v - median) <= limit
+
+    mid = (lo + hi) // 2
+    both = np.r_[base, base]
+    start, stop = np.r_[lo, mid], np.r_[mid, hi]
+    centre = kept(flat.take(np.minimum(base + mid, flat.size - 1)).astype(np.float64), median,
+                  limit)  # fmt: skip
+    upper = np.r_[np.zeros(lo.size, bool), np.ones(lo.size, bool)]
+    med2, lim2 = np.r_[median, median], np.r_[limit, limit]
+    ends = _row_search(flat, both, start, stop, lambda v: kept(v, med2, lim2) != upper)
+    new_lo, new_hi = ends[: lo.size], ends[lo.size :]
+    odd = np.flatnonzero(~centre & (lo < hi))
+    if odd.size:  # the middle not kept (sigma < 1, or a non-finite std): in turn from lo
+        m, lm = median[odd], limit[odd]
+        new_lo[odd] = _row_search(flat, base[odd], lo[odd], hi[odd], lambda v: kept(v, m, lm))
+        new_hi[odd] = _row_search(flat, base[odd], new_lo[odd], hi[odd],
+                                  lambda v: ~kept(v, m, lm))  # fmt: skip
+    return new_lo, new_hi
+
+
+def _annulus_rows(data, mask, x, y, *, r_in, r_out):
     """Candidate pixels of each star's annulus, one row per star, NaN where unusable.
 
-    Pixels are gathered from the flattened image by linear index (``take``);
-    only stars whose box crosses the frame edge pay for the bounds checks.
+    Each star's square stamp is gathered at once (a window view of the image,
+    fancy-indexed by the stamps' corners) and the annulus offsets picked from
+    it; only the offsets near ``r_in`` or ``r_out`` are tested against the
+    star's exact position, and only stars whose stamp crosses the frame edge
+    pay for bounds checks (their pixels are gathered by linear index).
     """
+    dx, dy, n_sure, half = _annulus_offsets(float(r_in), float(r_out))
     ny, nx = data.shape
     cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    usable = np.ones((x.size, dx.size), bool)
-    # only offsets near r_in or r_out depend on where the star sits in its pixel
-    length, slack = np.hypot(dx, dy), np.sqrt(0.5) + 1e-6
-    test = ~((length - slack >= r_in) & (length + slack < r_out))
-    if test.any():
-        # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
-        ddx = dx[test][None, :] - (x - cx)[:, None]
-        ddy = dy[test][None, :] - (y - cy)[:, None]
-        r2 = ddx * ddx + ddy * ddy  # squared: no square root per pixel
-        usable[:, test] = (r2 >= r_in * r_in) & (r2 < r_out * r_out)
-    index = (cy * nx + cx)[:, None] + (dy * nx + dx)[None, :]
-    half = max(int(np.max(np.abs(dx), initial=0)), int(np.max(np.abs(dy), initial=0)))
+    side = 2 * half + 1
+    pick = (dy + half) * side + (dx + half)
     edge = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
+    # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
+    ddx = dx[None, n_sure:] - (x - cx)[:, None]
+    ddy = dy[None, n_sure:] - (y - cy)[:, None]
+    r2 = ddx * ddx + ddy * ddy  # squared: no square root per pixel
+    off_ring = ~((r2 >= r_in * r_in) & (r2 < r_out * r_out))
+    if ny < side or nx < side:
+        edge[:] = True
+        rows = np.empty((x.size, dx.size), _as_float(data[:0, :0]).dtype)
+    else:  # corners clamped into the frame: the edge stars' rows are redone below
+        x0, y0 = np.clip(cx - half, 0, nx - side), np.clip(cy - half, 0, ny - side)
+        rows = _as_float(_stamps(data, x0, y0, side).take(pick, axis=1))
+        if mask is not None:
+            np.copyto(rows, np.nan, where=_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
+        np.copyto(rows[:, n_sure:], np.nan, where=off_ring)
     if edge.any():
         px, py = cx[edge, None] + dx, cy[edge, None] + dy
-        usable[edge] &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        index[edge] = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
-    flat = np.ascontiguousarray(data).reshape(-1)
-    if mask is not None:
-        usable &= np.ascontiguousarray(mask).reshape(-1).take(index) == 0
-    values = flat.take(index)
-    if not np.issubdtype(values.dtype, np.floating):
-        values = values.astype(np.float64)
-    return np.where(usable, values, np.array(np.nan, values.dtype))
+        usable = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        usable[:, n_sure:] &= ~off_ring[edge]
+        index = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+        if mask is not None:
+            usable &= np.ascontiguousarray(mask).reshape(-1).take(index) == 0
+        values = _as_float(np.ascontiguousarray(data).reshape(-1).take(index))
+        rows[edge] = np.where(usable, values, np.array(np.nan, values.dtype))
+    return rows
+
+
+def _as_float(values):
+    return values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64)
+
+
+def _stamps(image, x0, y0, side):
+    """The ``side x side`` stamps with corners ``(x0, y0)`` (inside the image), flattened."""
+    window = np.lib.stride_tricks.sliding_window_view(image, (side, side))
+    return window[y0, x0].reshape(x0.size, side * side)
 
 
 def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
@@ -302,11 +375,11 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     out = np.full((4, x.size), np.nan)
-    dx, dy = _annulus_offsets(r_in, r_out)
+    dx, _, _, _ = _annulus_offsets(float(r_in), float(r_out))
     chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
     for start in range(0, x.size, chunk):
         xs, ys = x[start : start + chunk], y[start : start + chunk]
-        rows = _annulus_rows(data, mask, xs, ys, dx, dy, r_in=r_in, r_out=r_out)
+        rows = _annulus_rows(data, mask, xs, ys, r_in=r_in, r_out=r_out)
         med, std, npix = _clipped_rows(rows, sigma=sigma)
         block = slice(start, start + xs.size)
         out[0, block], out[1, block], out[2, block] = med, std, npix
