@@ -30,7 +30,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from reduxd import maskbits
-from reduxd.steps.sky import background_map
+from reduxd.steps.sky import background_map, square_stamps
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 IGNORED = maskbits.BAD | maskbits.NONFINITE
@@ -211,8 +211,17 @@ def local_background(data, x, y, *, half, mask=None):
     if px.size == 0:
         return np.zeros(0)
     values, usable = _gather(data, px, py, *_square(half, border=True), mask=mask)
-    with np.errstate(all="ignore"):
-        return np.nanmedian(np.where(usable, values, np.nan), axis=1)
+    return _row_medians(np.where(usable, values, np.nan), np.count_nonzero(usable, axis=1))
+
+
+def _row_medians(values, count):
+    """Median of the first ``count`` values of each row once sorted (NaN last), as
+    ``nanmedian`` (the mean of the middle two for an even count; NaN for none)."""
+    values.sort(axis=1)
+    rows, last = np.arange(values.shape[0]), values.shape[1] - 1
+    low = values[rows, np.clip((count - 1) // 2, 0, last)]
+    high = values[rows, np.minimum(count // 2, last)]
+    return np.where(count > 0, (low + high) / 2.0, np.nan)
 
 
 def peak_position(data, x, y, *, half):
@@ -250,7 +259,7 @@ def _weighted_moments(stamp, sl, x, y, sigma_w):
 def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     """``_weighted_moments`` of stars whose boxes (same ``half``) lie inside the frame.
 
-    Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered by fancy indexing;
+    Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered at once (``square_stamps``);
     the moments are those of ``_weighted_moments`` (equal to ~1e-15), with the
     Gaussian window as a product of its x and y factors and the first and
     second moments taken from the stamps' row and column sums.
@@ -258,16 +267,18 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     """
     offsets = np.arange(-half, half + 1)
     xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    xx = (xc[:, None] + offsets)[:, None, :]  # (n, 1, b)
-    yy = (yc[:, None] + offsets)[:, :, None]  # (n, b, 1)
-    stamp = resid[yy, xx] - background[:, None, None]
+    side = 2 * half + 1
+    stamp = np.subtract(square_stamps(resid, xc - half, yc - half, side),
+                        background[:, None, None], dtype=np.float64)  # fmt: skip
     if mask is not None:
-        stamp = np.where(mask[yy, xx] & IGNORED, 0.0, stamp)
-    stamp = np.nan_to_num(stamp)
+        ignored = square_stamps(mask, xc - half, yc - half, side) & IGNORED
+        np.copyto(stamp, 0.0, where=ignored != 0)
+    np.nan_to_num(stamp, copy=False)
     dx, dy = (xc[:, None] + offsets) - x[:, None], (yc[:, None] + offsets) - y[:, None]  # (n, b)
     sw2 = (sigma_w**2)[:, None]
     # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)
-    wi = stamp * np.exp(-0.5 * dy * dy / sw2)[:, :, None] * np.exp(-0.5 * dx * dx / sw2)[:, None, :]
+    wi = np.multiply(stamp, np.exp(-0.5 * dy * dy / sw2)[:, :, None], out=stamp)
+    np.multiply(wi, np.exp(-0.5 * dx * dx / sw2)[:, None, :], out=wi)
     rows, cols = wi.sum(axis=2), wi.sum(axis=1)  # (n, b): summed along x, along y
 
     total = rows.sum(axis=1)

@@ -315,9 +315,9 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
         rows = np.empty((x.size, dx.size), _as_float(data[:0, :0]).dtype)
     else:  # corners clamped into the frame: the edge stars' rows are redone below
         x0, y0 = np.clip(cx - half, 0, nx - side), np.clip(cy - half, 0, ny - side)
-        rows = _as_float(_stamps(data, x0, y0, side).take(pick, axis=1))
+        rows = _as_float(_flat_stamps(data, x0, y0, side).take(pick, axis=1))
         if mask is not None:
-            np.copyto(rows, np.nan, where=_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
+            np.copyto(rows, np.nan, where=_flat_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
         np.copyto(rows[:, n_sure:], np.nan, where=off_ring)
     if edge.any():
         px, py = cx[edge, None] + dx, cy[edge, None] + dy
@@ -335,10 +335,21 @@ def _as_float(values):
     return values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64)
 
 
-def _stamps(image, x0, y0, side):
-    """The ``side x side`` stamps with corners ``(x0, y0)`` (inside the image), flattened."""
-    window = np.lib.stride_tricks.sliding_window_view(image, (side, side))
-    return window[y0, x0].reshape(x0.size, side * side)
+def square_stamps(image, x0, y0, side):
+    """The ``side x side`` stamps ``(n, side, side)`` with corners ``(x0, y0)`` (inside the image).
+
+    One fancy index of a window view of the image: each stamp is copied row by row.
+
+    Examples
+    --------
+    >>> square_stamps(np.arange(16).reshape(4, 4), np.array([1]), np.array([2]), 2).tolist()
+    [[[9, 10], [13, 14]]]
+    """
+    return np.lib.stride_tricks.sliding_window_view(image, (side, side))[y0, x0]
+
+
+def _flat_stamps(image, x0, y0, side):
+    return square_stamps(image, x0, y0, side).reshape(x0.size, side * side)
 
 
 def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
