@@ -157,13 +157,33 @@ def coarse_peaks(data, *, binning=4, nsigma=5.0, scale=8):
     noise = robust_std(binned[::2, ::2])
     smooth = ndimage.gaussian_filter(binned, 0.7)
     noise_s = robust_std(smooth[::2, ::2])
-    peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > nsigma * noise_s)
+    peaks = _local_maxima(smooth) & (smooth > nsigma * noise_s)
     iy, ix = np.nonzero(peaks)
     value = binned[iy, ix]
     x, y = ix * binning + 0.5 * (binning - 1), iy * binning + 0.5 * (binning - 1)
     keep = _suppress(x, y, value, 1.5 * binning) if value.size else np.zeros(0, bool)
     order = np.argsort(-value[keep], kind="stable")
     return Peaks(x[keep][order], y[keep][order], value[keep][order], noise, binning)
+
+
+def _local_maxima(image):
+    """True where a pixel equals the maximum of its 3x3 neighbourhood (within the image).
+
+    As ``image == ndimage.maximum_filter(image, size=3)`` (whose default edge mode
+    repeats the edge pixel), by a separable running maximum of shifted slices.
+
+    Examples
+    --------
+    >>> _local_maxima(np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])).astype(int).tolist()
+    [[0, 0, 0], [0, 0, 1]]
+    """
+    across = image.copy()
+    np.maximum(across[:, 1:], image[:, :-1], out=across[:, 1:])
+    np.maximum(across[:, :-1], image[:, 1:], out=across[:, :-1])
+    both = across.copy()
+    np.maximum(both[1:], across[:-1], out=both[1:])
+    np.maximum(both[:-1], across[1:], out=both[:-1])
+    return image == both
 
 
 def _box(shape, x, y, half):
@@ -273,7 +293,8 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     if mask is not None:
         ignored = square_stamps(mask, xc - half, yc - half, side) & IGNORED
         np.copyto(stamp, 0.0, where=ignored != 0)
-    np.nan_to_num(stamp, copy=False)
+    if not np.isfinite(stamp).all():
+        np.nan_to_num(stamp, copy=False)
     dx, dy = (xc[:, None] + offsets) - x[:, None], (yc[:, None] + offsets) - y[:, None]  # (n, b)
     sw2 = (sigma_w**2)[:, None]
     # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)

@@ -305,10 +305,14 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
     side = 2 * half + 1
     pick = (dy + half) * side + (dx + half)
     edge = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
-    # (cx + dx) - x, exactly: x - cx is exact (Sterbenz), so one rounding either way
-    ddx = dx[None, n_sure:] - (x - cx)[:, None]
-    ddy = dy[None, n_sure:] - (y - cy)[:, None]
-    r2 = ddx * ddx + ddy * ddy  # squared: no square root per pixel
+    # ((cx + dx) - x)**2, exactly: x - cx is exact (Sterbenz), so one rounding either
+    # way; once per star and stamp column (row), then picked for the offsets near the radii
+    steps = np.arange(-half, half + 1)
+    ddx2, ddy2 = steps - (x - cx)[:, None], steps - (y - cy)[:, None]
+    ddx2 *= ddx2
+    ddy2 *= ddy2
+    r2 = ddx2.take(dx[n_sure:] + half, axis=1)
+    r2 += ddy2.take(dy[n_sure:] + half, axis=1)  # squared: no square root per pixel
     off_ring = ~((r2 >= r_in * r_in) & (r2 < r_out * r_out))
     if ny < side or nx < side:
         edge[:] = True
