@@ -206,16 +206,15 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     s1, s2 = _centred_sums(rows[:, : max(int(hi.max(initial=0)), 1)], first)
 
     def drop(rr, start, stop):  # take the values in [start, stop) out of the sums
-        span = int(np.max(stop - start, initial=0))
-        if span == 0:
+        count = stop - start  # rows rr, twice: both ends
+        total = int(count.sum())
+        if total == 0:
             return
-        j = start[:, None] + np.arange(span)
-        inside = j < stop[:, None]
-        j = base[rr, None] + np.where(inside, j, start[:, None])
-        u = np.subtract(flat.take(j), first[rr, None], dtype=np.float64)
-        v = np.where(inside, u, 0.0)
-        s1[rr] -= v.sum(axis=1)
-        s2[rr] -= np.einsum("ij,ij->i", v, v)
+        owner = np.repeat(np.arange(count.size) % rr.size, count)
+        at = np.repeat(np.r_[base[rr], base[rr]] + start - (np.cumsum(count) - count), count)
+        u = np.subtract(flat.take(at + np.arange(total)), first[rr].take(owner), dtype=np.float64)
+        s1[rr] -= np.bincount(owner, u, minlength=rr.size)
+        s2[rr] -= np.bincount(owner, u * u, minlength=rr.size)
 
     def stats(rr, lo, hi):
         n = np.maximum(hi - lo, 1)
@@ -231,8 +230,7 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
             a_lo, a_hi = lo[active], hi[active]
             median, std = stats(active, a_lo, a_hi)
             new_lo, new_hi = _kept_run(flat, base[active], a_lo, a_hi, median, std, sigma)
-            drop(active, a_lo, new_lo)
-            drop(active, new_hi, a_hi)
+            drop(active, np.r_[a_lo, new_hi], np.r_[new_lo, a_hi])
             lo[active], hi[active] = new_lo, new_hi
             moved = (new_lo != a_lo) | (new_hi != a_hi)
             active = active[moved & (new_hi - new_lo >= 3)]
