@@ -87,9 +87,14 @@ def robust_std(values):
     >>> round(robust_std(np.random.default_rng(0).normal(0, 2, 100000)), 1)
     2.0
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else np.nan
+    v = np.array(values, dtype=np.float64).ravel()  # a copy: the medians partition it
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
+    if not v.size:
+        return np.nan
+    deviation = np.abs(v - np.median(v, overwrite_input=True))
+    return float(1.4826 * np.median(deviation, overwrite_input=True))
 
 
 def _suppress(x, y, value, radius):

@@ -185,10 +185,9 @@ def _finish(table, ids, fwhm, frame_fwhm, radius, params, blend=None):
     close = _neighbour_within(np.asarray(table["x"]), np.asarray(table["y"]), radius)
     flags[close if blend is None else close | blend] |= Flag.BLEND
     flags[fwhm > params.large_fwhm * frame_fwhm] |= Flag.LARGE_FWHM
-    table["flags"] = flags
-    table.add_column(ids, name="star_id", index=0)
-    table.add_column(fwhm, name="fwhm", index=3)
-    return describe(table[list(COLUMNS)])
+    columns = {"star_id": ids, "fwhm": fwhm, "flags": flags}
+    values = [columns[c] if c in columns else table[c] for c in COLUMNS]
+    return describe(Table(values, names=list(COLUMNS)))
 
 
 def _cards(params, radius, frame_fwhm, offset, table, estimate, n_new, votes=None):
