@@ -329,7 +329,8 @@ def _moments(resid, x, y, sigma_w, background, mask):
     xc, yc = np.rint(x), np.rint(y)
     inside = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
     out = np.full((6, x.size), np.nan)
-    for h in np.unique(half[inside]):
+    sizes = half[inside]
+    for h in sizes[:1] if sizes.size and sizes.min() == sizes.max() else np.unique(sizes):
         sel = np.flatnonzero(inside & (half == h))
         sub = x[sel], y[sel], sigma_w[sel], int(h), background[sel]
         out[:, sel] = _batch_moments(resid, *sub, mask)
