@@ -286,8 +286,9 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
 
     Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered at once (``square_stamps``);
     the moments are those of ``_weighted_moments`` (equal to ~1e-15), with the
-    Gaussian window as a product of its x and y factors and the first and
-    second moments taken from the stamps' row and column sums.
+    Gaussian window as a product of its x and y factors, so the window's sums
+    along x and along y are (batched) matrix products with the stamps, and the
+    first and second moments come from those row and column sums.
     Returns ``(total, mx, my, mxx, myy, mxy)`` arrays (total may be <= 0).
     """
     offsets = np.arange(-half, half + 1)
@@ -303,9 +304,10 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     dx, dy = (xc[:, None] + offsets) - x[:, None], (yc[:, None] + offsets) - y[:, None]  # (n, b)
     sw2 = (sigma_w**2)[:, None]
     # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)
-    wi = np.multiply(stamp, np.exp(-0.5 * dy * dy / sw2)[:, :, None], out=stamp)
-    np.multiply(wi, np.exp(-0.5 * dx * dx / sw2)[:, None, :], out=wi)
-    rows, cols = wi.sum(axis=2), wi.sum(axis=1)  # (n, b): summed along x, along y
+    wy, wx = np.exp(-0.5 * dy * dy / sw2), np.exp(-0.5 * dx * dx / sw2)  # (n, b)
+    along_x = np.matmul(stamp, np.stack([wx, wx * dx], axis=2))  # (n, b, 2): sums over x
+    rows = wy * along_x[:, :, 0]  # (n, b): the weighted stamp summed along x
+    cols = wx * np.matmul(wy[:, None, :], stamp)[:, 0, :]  # summed along y
 
     total = rows.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -313,7 +315,7 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
         my = np.einsum("nb,nb->n", rows, dy) / total
         mxx = np.einsum("nb,nb->n", cols, dx * dx) / total - mx * mx
         myy = np.einsum("nb,nb->n", rows, dy * dy) / total - my * my
-        mxy = np.einsum("nyx,ny,nx->n", wi, dy, dx) / total - mx * my
+        mxy = np.einsum("nb,nb->n", wy * dy, along_x[:, :, 1]) / total - mx * my
     return total, mx, my, mxx, myy, mxy
 
 
