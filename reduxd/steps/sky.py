@@ -161,19 +161,16 @@ def _row_search(flat, base, lo, hi, above):
     where it never does.
 
     ``flat`` holds the sorted rows end to end, row ``k`` from ``base[k]``;
-    ``above`` (float64 values) must be monotone along each row. A vectorised
-    binary search; ``lo`` and ``hi`` are not modified.
+    ``above`` (the values as stored: compare them with float64 arrays, as numpy
+    promotes) must be monotone along each row. A vectorised binary search;
+    ``lo`` and ``hi`` are not modified.
     """
-    lo, hi = lo.copy(), hi.copy()
-    last = flat.size - 1
-    while True:
-        open_ = lo < hi
-        if not open_.any():
-            return lo
-        mid = (lo + hi) >> 1
-        ok = above(flat.take(np.minimum(base + mid, last)).astype(np.float64))
-        hi = np.where(open_ & ok, mid, hi)
-        lo = np.where(open_ & ~ok, mid + 1, lo)
+    while (lo < hi).any():
+        mid = (lo + hi) >> 1  # == lo == hi where the search is over: nothing changes
+        ok = above(flat.take(base + mid, mode="clip"))
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, np.minimum(mid + 1, hi))
+    return lo
 
 
 def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
