@@ -208,7 +208,7 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
         if total == 0:
             return
         owner = np.repeat(np.arange(count.size) % rr.size, count)
-        at = np.repeat(np.r_[base[rr], base[rr]] + start - (np.cumsum(count) - count), count)
+        at = np.repeat(np.tile(base[rr], 2) + start - (np.cumsum(count) - count), count)
         u = np.subtract(flat.take(at + np.arange(total)), first[rr].take(owner), dtype=np.float64)
         s1[rr] -= np.bincount(owner, u, minlength=rr.size)
         s2[rr] -= np.bincount(owner, u * u, minlength=rr.size)
@@ -227,7 +227,7 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
             a_lo, a_hi = lo[active], hi[active]
             median, std = stats(active, a_lo, a_hi)
             new_lo, new_hi = _kept_run(flat, base[active], a_lo, a_hi, median, std, sigma)
-            drop(active, np.r_[a_lo, new_hi], np.r_[new_lo, a_hi])
+            drop(active, np.concatenate([a_lo, new_hi]), np.concatenate([new_lo, a_hi]))
             lo[active], hi[active] = new_lo, new_hi
             moved = (new_lo != a_lo) | (new_hi != a_hi)
             active = active[moved & (new_hi - new_lo >= 3)]
@@ -268,12 +268,12 @@ def _kept_run(flat, base, lo, hi, median, std, sigma):
         return np.abs(v - median) <= limit
 
     mid = (lo + hi) // 2
-    both = np.r_[base, base]
-    start, stop = np.r_[lo, mid], np.r_[mid, hi]
+    both = np.tile(base, 2)
+    start, stop = np.concatenate([lo, mid]), np.concatenate([mid, hi])
     centre = kept(flat.take(np.minimum(base + mid, flat.size - 1)).astype(np.float64), median,
                   limit)  # fmt: skip
-    upper = np.r_[np.zeros(lo.size, bool), np.ones(lo.size, bool)]
-    med2, lim2 = np.r_[median, median], np.r_[limit, limit]
+    upper = np.arange(2 * lo.size) >= lo.size
+    med2, lim2 = np.tile(median, 2), np.tile(limit, 2)
     ends = _row_search(flat, both, start, stop, lambda v: kept(v, med2, lim2) != upper)
     new_lo, new_hi = ends[: lo.size], ends[lo.size :]
     odd = np.flatnonzero(~centre & (lo < hi))
