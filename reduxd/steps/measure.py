@@ -280,6 +280,34 @@ def measure(
     >>> round(float(t["flux"][0]), 6), round(float(t["mag_inst"][0]), 4)
     (1000.0, -5.0)
     """
+    columns = measure_columns(
+        data, x, y, radius=radius, sky=sky, exptime=exptime, gain_e_per_adu=gain_e_per_adu,
+        read_noise_e=read_noise_e, dark_e_per_s=dark_e_per_s, mask=mask, min_snr=min_snr,
+        noise=noise, flag_radius=flag_radius, sums=sums,
+    )  # fmt: skip
+    return describe(Table({k: np.array(v) for k, v in columns.items()}))
+
+
+def measure_columns(
+    data,
+    x,
+    y,
+    *,
+    radius,
+    sky,
+    exptime,
+    gain_e_per_adu=1.0,
+    read_noise_e=0.0,
+    dark_e_per_s=0.0,
+    mask=None,
+    min_snr=5.0,
+    noise="measured",
+    flag_radius=None,
+    sums=None,
+):
+    """:func:`measure`'s columns as a dict of arrays (``sky`` and ``sky_err`` may be
+    read-only broadcast views), for the photometry step, which builds its own table.
+    """
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     flags = aperture_flags(data.shape, x, y, flag_radius or radius, mask)
@@ -313,7 +341,7 @@ def measure(
     flags[~positive] |= Flag.NONPOSITIVE_FLUX
     flags[~(snr >= min_snr)] |= Flag.LOW_SNR
     flags[np.broadcast_to(sky.rejected, x.shape)] |= Flag.SKY_FIT_REJECTED
-    columns = {
+    return {
         "x": x,
         "y": y,
         "sky": value,
@@ -325,7 +353,6 @@ def measure(
         "snr": snr,
         "flags": flags,
     }
-    return describe(Table({k: np.array(v) for k, v in columns.items()}))
 
 
 def measure_radii(

@@ -22,7 +22,14 @@ from scipy.spatial import cKDTree
 from reduxd import skymethods
 from reduxd.steps import detect, sky
 from reduxd.steps.match import FieldReference, assign_ids, brightest, find_offset
-from reduxd.steps.measure import COLUMNS, Flag, aperture_sums, describe, measure, measure_radii
+from reduxd.steps.measure import (
+    COLUMNS,
+    Flag,
+    aperture_sums,
+    describe,
+    measure_columns,
+    measure_radii,
+)
 
 __all__ = ["FieldReference", "PhotParams", "PhotResult", "photometer"]
 
@@ -160,7 +167,7 @@ def _measure_stars(data, mask, exptime, params, x, y, fwhm, frame_fwhm, scale_fw
     )
     # the sums at every radius once: the first radius's are the table's
     sums = aperture_sums(data, x, y, radii) if len(radii) > 1 else None
-    table = measure(
+    table = measure_columns(
         data, x, y, radius=radius, sky=estimate, exptime=exptime, mask=mask,
         min_snr=params.min_snr, flag_radius=max(radii), sums=sums, **detector,
     )  # fmt: skip
