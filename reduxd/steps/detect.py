@@ -332,7 +332,11 @@ def _moments(resid, x, y, sigma_w, background, mask):
     inside = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
     out = np.full((6, x.size), np.nan)
     sizes = half[inside]
-    for h in sizes[:1] if sizes.size and sizes.min() == sizes.max() else np.unique(sizes):
+    if sizes.size == x.size and sizes.size and sizes.min() == sizes.max():  # one batch: all
+        out[:] = _batch_moments(resid, x, y, sigma_w, int(sizes[0]), background, mask)
+        out[:, ~(out[0] > 0)] = np.nan
+        return out
+    for h in np.unique(sizes):
         sel = np.flatnonzero(inside & (half == h))
         sub = x[sel], y[sel], sigma_w[sel], int(h), background[sel]
         out[:, sel] = _batch_moments(resid, *sub, mask)
