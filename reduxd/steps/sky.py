@@ -319,10 +319,14 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
             np.copyto(rows, np.nan, where=_flat_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
         np.copyto(rows[:, n_sure:], np.nan, where=off_ring)
     if edge.any():
-        px, py = cx[edge, None] + dx, cy[edge, None] + dy
-        usable = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        # per star and stamp column (row), then picked for the offsets
+        col, row = cx[edge, None] + steps, cy[edge, None] + steps
+        jx, jy = dx + half, dy + half
+        usable = ((col >= 0) & (col < nx)).take(jx, axis=1)
+        usable &= ((row >= 0) & (row < ny)).take(jy, axis=1)
         usable[:, n_sure:] &= ~off_ring[edge]
-        index = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+        index = (np.clip(row, 0, ny - 1) * nx).take(jy, axis=1)
+        index += np.clip(col, 0, nx - 1).take(jx, axis=1)
         if mask is not None:
             usable &= np.ascontiguousarray(mask).reshape(-1).take(index) == 0
         values = _as_float(np.ascontiguousarray(data).reshape(-1).take(index))
