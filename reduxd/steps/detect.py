@@ -305,7 +305,10 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     sw2 = (sigma_w**2)[:, None]
     # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)
     wy, wx = np.exp(-0.5 * dy * dy / sw2), np.exp(-0.5 * dx * dx / sw2)  # (n, b)
-    along_x = np.matmul(stamp, np.stack([wx, wx * dx], axis=2))  # (n, b, 2): sums over x
+    both = np.empty((*wx.shape, 2))
+    both[:, :, 0] = wx
+    np.multiply(wx, dx, out=both[:, :, 1])
+    along_x = np.matmul(stamp, both)  # (n, b, 2): sums over x of the window and of it x dx
     rows = wy * along_x[:, :, 0]  # (n, b): the weighted stamp summed along x
     cols = wx * np.matmul(wy[:, None, :], stamp)[:, 0, :]  # summed along y
 
