@@ -1,5 +1,7 @@
 """Star detection: completeness, no artefacts, FWHM from the data, odd stars kept."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,40 @@ def test_coarse_peaks_finds_bright_stars_cheaply():
     electrons, x, y, _ = star_field(rng, n=20, flux=(5.0, 5.5), sep=20)
     peaks = detect.coarse_peaks(to_adu(electrons, rng), binning=4, nsigma=5)
     assert np.count_nonzero(match_nearest(peaks.x, peaks.y, x, y, radius=4.0) >= 0) == 20
+
+
+def test_local_maxima_are_those_of_scipys_maximum_filter():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    for shape in [(60, 80), (7, 5), (1, 6), (4, 1), (2, 2)]:
+        for ties in (False, True):
+            img = rng.normal(size=shape).astype(np.float32)
+            if ties:  # plateaus: equal neighbours are both maxima
+                img = np.round(img * 2) / 2
+            expected = img == ndimage.maximum_filter(img, size=3)
+            np.testing.assert_array_equal(detect._local_maxima(img), expected)
+
+
+def test_local_background_is_the_nanmedian_of_the_usable_border_pixels():
+    rng = np.random.default_rng(12)
+    img = rng.normal(100, 5, (80, 90)).astype(np.float32)
+    img[rng.integers(0, 80, 60), rng.integers(0, 90, 60)] = np.nan
+    mask = np.zeros(img.shape, np.uint8)
+    mask[rng.integers(0, 80, 200), rng.integers(0, 90, 200)] = maskbits.BAD
+    x, y = rng.uniform(-3, 93, 50), rng.uniform(-3, 83, 50)
+    x[:2], y[:2] = 40.0, 40.0  # an even and an odd count of usable pixels at least
+    half = 6
+    got = detect.local_background(img, x, y, half=half, mask=mask)
+    for i in range(x.size):
+        cx, cy = int(np.rint(x[i])), int(np.rint(y[i]))
+        values = []
+        for jy in range(cy - half, cy + half + 1):
+            for jx in range(cx - half, cx + half + 1):
+                border = max(abs(jx - cx), abs(jy - cy)) == half
+                if border and 0 <= jx < 90 and 0 <= jy < 80 and mask[jy, jx] == 0:
+                    values.append(img[jy, jx])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(np.array(values, np.float64)) if values else np.nan
+        np.testing.assert_equal(got[i], expected)
