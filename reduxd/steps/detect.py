@@ -33,6 +33,7 @@ from reduxd import maskbits
 from reduxd.steps.sky import background_map, square_stamps
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+MIN_BATCH = 32  # stars of one box size measured as a batch of their own (_moments)
 IGNORED = maskbits.BAD | maskbits.NONFINITE
 
 
@@ -281,8 +282,10 @@ def _weighted_moments(stamp, sl, x, y, sigma_w):
     return total, mx, my, mxx, myy, mxy
 
 
-def _batch_moments(resid, x, y, sigma_w, half, background, mask):
+def _batch_moments(resid, x, y, sigma_w, half, background, mask, own=None):
     """``_weighted_moments`` of stars whose boxes (same ``half``) lie inside the frame.
+
+    ``own``: each star's smaller half size, if any (the window is 0 outside it).
 
     Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered at once (``square_stamps``);
     the moments are those of ``_weighted_moments`` (equal to ~1e-15), with the
@@ -305,6 +308,10 @@ def _batch_moments(resid, x, y, sigma_w, half, background, mask):
     sw2 = (sigma_w**2)[:, None]
     # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)
     wy, wx = np.exp(-0.5 * dy * dy / sw2), np.exp(-0.5 * dx * dx / sw2)  # (n, b)
+    if own is not None:
+        outside = np.abs(offsets) > own[:, None]
+        np.copyto(wx, 0.0, where=outside)
+        np.copyto(wy, 0.0, where=outside)
     both = np.empty((*wx.shape, 2))
     both[:, :, 0] = wx
     np.multiply(wx, dx, out=both[:, :, 1])
@@ -326,8 +333,11 @@ def _moments(resid, x, y, sigma_w, background, mask):
     """Windowed moments of several stars (box half size ``ceil(3 sigma_w) + 1``).
 
     Stars with boxes inside the frame are measured in batches of equal box
-    size; a box cut by the frame edge goes through ``_weighted_moments``.
-    Returns six arrays; ``total`` is NaN where the moments are undefined.
+    size, the sizes fewer than ``MIN_BATCH`` stars have together in one batch
+    of the largest of them (each star's window cut to its own box; the
+    per-batch cost is mostly fixed); a box cut by the frame edge goes through
+    ``_weighted_moments``. Returns six arrays; ``total`` is NaN where the
+    moments are undefined.
     """
     ny, nx = resid.shape
     half = np.ceil(3 * sigma_w).astype(np.int64) + 1
@@ -339,8 +349,19 @@ def _moments(resid, x, y, sigma_w, background, mask):
         out[:] = _batch_moments(resid, x, y, sigma_w, int(sizes[0]), background, mask)
         out[:, ~(out[0] > 0)] = np.nan
         return out
-    for h in np.unique(sizes):
-        sel = np.flatnonzero(inside & (half == h))
+    values, counts = np.unique(sizes, return_counts=True)
+    rest = inside.copy()
+    rare = inside & np.isin(half, values[counts < MIN_BATCH])
+    if rare.any():  # one batch of the largest box for the rare sizes, where it fits
+        top = half[rare].max()
+        sel = np.flatnonzero(rare & (xc - top >= 0) & (xc + top < nx) & (yc - top >= 0)
+                             & (yc + top < ny))  # fmt: skip
+        if sel.size:
+            sub = x[sel], y[sel], sigma_w[sel], int(top), background[sel]
+            out[:, sel] = _batch_moments(resid, *sub, mask, own=half[sel])
+            rest[sel] = False
+    for h in np.unique(half[rest]):
+        sel = np.flatnonzero(rest & (half == h))
         sub = x[sel], y[sel], sigma_w[sel], int(h), background[sel]
         out[:, sel] = _batch_moments(resid, *sub, mask)
     for i in np.flatnonzero(~inside):
