@@ -35,6 +35,7 @@ from pathlib import Path
 from reduxd.errors import ReduxdError
 from reduxd.framemeta import FrameMeta
 from reduxd.fsinfo import is_network_fs, mount_fstype
+from reduxd.rowtext import json_rows
 from reduxd.steps.select import MasterRecord
 
 SCHEMA_VERSION = 1
@@ -711,7 +712,7 @@ class Ledger:
             )
             db.executemany(
                 "INSERT INTO measurements (reduction_id, data) VALUES (?, ?)",
-                [(red_id, _dumps(row)) for row in rows],
+                [(red_id, text) for text in json_rows(rows, _dumps)],
             )
         return version
 

@@ -21,6 +21,7 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
+from reduxd.rowtext import percent_template, shared_value
 from reduxd.schema import NAMES, PHOT_COLUMNS
 
 # name, numpy dtype, unit, description: defined in reduxd.schema
@@ -67,6 +68,53 @@ def _fields(rows):
     return [[_format(name, row[name]) for name in NAMES] for row in rows]
 
 
+def row_lines(rows, delimiter):
+    """``_lines(_fields(rows), delimiter)``, the columns whose value is the same object
+    in every row (night, file, ..., version: see :mod:`reduxd.rowtext`) formatted once.
+
+    A row whose own values are not all finite floats and ints takes the plain way.
+    """
+    shared = [name for name in NAMES if shared_value(rows, name)]
+    if not rows or not shared:
+        return _lines(_fields(rows), delimiter)
+    first, pieces, own = rows[0], [], []
+    for name in NAMES:
+        if name in shared:
+            pieces.append(_quoted(_format(name, first[name]), delimiter))
+        else:
+            pieces.append(None)
+            own.append(name)
+    pattern = percent_template([*_joined(pieces, delimiter), "\n"])
+    spec = tuple(_FLOAT_FORMAT.get(name, ".6g") for name in own)
+    out = []
+    for row in rows:
+        values = [row[name] for name in own]
+        if all(type(v) is int or (type(v) is float and math.isfinite(v)) for v in values):
+            out.append(pattern % tuple(map(_plain, values, spec)))
+        else:
+            out.append(_lines([[_format(name, row[name]) for name in NAMES]], delimiter))
+    return "".join(out)
+
+
+def _plain(value, spec):
+    return int.__repr__(value) if type(value) is int else format(value, spec)
+
+
+def _joined(pieces, delimiter):
+    """``pieces`` (texts and None slots) with the delimiter between them."""
+    out = []
+    for i, piece in enumerate(pieces):
+        if i:
+            out.append(delimiter)
+        out.append(piece)
+    return out
+
+
+def _quoted(text, delimiter):
+    """One field as the csv module (and :func:`_lines`) writes it among others."""
+    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2]
+
+
 _EMPTY = "\x00empty\x00"  # stands for "" while the csv module writes ECSV lines
 
 
@@ -108,11 +156,10 @@ def append_rows(outdir, rows, *, save="", durable=True):
     """
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    fields = _fields(rows)
-    header = ",".join(NAMES) + "\n"
-    _append(csv_path, header, _lines(fields, ","), durable=durable)
-    _append(ecsv_path, _ecsv_header(), _lines(fields, " "), durable=durable)
-    _append(current_path(outdir, save), header, _lines(fields, ","), durable=durable)
+    header, lines = ",".join(NAMES) + "\n", row_lines(rows, ",")
+    _append(csv_path, header, lines, durable=durable)
+    _append(ecsv_path, _ecsv_header(), row_lines(rows, " "), durable=durable)
+    _append(current_path(outdir, save), header, lines, durable=durable)
     return csv_path, ecsv_path
 
 
