@@ -21,7 +21,7 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
-from reduxd.rowtext import percent_template, shared_value
+from reduxd.rowtext import shared_value
 from reduxd.schema import NAMES, PHOT_COLUMNS
 
 # name, numpy dtype, unit, description: defined in reduxd.schema
@@ -70,49 +70,44 @@ def _fields(rows):
 
 def row_lines(rows, delimiter):
     """``_lines(_fields(rows), delimiter)``, the columns whose value is the same object
-    in every row (night, file, ..., version: see :mod:`reduxd.rowtext`) formatted once.
+    in every row (night, file, ..., version: see :mod:`reduxd.rowtext`) formatted once,
+    the others by one ``%`` template per row.
 
-    A row whose own values are not all finite floats and ints takes the plain way.
+    Taken the plain way when a column of a row's own values is not all finite floats
+    or all ints (``%.6g`` writes ``inf`` where :func:`_format` writes ``nan``).
     """
     shared = [name for name in NAMES if shared_value(rows, name)]
-    if not rows or not shared:
+    if len(rows) < 2 or not shared or len(shared) == len(NAMES):
         return _lines(_fields(rows), delimiter)
-    first, pieces, own = rows[0], [], []
+    first, pieces, columns = rows[0], [], []
     for name in NAMES:
         if name in shared:
             pieces.append(_quoted(_format(name, first[name]), delimiter))
-        else:
-            pieces.append(None)
-            own.append(name)
-    pattern = percent_template([*_joined(pieces, delimiter), "\n"])
-    spec = tuple(_FLOAT_FORMAT.get(name, ".6g") for name in own)
-    out = []
-    for row in rows:
-        values = [row[name] for name in own]
-        if all(type(v) is int or (type(v) is float and math.isfinite(v)) for v in values):
-            out.append(pattern % tuple(map(_plain, values, spec)))
-        else:
-            out.append(_lines([[_format(name, row[name]) for name in NAMES]], delimiter))
-    return "".join(out)
+            continue
+        column = [r[name] for r in rows]
+        spec = _spec(name, column)
+        if spec is None:
+            return _lines(_fields(rows), delimiter)
+        pieces.append(spec)
+        columns.append(column)
+    pattern = delimiter.join(pieces) + "\n"
+    return "".join([pattern % values for values in zip(*columns, strict=True)])
 
 
-def _plain(value, spec):
-    return int.__repr__(value) if type(value) is int else format(value, spec)
-
-
-def _joined(pieces, delimiter):
-    """``pieces`` (texts and None slots) with the delimiter between them."""
-    out = []
-    for i, piece in enumerate(pieces):
-        if i:
-            out.append(delimiter)
-        out.append(piece)
-    return out
+def _spec(name, column):
+    """The ``%`` spec writing ``column`` as :func:`_format` does, or None if there is none."""
+    kinds = set(map(type, column))
+    if kinds == {int}:
+        return "%d"
+    if kinds == {float} and not column.count(math.inf) and not column.count(-math.inf):
+        return "%" + _FLOAT_FORMAT.get(name, ".6g")
+    return None
 
 
 def _quoted(text, delimiter):
-    """One field as the csv module (and :func:`_lines`) writes it among others."""
-    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2]
+    """One field as the csv module (and :func:`_lines`) writes it among others, ``%``
+    escaped for a template."""
+    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2].replace("%", "%%")
 
 
 _EMPTY = "\x00empty\x00"  # stands for "" while the csv module writes ECSV lines
