@@ -52,9 +52,14 @@ def place_labels(stars, *, radius, char_width, height):
     n = len(stars)
     a = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n)].astype(np.int64)
     b = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n)].astype(np.int64)
-    # over a circle: whatever the order
-    blocked = _any_by(a, _over_circle(boxes[a], cx[b], cy[b], radius), n)
-    earlier = b < a  # a label waits only for those placed before it
+    # a's labels lie within (gap + width, gap + height) of a: the pairs where they can
+    # come over b's circle, or over b's label (a pixel to spare for rounding)
+    dx, dy = np.abs(cx[a] - cx[b]), np.abs(cy[a] - cy[b])
+    circle = (dx < gap + widths[a] + radius + 1) & (dy < gap + height + radius + 1)
+    ac, bc = a[circle], b[circle]
+    blocked = _any_by(ac, _over_circle(boxes[ac], cx[bc], cy[bc], radius), n)  # any order
+    label = (dx < 2 * gap + widths[a] + widths[b] + 1) & (dy < 2 * (gap + height) + 1)
+    earlier = label & (b < a)  # a label waits only for those placed before it
     a, b = a[earlier], b[earlier]
     chosen = _first_fit(boxes, blocked, a, b)
     return {
