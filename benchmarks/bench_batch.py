@@ -6,6 +6,9 @@ Usage::
     .venv/bin/python benchmarks/bench_batch.py --lights 20  # quicker
     .venv/bin/python benchmarks/bench_batch.py --profile    # + where reduxd's time goes
     .venv/bin/python benchmarks/bench_batch.py --lights 25 --stars 1000  # a crowded night
+    # issue 12's long crowded night (650x500, 800 stars), against the code it was filed on
+    .venv/bin/python benchmarks/bench_batch.py --lights 142 --stars 800 --shape 650x500 \
+        --against c9f659c --repeat 2
 
 A night is simulated first (not timed; ``reduxd.simulate``, ZWO ASI432MM,
 1608x1104): 20 bias, 10 darks at each of the light (15 s) and flat (2 s)
@@ -35,14 +38,22 @@ plain recipe
     ``ApertureStats``); one CSV at the end. It writes no images.
 
 Prints a table of the times and the ratio (target: reduxd at least 8x faster).
+
+``--against REV`` instead times reduxd (defaults) against itself at git revision
+REV: a detached ``git worktree`` of REV in the temporary folder, run with this
+venv and ``PYTHONPATH`` set to it, alternated with this tree ``--repeat`` times
+on the same night; it prints wall and CPU time (user + sys of every process) of
+each and the ratios. The CPU time is the fairer figure on a shared machine.
 """
 
 import argparse
+import contextlib
 import cProfile
 import glob
 import io
 import os
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
@@ -98,16 +109,68 @@ quicklook = {"true" if quicklook and products else "false"}
     return path
 
 
-def run_reduxd(night, outdir, config, jobs):
-    args = [*reduxd_command(), "reduce", "-D", str(night / "pg2213"),
+def run_reduxd(night, outdir, config, jobs, *, code=None):
+    """Run ``reduxd reduce`` on the night; ``(wall seconds, stdout)``.
+
+    ``code``: a source tree whose ``reduxd`` is run instead (``PYTHONPATH``, same venv).
+    """
+    command = reduxd_command() if code is None else [sys.executable, "-m", "reduxd"]
+    args = [*command, "reduce", "-D", str(night / "pg2213"),
             "-C", str(night / "calibration"), "-O", str(outdir), "--config", str(config),
             "--jobs", str(jobs), "--level", "WARNING"]  # fmt: skip
+    env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"reduxd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return seconds, proc.stdout
+
+
+def children_cpu():
+    """User + system CPU seconds of this process's finished children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def checkout(rev, folder):
+    """A detached ``git worktree`` of ``rev`` in ``folder`` (removed afterwards)."""
+    git = ["git", "-C", str(ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(folder), rev], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield folder
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(folder)], check=False)
+
+
+def against(night, work, config, jobs, rev, repeat):
+    """``reduxd reduce`` of this tree and of ``rev``, alternated ``repeat`` times on the
+    same night; prints wall and CPU (user + sys, all processes) of each and the ratios."""
+    times = {"this": [], rev: []}
+    with checkout(rev, work / "against") as base:
+        for i in range(repeat):
+            for name, code in ((rev, base), ("this", ROOT)):
+                folder = work / f"out-{name}-{i}"
+                cpu = children_cpu()
+                seconds, _ = run_reduxd(night, folder, config, jobs, code=code)
+                times[name].append((seconds, children_cpu() - cpu))
+                print(f"{name:>10s} run {i + 1}: {seconds:6.1f} s wall, "
+                      f"{times[name][-1][1]:6.1f} s CPU; load {_load()}", flush=True)  # fmt: skip
+                shutil.rmtree(folder)
+    wall = {k: float(np.median([w for w, _ in v])) for k, v in times.items()}
+    cpu = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
+    print(f"\nreduxd reduce --jobs {jobs}, default products, median of {repeat}:")
+    for name in (rev, "this"):
+        print(f"  {name:>10s}: {wall[name]:6.1f} s wall, {cpu[name]:6.1f} s CPU (user + sys)")
+    print(f"  this tree is {wall[rev] / wall['this']:.2f}x faster than {rev} by wall time, "
+          f"{cpu[rev] / cpu['this']:.2f}x by CPU time ({os.cpu_count()} CPUs)")  # fmt: skip
+    return wall, cpu
+
+
+def _load():
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def repeated(night, outdir, config, jobs, repeat, label):
@@ -269,6 +332,12 @@ def main(argv=None):
     )
     parser.add_argument("--profile", action="store_true", help="also profile reduxd (--jobs 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="only compare reduxd (defaults) with the code of git revision REV, run from a "
+        "detached worktree with this venv; --repeat runs of each, alternated",
+    )
     args = parser.parse_args(argv)
     nx, ny = (int(v) for v in args.shape.lower().split("x"))
 
@@ -285,6 +354,9 @@ def main(argv=None):
             flush=True,
         )
         config = write_config(work / "reduxd.toml", truth)
+        if args.against:
+            against(night, work, config, args.jobs, args.against, args.repeat)
+            return 0
         fast = write_config(work / "reduxd-noql.toml", truth, quicklook=False)
         tables_only = write_config(work / "reduxd-tables.toml", truth, products=False)
 

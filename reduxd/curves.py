@@ -49,6 +49,12 @@ class Curves:
         self.pool = None  # one child process for the rebuilds off the worker (daemon)
         self.running = None  # (future, fields) of the rebuild in the child
         self.waiting = defaultdict(list)  # field -> (rows, version) committed meanwhile
+        self.kept = None  # KeptRows: the rows committed by this process (a batch)
+
+    def keep_rows(self):
+        """Keep the rows committed from now on (a batch): the final build of a field
+        all of whose lights were committed here takes them from memory, not the ledger."""
+        self.kept = KeptRows()
 
     def target_mag(self, rows):
         """The configured target's differential magnitude in this frame, or None.
@@ -60,13 +66,16 @@ class Curves:
         ensemble = self.ensembles.get(key)
         return lightcurve.frame_dmag(rows, ensemble) if ensemble else None
 
-    def changed(self, field, rows, version):
+    def changed(self, field, rows, version, *, frame=None):
         """Append a new light to its field's curve, or mark the curve for a rebuild.
 
         Rebuilt (comparisons chosen again) when a light is superseded, when the
         frame cannot be appended, and when the field has doubled its frames
         since the last build: the work per light stays the same all night.
+        ``frame``: the light's ledger id (for :meth:`keep_rows`).
         """
+        if self.kept is not None:
+            self.kept.add(field, rows, version, frame)
         if self.running and field in self.running[1]:
             self.waiting[field].append((rows, version))  # appended when the rebuild lands
             return
@@ -110,15 +119,19 @@ class Curves:
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
+        tables = self._kept_tables(fields, upto) if final else None
         if final and pool is None:
-            self._install(self._rebuild(fields, upto))
+            built = write_here(self, tables) if tables else self._rebuild(fields, upto)
+            self._install(built)
             self._close_pool()
             return
-        if final:  # in the batch's forked pool, whose workers log to the run's log
+        args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
+        if tables:  # the rows are here: only the writing goes to the pool
+            work, args = write_tables, (self.config, str(self.outdir), tables)
+        elif final:  # in the batch's forked pool, whose workers log to the run's log
             work = rebuild_here
         else:
             work, pool = rebuild, self._child()
-        args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
         self.running = (pool.submit(work, *args), set(fields))
 
     def _child(self):
@@ -171,6 +184,20 @@ class Curves:
                 self._write(obj, filt, table, ensembles, states)
         return ensembles, states
 
+    def _kept_tables(self, fields, upto):
+        """``[(field, table)]`` from the kept rows, if they are exactly each field's
+        current rows in the ledger up to ``upto``; else None."""
+        if self.kept is None:
+            return None
+        out = []
+        for obj, filt in fields:
+            found = self.ledger.field_reductions(obj, filt, upto=upto)
+            table = self.kept.table((obj, filt), [(f, v) for _r, f, v in found])
+            if table is None:
+                return None
+            out.append(((obj, filt), table))
+        return out
+
     def _write(self, obj, filt, table, ensembles, states):
         lc = self.config.lightcurve
         common = dict(object=obj, filter=filt, n_comparisons=lc.n_comparisons,
@@ -211,7 +238,17 @@ def field_table(rows, *, chunk=CHUNK_ROWS):
     rows = iter(rows)
     parts = []
     while batch := list(itertools.islice(rows, chunk)):
-        parts.append(_narrow_strings(lightcurve.field_table(batch)))
+        parts.append(table_part(batch))
+    return join_parts(parts)
+
+
+def table_part(rows):
+    """One chunk of :func:`field_table`: the rows' table, strings narrowed."""
+    return _narrow_strings(lightcurve.field_table(rows))
+
+
+def join_parts(parts):
+    """The table of :func:`table_part` chunks, in order (see :func:`field_table`)."""
     if len(parts) < 2:
         return parts[0] if parts else lightcurve.field_table([])
     # the column order of a part with every kind of column there is
@@ -241,6 +278,59 @@ def _narrow_strings(table):
             width = max(1, int(np.char.str_len(values).max()))
             table.replace_column(name, table[name].astype(f"U{width}"), copy=False)
     return table
+
+
+class KeptRows:
+    """A batch's committed rows per field, as :func:`table_part` chunks of ``chunk`` rows.
+
+    A field is spoilt (its curve read from the ledger) when a light is committed
+    again (a new version) or without its ledger id.
+    """
+
+    def __init__(self, chunk=CHUNK_ROWS):
+        self.chunk = chunk
+        self.fields = {}  # field -> (frame ids, parts, rows not yet in a part)
+        self.spoilt = set()
+
+    def add(self, field, rows, version, frame):
+        if field in self.spoilt:
+            return
+        if version != 1 or frame is None:
+            self.spoilt.add(field)
+            self.fields.pop(field, None)
+            return
+        frames, parts, pending = self.fields.setdefault(field, ([], [], []))
+        frames.append(frame)
+        pending.extend(rows)
+        if len(pending) >= self.chunk:
+            parts.append(table_part(pending))
+            pending.clear()
+
+    def table(self, field, found):
+        """The field's table if ``found`` (the ledger's ``(frame_id, version)`` of its
+        current rows, in frame order) are the lights kept, in that order; else None."""
+        if field in self.spoilt or field not in self.fields:
+            return None
+        frames, parts, pending = self.fields[field]
+        if [tuple(f) for f in found] != [(f, 1) for f in frames]:
+            return None
+        return join_parts([*parts, table_part(pending)] if pending else parts)
+
+
+def write_tables(config, outdir, tables):
+    """Write light curves from ``[(field, table)]`` (in a pool worker); returns
+    ``(ensembles, states)`` for :meth:`Curves._install`."""
+    curves = Curves(config, ledger=None, outdir=Path(outdir), clock=time.monotonic)
+    return write_here(curves, tables)
+
+
+def write_here(curves, tables):
+    """:func:`write_tables` with ``curves``' config and output folder."""
+    ensembles, states = {}, {}
+    for (obj, filt), table in tables:
+        if len(table):
+            curves._write(obj, filt, table, ensembles, states)
+    return ensembles, states
 
 
 def rebuild(config, ledger_path, outdir, fields, upto):

@@ -269,7 +269,7 @@ class Pipeline:
         for r in rows:
             r["version"], r["current"] = version, 1
         self.tables.add(rows, version, job.rel)
-        self.lightcurves.changed((job.key, job.info.filter or ""), rows, version)
+        self.lightcurves.changed((job.key, job.info.filter or ""), rows, version, frame=job.row.id)
         latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written
         log_reduced(job, rows, result, latency_ms, version, self.lightcurves.target_mag(rows))
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),

@@ -35,6 +35,7 @@ from pathlib import Path
 from reduxd.errors import ReduxdError
 from reduxd.framemeta import FrameMeta
 from reduxd.fsinfo import is_network_fs, mount_fstype
+from reduxd.rowtext import json_rows
 from reduxd.steps.select import MasterRecord
 
 SCHEMA_VERSION = 1
@@ -711,7 +712,7 @@ class Ledger:
             )
             db.executemany(
                 "INSERT INTO measurements (reduction_id, data) VALUES (?, ?)",
-                [(red_id, _dumps(row)) for row in rows],
+                [(red_id, text) for text in json_rows(rows, _dumps)],
             )
         return version
 
@@ -757,19 +758,23 @@ class Ledger:
         or lower only (a snapshot, see :meth:`last_reduction`). Yields
         ``(version, row)``.
         """
-        upto = self.last_reduction() if upto is None else upto
-        found = self._db.execute(
-            "SELECT r.id, r.version FROM reductions r WHERE r.superseded = 0 AND r.id <= ?"
-            " AND (SELECT json_extract(m.data, '$.object') IS ? AND json_extract(m.data,"
-            " '$.filter') IS ? FROM measurements m WHERE m.reduction_id = r.id"
-            " ORDER BY m.id LIMIT 1) ORDER BY r.frame_id",
-            (upto, object, filter),
-        ).fetchall()
-        for red_id, version in found:
+        for red_id, _frame_id, version in self.field_reductions(object, filter, upto=upto):
             cur = self._db.execute(
                 "SELECT data FROM measurements WHERE reduction_id = ? ORDER BY id", (red_id,)
             )
             yield from ((version, json.loads(r[0])) for r in cur)
+
+    def field_reductions(self, object, filter, *, upto: int | None = None):
+        """``(reduction_id, frame_id, version)`` of one field's current reductions, in
+        frame order (see :meth:`field_measurements`)."""
+        upto = self.last_reduction() if upto is None else upto
+        return self._db.execute(
+            "SELECT r.id, r.frame_id, r.version FROM reductions r WHERE r.superseded = 0"
+            " AND r.id <= ? AND (SELECT json_extract(m.data, '$.object') IS ? AND"
+            " json_extract(m.data, '$.filter') IS ? FROM measurements m WHERE"
+            " m.reduction_id = r.id ORDER BY m.id LIMIT 1) ORDER BY r.frame_id",
+            (upto, object, filter),
+        ).fetchall()
 
     def last_reduction(self) -> int:
         """Id of the newest reduction (0 without any): a snapshot for :meth:`field_measurements`."""

@@ -4,7 +4,7 @@ import numpy as np
 from astropy.table import Table
 from test_pipeline import _field_frame, field_a_pipeline
 
-from reduxd.curves import field_table
+from reduxd.curves import KeptRows, field_table
 from reduxd.products import lightcurve
 from reduxd.store import Ledger
 
@@ -139,3 +139,60 @@ def test_a_new_field_gets_its_curve_at_the_next_tick_not_after_the_interval(tmp_
         curves.running[0].result(timeout=120)
         pipeline.update_curves()
     assert (tmp_path / "lightcurve_B_R.csv").exists()
+
+
+def _batch_lights(ledger, pipeline, rng, lights, version=1):
+    """Commit ``lights`` of field (A, V) as a batch does: each with its ledger id."""
+    for i in lights:
+        rows = _field_frame(ledger, i, rng)
+        frame = ledger.frame(root="/raw", relpath=f"A_{i:03d}.fits")
+        pipeline.lightcurves.changed(("A", "V"), rows, version, frame=frame.id)
+
+
+def _reads_rows(ledger, work):
+    """Run ``work()``; whether it read measurement rows from the ledger."""
+    seen = []
+    ledger._db.set_trace_callback(seen.append)
+    try:
+        work()
+    finally:
+        ledger._db.set_trace_callback(None)
+    return any("SELECT data FROM measurements" in s for s in seen)
+
+
+def test_batch_final_curve_from_the_rows_in_memory_is_the_ledgers(tmp_path):
+    """A batch keeps the rows it commits; the final light curve of a field all of whose
+    lights it committed is built from them (no rows read back from the ledger), in
+    chunks, and is the very file the ledger's rows give."""
+    paths = [tmp_path / f"lightcurve_A_V.{ext}" for ext in ("csv", "ecsv")]
+    rng = np.random.default_rng(4)
+    with field_a_pipeline(tmp_path) as (pipeline, _add):
+        curves, ledger = pipeline.lightcurves, pipeline.ledger
+        curves.keep_rows()
+        curves.kept = KeptRows(chunk=30)  # parts of 30 rows: several chunks
+        _batch_lights(ledger, pipeline, rng, range(25))
+        assert len(curves.kept.fields[("A", "V")][1]) == 6
+        assert not _reads_rows(ledger, pipeline.update_curves)
+        from_memory = [p.read_bytes() for p in paths]
+        upto = ledger.last_reduction()
+        curves._install(curves._rebuild([("A", "V")], upto))  # the ledger's rows
+    assert [p.read_bytes() for p in paths] == from_memory
+    assert len(Table.read(paths[0], format="ascii.csv")) == 25
+
+
+def test_batch_final_curve_from_the_ledger_when_memory_has_not_every_light(tmp_path):
+    """A field with a light committed before the run, or a light committed again (a new
+    version), is built from the ledger's rows."""
+    rng = np.random.default_rng(5)
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        curves, ledger = pipeline.lightcurves, pipeline.ledger
+        add(0)  # an earlier run's light
+        curves.keep_rows()
+        _batch_lights(ledger, pipeline, rng, range(1, 12))
+        assert _reads_rows(ledger, pipeline.update_curves)
+        assert len(Table.read(tmp_path / "lightcurve_A_V.csv", format="ascii.csv")) == 12
+        curves.keep_rows()
+        _batch_lights(ledger, pipeline, rng, range(12, 14))
+        _batch_lights(ledger, pipeline, rng, [13], version=2)
+        assert ("A", "V") in curves.kept.spoilt
+        assert _reads_rows(ledger, pipeline.update_curves)

@@ -52,25 +52,51 @@ def place_labels(stars, *, radius, char_width, height):
     n = len(stars)
     a = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n)].astype(np.int64)
     b = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n)].astype(np.int64)
-    blocked = np.zeros((n, len(OFFSETS)), bool)  # over a circle: whatever the order
-    np.logical_or.at(blocked, a, _over_circle(boxes[a], cx[b], cy[b], radius))
-    others = a != b
-    a, b = a[others], b[others]
-    order = np.argsort(a, kind="stable")
-    a, b = a[order], b[order]
-    start = np.searchsorted(a, np.arange(n + 1))
-    placed = np.full((n, 4), np.nan)  # the box chosen for each star (NaN: none yet)
-    out = {}
-    for i, (key, *_rest) in enumerate(stars):
-        free = ~blocked[i]
-        taken = placed[b[start[i] : start[i + 1]]]
-        if taken.size:
-            free &= ~_overlap(boxes[i], taken).any(axis=1)
-        if free.any():
-            k = int(np.argmax(free))  # the most liked free place
-            placed[i] = boxes[i, k]
-            out[key] = tuple(float(v) for v in boxes[i, k])
-    return out
+    # a's labels lie within (gap + width, gap + height) of a: the pairs where they can
+    # come over b's circle, or over b's label (a pixel to spare for rounding)
+    dx, dy = np.abs(cx[a] - cx[b]), np.abs(cy[a] - cy[b])
+    circle = (dx < gap + widths[a] + radius + 1) & (dy < gap + height + radius + 1)
+    ac, bc = a[circle], b[circle]
+    blocked = _any_by(ac, _over_circle(boxes[ac], cx[bc], cy[bc], radius), n)  # any order
+    label = (dx < 2 * gap + widths[a] + widths[b] + 1) & (dy < 2 * (gap + height) + 1)
+    earlier = label & (b < a)  # a label waits only for those placed before it
+    a, b = a[earlier], b[earlier]
+    chosen = _first_fit(boxes, blocked, a, b)
+    return {
+        stars[i][0]: tuple(float(v) for v in boxes[i, chosen[i]])
+        for i in np.flatnonzero(chosen >= 0).tolist()
+    }
+
+
+def _first_fit(boxes, blocked, a, b):
+    """Each star's first free place (-1: none), the stars taken in order, as a loop
+    over them would: a place is free unless blocked or over the box chosen for an
+    earlier star ``b`` near it (pairs ``a, b``, ``b < a``).
+
+    Done in waves: every star whose earlier neighbours all have their place takes
+    its own at once (a few dozen waves for a crowded field, not a step per star).
+    """
+    n = len(boxes)
+    by_a, by_b = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    a_start = np.searchsorted(a[by_a], np.arange(n + 1))
+    b_start = np.searchsorted(b[by_b], np.arange(n + 1))
+    waiting = np.diff(a_start)  # earlier neighbours without a place yet
+    placed = np.full((n, 4), np.nan)  # the box chosen for each star (NaN: none)
+    chosen = np.full(n, -1)
+    wave = np.flatnonzero(waiting == 0)
+    while wave.size:
+        mine = by_a[_segments(a_start, wave)]  # the pairs of this wave's stars
+        pa = a[mine]
+        hit = _overlap_pairs(boxes[pa], placed[b[mine]])  # (pairs, 8)
+        free = ~(blocked[wave] | _any_by(pa, hit, n)[wave])
+        has = free.any(axis=1)
+        k = np.argmax(free, axis=1)  # the most liked free place
+        chosen[wave[has]] = k[has]
+        placed[wave[has]] = boxes[wave[has], k[has]]
+        waiting -= np.bincount(a[by_b[_segments(b_start, wave)]], minlength=n)
+        waiting[wave] = -1
+        wave = np.flatnonzero(waiting == 0)
+    return chosen
 
 
 def _candidates(cx, cy, widths, height, gap):
@@ -82,16 +108,35 @@ def _candidates(cx, cy, widths, height, gap):
     return np.stack([x0, y0, x0 + w, y0 + height], axis=-1)
 
 
+def _segments(start, rows):
+    """Indices ``start[r]:start[r + 1]`` for each of ``rows``, concatenated."""
+    first, stop = start[rows], start[rows + 1]
+    sizes = stop - first
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(first - np.cumsum(sizes) + sizes, sizes)
+    return offsets + np.arange(total)
+
+
+def _any_by(rows, hits, n):
+    """(n, 8): ``out[i, k]`` is whether ``hits[j, k]`` for any ``j`` with ``rows[j] == i``."""
+    width = hits.shape[1]
+    cells = (rows[:, None] * width + np.arange(width))[hits]
+    return (np.bincount(cells, minlength=n * width) > 0).reshape(n, width)
+
+
 def _over_circle(boxes, cx, cy, radius):
     """(pairs, 8): does each box come within ``radius`` of its pair's star."""
-    nx = np.clip(cx[:, None], boxes[..., 0], boxes[..., 2])  # nearest point of the box
-    ny = np.clip(cy[:, None], boxes[..., 1], boxes[..., 3])
+    # nearest point of the box (np.minimum/maximum: np.clip, the same, is slower)
+    nx = np.minimum(np.maximum(cx[:, None], boxes[..., 0]), boxes[..., 2])
+    ny = np.minimum(np.maximum(cy[:, None], boxes[..., 1]), boxes[..., 3])
     return (nx - cx[:, None]) ** 2 + (ny - cy[:, None]) ** 2 < radius**2
 
 
-def _overlap(candidates, boxes):
-    """(8, m): does each candidate box overlap each of ``boxes`` (NaN rows never do)."""
-    p, q = candidates[:, None, :], boxes[None, :, :]
+def _overlap_pairs(candidates, boxes):
+    """(pairs, 8): does each of a star's candidate boxes overlap its pair's box (NaN: never)."""
+    p, q = candidates, boxes[:, None, :]
     return (
         (p[..., 0] < q[..., 2]) & (q[..., 0] < p[..., 2])
         & (p[..., 1] < q[..., 3]) & (q[..., 1] < p[..., 3])

@@ -66,6 +66,19 @@ def _display(data):
     return mean, 1.0 / factor
 
 
+def _display_grey(data):
+    """The frame as shown, in grey levels (:func:`_grey_levels` of :func:`_display`), and
+    its scale. A small frame is turned into grey levels before it is enlarged: the
+    same pixels, a fraction of the work."""
+    factor = max(1, int(np.ceil(max(data.shape) / MAX_SIDE)))
+    zoom = max(1, -(-MIN_WIDTH // data.shape[1])) if factor == 1 else 1
+    if zoom == 1:
+        image, scale = _display(data)
+        return _grey_levels(image), scale
+    grey = _grey_levels(np.asarray(data, dtype=np.float32), zoom=zoom)
+    return grey.repeat(zoom, 0).repeat(zoom, 1), float(zoom)
+
+
 def _bin(data, factor, combine):
     """Combine ``factor`` x ``factor`` blocks with ``combine`` (a ufunc) over strided views.
 
@@ -134,15 +147,15 @@ def write_quicklook(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    image, scale = _display(data)
-    height, width = image.shape[0] + TITLE_HEIGHT, image.shape[1]
+    grey, scale = _display_grey(data)
+    height, width = grey.shape[0] + TITLE_HEIGHT, grey.shape[1]
     canvas = np.full((height, width), WHITE, dtype=np.uint8)
     shown = canvas[TITLE_HEIGHT:][::-1]  # row 0 of the frame at the bottom
-    shown[...] = _grey_levels(image)
+    shown[...] = grey
     if mask is not None and np.any(mask):
         shown[_display_mask(mask, scale)] = MASKED
     r = (radius or _default_radius(table, scale)) * scale
-    top = TITLE_HEIGHT + image.shape[0] - 1
+    top = TITLE_HEIGHT + grey.shape[0] - 1
     stars = _chart_stars(table, scale, top, roles or {})
     glyphs = _glyphs()
     labels = place_labels(
@@ -221,13 +234,16 @@ _ASINH_LUT = (
 ).astype(np.uint8)
 
 
-def _grey_levels(image):
+def _grey_levels(image, *, zoom=1):
     """zscale limits, asinh stretch, as palette grey levels (as DS9's zscale + asinh).
 
     The limits come from a subsample (zscale samples 1000 pixels anyway); the
     stretch is a lookup table: three passes over the image instead of a dozen.
+    ``zoom``: the limits are those of the image enlarged ``zoom`` times (each pixel
+    a ``zoom`` x ``zoom`` block), whose subsample is taken here.
     """
-    sample = image[:: max(1, image.shape[0] // 256), :: max(1, image.shape[1] // 256)]
+    rows, cols = (np.arange(0, n * zoom, max(1, n * zoom // 256)) // zoom for n in image.shape[:2])
+    sample = image[np.ix_(rows, cols)]
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return np.zeros(image.shape, np.uint8)

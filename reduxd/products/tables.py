@@ -21,6 +21,7 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
+from reduxd.rowtext import shared_value
 from reduxd.schema import NAMES, PHOT_COLUMNS
 
 # name, numpy dtype, unit, description: defined in reduxd.schema
@@ -67,6 +68,48 @@ def _fields(rows):
     return [[_format(name, row[name]) for name in NAMES] for row in rows]
 
 
+def row_lines(rows, delimiter):
+    """``_lines(_fields(rows), delimiter)``, the columns whose value is the same object
+    in every row (night, file, ..., version: see :mod:`reduxd.rowtext`) formatted once,
+    the others by one ``%`` template per row.
+
+    Taken the plain way when a column of a row's own values is not all finite floats
+    or all ints (``%.6g`` writes ``inf`` where :func:`_format` writes ``nan``).
+    """
+    shared = [name for name in NAMES if shared_value(rows, name)]
+    if len(rows) < 2 or not shared or len(shared) == len(NAMES):
+        return _lines(_fields(rows), delimiter)
+    first, pieces, columns = rows[0], [], []
+    for name in NAMES:
+        if name in shared:
+            pieces.append(_quoted(_format(name, first[name]), delimiter))
+            continue
+        column = [r[name] for r in rows]
+        spec = _spec(name, column)
+        if spec is None:
+            return _lines(_fields(rows), delimiter)
+        pieces.append(spec)
+        columns.append(column)
+    pattern = delimiter.join(pieces) + "\n"
+    return "".join([pattern % values for values in zip(*columns, strict=True)])
+
+
+def _spec(name, column):
+    """The ``%`` spec writing ``column`` as :func:`_format` does, or None if there is none."""
+    kinds = set(map(type, column))
+    if kinds == {int}:
+        return "%d"
+    if kinds == {float} and not column.count(math.inf) and not column.count(-math.inf):
+        return "%" + _FLOAT_FORMAT.get(name, ".6g")
+    return None
+
+
+def _quoted(text, delimiter):
+    """One field as the csv module (and :func:`_lines`) writes it among others, ``%``
+    escaped for a template."""
+    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2].replace("%", "%%")
+
+
 _EMPTY = "\x00empty\x00"  # stands for "" while the csv module writes ECSV lines
 
 
@@ -108,11 +151,10 @@ def append_rows(outdir, rows, *, save="", durable=True):
     """
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    fields = _fields(rows)
-    header = ",".join(NAMES) + "\n"
-    _append(csv_path, header, _lines(fields, ","), durable=durable)
-    _append(ecsv_path, _ecsv_header(), _lines(fields, " "), durable=durable)
-    _append(current_path(outdir, save), header, _lines(fields, ","), durable=durable)
+    header, lines = ",".join(NAMES) + "\n", row_lines(rows, ",")
+    _append(csv_path, header, lines, durable=durable)
+    _append(ecsv_path, _ecsv_header(), row_lines(rows, " "), durable=durable)
+    _append(current_path(outdir, save), header, lines, durable=durable)
     return csv_path, ecsv_path
 
 

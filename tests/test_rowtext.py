@@ -1,0 +1,106 @@
+"""A light's rows as text (ledger JSON, table lines) and finder-chart labels: the
+fast ways give exactly what the plain ways give."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from reduxd import rowtext
+from reduxd.products import labels, tables
+from reduxd.schema import NAMES
+from reduxd.store import _dumps
+
+
+def light_rows(n=40, *, seed=0, file="pg2213_V/00_56_08/pg2213_00001.fits", filt="V"):
+    """Rows as reduxd.reduce.contract_rows makes them: shared values are one object."""
+    rng = np.random.default_rng(seed)
+    base = {
+        "night": "2024-07-01", "file": file, "object": "pg2213", "filter": filt,
+        "exptime": 15.0, "date_obs": "2024-07-02T00:56:15.586", "mjd": 60493.03906929073,
+        "calib": "dark+flat", "radius": 6.701088141738262, "pointing": None, "site": None,
+        "site_source": "", "detector": [0.25, 4.0, "camera entry"],
+        "radius_ap": [6.7011, 3.3505, 4.1882],
+    }  # fmt: skip
+    rows = []
+    for i in range(n):
+        star = {name: float(rng.normal(100, 300)) for name in NAMES[8:18]}
+        star.update(star_id=i + 1, flags=int(rng.integers(0, 4)))
+        star["flux_ap"] = rng.normal(1e5, 1e4, 3).tolist()
+        star["flux_err_ap"] = rng.normal(1e2, 1e1, 3).tolist()
+        rows.append({**base, **star})
+    if n > 5:
+        rows[1]["x"], rows[2]["flux"], rows[3]["mag_inst"] = math.nan, math.inf, -0.0
+        rows[4]["flux_ap"][1], rows[5]["snr"] = -math.inf, 1e-7
+    version = 2
+    for r in rows:
+        r["version"], r["current"] = version, 1
+    return rows
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"file": 'a b,"c%d".fits', "filt": ""}, {"n": 1}, {"file": "é ü.fits"}]
+)
+def test_json_rows_are_json_dumps_of_each_row(kw):
+    rows = light_rows(**kw)
+    assert rowtext.shared_prefix(rows) == 14 or len(rows) == 1
+    assert rowtext.json_rows(rows, _dumps) == [_dumps(r) for r in rows]
+    if len(rows) > 2:
+        assert json.loads(rowtext.json_rows(rows, _dumps)[2])["flux"] == math.inf
+
+
+def test_json_rows_of_rows_sharing_nothing_or_with_other_keys():
+    rows = light_rows(5)
+    rows[2] = {**rows[2], "file": "other.fits"}  # another object: not shared from there on
+    rows[3] = dict(reversed(list(rows[3].items())))
+    assert rowtext.json_rows(rows, _dumps) == [_dumps(r) for r in rows]
+    assert rowtext.json_rows([], _dumps) == []
+
+
+@pytest.mark.parametrize("delimiter", [",", " "])
+@pytest.mark.parametrize("kw", [{}, {"file": 'a b,"c%d".fits', "filt": ""}, {"n": 1}])
+def test_row_lines_are_the_csv_module_lines(delimiter, kw):
+    rows = light_rows(**kw)
+    expected = tables._lines(tables._fields(rows), delimiter)
+    assert tables.row_lines(rows, delimiter) == expected
+    rows[0] = {**rows[0], "star_id": np.int64(7)}  # not a plain int: that row the plain way
+    assert tables.row_lines(rows, delimiter) == tables._lines(tables._fields(rows), delimiter)
+
+
+def first_fit_loop(stars, *, radius, char_width, height):
+    """The labels placed one star at a time, every pair looked at (the definition)."""
+    cx = np.array([s[1] for s in stars], float)
+    cy = np.array([s[2] for s in stars], float)
+    widths = np.array([char_width * max(len(s[3]), 1) for s in stars], float)
+    boxes = labels._candidates(cx, cy, widths, height, radius + 0.25 * height)
+    out, placed = {}, []
+    for i, (key, *_rest) in enumerate(stars):
+        for box in boxes[i]:
+            nx = np.clip(cx, box[0], box[2])
+            ny = np.clip(cy, box[1], box[3])
+            if ((nx - cx) ** 2 + (ny - cy) ** 2 < radius**2).any():
+                continue
+            if any(p[0] < box[2] and box[0] < p[2] and p[1] < box[3] and box[1] < p[3]
+                   for p in placed):  # fmt: skip
+                continue
+            placed.append(box)
+            out[key] = tuple(float(v) for v in box)
+            break
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_labels_placed_in_waves_as_one_star_at_a_time(seed):
+    rng = np.random.default_rng(seed)
+    n, side = int(rng.integers(50, 400)), float(rng.uniform(150, 900))
+    stars = [
+        (i, float(rng.uniform(0, side)), float(rng.uniform(0, side * 0.7)),
+         f"{i + 1} -12.{i % 100:02d}" if rng.random() < 0.7 else f"{i + 1}")
+        for i in range(n)
+    ]  # fmt: skip
+    kw = dict(radius=float(rng.uniform(3, 20)), char_width=8.4, height=16)
+    got = labels.place_labels(stars, **kw)
+    assert got == first_fit_loop(stars, **kw)
+    assert list(got) == sorted(got)  # in placing order
+    assert 0 < len(got) < n
