@@ -415,6 +415,7 @@ def run(args):
             preload.join()  # before any fork: no import lock held by a thread
         pipeline.flush(pool=pool)  # the masters, in the pool when there is one
         preload.join()
+        pipeline.cache.share_with_workers()  # the lights' pool forks later: masters not read
         outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total

@@ -393,6 +393,7 @@ class Calibrations:
         self._built[(record.path, checksum)] = dataclasses.replace(
             result, path=record.path, checksum=checksum
         )
+        self.cache.put(record.path, checksum, result.data)  # nor the lights
         while len(self._built) > MAX_BUILT:  # a month-long daemon builds many
             self._built.pop(next(iter(self._built)))
         log.info(

@@ -75,3 +75,31 @@ def test_darks_start_with_the_bias_and_give_the_masters_of_a_serial_build(tmp_pa
 
 def _cards(header):
     return [(c.keyword, c.value) for c in header.cards if c.keyword not in FILE_SUMS]
+
+
+def _cached_sum(record):
+    from reduxd import reduce
+
+    return float(reduce._WORKER_CACHE.get(record).sum(dtype=np.float64))
+
+
+def test_masters_built_are_served_from_memory_here_and_in_forked_workers(tmp_path, night):
+    out = tmp_path / "out"
+    config = load_config(None, {"paths": {"data": [str(night)], "outdir": str(out)}})
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger, durable=False)
+        for path in sorted((night / "calibration").rglob("*.fits")):
+            pipeline.handle(path, night)
+        pipeline.flush()
+        records = ledger.masters()
+        expected = {r.path: fits.getdata(r.path).astype(np.float32) for r in records}
+        for r in records:  # the files are gone: only memory can answer
+            (out / "gone").mkdir(exist_ok=True)
+            (out / r.path).rename(out / "gone" / f"{r.id}.fits")
+        assert {r.kind for r in records} == {"bias", "dark", "dark_current", "flat"}
+        for r in records:
+            np.testing.assert_array_equal(pipeline.cache.get(r), expected[r.path])
+        pipeline.cache.share_with_workers()
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            sums = list(pool.map(_cached_sum, records))
+    assert sums == [float(expected[r.path].sum(dtype=np.float64)) for r in records]
