@@ -61,13 +61,15 @@ def header_info(row, config):
         return None
 
 
-def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None):
+def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None,
+                 levels=None):  # fmt: skip
     """Combine one calibration set into its masters (a list); nothing written.
 
     ``kind`` 'bias' gives a master bias; 'dark' a master dark, and its dark
-    current when ``bias`` is given; 'flat' a master flat. Module level and with
-    plain arguments, so that a worker process runs it. The set's detector
-    measurements go on its masters (:func:`measure_set`).
+    current when ``bias`` is given; 'flat' a master flat (``levels``: the flats'
+    levels, when already measured). Module level and with plain arguments, so
+    that a worker process runs it. The set's detector measurements go on its
+    masters (:func:`measure_set`).
     """
     if kind == "bias":
         return [measure_set(kind, layouts, steps_masters.make_bias(layouts, **opts))]
@@ -75,10 +77,22 @@ def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None
         made = measure_set(kind, layouts, steps_masters.make_dark(layouts, **opts))
         return [made] if bias is None else [made, steps_masters.make_dark_current(made, bias)]
     flat = steps_masters.make_flat(
-        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale, **opts
-    )
+        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale,
+        levels=levels, **opts,
+    )  # fmt: skip
     cards = steps_gain.flat_gain_cards(layouts, dark=dark, bias=bias, dark_current=dark_current)
     return [dataclasses.replace(flat, cards=(*flat.cards, *cards))]
+
+
+def _levels(parts):
+    """The flats' levels measured in ``parts`` (futures); None when not measured or one failed
+    (the flat is then made whole, and says why it cannot be)."""
+    if parts is None:
+        return None
+    try:
+        return [level for part in parts for level in part.result()]
+    except Exception:
+        return None
 
 
 def measure_set(kind, layouts, master):
@@ -245,8 +259,28 @@ class Calibrations:
                 inputs = self._master_inputs(key[0], layouts, dark_current=False)
             except (ReduxdError, OSError):
                 continue
-            started[key] = pool.submit(make_masters, key[0], layouts, **inputs)
-        return started
+            started[key] = (layouts, inputs, self._measure_levels(key[0], layouts, inputs, pool))
+        return {
+            key: pool.submit(make_masters, key[0], layouts, **inputs, levels=_levels(parts))
+            for key, (layouts, inputs, parts) in started.items()
+        }
+
+    def _measure_levels(self, kind, layouts, inputs, pool):
+        """Futures of the levels of a set of flats, measured in two halves (None: not needed).
+
+        A flat's level (its median after its dark, on one core) is a third of its
+        combining: measured in two workers at once, then combined with them.
+        """
+        if kind != "flat" or inputs["flat_scale"] != "median" or len(layouts) < 2:
+            return None
+        masters = {k: inputs[k] for k in ("dark", "bias", "dark_current")}
+        used = steps_masters.flat_masters_used(layouts, **masters)  # less to send
+        half = len(layouts) // 2
+        mb = inputs["opts"]["max_memory_mb"]
+        return [
+            pool.submit(steps_masters.flat_levels, part, max_memory_mb=mb, **used)
+            for part in (layouts[:half], layouts[half:])
+        ]
 
     def _finish(self, kind, results, info):
         """The masters of a set combined in a pool: a dark gets its dark current here."""

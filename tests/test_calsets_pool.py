@@ -25,7 +25,7 @@ class WatchedPool(ProcessPoolExecutor):
 
     def submit(self, fn, *args, **kwargs):
         written = sorted(p.name for p in self.outdir.rglob("*.fits"))
-        self.submits.append((args[0], written))
+        self.submits.append((args[0] if fn.__name__ == "make_masters" else fn.__name__, written))
         return super().submit(fn, *args, **kwargs)
 
 
@@ -57,6 +57,8 @@ def test_darks_start_with_the_bias_and_give_the_masters_of_a_serial_build(tmp_pa
     serial, _ = _build(tmp_path, night, jobs=1)
     kinds = [kind for kind, _written in pool.submits]
     assert kinds.count("dark") >= 2 and kinds.index("flat") > kinds.index("dark")
+    assert kinds.count("flat_levels") == 2 * kinds.count("flat")  # levels in two halves
+    assert kinds.index("flat_levels") > kinds.index("dark")
     for kind, written in pool.submits:
         if kind == "dark":  # submitted before any master was written: beside the bias
             assert written == []
