@@ -36,6 +36,7 @@ from reduxd.steps.select import calibration_plan, select_master
 
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 BUILD_ORDER = {"bias": 0, "dark": 1, "flat": 2}
+POOL_STAGE = {"bias": 0, "dark": 0, "flat": 1}  # darks combine beside the bias (see build)
 MAX_BUILT = 8  # masters kept in memory after they are built, for the next ones
 
 log = get_logger("reduxd.pipeline")
@@ -60,13 +61,15 @@ def header_info(row, config):
         return None
 
 
-def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None):
+def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None, flat_scale=None,
+                 levels=None):  # fmt: skip
     """Combine one calibration set into its masters (a list); nothing written.
 
     ``kind`` 'bias' gives a master bias; 'dark' a master dark, and its dark
-    current when ``bias`` is given; 'flat' a master flat. Module level and with
-    plain arguments, so that a worker process runs it. The set's detector
-    measurements go on its masters (:func:`measure_set`).
+    current when ``bias`` is given; 'flat' a master flat (``levels``: the flats'
+    levels, when already measured). Module level and with plain arguments, so
+    that a worker process runs it. The set's detector measurements go on its
+    masters (:func:`measure_set`).
     """
     if kind == "bias":
         return [measure_set(kind, layouts, steps_masters.make_bias(layouts, **opts))]
@@ -74,10 +77,22 @@ def make_masters(kind, layouts, *, opts, bias=None, dark=None, dark_current=None
         made = measure_set(kind, layouts, steps_masters.make_dark(layouts, **opts))
         return [made] if bias is None else [made, steps_masters.make_dark_current(made, bias)]
     flat = steps_masters.make_flat(
-        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale, **opts
-    )
+        layouts, dark=dark, bias=bias, dark_current=dark_current, flat_scale=flat_scale,
+        levels=levels, **opts,
+    )  # fmt: skip
     cards = steps_gain.flat_gain_cards(layouts, dark=dark, bias=bias, dark_current=dark_current)
     return [dataclasses.replace(flat, cards=(*flat.cards, *cards))]
+
+
+def _levels(parts):
+    """The flats' levels measured in ``parts`` (futures); None when not measured or one failed
+    (the flat is then made whole, and says why it cannot be)."""
+    if parts is None:
+        return None
+    try:
+        return [level for part in parts for level in part.result()]
+    except Exception:
+        return None
 
 
 def measure_set(kind, layouts, master):
@@ -208,18 +223,21 @@ class Calibrations:
     def build(self, keys, *, final, pool=None):
         """Build the masters of sets ``keys`` (kind by kind); return their records.
 
-        With ``pool`` (a ``concurrent.futures`` executor) the sets of one kind are
-        combined there at once; this process registers and writes them in the
-        same order as without it.
+        With ``pool`` (a ``concurrent.futures`` executor) the biases and darks are
+        combined there at once, then the flats; this process registers and writes
+        them in the same order as without it. A master dark needs no bias: its
+        dark current is made here once the bias is registered, from the bias
+        the darks would have been given after it (same pixels, same cards).
         """
-        built, started, kinds = [], {}, set()
+        built, started, stages = [], {}, set()
         for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
             cal_set = self.sets.get(key)
             if cal_set is None:
                 continue
-            if pool is not None and key[0] not in kinds:  # every set of this kind at once
-                kinds.add(key[0])
-                started.update(self._start([k for k in keys if k[0] == key[0]], pool))
+            stage = POOL_STAGE[key[0]]
+            if pool is not None and stage not in stages:  # every set of this stage at once
+                stages.add(stage)
+                started.update(self._start([k for k in keys if POOL_STAGE[k[0]] == stage], pool))
             records = self._build_set(key, cal_set, final=final, work=started.get(key))
             if records is not None:
                 del self.sets[key]
@@ -238,11 +256,40 @@ class Calibrations:
                 continue
             try:
                 layouts = self._layouts(self.sets[key])
-                inputs = self._master_inputs(key[0], layouts)
+                inputs = self._master_inputs(key[0], layouts, dark_current=False)
             except (ReduxdError, OSError):
                 continue
-            started[key] = pool.submit(make_masters, key[0], layouts, **inputs)
-        return started
+            started[key] = (layouts, inputs, self._measure_levels(key[0], layouts, inputs, pool))
+        return {
+            key: pool.submit(make_masters, key[0], layouts, **inputs, levels=_levels(parts))
+            for key, (layouts, inputs, parts) in started.items()
+        }
+
+    def _measure_levels(self, kind, layouts, inputs, pool):
+        """Futures of the levels of a set of flats, measured in two halves (None: not needed).
+
+        A flat's level (its median after its dark, on one core) is a third of its
+        combining: measured in two workers at once, then combined with them.
+        """
+        if kind != "flat" or inputs["flat_scale"] != "median" or len(layouts) < 2:
+            return None
+        masters = {k: inputs[k] for k in ("dark", "bias", "dark_current")}
+        used = steps_masters.flat_masters_used(layouts, **masters)  # less to send
+        half = len(layouts) // 2
+        mb = inputs["opts"]["max_memory_mb"]
+        return [
+            pool.submit(steps_masters.flat_levels, part, max_memory_mb=mb, **used)
+            for part in (layouts[:half], layouts[half:])
+        ]
+
+    def _finish(self, kind, results, info):
+        """The masters of a set combined in a pool: a dark gets its dark current here."""
+        if kind != "dark":
+            return results
+        bias = self._pick_loaded("bias", info)
+        if bias is None:
+            return results
+        return [*results, steps_masters.make_dark_current(results[0], bias)]
 
     def _layouts(self, cal_set):
         max_bytes = self.config.reading.max_bytes
@@ -267,7 +314,7 @@ class Calibrations:
         kind, night, _ = key
         try:
             if work is not None:
-                results = work.result()
+                results = self._finish(kind, work.result(), cal_set.members[0][2])
             else:
                 layouts = self._layouts(cal_set)
                 results = make_masters(kind, layouts, **self._master_inputs(kind, layouts))
@@ -300,8 +347,11 @@ class Calibrations:
     def _annotate(self, cal_set, **changes):
         self.ledger.annotate([fid for fid, _p, _i in cal_set.members], **changes)
 
-    def _master_inputs(self, kind, layouts):
-        """Keyword arguments of :func:`make_masters` for one set: options, masters it needs."""
+    def _master_inputs(self, kind, layouts, *, dark_current=True):
+        """Keyword arguments of :func:`make_masters` for one set: options, masters it needs.
+
+        ``dark_current=False``: darks get no bias (their dark current is made later).
+        """
         cal = self.config.calibration
         opts = {
             "method": cal.combine,
@@ -312,7 +362,7 @@ class Calibrations:
         if kind == "bias":
             return {"opts": opts}
         if kind == "dark":
-            return {"opts": opts, "bias": self._pick_loaded("bias", info)}
+            return {"opts": opts, "bias": self._pick_loaded("bias", info) if dark_current else None}
         exposures = {i.exptime for i, _ in layouts}
         dark = self._pick_loaded("dark", info) if len(exposures) == 1 else None
         bias = self._pick_loaded("bias", info)
@@ -377,6 +427,7 @@ class Calibrations:
         self._built[(record.path, checksum)] = dataclasses.replace(
             result, path=record.path, checksum=checksum
         )
+        self.cache.put(record.path, checksum, result.data)  # nor the lights
         while len(self._built) > MAX_BUILT:  # a month-long daemon builds many
             self._built.pop(next(iter(self._built)))
         log.info(

@@ -61,14 +61,28 @@ class FitsLayout:
     sha1: str | None = None  # of the whole file, when the caller already knows it
 
 
-@dataclass(frozen=True)
 class RawFrame:
-    """A raw frame read once: float32 pixels and its header."""
+    """A raw frame read once: float32 pixels and its header.
 
-    data: np.ndarray
-    header: fits.Header
-    layout: FitsLayout
-    checksum: str  # SHA-1 of the file's bytes, as read
+    ``data`` may be given as the stored values (``stored``, e.g. big-endian
+    uint16): they are converted to float32 physical values on first use, so a
+    calibration frame, whose pixels the ingest never looks at, is not converted.
+    """
+
+    __slots__ = ("_data", "_stored", "checksum", "header", "layout")
+
+    def __init__(self, data, header, layout, checksum, *, stored=None):
+        self._data, self._stored = data, stored
+        self.header = header
+        self.layout = layout
+        self.checksum = checksum  # SHA-1 of the file's bytes, as read
+
+    @property
+    def data(self):
+        if self._data is None:
+            self._data = _to_float32(self._stored, self.layout).reshape(self.layout.shape)
+            self._stored = None
+        return self._data
 
 
 def file_checksum(path):
@@ -251,7 +265,7 @@ def read_frame(path, *, max_bytes):
     -------
     RawFrame
         ``data`` is a new float32 array ``(ny, nx)``; physical values (BSCALE/BZERO
-        applied), so a uint16 frame holds 0..65535.
+        applied), so a uint16 frame holds 0..65535. It is converted on first use.
 
     Raises
     ------
@@ -277,8 +291,7 @@ def read_frame(path, *, max_bytes):
         return RawFrame(_read_compressed(path, layout), layout.header, layout, checksum)
     count = layout.shape[0] * layout.shape[1]
     raw = np.frombuffer(buf, dtype=_DTYPES[layout.bitpix], count=count, offset=layout.data_offset)
-    data = _to_float32(raw, layout).reshape(layout.shape)
-    return RawFrame(data, layout.header, layout, checksum)
+    return RawFrame(None, layout.header, layout, checksum, stored=raw)
 
 
 def _read_compressed(path, layout):

@@ -124,11 +124,26 @@ class MasterCache:
             return self._items[key]
         with fits.open(record.path, memmap=False) as hdul:
             data = np.asarray(hdul[0].data, dtype=np.float32)
+        return self.put(record.path, record.checksum, data)
+
+    def put(self, path, checksum, data):
+        """Keep the image of the master written to ``path`` (a read-only view); return it.
+
+        A master just built goes in as it was written (float32 written as is: the
+        pixels a read would give), so it is not read back.
+        """
+        data = np.asarray(data, dtype=np.float32).view()
         data.setflags(write=False)
-        self._items[key] = data
+        self._items[(str(path), checksum)] = data
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return data
+
+    def share_with_workers(self):
+        """Put these images in the cache of worker processes forked from now on."""
+        if self is not _WORKER_CACHE:
+            for (path, checksum), data in self._items.items():
+                _WORKER_CACHE.put(path, checksum, data)
 
 
 def calib_label(plan):

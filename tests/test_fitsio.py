@@ -8,6 +8,7 @@
 """
 
 import hashlib
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -176,6 +177,19 @@ def test_uint16_becomes_float32_without_wrapping(tmp_path, freeze):
     assert frame.data.dtype == np.float32
     np.testing.assert_array_equal(frame.data, data)
     assert float((frame.data - 4999.0).min()) < 0  # no uint16 wrap-around
+
+
+def test_pixels_are_converted_once_and_only_when_used(tmp_path, freeze):
+    """A calibration frame's ingest needs its checksum and header, not float32 pixels."""
+    path, data = _image(tmp_path)
+    freeze(path)
+    frame = fitsio.read_frame(path, max_bytes=MAX_BYTES)
+    assert frame._data is None  # read and checked, not converted
+    assert frame.checksum == hashlib.sha1(path.read_bytes()).hexdigest()
+    assert frame.data is frame.data  # converted once
+    np.testing.assert_array_equal(frame.data, fits.getdata(path).astype(np.float32))
+    again = pickle.loads(pickle.dumps(fitsio.read_frame(path, max_bytes=MAX_BYTES)))
+    np.testing.assert_array_equal(again.data, data)
 
 
 def test_exptime_as_string_is_accepted(tmp_path, freeze):

@@ -76,3 +76,23 @@ def test_unstable_pixels_equal_the_frames_first_formula(tmp_path):
     mask = unstable_pixels(frames, nsigma=3.0, band_rows=16)
     assert expected.sum() > len(FLICKER)  # noise pixels too at 3 sigma: a real comparison
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_second_deviation_equals_the_sorted_deviations_one_before_last():
+    """From the sorted lanes, the same value as sorting all deviations: ties, NaN, inf too."""
+    from reduxd.steps.combine import lane_median
+    from reduxd.steps.unstable import second_deviation
+
+    rng = np.random.default_rng(3)
+    for n in (4, 5, 10, 11):
+        stack = rng.normal(100, 5, (64, 32, n)).astype(np.float32)
+        stack[:8] = np.round(stack[:8] / 10)  # ties
+        stack[8, 0, 1] = np.nan
+        stack[9, 0, 2] = np.inf
+        stack[9, 1, :] = np.inf
+        stack[10, 0, :2] = -np.inf
+        median = lane_median(stack.copy())
+        expected = np.sort(np.abs(stack - median[..., None]), axis=-1)[..., -2]
+        ordered = stack.copy()
+        ordered.sort(axis=-1)
+        np.testing.assert_array_equal(second_deviation(ordered, median), expected)

@@ -484,6 +484,7 @@ def make_flat(
     temperature_tolerance=None,
     sources=None,
     threads=2,
+    levels=None,
 ):
     """Combine flats of one filter, each minus its own dark, normalised to 1.
 
@@ -504,6 +505,9 @@ def make_flat(
     sources : dict, optional
         ``{'dark' | 'bias' | 'dark_current': (file, checksum)}`` named in the header;
         default from the masters' ``path`` and ``checksum``.
+    levels : sequence of float, optional
+        The flats' levels from :func:`flat_levels` (computed elsewhere, e.g. in
+        parts in worker processes); default: computed here.
 
     Returns
     -------
@@ -537,7 +541,9 @@ def make_flat(
     offsets = _flat_offsets(how, infos, dark, bias, dark_current)
     scale = None
     if flat_scale == "median":
-        levels = [_positive_level(lay, offsets, i, max_memory_mb) for i, lay in enumerate(layouts)]
+        if levels is None:
+            levels = flat_levels(frames, dark=dark, bias=bias, dark_current=dark_current,
+                                 max_memory_mb=max_memory_mb)  # fmt: skip
         scale = [1.0 / level for level in levels]
     data = combine_files(
         layouts,
@@ -567,6 +573,30 @@ def make_flat(
         clip_sigma=clip_sigma,
         extra=extra,
     )
+
+
+SUBTRACTED = {"dark": ("dark",), "bias": ("bias",), "bias+dark_current*t": ("bias", "dark_current")}
+
+
+def flat_masters_used(frames, *, dark=None, bias=None, dark_current=None):
+    """The masters the flats' own darks are made of: ``{'dark' | 'bias' | 'dark_current': m}``."""
+    given = {"dark": dark, "bias": bias, "dark_current": dark_current}
+    how = {_dark_for_flat(info.exptime, dark, bias, dark_current) for info, _lay in frames}
+    return {name: given[name] for h in sorted(how) for name in SUBTRACTED.get(h, ())}
+
+
+def flat_levels(frames, *, dark=None, bias=None, dark_current=None, max_memory_mb=2048):
+    """The level of each flat: its median after its own dark (:func:`make_flat` divides by it).
+
+    Raises
+    ------
+    ValueError
+        A flat whose level is not positive after dark subtraction.
+    """
+    infos = [info for info, _lay in frames]
+    how = [_dark_for_flat(info.exptime, dark, bias, dark_current) for info in infos]
+    offsets = _flat_offsets(how, infos, dark, bias, dark_current)
+    return [_positive_level(lay, offsets, i, max_memory_mb) for i, (_i, lay) in enumerate(frames)]
 
 
 def _dark_for_flat(exptime, dark, bias, dark_current):
@@ -613,8 +643,7 @@ def _flat_cards(how, flat_scale, level, sources):
         ("RDXFSCAL", flat_scale, "flats scaled to their own median first?"),
         ("RDXFLEV", round(level, 3), "[adu] median before normalising to 1"),
     ]
-    names = {"dark": ("dark",), "bias": ("bias",), "bias+dark_current*t": ("bias", "dark_current")}
-    keep = {n for h in used for n in names.get(h, ())}
+    keep = {n for h in used for n in SUBTRACTED.get(h, ())}
     cards += source_cards({k: v for k, v in sources.items() if k in keep})
     for h in used:
         cards.append(("HISTORY", f"reduxd {__version__}: flats minus {h}, then combined", ""))

@@ -71,10 +71,29 @@ def unstable_pixels(layouts, *, nsigma=6.0, gain=1.0, band_rows=BAND_ROWS):
         y1 = min(ny, y0 + band_rows)
         bands = zip(layouts, levels, strict=True)
         stack = np.stack([read_rows(lay, y0, y1) - np.float32(lv) for lay, lv in bands], axis=-1)
-        median = lane_median(stack.copy())  # frames last: short lanes sort fast
-        deviations = np.abs(stack - median[..., None])
-        deviations.sort(axis=-1)
-        second = deviations[..., -2]
+        median = lane_median(stack)  # frames last: short lanes sort fast; stack left sorted
+        second = second_deviation(stack, median)
         expected = np.sqrt(read_noise**2 + np.clip(median, 0, None) / gain)
         mask[y0:y1] = second > nsigma * expected
     return mask
+
+
+def second_deviation(ordered, median):
+    """The second largest ``|x - median|`` of each lane of ``ordered`` (sorted, last axis).
+
+    Along a sorted lane the deviations fall, then rise, so the two largest are
+    among the two first and two last values: the same value as sorting all the
+    deviations and taking the one before last, without that sort. Needs at
+    least four values per lane. A lane whose median is NaN gives NaN.
+
+    Examples
+    --------
+    >>> lane = np.array([[1.0, 4.0, 5.0, 6.0, 12.0]], np.float32)
+    >>> second_deviation(lane, np.array([5.0], np.float32)).tolist()
+    [4.0]
+    """
+    m = median[..., None]
+    low = np.abs(ordered[..., :2] - m)  # deviations of the two smallest values
+    high = np.abs(ordered[..., -2:] - m)  # of the two largest
+    first = np.minimum(low[..., 0], high[..., 1])  # the smaller of the two ends' deviations
+    return np.maximum(first, np.maximum(low[..., 1], high[..., 0]))
