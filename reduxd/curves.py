@@ -16,13 +16,15 @@ the new curve when it lands, so the work per light stays flat all night.
 import itertools
 import math
 import multiprocessing
+import resource
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
-from astropy.table import vstack
+from astropy.table import Table
 
 from reduxd.errors import ReduxdError
 from reduxd.log import configure_logging, get_logger
@@ -149,6 +151,8 @@ class Curves:
         except Exception as exc:
             log.warning("lightcurve_not_written", fields=sorted(fields, key=str), reason=str(exc))
             self.dirty.update(fields)
+            if isinstance(exc, BrokenProcessPool):  # the child died (OOM-killed...): a new one
+                self._close_pool()
         for field in fields:
             for rows, version in self.waiting.pop(field, []):
                 self.changed(field, rows, version)
@@ -166,7 +170,8 @@ class Curves:
         ensembles, states = {}, {}
         for obj, filt in fields:
             found = self.ledger.field_measurements(obj, filt, upto=upto)
-            table = field_table({**row, "version": version, "current": 1} for version, row in found)
+            rows = ({**row, "version": version, "current": 1} for version, row in found)
+            table = field_table(rows, chunk=CHUNK_ROWS, columns=lightcurve.CURVE_COLUMNS)
             if len(table):
                 self._write(obj, filt, table, ensembles, states)
         return ensembles, states
@@ -198,7 +203,7 @@ class Curves:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
 
 
-def field_table(rows, *, chunk=CHUNK_ROWS):
+def field_table(rows, *, chunk=CHUNK_ROWS, columns=None):
     """:func:`lightcurve.field_table` of many rows, built ``chunk`` rows at a time.
 
     The rows (an iterator) are never all held as dicts: a night of 1,000 lights
@@ -206,12 +211,16 @@ def field_table(rows, *, chunk=CHUNK_ROWS):
     columns. The result is that of ``lightcurve.field_table(list(rows))``: a
     column that the whole would leave out (not in every row, or multi-aperture
     lists of different lengths) is left out; ``target_x``/``target_y`` are NaN
-    in rows without them.
+    in rows without them. ``columns``: keep only these (a rebuild keeps
+    :data:`lightcurve.CURVE_COLUMNS`, what a light curve reads).
     """
     rows = iter(rows)
     parts = []
     while batch := list(itertools.islice(rows, chunk)):
-        parts.append(_narrow_strings(lightcurve.field_table(batch)))
+        part = lightcurve.field_table(batch)
+        if columns is not None:
+            part.keep_columns([n for n in part.colnames if n in columns])
+        parts.append(_narrow_strings(part))
     if len(parts) < 2:
         return parts[0] if parts else lightcurve.field_table([])
     # the column order of a part with every kind of column there is
@@ -224,12 +233,25 @@ def field_table(rows, *, chunk=CHUNK_ROWS):
     keep = set.intersection(*(set(p.colnames) for p in parts))
     if len({p["flux_ap"].shape[1:] for p in parts if "flux_ap" in keep}) > 1:
         keep -= set(lightcurve.APERTURE_KEYS)
-    names = [n for n in order if n in keep]
-    table = vstack([p[names] for p in parts], join_type="exact", metadata_conflicts="silent")
-    table.meta = dict(parts[0].meta)  # vstack concatenates the parts' lists (comments...)
+    table = _joined(parts, [n for n in order if n in keep])
     detectors = [tuple(d.values()) for p in parts for d in p.meta.get("detector", [])]
     if detectors:
         table.meta["detector"] = lightcurve.detector_meta(detectors)
+    return table
+
+
+def _joined(parts, names):
+    """The parts' rows in one table: a column at a time, each part's copy dropped as it
+    is joined (``vstack`` held the parts and the whole at once: twice the memory)."""
+    table = Table(meta=dict(parts[0].meta))
+    for name in names:
+        first = parts[0][name]
+        table[name] = np.concatenate([np.asarray(p[name]) for p in parts])
+        table[name].info.unit = first.info.unit
+        table[name].info.description = first.info.description
+        table[name].info.format = first.info.format
+        for p in parts:
+            p.remove_column(name)
     return table
 
 
@@ -249,7 +271,14 @@ def rebuild(config, ledger_path, outdir, fields, upto):
     Returns ``(ensembles, states)`` for :meth:`Curves._install`.
     """
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
-    return rebuild_here(config, ledger_path, outdir, fields, upto)
+    started = time.monotonic()
+    ensembles, states = rebuild_here(config, ledger_path, outdir, fields, upto)
+    # the child is new for each rebuild: its peak RSS is this rebuild's (and its imports')
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    frames = sum(state["frames"] for state in states.values() if state)
+    log.info("lightcurves_rebuilt", fields=sorted(fields, key=str), frames=frames,
+             seconds=round(time.monotonic() - started, 2), peak_rss_mb=round(peak))  # fmt: skip
+    return ensembles, states
 
 
 def rebuild_here(config, ledger_path, outdir, fields, upto):

@@ -141,6 +141,12 @@ class _Grid:
 
 APERTURE_KEYS = ("radius_ap", "flux_ap", "flux_err_ap")
 PLACE_COLUMNS = ("ra_deg", "dec_deg", "site_lat", "site_lon", "site_height")
+# what a light curve reads of a field's rows (:func:`_grid`, :func:`resolve_radec`);
+# a rebuild keeps only these (no ``current``: its rows are all current)
+CURVE_COLUMNS = frozenset(
+    ("file", "mjd", "date_obs", "star_id", "x", "y", "flux", "flux_err", "exptime", "flags",
+     "radius", "site_source", "target_x", "target_y", *APERTURE_KEYS, *PLACE_COLUMNS)
+)  # fmt: skip
 
 
 def _place(row):
