@@ -32,7 +32,8 @@ Long crowded night (``--part long``): ``--long-lights`` pre-rendered lights of a
 field of ``--stars`` stars (one filter) delivered ``--long-cadence`` s apart.
 Printed: the latency (stable file to rows and light curve written) around light
 10, 100, 1,000 and the last (median of the 11 lights centred there), and the daemon's RSS
-(``VmRSS``) when those lights were reduced and at the end. Targets: light 1,000
+(``VmRSS``) when those lights were reduced and at the end, and the peak RSS of the
+child processes that rebuild the light curve (each logs it). Targets: light 1,000
 within 1.2x of light 10, RSS after 1,000 within 1.2x of RSS after 100.
 
 Temporary files are removed at the end.
@@ -347,12 +348,26 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
         f"{percentile(latency[1:], 95):.0f} / {max(latency[1:]):.0f} ms"
     )
     out["RSS at the end"] = f"{end_rss:.0f} MB"
+    out["light-curve rebuilds (child process)"] = rebuild_peaks(log_path)
     block = max(10, lights // 10)
     out[f"latency by blocks of {block} lights: median / max"] = ", ".join(
         f"{statistics.median(latency[k : k + block]):.0f}/{max(latency[k : k + block]):.0f}"
         for k in range(0, len(latency), block)
     )
     return out
+
+
+def rebuild_peaks(log_path):
+    """The rebuild children's peak RSS (each child does one rebuild: ``lightcurves_rebuilt``)."""
+    rebuilt = events(log_path, "lightcurves_rebuilt")
+    if not rebuilt:
+        return "none logged"
+    top, last = max(rebuilt, key=lambda e: e["peak_rss_mb"]), rebuilt[-1]
+    return (
+        f"{len(rebuilt)}; peak RSS of a child {top['peak_rss_mb']} MB ({top['frames']} frames, "
+        f"{top['seconds']:.1f} s); the last {last['peak_rss_mb']} MB ({last['frames']} frames, "
+        f"{last['seconds']:.1f} s)"
+    )
 
 
 # -- idle CPU --------------------------------------------------------------------------
