@@ -280,14 +280,27 @@ def rss_mb(pid):
     return float("nan")
 
 
-def watch_rss(log_path, proc, marks, out, stop_event):
-    """Record the daemon's RSS when the number of reduced lights first reaches each mark."""
+def watch_rss(log_path, proc, marks, out, stop_event, trace=None):
+    """Record the daemon's RSS when the number of reduced lights first reaches each mark,
+    and every sample as ``(lights reduced, RSS)`` in ``trace``."""
     pending = sorted(marks)
-    while pending and not stop_event.is_set() and proc.poll() is None:
+    while not stop_event.is_set() and proc.poll() is None:
         n = len(events(log_path, "frame_reduced"))
+        rss = rss_mb(proc.pid)
+        if trace is not None:
+            trace.append((n, rss))
         while pending and n >= pending[0]:
-            out[pending.pop(0)] = rss_mb(proc.pid)
+            out[pending.pop(0)] = rss
+        if not pending and trace is None:
+            return
         time.sleep(0.25)
+
+
+def rss_spread(trace, m, width=10):
+    """(min, max) RSS sampled while lights ``m`` to ``m + width`` were reduced: the
+    minimum is what the daemon holds between lights, the maximum during one."""
+    values = [rss for n, rss in trace if m <= n < m + width]
+    return (min(values), max(values)) if values else (float("nan"), float("nan"))
 
 
 def bench_long(tmp, *, lights, stars, cadence, settle, observer):
@@ -307,8 +320,8 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
     log_path = tmp / "long.jsonl"
     proc = start_daemon(config, log_path)
     marks = sorted({m for m in (10, 100, 1000) if m <= lights} | {lights})
-    rss, done = {}, threading.Event()
-    sampler = threading.Thread(target=watch_rss, args=(log_path, proc, marks, rss, done))
+    rss, done, trace = {}, threading.Event(), []
+    sampler = threading.Thread(target=watch_rss, args=(log_path, proc, marks, rss, done, trace))
     try:
         wait_for(log_path, "service_started", proc, 60)
         writer.start()
@@ -334,9 +347,11 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
     }
     for m in marks:
         window = latency[max(0, m - 6) : m + 5]
+        low, high = rss_spread(trace, m)
         out[f"latency around light {m}"] = (
             f"{statistics.median(window):.0f} ms (median of lights {max(1, m - 5)}-"
-            f"{min(len(latency), m + 5)}); RSS {rss.get(m, float('nan')):.0f} MB"
+            f"{min(len(latency), m + 5)}); RSS {rss.get(m, float('nan')):.0f} MB "
+            f"(lights {m}-{m + 10}: {low:.0f}-{high:.0f} MB)"
         )
     first = statistics.median(latency[max(0, marks[0] - 6) : marks[0] + 5])
     last_mark = marks[-1]
@@ -344,6 +359,10 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer):
     out[f"latency ratio light {last_mark} / light {marks[0]}"] = f"{last / first:.2f}"
     if 100 in rss and last_mark > 100:
         out[f"RSS ratio light {last_mark} / light 100"] = f"{rss[last_mark] / rss[100]:.2f}"
+        (low, high), (low100, high100) = rss_spread(trace, last_mark), rss_spread(trace, 100)
+        out["  the same, lowest / highest sample of the 10 lights"] = (
+            f"{low / low100:.2f} / {high / high100:.2f}"
+        )
     out["latency p95 / max (all lights)"] = (
         f"{percentile(latency[1:], 95):.0f} / {max(latency[1:]):.0f} ms"
     )

@@ -33,7 +33,7 @@ from reduxd.store import Ledger
 
 log = get_logger("reduxd.pipeline")
 CURVE_MIN_FRAMES = 10  # a light curve is rebuilt after this many appended lights at least
-CHUNK_ROWS = 20_000  # rows turned into table columns at a time when a curve is rebuilt
+CHUNK_ROWS = 5_000  # rows turned into table columns at a time when a curve is rebuilt
 
 
 class Curves:

@@ -223,3 +223,16 @@ def test_a_rebuild_child_that_dies_is_replaced_and_the_curve_rebuilt(tmp_path):
         pipeline.update_curves(final=False)
         assert pipeline.curves[("A", "V")]["frames"] == 12
         curves.close()
+
+
+def test_unique_runs_is_numpy_unique_in_any_order():
+    """A field's rows come a frame at a time; the grid's frame index sorts only the runs'
+    first names, with numpy's result for rows in any order."""
+    rng = np.random.default_rng(5)
+    names = np.array([f"pg2213/night_{k:03d}.fits" for k in range(40)])
+    grouped = np.repeat(names[rng.permutation(40)], rng.integers(1, 30, 40))
+    for values in (grouped, rng.permutation(grouped), grouped[:1]):
+        unique, inverse = lightcurve._unique_runs(values)
+        expected, expected_inverse = np.unique(values, return_inverse=True)
+        assert np.array_equal(unique, expected) and unique.dtype == expected.dtype
+        assert np.array_equal(inverse, expected_inverse)
