@@ -10,8 +10,8 @@ high-water mark and their fragmentation, not with anything it still holds.
 On a 300-light, 1,000-star night fed to a pipeline in-process, RSS after lights
 100 and 300 went from 285 and 290 MB to 250 and 262 MB, for 1.4 ms per call
 (median; glibc 2.36). Chosen over ``MALLOC_ARENA_MAX``/``MALLOC_TRIM_THRESHOLD_``
-in the unit: the daemon's work is on one thread (arenas are not the cause), a
-trim threshold only shrinks the top of the heap, and an environment variable
+in the unit: ``malloc_trim`` goes through every arena (threads' too), a trim
+threshold only ever shrinks the top of a heap, and an environment variable
 would not reach ``reduxd watch`` started by hand. Elsewhere than glibc (musl,
 macOS) it does nothing.
 """
