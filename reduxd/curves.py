@@ -16,8 +16,10 @@ the new curve when it lands, so the work per light stays flat all night.
 import itertools
 import math
 import multiprocessing
+import pickle
 import resource
 import time
+import zlib
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -50,7 +52,7 @@ class Curves:
         self._at = -math.inf
         self.pool = None  # one child process for the rebuilds off the worker (daemon)
         self.running = None  # (future, fields) of the rebuild in the child
-        self.waiting = defaultdict(list)  # field -> (rows, version) committed meanwhile
+        self.waiting = defaultdict(list)  # field -> (packed rows, version) committed meanwhile
 
     def target_mag(self, rows):
         """The configured target's differential magnitude in this frame, or None.
@@ -70,7 +72,7 @@ class Curves:
         since the last build: the work per light stays the same all night.
         """
         if self.running and field in self.running[1]:
-            self.waiting[field].append((rows, version))  # appended when the rebuild lands
+            self.waiting[field].append((_pack(rows), version))  # appended when it lands
             return
         state = self.states.get(field)
         if version == 1 and state is not None and field not in self.dirty:
@@ -154,8 +156,8 @@ class Curves:
             if isinstance(exc, BrokenProcessPool):  # the child died (OOM-killed...): a new one
                 self._close_pool()
         for field in fields:
-            for rows, version in self.waiting.pop(field, []):
-                self.changed(field, rows, version)
+            for packed, version in self.waiting.pop(field, []):
+                self.changed(field, _unpack(packed), version)
 
     def _install(self, built):
         ensembles, states = built
@@ -201,6 +203,20 @@ class Curves:
             )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
+
+
+def _pack(rows):
+    """A light's rows as one compressed block while it waits for a rebuild.
+
+    As dicts a 1,000-star light is about 4 MB in thousands of small objects; a
+    rebuild late in a long night keeps tens of lights waiting, and their objects
+    leave the heap fragmented after they are gone. Packed: about 0.2 MB each.
+    """
+    return zlib.compress(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def _unpack(packed):
+    return pickle.loads(zlib.decompress(packed))
 
 
 def field_table(rows, *, chunk=CHUNK_ROWS, columns=None):

@@ -236,3 +236,23 @@ def test_unique_runs_is_numpy_unique_in_any_order():
         expected, expected_inverse = np.unique(values, return_inverse=True)
         assert np.array_equal(unique, expected) and unique.dtype == expected.dtype
         assert np.array_equal(inverse, expected_inverse)
+
+
+def test_lights_waiting_for_a_rebuild_are_kept_packed(tmp_path):
+    """A light committed during a rebuild waits as one compressed block (not thousands of
+    dicts on a crowded field), and is appended as it was when the rebuild lands."""
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(12):
+            add(i)
+        pipeline.update_curves(final=False)
+        lc = pipeline.lightcurves
+        rows = _field_frame(pipeline.ledger, 12, np.random.default_rng(6))
+        pipeline._curve_changed(("A", "V"), rows, 1)
+        [(packed, version)] = lc.waiting[("A", "V")]
+        assert isinstance(packed, bytes) and version == 1 and curves._unpack(packed) == rows
+        lc.running[0].result(timeout=120)
+        pipeline.update_curves(final=False)
+        assert not lc.waiting and pipeline.curves[("A", "V")]["appended"] == 1
+        lc.close()
+    written = Table.read(tmp_path / "lightcurve_A_V.csv", format="ascii.csv")
+    assert list(written["file"])[-1] == "A_012.fits"
