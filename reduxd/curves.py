@@ -292,8 +292,8 @@ def rebuild(config, ledger_path, outdir, fields, upto):
     # the child is new for each rebuild: its peak RSS is this rebuild's (and its imports')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     frames = sum(state["frames"] for state in states.values() if state)
-    log.info("lightcurves_rebuilt", fields=sorted(fields, key=str), frames=frames,
-             seconds=round(time.monotonic() - started, 2), peak_rss_mb=round(peak))  # fmt: skip
+    log.debug("lightcurves_rebuilt", fields=sorted(fields, key=str), frames=frames,
+              seconds=round(time.monotonic() - started, 2), peak_rss_mb=round(peak))  # fmt: skip
     return ensembles, states
 
 
