@@ -37,6 +37,7 @@ from reduxd import lock, notify
 from reduxd.config import load_config
 from reduxd.errors import OutputUnavailable, is_transient
 from reduxd.log import configure_logging, get_logger
+from reduxd.memory import release_free_memory
 from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import Pipeline
 from reduxd.reduce import LIGHT_MODULES
@@ -333,6 +334,8 @@ class Service:
                 pipeline.resume()
             worked = self._reduce_settled(pipeline, tracker, watcher)
             worked |= bool(pipeline.tick())
+            if worked:  # RSS stays the night's live data, not the heaps' high-water mark
+                release_free_memory()
         except Exception as exc:
             if not is_transient(exc):
                 raise

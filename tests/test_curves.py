@@ -1,9 +1,16 @@
 """Long nights: light-curve rebuilds read only their field, and run off the daemon's worker."""
 
+import os
+import signal
+import time
+from concurrent.futures import wait
+
 import numpy as np
 from astropy.table import Table
-from test_pipeline import _field_frame, field_a_pipeline
+from test_pipeline import _field_frame, contract_row, field_a_pipeline
 
+from reduxd import curves
+from reduxd.config import load_config
 from reduxd.curves import KeptRows, field_table
 from reduxd.products import lightcurve
 from reduxd.store import Ledger
@@ -196,3 +203,113 @@ def test_batch_final_curve_from_the_ledger_when_memory_has_not_every_light(tmp_p
         _batch_lights(ledger, pipeline, rng, [13], version=2)
         assert ("A", "V") in curves.kept.spoilt
         assert _reads_rows(ledger, pipeline.update_curves)
+
+
+def test_rebuild_keeps_only_the_curve_columns_and_writes_the_same_curve(tmp_path, monkeypatch):
+    """A rebuild's table holds only what a light curve reads (its memory is the
+    field's rows times those columns), joined from chunks; the curve's CSV and
+    ECSV are byte for byte those of the whole contract table."""
+    monkeypatch.setattr(curves, "CHUNK_ROWS", 50)
+    rng = np.random.default_rng(4)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = []
+        for i in range(30):
+            frame = ledger.observe("/raw", f"A_{i:03d}.fits", size=1, mtime_ns=i)
+            light = [_with_extras(row) for row in _field_rows(i, rng)]
+            ledger.add_measurements(frame.id, light, calib="none", master_ids=[])
+            rows += light
+        written = {}
+        for name in ("new", "old"):
+            config = load_config(overrides={"paths": {"outdir": str(tmp_path / name)},
+                                            "lightcurve": {"target": [100.0, 50.0]}})  # fmt: skip
+            out = tmp_path / name
+            built = curves.Curves(config, ledger=ledger, outdir=out, clock=time.monotonic)
+            built._write = lambda *args, built=built, name=name: (
+                written.setdefault(name, args[2]),
+                curves.Curves._write(built, *args),
+            )
+            if name == "new":
+                built._rebuild([("A", "V")], ledger.last_reduction())
+            else:
+                built._write("A", "V", lightcurve.field_table(rows), {}, {})
+    assert set(written["new"].colnames) <= lightcurve.CURVE_COLUMNS
+    assert {"flux_ap", "ra_deg", "target_x", "file"} <= set(written["new"].colnames)
+    assert len(written["new"]) == len(written["old"]) == 240
+    for suffix in ("csv", "ecsv"):
+        new = (tmp_path / "new" / f"lightcurve_A_V.{suffix}").read_bytes()
+        assert new == (tmp_path / "old" / f"lightcurve_A_V.{suffix}").read_bytes()
+    assert b"bjd_tdb" in new and b"radius_px" in new
+
+
+def _field_rows(i, rng):
+    """The rows of light ``i`` of field (A, V), as ``_field_frame`` makes them."""
+    rows = []
+    for sid in range(1, 9):
+        row = contract_row(0)
+        flux = 1e4 * sid * (1 + rng.normal(0, 0.002))
+        row.update(object="A", filter="V", file=f"A_{i:03d}.fits", mjd=60000.0 + i / 1e3,
+                   star_id=sid, x=100.0 + 40 * (sid - 1), y=50.0, flux=flux,
+                   flux_err=10.0 * sid, flags=0, exptime=10.0, version=1, current=1)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _with_extras(row):
+    """A row with what real lights carry besides the contract: apertures, place, target."""
+    return {**row, "flux_ap": [row["flux"], 1.5 * row["flux"]],
+            "flux_err_ap": [row["flux_err"], 2.0 * row["flux_err"]], "radius_ap": [4.0, 8.0],
+            "pointing": [150.0, 20.0], "site": [39.25, -76.71, 60.0], "site_source": "config",
+            "target_xy": [100.0, 50.0], "detector": [1.33, 16.1, "flats"]}  # fmt: skip
+
+
+def test_a_rebuild_child_that_dies_is_replaced_and_the_curve_rebuilt(tmp_path):
+    """A child killed mid-rebuild (the OOM killer on a long night) costs that rebuild
+    only: the field is rebuilt in a new child, the daemon's tick does not raise."""
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(12):
+            add(i)
+        pipeline.update_curves(final=False)
+        curves = pipeline.lightcurves
+        future = curves.running[0]
+        for pid in list(curves.pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        wait([future], timeout=120)
+        pipeline.update_curves(final=False)  # lands the failure, starts a new child
+        assert curves.running is not None and curves.running[0] is not future
+        curves.running[0].result(timeout=120)
+        pipeline.update_curves(final=False)
+        assert pipeline.curves[("A", "V")]["frames"] == 12
+        curves.close()
+
+
+def test_unique_runs_is_numpy_unique_in_any_order():
+    """A field's rows come a frame at a time; the grid's frame index sorts only the runs'
+    first names, with numpy's result for rows in any order."""
+    rng = np.random.default_rng(5)
+    names = np.array([f"pg2213/night_{k:03d}.fits" for k in range(40)])
+    grouped = np.repeat(names[rng.permutation(40)], rng.integers(1, 30, 40))
+    for values in (grouped, rng.permutation(grouped), grouped[:1]):
+        unique, inverse = lightcurve._unique_runs(values)
+        expected, expected_inverse = np.unique(values, return_inverse=True)
+        assert np.array_equal(unique, expected) and unique.dtype == expected.dtype
+        assert np.array_equal(inverse, expected_inverse)
+
+
+def test_lights_waiting_for_a_rebuild_are_kept_packed(tmp_path):
+    """A light committed during a rebuild waits as one compressed block (not thousands of
+    dicts on a crowded field), and is appended as it was when the rebuild lands."""
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(12):
+            add(i)
+        pipeline.update_curves(final=False)
+        lc = pipeline.lightcurves
+        rows = _field_frame(pipeline.ledger, 12, np.random.default_rng(6))
+        pipeline._curve_changed(("A", "V"), rows, 1)
+        [(packed, version)] = lc.waiting[("A", "V")]
+        assert isinstance(packed, bytes) and version == 1 and curves._unpack(packed) == rows
+        lc.running[0].result(timeout=120)
+        pipeline.update_curves(final=False)
+        assert not lc.waiting and pipeline.curves[("A", "V")]["appended"] == 1
+        lc.close()
+    written = Table.read(tmp_path / "lightcurve_A_V.csv", format="ascii.csv")
+    assert list(written["file"])[-1] == "A_012.fits"

@@ -141,6 +141,12 @@ class _Grid:
 
 APERTURE_KEYS = ("radius_ap", "flux_ap", "flux_err_ap")
 PLACE_COLUMNS = ("ra_deg", "dec_deg", "site_lat", "site_lon", "site_height")
+# what a light curve reads of a field's rows (:func:`_grid`, :func:`resolve_radec`);
+# a rebuild keeps only these (no ``current``: its rows are all current)
+CURVE_COLUMNS = frozenset(
+    ("file", "mjd", "date_obs", "star_id", "x", "y", "flux", "flux_err", "exptime", "flags",
+     "radius", "site_source", "target_x", "target_y", *APERTURE_KEYS, *PLACE_COLUMNS)
+)  # fmt: skip
 
 
 def _place(row):
@@ -198,18 +204,32 @@ def _current(table):
     return table
 
 
+def _unique_runs(values):
+    """``np.unique(values, return_inverse=True)`` of rows that come in runs (a frame's
+    stars one after another): only the runs' first values are sorted, not every row's
+    (a copy and a sort of a million file names, hundreds of MB, on a long night).
+
+    >>> _unique_runs(np.array(["b", "b", "a", "a", "b"]))
+    (array(['a', 'b'], dtype='<U1'), array([1, 1, 0, 0, 1]))
+    """
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    unique, inverse = np.unique(values[first], return_inverse=True)
+    return unique, inverse[np.cumsum(first) - 1]
+
+
 def _grid(table):
     table = _current(table)
     if len(table) == 0:
         raise ReduxdError("no current photometry rows for this field")
-    files = np.asarray(table["file"]).astype(str)
+    files = np.asarray(table["file"]).astype(str, copy=False)
     mjd = np.asarray(table["mjd"], dtype=np.float64)
     date_obs = (
-        np.asarray(table["date_obs"]).astype(str)
+        np.asarray(table["date_obs"]).astype(str, copy=False)
         if "date_obs" in table.colnames
         else np.full(len(table), "")
     )
-    ufiles, finv = np.unique(files, return_inverse=True)
+    ufiles, finv = _unique_runs(files)
     fmjd = np.full(len(ufiles), np.inf)
     np.minimum.at(fmjd, finv, mjd)
     order = np.lexsort((ufiles, fmjd))
