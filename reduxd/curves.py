@@ -347,10 +347,12 @@ class KeptRows:
 
     def table(self, field, found):
         """The field's table if ``found`` (the ledger's ``(frame_id, version)`` of its
-        current rows, in frame order) are the lights kept, in that order; else None."""
+        current rows, in frame order) are the lights kept, in that order; else None.
+        Once per field: the kept parts are joined into the table, column by column."""
         if field in self.spoilt or field not in self.fields:
             return None
-        frames, parts, pending = self.fields[field]
+        frames, parts, pending = self.fields.pop(field)
+        self.spoilt.add(field)
         if [tuple(f) for f in found] != [(f, 1) for f in frames]:
             return None
         if pending:
