@@ -257,15 +257,16 @@ class Pipeline:
             return self.reactions.duplicate(job.row, job.rel, result.checksum, job.night, first)
         rows, reference = self.fields.identify(job.key, job.base, result.reference, result.rows)
         master_ids = sorted(r.id for r in job.plan.records().values())
-        version = self.ledger.add_measurements(
-            job.row.id, rows, calib=result.calib, master_ids=master_ids,
-            fingerprint=fingerprint(self.config, job.plan),
-        )  # fmt: skip
-        self.fields.save(job.key, reference)
-        meta = job.meta(result, len(rows), version)
-        self.ledger.finish(
-            job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
-        )
+        with self.ledger.transaction():  # rows, reference and state: a kill leaves all or none
+            version = self.ledger.add_measurements(
+                job.row.id, rows, calib=result.calib, master_ids=master_ids,
+                fingerprint=fingerprint(self.config, job.plan),
+            )  # fmt: skip
+            self.fields.save(job.key, reference)
+            meta = job.meta(result, len(rows), version)
+            self.ledger.finish(
+                job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
+            )
         for r in rows:
             r["version"], r["current"] = version, 1
         self.tables.add(rows, version, job.rel)

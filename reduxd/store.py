@@ -362,6 +362,17 @@ class Ledger:
     def _tx(self):
         return _Transaction(self._db)
 
+    def transaction(self):
+        """One transaction around several calls: all of them are committed, or none.
+
+        Examples
+        --------
+        >>> with ledger.transaction():  # doctest: +SKIP
+        ...     ledger.add_measurements(row.id, rows, calib="none", master_ids=[])
+        ...     ledger.finish(row.id, kind="light", checksum=None)
+        """
+        return self._tx()
+
     @property
     def schema_version(self) -> int:
         """Schema version stored in the database."""
@@ -964,17 +975,24 @@ def _connect_readonly(path, busy_timeout):
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection.
+
+    Inside a transaction already open it joins it: the outer one commits or rolls back.
+    """
 
     def __init__(self, db):
         self.db = db
+        self.outer = False
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.outer:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def _where(**filters):

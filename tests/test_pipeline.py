@@ -214,3 +214,34 @@ def test_light_curve_grows_by_appends_and_is_rebuilt_when_the_field_doubles(tmp_
         assert pipeline.curves[("A", "V")]["frames"] == 17
     curve = Table.read(tmp_path / "lightcurve_A_V.ecsv")
     assert len(curve) == 17 and np.all(np.abs(curve["dmag"] - np.median(curve["dmag"])) < 0.02)
+
+
+def test_a_light_whose_commit_fails_leaves_no_rows(tmp_path):
+    """A light's rows, its field's reference and its ``done`` state are one transaction:
+    when the last step fails (here a real SQLite trigger refuses ``done``; in the field a
+    kill between them), no rows of it are left to be superseded by its re-reduction."""
+    stage, rels, _ = stage_night(tmp_path)
+    now = [0.0]
+    config = load_config(
+        overrides={
+            "paths": {"data": [str(stage)], "outdir": str(tmp_path / "out")},
+            "output": {"quicklook": False, "stack": False, "reduced": False},
+            "watch": {"set_timeout_seconds": 1.0},
+        }
+    )
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger._db.execute(
+            "CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON frames"
+            " WHEN NEW.state = 'done' AND NEW.kind = 'light'"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        pipeline = Pipeline(config, ledger=ledger, clock=lambda: now[0])
+        for rel in rels:
+            with contextlib.suppress(Exception):
+                pipeline.handle(stage / rel, stage)
+        now[0] = 100.0
+        with contextlib.suppress(Exception):
+            pipeline.tick()
+        refused = [f for f in ledger.frames() if "refused by the test" in (f.last_error or "")]
+        assert refused and not ledger.frames(kind="light", state="done")
+        assert ledger.measurements(current_only=False) == []
