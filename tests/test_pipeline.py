@@ -110,6 +110,17 @@ def test_appending_rows_does_not_rebuild_the_ecsv_header(tmp_path):
     assert len(ecsv) == 60 and ecsv["flux"].unit == "adu"
 
 
+def tables_only_config(stage, tmp_path):
+    """A staged night's config: tables only (no images), calibration sets idle after 1 s."""
+    return load_config(
+        overrides={
+            "paths": {"data": [str(stage)], "outdir": str(tmp_path / "out")},
+            "output": {"quicklook": False, "stack": False, "reduced": False},
+            "watch": {"set_timeout_seconds": 1.0},
+        }
+    )
+
+
 def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp_path):
     """Found by CI: the V flats go idle a moment before the R flats. Building the V master
     retries the waiting lights; the first R light builds the R set (the camera moved on),
@@ -119,13 +130,7 @@ def test_a_light_is_reduced_once_when_one_flat_set_is_built_before_the_other(tmp
     flats = {f: [r for r in rels if "/flats/" in r and f"_{f.lower()}_" in r] for f in "VR"}
     assert all(len(v) == 3 for v in flats.values()), flats
     now = [0.0]
-    config = load_config(
-        overrides={
-            "paths": {"data": [str(stage)], "outdir": str(tmp_path / "out")},
-            "output": {"quicklook": False, "stack": False, "reduced": False},
-            "watch": {"set_timeout_seconds": 1.0},
-        }
-    )
+    config = tables_only_config(stage, tmp_path)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         pipeline = Pipeline(config, ledger=ledger, clock=lambda: now[0])
         for rel in rels:
@@ -222,13 +227,7 @@ def test_a_light_whose_commit_fails_leaves_no_rows(tmp_path):
     kill between them), no rows of it are left to be superseded by its re-reduction."""
     stage, rels, _ = stage_night(tmp_path)
     now = [0.0]
-    config = load_config(
-        overrides={
-            "paths": {"data": [str(stage)], "outdir": str(tmp_path / "out")},
-            "output": {"quicklook": False, "stack": False, "reduced": False},
-            "watch": {"set_timeout_seconds": 1.0},
-        }
-    )
+    config = tables_only_config(stage, tmp_path)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         ledger._db.execute(
             "CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON frames"
