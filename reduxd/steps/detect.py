@@ -205,17 +205,30 @@ def _gather(data, px, py, dx, dy, mask=None):
     """Pixels at integer offsets around each position: (values, usable), shape (n, k).
 
     Offsets falling off the frame, non-finite values and BAD/NONFINITE mask
-    pixels are not usable.
+    pixels are not usable. Pixels are read by flat index; only the positions
+    whose offsets leave the frame pay for bounds checks.
     """
     ny, nx = data.shape
-    xs, ys = px[:, None] + dx[None, :], py[:, None] + dy[None, :]
-    usable = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
-    xs, ys = np.clip(xs, 0, nx - 1), np.clip(ys, 0, ny - 1)
-    values = data[ys, xs].astype(np.float64)
+    index = (py * nx + px)[:, None] + (dy * nx + dx)
+    usable = np.ones(index.shape, bool)
+    edge = (px + dx.min() < 0) | (px + dx.max() >= nx) | (py + dy.min() < 0)
+    edge |= py + dy.max() >= ny
+    if edge.any():
+        xs, ys = px[edge, None] + dx, py[edge, None] + dy
+        usable[edge] = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+        index[edge] = np.clip(ys, 0, ny - 1) * nx + np.clip(xs, 0, nx - 1)
+    values = _flat_take(data, index).astype(np.float64)
     usable &= np.isfinite(values)
     if mask is not None:
-        usable &= (mask[ys, xs] & IGNORED) == 0
+        usable &= (_flat_take(mask, index) & IGNORED) == 0
     return values, usable
+
+
+def _flat_take(image, index):
+    """``image`` at flat (row-major) indices, without copying the image."""
+    if image.flags.c_contiguous:
+        return image.reshape(-1).take(index)
+    return image[index // image.shape[1], index % image.shape[1]]
 
 
 def _square(half, *, border=False):
