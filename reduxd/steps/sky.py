@@ -139,21 +139,56 @@ def _annulus_offsets(r_in, r_out):
 
     A star lies within half a pixel (in x and y) of its nearest pixel centre, so
     its distance to any pixel differs from the offset's length by at most
-    ``sqrt(0.5)``. Returns ``(dx, dy, n_sure, half)``: the offsets of the square
-    stamp of half size ``half = ceil(r_out)`` (as ``_stamp``) that can fall in
-    the annulus, first the ``n_sure`` ones in it wherever the star sits in its
-    pixel, then those that depend on it (cached by radii; read-only arrays).
+    ``sqrt(0.5)``. Returns ``(dx, dy, n_sure, half, n_inner, n_outer)``: the
+    offsets of the square stamp of half size ``half = ceil(r_out)`` (as
+    ``_stamp``) that can fall in the annulus, first the ``n_sure`` ones in it
+    wherever the star sits in its pixel, then those that depend on it: the
+    ``n_inner`` ones that can only fall inside ``r_in``, the ``n_outer`` ones
+    that can only fall beyond ``r_out``, then the rest (both: a narrow annulus).
+    Cached by radii; read-only arrays.
     """
     half = int(np.ceil(r_out))
     dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
     length = np.hypot(dx, dy).ravel()
     near = (length >= r_in - _SLACK) & (length < r_out + _SLACK)
     sure = (length - _SLACK >= r_in) & (length + _SLACK < r_out)
-    order = np.r_[np.flatnonzero(sure), np.flatnonzero(near & ~sure)]
+    inner = near & ~sure & (length + _SLACK < r_out)  # can miss r_in only
+    outer = near & ~sure & ~inner & (length - _SLACK >= r_in)  # can miss r_out only
+    both = near & ~sure & ~inner & ~outer
+    order = np.concatenate([np.flatnonzero(m) for m in (sure, inner, outer, both)])
     dx, dy = dx.ravel()[order], dy.ravel()[order]
     for a in (dx, dy):
         a.flags.writeable = False
-    return dx, dy, int(sure.sum()), half
+    return dx, dy, int(sure.sum()), half, int(inner.sum()), int(outer.sum())
+
+
+def _off_ring(r2, r_in, r_out, n_inner, n_outer):
+    """True where the squared distances ``r2`` (columns: the near offsets of
+    ``_annulus_offsets``, in its order) fall outside ``r_in <= r < r_out``."""
+    off = np.empty(r2.shape, bool)
+    inner, outer, both = (
+        slice(0, n_inner),
+        slice(n_inner, n_inner + n_outer),
+        slice(n_inner + n_outer, None),
+    )
+    np.less(r2[:, inner], r_in * r_in, out=off[:, inner])
+    np.greater_equal(r2[:, outer], r_out * r_out, out=off[:, outer])
+    np.logical_not((r2[:, both] >= r_in * r_in) & (r2[:, both] < r_out * r_out), out=off[:, both])
+    return off
+
+
+# added to a float value: -0.0 leaves every value (and the sign of a zero) as it is
+_NAN_WHERE = {t: np.array([-0.0, np.nan], t) for t in (np.float16, np.float32, np.float64)}
+
+
+def _set_nan(values, where):
+    """``values[where] = NaN`` in place (float ``values``, a bool ``where`` of its shape),
+    as an addition: faster than a masked copy for a scattered ``where``."""
+    table = _NAN_WHERE.get(values.dtype.type)
+    if table is None or not where.flags.c_contiguous:
+        np.copyto(values, np.nan, where=where)
+    else:
+        values += table.take(where.view(np.uint8))
 
 
 def _row_search(flat, base, lo, hi, above):
@@ -294,7 +329,7 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
     star's exact position, and only stars whose stamp crosses the frame edge
     pay for bounds checks (their pixels are gathered by linear index).
     """
-    dx, dy, n_sure, half = _annulus_offsets(float(r_in), float(r_out))
+    dx, dy, n_sure, half, n_inner, n_outer = _annulus_offsets(float(r_in), float(r_out))
     ny, nx = data.shape
     cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
     side = 2 * half + 1
@@ -308,7 +343,7 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
     ddy2 *= ddy2
     r2 = ddx2.take(dx[n_sure:] + half, axis=1)
     r2 += ddy2.take(dy[n_sure:] + half, axis=1)  # squared: no square root per pixel
-    off_ring = ~((r2 >= r_in * r_in) & (r2 < r_out * r_out))
+    off_ring = _off_ring(r2, r_in, r_out, n_inner, n_outer)
     if ny < side or nx < side:
         edge[:] = True
         rows = np.empty((x.size, dx.size), _as_float(data[:0, :0]).dtype)
@@ -316,8 +351,8 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
         x0, y0 = np.clip(cx - half, 0, nx - side), np.clip(cy - half, 0, ny - side)
         rows = _as_float(_flat_stamps(data, x0, y0, side).take(pick, axis=1))
         if mask is not None:
-            np.copyto(rows, np.nan, where=_flat_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
-        np.copyto(rows[:, n_sure:], np.nan, where=off_ring)
+            _set_nan(rows, _flat_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
+        _set_nan(rows[:, n_sure:], off_ring)
     if edge.any():
         # per star and stamp column (row), then picked for the offsets
         col, row = cx[edge, None] + steps, cy[edge, None] + steps
@@ -391,7 +426,7 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     out = np.full((4, x.size), np.nan)
-    dx, _, _, _ = _annulus_offsets(float(r_in), float(r_out))
+    dx = _annulus_offsets(float(r_in), float(r_out))[0]
     chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
     for start in range(0, x.size, chunk):
         xs, ys = x[start : start + chunk], y[start : start + chunk]
