@@ -356,12 +356,12 @@ def _moments(resid, x, y, sigma_w, background, mask):
     half = np.ceil(3 * sigma_w).astype(np.int64) + 1
     xc, yc = np.rint(x), np.rint(y)
     inside = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
-    out = np.full((6, x.size), np.nan)
-    sizes = half[inside]
-    if sizes.size == x.size and sizes.size and sizes.min() == sizes.max():  # one batch: all
-        out[:] = _batch_moments(resid, x, y, sigma_w, int(sizes[0]), background, mask)
+    if x.size and inside.all() and (half == half[0]).all():  # one batch: all
+        out = np.array(_batch_moments(resid, x, y, sigma_w, int(half[0]), background, mask))
         out[:, ~(out[0] > 0)] = np.nan
         return out
+    out = np.full((6, x.size), np.nan)
+    sizes = half[inside]
     values, counts = np.unique(sizes, return_counts=True)
     rest = inside.copy()
     rare = inside & np.isin(half, values[counts < MIN_BATCH])
@@ -446,30 +446,31 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            sw = sigma_w[idx]
-            total, mx, my, mxx, myy, mxy = _moments(resid, x[idx], y[idx], sw, bkg[idx], mask)
-            bad = ~(total > 0)
-            nx_, ny_ = x[idx] + 2 * mx, y[idx] + 2 * my
-            far = (np.abs(nx_ - x0[idx]) > 6 * sw + 3) | (np.abs(ny_ - y0[idx]) > 6 * sw + 3)
-            bad |= far
-            x[idx] = np.where(bad, x[idx], nx_)
-            y[idx] = np.where(bad, y[idx], ny_)
+            sw, xi, yi, smax = sigma_w[idx], x[idx], y[idx], sigma_max[idx]
+            total, mx, my, mxx, myy, mxy = _moments(resid, xi, yi, sw, bkg[idx], mask)
+            nx_, ny_ = xi + 2 * mx, yi + 2 * my
+            reach = 6 * sw + 3
+            bad = ~(total > 0) | (np.abs(nx_ - x0[idx]) > reach) | (np.abs(ny_ - y0[idx]) > reach)
+            x[idx] = np.where(bad, xi, nx_)
+            y[idx] = np.where(bad, yi, ny_)
+            sw2 = sw**2
             m = 0.5 * (mxx + myy)
-            widen = ~bad & (m >= 0.9 * sw**2) & (sw < sigma_max[idx])
+            widen = ~bad & (m >= 0.9 * sw2) & (sw < smax)
             narrow = ~bad & ~widen
-            sigma_w[idx[widen]] = np.minimum(2 * sw[widen], sigma_max[idx[widen]])
-            m = np.minimum(m, 0.9 * sw**2)
-            new = np.where(m > 0, np.sqrt(m * sw**2 / (sw**2 - m)), np.nan)
-            new = np.where(new**2 > 1 / 6, np.sqrt(new**2 - 1 / 12), np.nan)
+            sigma_w[idx[widen]] = np.minimum(2 * sw[widen], smax[widen])
+            m = np.minimum(m, 0.9 * sw2)
+            new = np.where(m > 0, np.sqrt(m * sw2 / (sw2 - m)), np.nan)
+            new2 = new**2
+            new = np.where(new2 > 1 / 6, np.sqrt(new2 - 1 / 12), np.nan)
             converged = (np.abs(new - sigma_s[idx]) < 0.01 * new) & (np.abs(mx) + np.abs(my) < 0.01)
             k = idx[narrow]
             result[:, k] = mxx[narrow], myy[narrow], mxy[narrow], total[narrow]
             has_result[k] = True
-            sigma_s[k] = new[narrow]
-            sigma_w[k] = np.clip(new[narrow], 0.6, sigma_max[k])
+            new_k = new[narrow]
+            sigma_s[k] = new_k
+            sigma_w[k] = np.minimum(np.maximum(new_k, 0.6), smax[narrow])  # np.clip, less overhead
             failed[idx[bad]] = True
-            active[idx[bad]] = False
-            active[idx[narrow & (converged | ~np.isfinite(new))]] = False
+            active[idx[bad | (narrow & (converged | ~np.isfinite(new)))]] = False
         failed |= ~has_result | ~np.isfinite(sigma_s)
         mxx, myy, mxy, total = result
         half_diff = np.hypot(0.5 * (mxx - myy), mxy)

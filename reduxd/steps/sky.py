@@ -385,7 +385,11 @@ def square_stamps(image, x0, y0, side):
     """
     (ny, nx), (sy, sx) = image.shape, image.strides
     shape = (ny - side + 1, nx - side + 1, side, side)  # sliding_window_view, less checking
-    return np.lib.stride_tricks.as_strided(image, shape, (sy, sx, sy, sx), writeable=False)[y0, x0]
+    if image.flags.c_contiguous:  # a view of its buffer: built in ~1 us, as_strided in ~10
+        windows = np.ndarray(shape, image.dtype, image, 0, (sy, sx, sy, sx))
+    else:
+        windows = np.lib.stride_tricks.as_strided(image, shape, (sy, sx, sy, sx), writeable=False)
+    return windows[y0, x0]
 
 
 def _flat_stamps(image, x0, y0, side):
