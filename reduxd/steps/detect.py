@@ -30,7 +30,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from reduxd import maskbits
-from reduxd.steps.sky import background_map, square_stamps
+from reduxd.steps.sky import background_map, row_order, square_stamps
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 MIN_BATCH = 32  # stars of one box size measured as a batch of their own (_moments)
@@ -433,6 +433,8 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
     fwhm = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), x0.shape)
     bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), x0.shape)
     top = np.broadcast_to(np.asarray(4 * fwhm if max_fwhm is None else max_fwhm, float), x0.shape)
+    order = row_order(y0)  # each star on its own; in row order the stamps come from cache
+    x0, y0, fwhm, bkg, top = (v[order] for v in (x0, y0, fwhm, bkg, top))
     x, y = x0.copy(), y0.copy()
     sigma_w = np.maximum(fwhm / FWHM_PER_SIGMA, 0.6)
     sigma_max = np.maximum(top / FWHM_PER_SIGMA, sigma_w)
@@ -477,13 +479,15 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
         lam1, lam2 = 0.5 * (mxx + myy) + half_diff, 0.5 * (mxx + myy) - half_diff
         elong = np.where(lam2 > 0, np.sqrt(lam1 / lam2), np.inf)
     nan = np.full(x0.size, np.nan)
-    return (
+    out = np.empty((5, x0.size))
+    out[:, order] = (
         np.where(failed, x0, x),
         np.where(failed, y0, y),
         np.where(failed, nan, FWHM_PER_SIGMA * sigma_s),
         np.where(failed, nan, elong),
         np.where(failed, nan, 2 * total),
     )
+    return tuple(out)
 
 
 def vet_peaks(

@@ -32,6 +32,7 @@ from scipy.spatial import cKDTree
 
 from reduxd import maskbits, phot_columns
 from reduxd.schema import PHOT_COLUMNS, STAR_NAMES
+from reduxd.steps.sky import row_order
 
 MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857
 
@@ -170,8 +171,9 @@ def circle_sums(data, x, y, radii):
         return np.zeros((0, radii.size))
     r = np.tile(radii, x.size)
     xs, ys = np.repeat(x, radii.size), np.repeat(y, radii.size)
-    sums, _, _ = sep.sum_circle(_sep_image(data), xs, ys, r, subpix=0)
-    sums = np.asarray(sums, dtype=np.float64)
+    order = row_order(ys)  # each aperture on its own: sep reads the image band by band
+    sums = np.empty(xs.size)
+    sums[order] = sep.sum_circle(_sep_image(data), xs[order], ys[order], r[order], subpix=0)[0]
     ny, nx = np.shape(data)
     # no pixel of the aperture's bounding box on the frame: NaN, as photutils
     off = (np.ceil(xs + r + 0.5) <= 0) | (np.floor(xs - r + 0.5) >= nx)

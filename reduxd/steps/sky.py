@@ -429,7 +429,9 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     """
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    out = np.full((4, x.size), np.nan)
+    order = row_order(y)  # each star's rows on its own: the same values in any order
+    x, y = x[order], y[order]
+    found = np.full((4, x.size), np.nan)
     dx = _annulus_offsets(float(r_in), float(r_out))[0]
     chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
     for start in range(0, x.size, chunk):
@@ -437,9 +439,26 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
         rows = _annulus_rows(data, mask, xs, ys, r_in=r_in, r_out=r_out)
         med, std, npix = _clipped_rows(rows, sigma=sigma)
         block = slice(start, start + xs.size)
-        out[0, block], out[1, block], out[2, block] = med, std, npix
-        out[3, block] = std / np.sqrt(np.maximum(npix, 1))
+        found[0, block], found[1, block], found[2, block] = med, std, npix
+        found[3, block] = std / np.sqrt(np.maximum(npix, 1))
+    out = np.empty_like(found)
+    out[:, order] = found
     return SkyEstimate(*out, np.zeros(x.size, bool), "annulus")
+
+
+def row_order(y):
+    """The order of positions from the first image row to the last (stable).
+
+    Stars taken in this order read the image row band by row band, so a
+    gather around each star finds most of its pixels still in the CPU cache;
+    callers put the results back in the stars' own order.
+
+    Examples
+    --------
+    >>> row_order(np.array([5.0, 1.0, 3.0, 1.0])).tolist()
+    [1, 3, 2, 0]
+    """
+    return np.argsort(np.asarray(y), kind="stable")
 
 
 def mesh_sky(data, x, y, *, box, mask=None):
