@@ -21,21 +21,33 @@ one core (median wall and CPU times; the ratios by CPU time, which moves less on
 a shared machine). Beside it, on the same frame and at all six radii: the photutils recipe
 (as above, plus ``aperture_photometry`` per radius), and ``sep`` as the practical
 floor (``Background`` + ``sum_circle`` with a local annulus and errors, at reduxd's
-positions; and with ``extract`` finding the stars itself).
+positions; and with ``extract`` finding the stars itself). Median and minimum CPU
+times are printed, then where reduxd's step spends its time (medians of the parts).
+
+One core: the thread pools of BLAS and OpenMP are pinned to one thread before
+numpy loads (``OPENBLAS_NUM_THREADS`` etc., unless already set), so that the
+process's CPU time is that of one core and no idle pool threads spin into it.
 """
 
-import argparse
 import os
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
-from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads: one core (see above)
 
-from reduxd import phot_columns
-from reduxd.steps.photometry import PhotParams, photometer
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from astropy.io import fits  # noqa: E402
+from astropy.stats import sigma_clipped_stats  # noqa: E402
+
+from reduxd import phot_columns  # noqa: E402
+from reduxd.steps import detect, photometry  # noqa: E402
+from reduxd.steps import sky as sky_step  # noqa: E402
+from reduxd.steps.photometry import PhotParams, photometer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("REDUXD_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -58,11 +70,12 @@ def photutils_recipe(data, *, fwhm, radius, annulus, nsigma=5.0, radii=()):
     return x, y, flux
 
 
-def timed(func, repeat=REPEAT):
+def timed(func, repeat=REPEAT, *, with_min=False):
     """Median wall and CPU times (s) of ``repeat`` calls, and the last result.
 
     The CPU time (this process's) moves less than the wall time on a machine
-    shared with other jobs.
+    shared with other jobs. ``with_min``: also the smallest CPU time, after
+    the median CPU time.
     """
     walls, cpus, result = [], [], None
     for _ in range(repeat):
@@ -70,7 +83,58 @@ def timed(func, repeat=REPEAT):
         result = func()
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - cpu)
-    return float(np.median(walls)), float(np.median(cpus)), result
+    wall, cpu = float(np.median(walls)), float(np.median(cpus))
+    return (wall, cpu, min(cpus), result) if with_min else (wall, cpu, result)
+
+
+# where the photometry step of a following frame spends its time (functions it calls)
+PARTS = (
+    ("peak search (coarse_peaks)", detect, "coarse_peaks"),
+    ("offset vote", photometry, "_cheap_offset"),
+    ("re-centring known stars", photometry, "_known_stars"),
+    ("new stars", photometry, "_new_stars"),
+    ("sky (annulus)", sky_step, "estimate_sky"),
+    ("aperture sums (sep, all radii)", photometry, "aperture_sums"),
+    ("fluxes, errors, flags", photometry, "measure_columns"),
+    ("fluxes at every radius", photometry, "measure_radii"),
+    ("table", photometry, "_finish"),
+)
+
+
+def step_parts(func, repeat=REPEAT):
+    """Median CPU time (s) of each part in ``PARTS`` over ``repeat`` calls of ``func``.
+
+    Each part's function is wrapped by a timer for these calls only (the step's
+    own timing above runs without the wrappers).
+    """
+    spent = defaultdict(lambda: np.zeros(repeat))
+    call = 0
+    originals = [(module, name, getattr(module, name)) for _, module, name in PARTS]
+
+    def timer(label, original):
+        def timed_part(*args, **kwargs):
+            cpu = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label][call] += time.process_time() - cpu
+
+        return timed_part
+
+    try:
+        for (label, _, _), (module, name, original) in zip(PARTS, originals, strict=True):
+            setattr(module, name, timer(label, original))
+        total = np.zeros(repeat)
+        for call in range(repeat):  # the timers add to spent[...][call]
+            cpu = time.process_time()
+            func()
+            total[call] = time.process_time() - cpu
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+    parts = {label: float(np.median(spent[label])) for label, _, _ in PARTS}
+    parts["rest"] = float(np.median(total - sum(spent.values())))
+    return parts
 
 
 def best_time(func, repeat=REPEAT):
@@ -181,9 +245,8 @@ def bench_crowded(n_stars):
     params = phot_params(load_config(), camera)
     first = photometer(first_img, exptime=EXPTIME, params=params)
     ref = first.reference
-    t_ours, c_ours, ours = timed(
-        lambda: photometer(img, exptime=EXPTIME, params=params, reference=ref)
-    )
+    step = lambda: photometer(img, exptime=EXPTIME, params=params, reference=ref)  # noqa: E731
+    t_ours, c_ours, c_min, ours = timed(step, with_min=True)
     radii = [float(r) for r in ours.apertures["radii"]]
     annulus = (max(radii) + 5.0, max(radii) + 15.0)
     recipe = {"fwhm": round(ours.fwhm, 1), "radius": radii[0], "annulus": annulus}
@@ -192,6 +255,7 @@ def bench_crowded(n_stars):
     gain = params.gain_e_per_adu
     t_sep, c_sep, _ = timed(lambda: sep_floor(img, x, y, radii, annulus, gain=gain))
     t_sepx, c_sepx, _ = timed(lambda: sep_floor(img, x, y, radii, annulus, gain=gain, extract=True))
+    parts = step_parts(step)
     print(
         f"\ncrowded field: {n_stars} simulated stars, {img.shape[1]}x{img.shape[0]} px, "
         f"{len(radii)} radii {[round(r, 2) for r in radii]} px, annulus "
@@ -210,6 +274,10 @@ def bench_crowded(n_stars):
             f"{name:46s} {t * 1e3:8.1f} {c * 1e3:8.1f} {c / c_ours:9.2f}x "
             f"{n if n is not None else '':>6}"
         )
+    print(f"\nreduxd step, smallest CPU time of {REPEAT}: {c_min * 1e3:.1f} ms")
+    print(f"reduxd step by part (median CPU ms of {REPEAT} more calls, timed per part):")
+    for label, spent in parts.items():
+        print(f"  {label:34s} {spent * 1e3:6.1f}")
     check = multi_flux_check(img, ours)
     print(f"\nmax rel. flux diff vs photutils aperture_photometry at all radii: {check:.2e}")
 
