@@ -235,7 +235,7 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
 
     every = np.arange(n_rows)
     first = np.nan_to_num(median_of(every, lo, hi))
-    s1, s2 = _centred_sums(rows[:, : max(int(hi.max(initial=0)), 1)], first)
+    s1, s2 = _centred_sums(rows[:, : max(int(hi.max(initial=0)), 1)], first, hi)
 
     def drop(rr, start, stop):  # take the values in [start, stop) out of the sums
         count = stop - start  # rows rr, twice: both ends
@@ -272,10 +272,12 @@ def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
     return np.where(empty, np.nan, median), np.where(empty, np.nan, std), n
 
 
-def _centred_sums(rows, centre, block=64):
+def _centred_sums(rows, centre, finite, block=64):
     """Sums of ``rows - centre`` and of its squares per row (float64, NaN as 0).
 
-    In blocks of rows, so the float64 copy stays small (in cache).
+    ``finite``: per row, the number of leading values that are not NaN (sorted
+    rows: the NaNs are last), so NaNs are looked for only from the block's
+    smallest count on. In blocks of rows, so the float64 copy stays small (in cache).
     """
     s1, s2 = np.empty(rows.shape[0]), np.empty(rows.shape[0])
     buffer = np.empty((block, rows.shape[1]))
@@ -283,7 +285,8 @@ def _centred_sums(rows, centre, block=64):
         stop = min(start + block, rows.shape[0])
         u = buffer[: stop - start]
         np.subtract(rows[start:stop], centre[start:stop, None], out=u)
-        np.copyto(u, 0.0, where=np.isnan(u))
+        tail = u[:, int(finite[start:stop].min()) :]
+        np.copyto(tail, 0.0, where=np.isnan(tail))
         s1[start:stop], s2[start:stop] = u.sum(axis=1), np.einsum("ij,ij->i", u, u)
     return s1, s2
 
