@@ -21,8 +21,8 @@ one core (median wall and CPU times; the ratios by CPU time, which moves less on
 a shared machine). Beside it, on the same frame and at all six radii: the photutils recipe
 (as above, plus ``aperture_photometry`` per radius), and ``sep`` as the practical
 floor (``Background`` + ``sum_circle`` with a local annulus and errors, at reduxd's
-positions; and with ``extract`` finding the stars itself). Median and minimum CPU
-times are printed, then where reduxd's step spends its time (medians of the parts).
+positions; and with ``extract`` finding the stars itself). Then reduxd's smallest
+CPU time of the calls, and where its step spends its time (medians of the parts).
 
 One core: the thread pools of BLAS and OpenMP are pinned to one thread before
 numpy loads (``OPENBLAS_NUM_THREADS`` etc., unless already set), so that the
