@@ -175,3 +175,15 @@ def test_local_background_is_the_nanmedian_of_the_usable_border_pixels():
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(np.array(values, np.float64)) if values else np.nan
         np.testing.assert_equal(got[i], expected)
+
+
+def test_robust_std_equals_the_numpy_median_definition():
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 4, 5, 100, 101, 6969, 27738):
+        v = rng.normal(100.0, 7.0, n).astype(np.float32)
+        v[rng.integers(0, n, max(n // 50, 0))] = 100.0  # ties
+        if n > 10:
+            v[:3] = [np.nan, np.inf, -np.inf]  # left out
+        w = v[np.isfinite(v)].astype(np.float64)
+        expected = 1.4826 * np.median(np.abs(w - np.median(w)))
+        assert detect.robust_std(v) == expected, n

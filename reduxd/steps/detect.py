@@ -94,8 +94,28 @@ def robust_std(values):
         v = v[finite]
     if not v.size:
         return np.nan
-    deviation = np.abs(v - np.median(v, overwrite_input=True))
-    return float(1.4826 * np.median(deviation, overwrite_input=True))
+    deviation = np.abs(v - _median_in_place(v))
+    return float(1.4826 * _median_in_place(deviation))
+
+
+def _median_in_place(v):
+    """``np.median`` of a 1-D float64 array without NaN, partitioning ``v`` in place.
+
+    The same value as ``np.median`` (the mean of the middle two for an even
+    size), with one selection: the lower middle value is the largest of those
+    below the upper one. Several times faster than ``np.median``, whose
+    two-index partition and checks dominate at ~10^4 values.
+
+    Examples
+    --------
+    >>> float(_median_in_place(np.array([4.0, 1.0, 3.0, 2.0])))
+    2.5
+    """
+    k = v.size // 2
+    v.partition(k)
+    if v.size % 2:
+        return v[k]
+    return (v[:k].max() + v[k]) / 2.0
 
 
 def _suppress(x, y, value, radius):
