@@ -44,6 +44,9 @@ REV: a detached ``git worktree`` of REV in the temporary folder, run with this
 venv and ``PYTHONPATH`` set to it, alternated with this tree ``--repeat`` times
 on the same night; it prints wall and CPU time (user + sys of every process) of
 each and the ratios. The CPU time is the fairer figure on a shared machine.
+Both run outside the repository (``python -m`` puts the working folder ahead of
+``PYTHONPATH``: run from the repository root, the "other" revision was this
+tree until 2026-11-26), and each side is checked to import its own ``reduxd``.
 """
 
 import argparse
@@ -118,13 +121,25 @@ def run_reduxd(night, outdir, config, jobs, *, code=None):
     args = [*command, "reduce", "-D", str(night / "pg2213"),
             "-C", str(night / "calibration"), "-O", str(outdir), "--config", str(config),
             "--jobs", str(jobs), "--level", "WARNING"]  # fmt: skip
-    env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
+    env = None if code is None else code_env(code)
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    # cwd: ``python -m`` puts the working folder first on sys.path, before PYTHONPATH
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=outdir.parent)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"reduxd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return seconds, proc.stdout
+
+
+def code_env(code):
+    """The environment that runs the ``reduxd`` of source tree ``code`` (checked)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    probe = [sys.executable, "-c", "import reduxd; print(reduxd.__file__)"]
+    found = subprocess.run(probe, capture_output=True, text=True, env=env, cwd=code.parent)
+    where = Path(found.stdout.strip()).resolve()
+    if not where.is_relative_to(Path(code).resolve()):
+        raise SystemExit(f"PYTHONPATH={code} runs the reduxd of {where}, not of {code}")
+    return env
 
 
 def children_cpu():

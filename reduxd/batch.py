@@ -394,6 +394,7 @@ def run(args):
         except executors.ExecutorError as exc:
             print(f"reduxd reduce: error: {exc}", file=sys.stderr)
             return EXIT_UNUSABLE
+        preload = Preload(LATER_MODULES)  # imported while the calibration frames are read
         config = uncalibrated_if_no_calibration(config, cal, lights, ledger, roots)
         announce(workers, plans)
         pool = workers.pool
@@ -410,7 +411,6 @@ def run(args):
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
-        preload = Preload(LATER_MODULES)  # imported while numpy combines the masters
         if pool is not None:
             preload.join()  # before any fork: no import lock held by a thread
         pipeline.flush(pool=pool)  # the masters, in the pool when there is one
@@ -580,10 +580,10 @@ class Preload:
     """Import modules in a background thread; :meth:`join` before forking workers.
 
     The calibration frames need numpy and astropy.io.fits only; photometry,
-    plotting and the stacks (about a second of imports) load while the masters
-    are combined. The overlap is partial (the combine's own threads hold the
-    two cores, and imports hold the GIL): measured, it saves some 0.3 s of the
-    second it would take after the masters.
+    plotting and the stacks (about half a second of imports) load while the
+    calibration frames are read and checksummed (and, without a process pool,
+    while the masters are combined). The overlap is partial: imports hold the
+    GIL, the reading and the checksums release it.
     """
 
     def __init__(self, names):

@@ -9,6 +9,7 @@ with the bad-pixel mask of its dark current and flat, cached).
 """
 
 import dataclasses
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,25 +225,76 @@ class Calibrations:
         """Build the masters of sets ``keys`` (kind by kind); return their records.
 
         With ``pool`` (a ``concurrent.futures`` executor) the biases and darks are
-        combined there at once, then the flats; this process registers and writes
-        them in the same order as without it. A master dark needs no bias: its
-        dark current is made here once the bias is registered, from the bias
-        the darks would have been given after it (same pixels, same cards).
+        combined there at once, then the flats: as soon as the bias and the darks
+        of the flats' exposure are registered, when the flats need no other dark
+        (:meth:`_flats_need_none_of`); this process registers and writes them in
+        the same order as without it. A master dark needs no bias: its dark
+        current is made here once the bias is registered, from the bias the
+        darks would have been given after it (same pixels, same cards).
         """
         built, started, stages = [], {}, set()
-        for key in sorted(keys, key=lambda k: BUILD_ORDER[k[0]]):
+        order = self._build_order(keys)
+        for i, key in enumerate(order):
             cal_set = self.sets.get(key)
             if cal_set is None:
                 continue
             stage = POOL_STAGE[key[0]]
             if pool is not None and stage not in stages:  # every set of this stage at once
                 stages.add(stage)
-                started.update(self._start([k for k in keys if POOL_STAGE[k[0]] == stage], pool))
+                started.update(self._start([k for k in order if POOL_STAGE[k[0]] == stage], pool))
             records = self._build_set(key, cal_set, final=final, work=started.get(key))
             if records is not None:
                 del self.sets[key]
                 built.extend(records)
+            if pool is not None and 1 not in stages and self._flats_need_none_of(order[i + 1 :]):
+                stages.add(1)  # the flats start beside the darks they do not use
+                started.update(self._start([k for k in order if POOL_STAGE[k[0]] == 1], pool))
         return built
+
+    def _build_order(self, keys):
+        """``keys`` kind by kind; among darks, first those of an exposure of the flats.
+
+        The flats need the bias and the darks of their own exposure only (when
+        there is one for each flat): built first, the flats can start before the
+        other darks are done (see :meth:`_flats_need_none_of`).
+        """
+        flat_times = self._flat_exposures(keys)
+
+        def rank(key):
+            other = key[0] == "dark" and not _among(self._exposure(key), flat_times)
+            return BUILD_ORDER[key[0]], other
+
+        return sorted(keys, key=rank)
+
+    def _flats_need_none_of(self, later):
+        """True when the flats' masters are all registered and ``later`` (the sets still to
+        register) hold none of them: only darks of other exposures.
+
+        A flat is made with the bias and the dark of its exposure, and with the
+        dark current only when that dark is missing: then it waits for every dark.
+        """
+        flats = [k for k in later if k[0] == "flat" and k in self.sets]
+        if not flats or any(k[0] != "dark" for k in later if k[0] != "flat"):
+            return False
+        flat_times = self._flat_exposures(flats)
+        darks = [self._exposure(k) for k in later if k[0] == "dark"]
+        if None in flat_times or any(_among(t, flat_times) for t in darks):
+            return False
+        for key in flats:
+            info = self.sets[key].members[0][2]
+            if len(self._exposures(key)) != 1 or self._pick_loaded("dark", info) is None:
+                return False
+        return True
+
+    def _flat_exposures(self, keys):
+        return {t for k in keys if k[0] == "flat" and k in self.sets for t in self._exposures(k)}
+
+    def _exposures(self, key):
+        return {info.exptime for _fid, _path, info in self.sets[key].members}
+
+    def _exposure(self, key):
+        times = self._exposures(key) if key in self.sets else set()
+        return next(iter(times)) if len(times) == 1 else None
 
     def _start(self, keys, pool):
         """Submit the combining of sets ``keys`` to ``pool``; ``{key: future}``.
@@ -550,6 +602,12 @@ class Calibrations:
                 unstable=unstable_of(plan.dark) if plan.dark else unstable_of(dc),
             )
         return dataclasses.replace(plan, bad_pixels=self._bpm[key])
+
+
+def _among(exptime, exptimes):
+    """True when ``exptime`` is one of ``exptimes`` (as a dark matches a frame); None: unknown,
+    taken as a match."""
+    return exptime is None or any(math.isclose(exptime, t) for t in exptimes if t is not None)
 
 
 def unstable_of(record):

@@ -1,6 +1,7 @@
 """Masters built in a process pool: the darks are combined beside the bias, not after it,
 and the masters are those of a build in this process."""
 
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -73,6 +74,28 @@ def test_darks_start_with_the_bias_and_give_the_masters_of_a_serial_build(tmp_pa
                 else:
                     assert x.data.tolist() == y.data.tolist()
                 assert _cards(x.header) == _cards(y.header)
+
+
+def test_flats_start_once_the_bias_and_the_dark_of_their_exposure_are_written(tmp_path, night):
+    pooled, pool = _build(tmp_path, night, jobs=2)
+    first = next(written for kind, written in pool.submits if kind == "flat_levels")
+    flat_dark = [n for n in pooled if n.startswith("dark_") and n.endswith("_2s.fits")]
+    light_dark = [n for n in pooled if n.startswith("dark_") and n.endswith("_15s.fits")]
+    assert flat_dark and light_dark
+    assert any(n.startswith("bias_") for n in first) and set(flat_dark) <= set(first)
+    assert not set(light_dark) & set(first)  # the 15 s dark is not waited for
+
+
+def test_flats_without_a_dark_of_their_exposure_wait_for_the_dark_current(tmp_path, night):
+    partial = tmp_path / "night"
+    shutil.copytree(night / "calibration", partial / "calibration",
+                    ignore=lambda folder, names: [n for n in names if n == "darks_2"])  # fmt: skip
+    pooled, pool = _build(tmp_path, partial, jobs=2)
+    serial, _ = _build(tmp_path, partial, jobs=1)
+    first = next(written for kind, written in pool.submits if kind == "flat_levels")
+    assert any(n.startswith("dark_current_") for n in first)  # bias + dark current * t
+    for name, path in pooled.items():
+        np.testing.assert_array_equal(fits.getdata(path), fits.getdata(serial[name]))
 
 
 def _cards(header):
