@@ -55,3 +55,31 @@ def test_fitting_comment_without_building_a_card_is_the_cards():
     comments = ["", "c", "x" * 47, "x" * 48, "raw frame, relative to its data folder", "y" * 70]
     for key, value, comment in itertools.product(keys, values, comments):
         assert fitsio._fitting(key, value, comment) == card_comment(key, value, comment)
+
+
+def region_lines_one_by_one(table, radius):
+    """The region lines, each value taken from the table one at a time (the definition)."""
+    lines = []
+    for sid, x, y, flags in zip(*(table[c] for c in ("star_id", "x", "y", "flags")), strict=True):
+        if not (np.isfinite(float(x)) and np.isfinite(float(y))):
+            continue
+        color = " color=orange" if int(flags) else ""
+        lines.append(f"circle({float(x) + 1:.3f},{float(y) + 1:.3f},{float(radius):.2f}) "
+                     f"#{color} text={{{int(sid)}}}\n")  # fmt: skip
+    return lines
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_region_text_of_a_table_is_its_values_one_by_one(dtype):
+    from astropy.table import Table
+
+    from reduxd.products.regions import region_text
+
+    rng = np.random.default_rng(3)
+    n = 200
+    table = Table({"star_id": np.arange(1, n + 1), "x": rng.uniform(-0.5, 650, n).astype(dtype),
+                   "y": rng.uniform(-0.5, 500, n).astype(dtype),
+                   "flags": rng.integers(0, 3, n).astype(np.int32)})  # fmt: skip
+    table["x"][5], table["y"][9] = np.nan, np.inf
+    text = region_text(table, radius=np.float32(6.7011), title="t")
+    assert text.splitlines(keepends=True)[4:] == region_lines_one_by_one(table, np.float32(6.7011))
