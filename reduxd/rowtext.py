@@ -62,8 +62,9 @@ def json_rows(rows, dumps):
     shared leading values are written once and each other column's values at once
     (:func:`_json_column`: floats and ints by their ``repr``, as ``json`` writes
     them), then each row is put together by one ``%`` template. The first row is
-    checked against ``dumps`` (options that change the text: the plain way); else
-    each row is dumped.
+    checked against ``dumps`` (options that change the text: the plain way). Rows
+    with other keys, or a column of other values (text, None, mixed types), are
+    dumped one by one.
 
     Examples
     --------
@@ -85,7 +86,12 @@ def json_rows(rows, dumps):
     for i, key in enumerate(own):
         pieces += [(", " if i else "") + dumps(key) + ": ", None]
     template = percent_template([*pieces, "}"])
-    columns = [_json_column([row[k] for row in rows], dumps) for k in own]
+    columns = []
+    for key in own:
+        column = _json_column([row[key] for row in rows], dumps)
+        if column is None:  # rows of several lights, text values: the plain way
+            return [dumps(row) for row in rows]
+        columns.append(column)
     text = [template % values for values in zip(*columns, strict=True)]
     if text[0] != dumps(rows[0]):  # dumps writes otherwise (indent, sort_keys, ...)
         return [dumps(row) for row in rows]
@@ -96,11 +102,12 @@ _NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _json_column(values, dumps):
-    """The JSON text of each of ``values`` (one column): ``[dumps(v) for v in values]``.
+    """The JSON text of each of ``values`` (one column), as ``dumps`` writes it, or None.
 
     A column of floats (as ``json``: ``float.__repr__``, NaN and infinities by
     name when ``dumps`` allows them), of ints, or of float lists of one length is
-    written without ``dumps``; any other column value by value.
+    written without ``dumps``; None for any other column (the rows are then
+    dumped one by one: values by value would cost more than that).
     """
     kinds = {type(v) for v in values}
     if kinds == {float} and _floats_allowed(values, dumps):
@@ -114,7 +121,7 @@ def _json_column(values, dumps):
             template = "[" + ", ".join(["%s"] * k) + "]"
             texts = _float_texts(flat)
             return [template % tuple(texts[i : i + k]) for i in range(0, len(texts), k)]
-    return [dumps(v) for v in values]
+    return None
 
 
 def _floats_allowed(values, dumps):
