@@ -107,7 +107,7 @@ def _json_column(values, dumps):
     A column of floats (as ``json``: ``float.__repr__``, NaN and infinities by
     name when ``dumps`` allows them), of ints, or of float lists of one length is
     written without ``dumps``; None for any other column (the rows are then
-    dumped one by one: values by value would cost more than that).
+    dumped one by one, which costs less than dumping that column value by value).
     """
     kinds = {type(v) for v in values}
     if kinds == {float} and _floats_allowed(values, dumps):
