@@ -382,12 +382,23 @@ def _fitting(key, value, comment):
     >>> _fitting("RAWFILE", raw, "raw frame, relative to its data folder")
     'raw frame, relative'
     """
-    if not comment:
+    if not comment or _short_card(key, value, comment):
         return comment
     used = len(fits.Card(key, value).image.rstrip())
     if used > 80:  # a long string goes on over CONTINUE cards, the comment on the last
         return comment
     return comment[: max(80 - used - 3, 0)]
+
+
+def _short_card(key, value, comment):
+    """Whether ``comment`` fits whole for sure: a keyword of up to 8 characters and a
+    value of at most 20 (a number, a bool, or a string of up to 18 without quotes)
+    leave 47 characters after ``" / "`` (no card need be built to know it)."""
+    if len(key) > 8 or len(comment) > 47:
+        return False
+    if isinstance(value, str):
+        return len(value) <= 18 and "'" not in value
+    return value is None or isinstance(value, bool | int | float | np.integer | np.floating)
 
 
 def write_fits_atomic(path, hdul, *, durable=True):

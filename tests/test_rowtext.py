@@ -68,6 +68,61 @@ def test_row_lines_are_the_csv_module_lines(delimiter, kw):
     assert tables.row_lines(rows, delimiter) == tables._lines(tables._fields(rows), delimiter)
 
 
+@pytest.mark.parametrize(
+    "kw", [{}, {"file": 'a b,"c%d".fits', "filt": ""}, {"file": "x%%y z.fits"}, {"n": 1}]
+)
+def test_row_line_pair_is_the_csv_and_ecsv_lines(kw):
+    rows = light_rows(**kw)
+    expected = tuple(tables._lines(tables._fields(rows), d) for d in (",", " "))
+    assert tables.row_line_pair(rows) == expected
+    rows[-1] = {**rows[-1], "calib": "bias"}  # own values on both sides of a shared one
+    assert tables.row_line_pair(rows) == tuple(
+        tables._lines(tables._fields(rows), d) for d in (",", " ")
+    )
+
+
+@pytest.mark.parametrize(
+    "column, values",
+    [
+        ("x", [1.5, None, 2.0]),  # None among floats: value by value
+        ("flags", [1, True, 2]),  # a bool is not an int
+        ("flux_ap", [[1.0, 2.0], [3.0], [4.0, 5.0]]),  # lists of other lengths
+        ("flux_ap", [[1.0, math.nan], [1e300, 1e300], [-0.0, 2]]),  # an int in a list
+        ("snr", [1e308, 1e308, -math.inf]),  # a sum that overflows, an infinity
+        ("star_id", [np.int64(1), 2, 3]),
+    ],
+)
+def test_json_rows_of_columns_of_mixed_values(column, values):
+    rows = light_rows(3)
+    for row, value in zip(rows, values, strict=True):
+        row[column] = value
+    assert rowtext.json_rows(rows, _dumps) == [_dumps(r) for r in rows]
+
+
+def test_json_rows_with_options_that_change_the_text():
+    rows = light_rows(8)
+    strict = lambda v: json.dumps(v, allow_nan=False)  # noqa: E731
+    with pytest.raises(ValueError):  # a NaN in the rows (light_rows puts one in x)
+        rowtext.json_rows(rows, strict)
+    for dumps in (
+        lambda v: json.dumps(v, sort_keys=True, allow_nan=True),
+        lambda v: json.dumps(v, separators=(",", ":")),
+    ):
+        assert rowtext.json_rows(rows, dumps) == [dumps(r) for r in rows]
+
+
+def test_labels_of_a_crowded_chart_as_one_star_at_a_time():
+    """660 stars on a 1300 x 1000 chart (the 650x500, 800-star night, enlarged twice):
+    most stars have no free place at all."""
+    rng = np.random.default_rng(12)
+    stars = [(i, float(rng.uniform(0, 1300)), float(rng.uniform(0, 1000)), f"{i + 1} -13.{i:02d}")
+             for i in range(660)]  # fmt: skip
+    kw = dict(radius=21.0, char_width=8.4, height=16)
+    got = labels.place_labels(stars, **kw)
+    assert got == first_fit_loop(stars, **kw)
+    assert 20 < len(got) < 330
+
+
 def first_fit_loop(stars, *, radius, char_width, height):
     """The labels placed one star at a time, every pair looked at (the definition)."""
     cx = np.array([s[1] for s in stars], float)

@@ -59,7 +59,10 @@ def place_labels(stars, *, radius, char_width, height):
     ac, bc = a[circle], b[circle]
     blocked = _any_by(ac, _over_circle(boxes[ac], cx[bc], cy[bc], radius), n)  # any order
     label = (dx < 2 * gap + widths[a] + widths[b] + 1) & (dy < 2 * (gap + height) + 1)
-    earlier = label & (b < a)  # a label waits only for those placed before it
+    # a star whose every place is over a circle never gets a label (in a crowded field,
+    # most of them): it takes no part in the waits, nor does a pair with it
+    live = ~blocked.all(axis=1)
+    earlier = label & (b < a) & live[a] & live[b]  # a label waits only for those before it
     a, b = a[earlier], b[earlier]
     chosen = _first_fit(boxes, blocked, a, b)
     return {

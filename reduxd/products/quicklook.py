@@ -7,6 +7,8 @@ on the Agg canvas (no pyplot, no global state). Files are written atomically.
 Pillow comes with matplotlib (a dependency of it), so nothing is added.
 """
 
+import math
+
 import numpy as np
 from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
@@ -66,17 +68,38 @@ def _display(data):
     return mean, 1.0 / factor
 
 
-def _display_grey(data):
-    """The frame as shown, in grey levels (:func:`_grey_levels` of :func:`_display`), and
-    its scale. A small frame is turned into grey levels before it is enlarged: the
-    same pixels, a fraction of the work."""
+def _display_grey(data, mask=None):
+    """The frame as shown, in grey levels (:func:`_grey_levels` of :func:`_display`), its
+    masked pixels (``mask`` non-zero) in MASKED, and its scale. A small frame is turned
+    into grey levels and masked before it is enlarged: the same pixels, a fraction of
+    the work."""
+    masked = mask is not None and np.any(mask)
     factor = max(1, int(np.ceil(max(data.shape) / MAX_SIDE)))
     zoom = max(1, -(-MIN_WIDTH // data.shape[1])) if factor == 1 else 1
     if zoom == 1:
         image, scale = _display(data)
-        return _grey_levels(image), scale
+        grey = _grey_levels(image)
+        if masked:
+            grey[_display_mask(mask, scale)] = MASKED
+        return grey, scale
     grey = _grey_levels(np.asarray(data, dtype=np.float32), zoom=zoom)
-    return grey.repeat(zoom, 0).repeat(zoom, 1), float(zoom)
+    if masked:
+        grey[np.asarray(mask) != 0] = MASKED
+    return _enlarged(grey, zoom), float(zoom)
+
+
+def _enlarged(grey, zoom):
+    """``grey.repeat(zoom, 0).repeat(zoom, 1)``, by ``zoom`` strided copies of the frame
+    and then of its widened rows (numpy's repeat goes pixel by pixel)."""
+    ny, nx = grey.shape
+    wide = np.empty((ny, nx, zoom), grey.dtype)
+    for k in range(zoom):
+        wide[..., k] = grey
+    wide = wide.reshape(ny, nx * zoom)
+    out = np.empty((ny * zoom, nx * zoom), grey.dtype)
+    for k in range(zoom):
+        out[k::zoom] = wide
+    return out
 
 
 def _bin(data, factor, combine):
@@ -147,13 +170,10 @@ def write_quicklook(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    grey, scale = _display_grey(data)
+    grey, scale = _display_grey(data, mask)
     height, width = grey.shape[0] + TITLE_HEIGHT, grey.shape[1]
     canvas = np.full((height, width), WHITE, dtype=np.uint8)
-    shown = canvas[TITLE_HEIGHT:][::-1]  # row 0 of the frame at the bottom
-    shown[...] = grey
-    if mask is not None and np.any(mask):
-        shown[_display_mask(mask, scale)] = MASKED
+    canvas[TITLE_HEIGHT:] = grey[::-1]  # row 0 of the frame at the bottom
     r = (radius or _default_radius(table, scale)) * scale
     top = TITLE_HEIGHT + grey.shape[0] - 1
     stars = _chart_stars(table, scale, top, roles or {})
@@ -223,7 +243,7 @@ def _chart_stars(table, scale, top, roles):
             x.tolist(), y.tolist(), flags.tolist(), ids.tolist(), mags.tolist(), strict=True
         )
     ]
-    stars.sort(key=lambda s: (order.get(s[2], 2), s[4] if np.isfinite(s[4]) else np.inf))
+    stars.sort(key=lambda s: (order.get(s[2], 2), s[4] if math.isfinite(s[4]) else math.inf))
     return [s[:4] for s in stars]
 
 

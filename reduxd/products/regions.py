@@ -7,6 +7,8 @@ Open with ``ds9 light.fits -regions light.reg``.
 
 import math
 
+import numpy as np
+
 from reduxd.files import atomic_write
 
 HEADER = (
@@ -28,15 +30,20 @@ def region_text(table, *, radius, title=""):
     """
     lines = [HEADER + (f"# {title}\n" if title else "")]
     radius = float(radius)
-    for sid, x, y, flags in zip(
-        table["star_id"], table["x"], table["y"], table["flags"], strict=True
-    ):
-        if not (math.isfinite(float(x)) and math.isfinite(float(y))):
+    ids, xs, ys, flags = (_plain(table[name]) for name in ("star_id", "x", "y", "flags"))
+    for sid, x, y, flag in zip(ids, xs, ys, flags, strict=True):
+        x, y = float(x), float(y)
+        if not (math.isfinite(x) and math.isfinite(y)):
             continue
-        color = " color=orange" if int(flags) else ""
-        centre = f"{float(x) + 1:.3f},{float(y) + 1:.3f}"
+        color = " color=orange" if int(flag) else ""
+        centre = f"{x + 1:.3f},{y + 1:.3f}"
         lines.append(f"circle({centre},{radius:.2f}) #{color} text={{{int(sid)}}}\n")
     return "".join(lines)
+
+
+def _plain(column):
+    """A column's values as Python numbers (a numpy scalar is slow to take one at a time)."""
+    return np.asarray(column).tolist()
 
 
 def write_regions(path, table, *, radius, title="", durable=True):

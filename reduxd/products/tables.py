@@ -94,6 +94,35 @@ def row_lines(rows, delimiter):
     return "".join([pattern % values for values in zip(*columns, strict=True)])
 
 
+def row_line_pair(rows):
+    """``(row_lines(rows, ","), row_lines(rows, " "))``, each star's own values formatted once.
+
+    The own values (numbers: no delimiter, quote or newline in their text) make one
+    run of columns between the shared ones; their CSV text, delimiters turned into
+    spaces, is their ECSV text. Otherwise :func:`row_lines` is called twice.
+    """
+    own = [i for i, name in enumerate(NAMES) if not shared_value(rows, name)]
+    one_run = bool(own) and own == list(range(own[0], own[-1] + 1))
+    if len(rows) < 2 or not one_run or len(own) == len(NAMES):
+        return row_lines(rows, ","), row_lines(rows, " ")
+    names = [NAMES[i] for i in own]
+    columns = [[r[name] for r in rows] for name in names]
+    specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
+    if None in specs:
+        return row_lines(rows, ","), row_lines(rows, " ")
+    pattern = ",".join(specs)
+    text = "\n".join([pattern % values for values in zip(*columns, strict=True)])
+    first = rows[0]
+    head, tail = NAMES[: own[0]], NAMES[own[-1] + 1 :]
+
+    def lines(body, delimiter):
+        pre = "".join(_field(_format(n, first[n]), delimiter) + delimiter for n in head)
+        post = "".join(delimiter + _field(_format(n, first[n]), delimiter) for n in tail)
+        return pre + body.replace("\n", post + "\n" + pre) + post + "\n"
+
+    return lines(text, ","), lines(text.replace(",", " "), " ")
+
+
 def _spec(name, column):
     """The ``%`` spec writing ``column`` as :func:`_format` does, or None if there is none."""
     kinds = set(map(type, column))
@@ -105,9 +134,13 @@ def _spec(name, column):
 
 
 def _quoted(text, delimiter):
-    """One field as the csv module (and :func:`_lines`) writes it among others, ``%``
-    escaped for a template."""
-    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2].replace("%", "%%")
+    """:func:`_field`, ``%`` escaped for a template."""
+    return _field(text, delimiter).replace("%", "%%")
+
+
+def _field(text, delimiter):
+    """One field as the csv module (and :func:`_lines`) writes it among others."""
+    return _lines([[text, "x"]], delimiter)[: -len(delimiter) - 2]
 
 
 _EMPTY = "\x00empty\x00"  # stands for "" while the csv module writes ECSV lines
@@ -151,9 +184,9 @@ def append_rows(outdir, rows, *, save="", durable=True):
     """
     csv_path, ecsv_path = table_paths(outdir, save)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    header, lines = ",".join(NAMES) + "\n", row_lines(rows, ",")
+    header, (lines, ecsv_lines) = ",".join(NAMES) + "\n", row_line_pair(rows)
     _append(csv_path, header, lines, durable=durable)
-    _append(ecsv_path, _ecsv_header(), row_lines(rows, " "), durable=durable)
+    _append(ecsv_path, _ecsv_header(), ecsv_lines, durable=durable)
     _append(current_path(outdir, save), header, lines, durable=durable)
     return csv_path, ecsv_path
 
