@@ -318,6 +318,32 @@ def rss_spread(trace, m, half=5):
     return (min(values), max(values)) if values else (float("nan"), float("nan"))
 
 
+def watch_curve(outdir, seen, stop_event):
+    """Record in ``seen`` when each light's row first appears in a light-curve CSV under
+    ``outdir`` (``{file: time.time()}``), polled every 0.2 s."""
+    while not stop_event.is_set():
+        for path in outdir.rglob("lightcurve_*.csv"):
+            try:
+                lines = path.read_text().splitlines()[1:]
+            except OSError:
+                continue
+            now = time.time()
+            for line in lines:
+                parts = line.split(",")
+                if len(parts) > 2:
+                    seen.setdefault(parts[2], now)
+        time.sleep(0.2)
+
+
+def curve_latency(event, seen):
+    """ms from a light's stable file (its ``frame_reduced`` time less its latency) to its
+    row in the light curve; NaN if it never appeared."""
+    from datetime import datetime
+
+    stable = datetime.fromisoformat(event["timestamp"]).timestamp() - event["latency_ms"] / 1e3
+    return (seen[event["file"]] - stable) * 1e3 if event["file"] in seen else float("nan")
+
+
 def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
     root = tmp / "raw"
     root.mkdir()
@@ -341,10 +367,13 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
     sampler = threading.Thread(
         target=watch_rss, args=(log_path, proc, marks, rss, done, trace, child_peaks)
     )
+    seen = {}
+    curve_watch = threading.Thread(target=watch_curve, args=(tmp / "out", seen, done))
     try:
         wait_for(log_path, "service_started", proc, 60)
         writer.start()
         sampler.start()
+        curve_watch.start()
         writer.join()
         deadline, done_before = time.monotonic() + 300, -1
         while (reduced := len(events(log_path, "frame_reduced"))) < lights:
@@ -353,6 +382,7 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{lights - reduced} lights not reduced after 300 s")
             time.sleep(0.5)
+        time.sleep(cadence)  # the last light's row in the curve
         end_rss = rss_mb(proc.pid)
         for m in marks:  # reached while the sampler slept
             rss.setdefault(m, end_rss)
@@ -361,6 +391,7 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
         stop(proc)
     reduced = [e for e in events(log_path, "frame_reduced") if "version" not in e]
     latency = [e["latency_ms"] for e in reduced]
+    to_curve = [curve_latency(e, seen) for e in reduced]
     stars_measured = statistics.median(e["n_stars"] for e in reduced)
     out = {
         "lights": f"{len(reduced)} of a {stars}-star field (median {stars_measured:.0f} measured)"
@@ -374,10 +405,19 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
             f"{min(len(latency), m + 5)}); RSS {rss.get(m, float('nan')):.0f} MB "
             f"(lights {max(1, m - 5)}-{m + 5}: {low:.0f}-{high:.0f} MB)"
         )
+        curve = [v for v in to_curve[max(0, m - 6) : m + 5] if v == v]
+        out[f"  to its row in the light curve, light {m}"] = (
+            f"{statistics.median(curve):.0f} ms median, {max(curve):.0f} ms max"
+            if curve
+            else "not in the curve"
+        )
     first = statistics.median(latency[max(0, marks[0] - 6) : marks[0] + 5])
     last_mark = marks[-1]
     last = statistics.median(latency[max(0, last_mark - 6) : last_mark + 5])
     out[f"latency ratio light {last_mark} / light {marks[0]}"] = f"{last / first:.2f}"
+    curve_first = np.nanmedian(to_curve[max(0, marks[0] - 6) : marks[0] + 5])
+    curve_last = np.nanmedian(to_curve[max(0, last_mark - 6) : last_mark + 5])
+    out["  the same, to the row in the light curve"] = f"{curve_last / curve_first:.2f}"
     if 100 in rss and last_mark > 100:
         out[f"RSS ratio light {last_mark} / light 100"] = f"{rss[last_mark] / rss[100]:.2f}"
         (low, high), (low100, high100) = rss_spread(trace, last_mark), rss_spread(trace, 100)
@@ -394,6 +434,11 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
         f"{statistics.median(latency[k : k + block]):.0f}/{max(latency[k : k + block]):.0f}"
         for k in range(0, len(latency), block)
     )
+    out[f"to the light curve by blocks of {block} lights: median / max"] = ", ".join(
+        f"{np.nanmedian(to_curve[k : k + block]):.0f}/{np.nanmax(to_curve[k : k + block]):.0f}"
+        for k in range(0, len(to_curve), block)
+    )
+    out["lights never seen in the light curve"] = sum(1 for v in to_curve if v != v)
     return out
 
 
