@@ -1275,6 +1275,7 @@ def write_lightcurve(
     save="",
     radec=None,
     keep=None,
+    files=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -1294,6 +1295,10 @@ def write_lightcurve(
     n_comparisons : int, optional
     save : str, optional
         Prefix of the file names (``<save>_lightcurve_<object>_<filter>.*``).
+    files : dict, optional
+        When given, the files' contents are put there (``{path: bytes}``) instead of
+        written (a rebuild in a child process: the daemon installs them, see
+        :mod:`reduxd.curves`).
 
     Returns
     -------
@@ -1320,9 +1325,18 @@ def write_lightcurve(
     )
     csv_bytes, ecsv_bytes = _table_bytes(lc)
     png = plot_lightcurve(lc, title=f"{object}  {filter}")
-    for path, payload in ((csv_path, csv_bytes), (ecsv_path, ecsv_bytes), (png_path, png)):
-        atomic_write(path, lambda fh, payload=payload: fh.write(payload))
+    payloads = {csv_path: csv_bytes, ecsv_path: ecsv_bytes, png_path: png}
+    if files is not None:
+        files.update(payloads)
+    else:
+        write_files(payloads)
     return [csv_path, ecsv_path, png_path]
+
+
+def write_files(payloads):
+    """Write ``{path: bytes}``, each file atomically."""
+    for path, payload in payloads.items():
+        atomic_write(path, lambda fh, payload=payload: fh.write(payload))
 
 
 def ensemble_of(lc):
