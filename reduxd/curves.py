@@ -206,7 +206,7 @@ class Curves:
         ensembles, states = {}, {}
         for obj, filt in fields:
             found = self.ledger.field_measurements(obj, filt, upto=upto)
-            rows = ({**row, "version": version, "current": 1} for version, row in found)
+            rows = (row for _version, row in found)  # current rows; no version in a curve
             table = field_table(rows, chunk=CHUNK_ROWS, columns=lightcurve.CURVE_COLUMNS)
             if len(table):
                 self._write(obj, filt, table, ensembles, states)
@@ -290,7 +290,7 @@ def field_table(rows, *, chunk=CHUNK_ROWS, columns=None):
 def table_part(rows, columns=None):
     """One chunk of :func:`field_table`: the rows' table, strings narrowed; only
     ``columns`` kept when given."""
-    part = lightcurve.field_table(rows)
+    part = lightcurve.field_table(rows, columns=columns)
     if columns is not None:
         part.keep_columns([n for n in part.colnames if n in columns])
     return _narrow_strings(part)
