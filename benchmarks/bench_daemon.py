@@ -293,8 +293,10 @@ def peak_mb(pid):
 def watch_rss(log_path, proc, marks, out, stop_event, trace=None, child_peaks=None):
     """Record the daemon's RSS when the number of reduced lights first reaches each mark,
     every sample as ``(lights reduced, RSS)`` in ``trace``, and in ``child_peaks``
-    ``{pid: (lights reduced when it started, peak RSS)}`` of the daemon's child
-    processes (the light-curve rebuilds: one child each)."""
+    ``{pid: (lights reduced when it started, peak RSS, lights reduced when it started
+    working)}`` of the daemon's child processes (the light-curve rebuilds: one child
+    each, spawned idle as soon as the one before exits: working once its RSS passes
+    ``BUSY_MB``)."""
     pending = sorted(marks)
     while not stop_event.is_set() and proc.poll() is None:
         n = len(events(log_path, "frame_reduced"))
@@ -302,13 +304,17 @@ def watch_rss(log_path, proc, marks, out, stop_event, trace=None, child_peaks=No
         if trace is not None:
             trace.append((n, rss))
         for pid in children(proc.pid) if child_peaks is not None else ():
-            started, peak = child_peaks.get(pid, (n, 0.0))
-            child_peaks[pid] = (started, max(peak, peak_mb(pid)))
+            started, peak, busy = child_peaks.get(pid, (n, 0.0, None))
+            peak = max(peak, peak_mb(pid))
+            child_peaks[pid] = (started, peak, n if busy is None and peak > BUSY_MB else busy)
         while pending and n >= pending[0]:
             out[pending.pop(0)] = rss
         if not pending and trace is None:
             return
         time.sleep(0.25)
+
+
+BUSY_MB = 60.0  # a spawned pool worker waits in ~15 MB; a rebuild imports numpy and astropy
 
 
 def rss_spread(trace, m, half=5):
@@ -448,9 +454,15 @@ def rebuild_peaks(child_peaks):
         return "none seen"
     runs = sorted(child_peaks.values())
     top = max(runs, key=lambda r: r[1])
+
+    def when(start, busy):
+        return f"spawned at light {start}, " + (
+            f"working from light {busy}" if busy is not None else "never working"
+        )
+
     return (
-        f"{len(runs)}; highest peak {top[1]:.0f} MB (started at light {top[0]}); "
-        + ", ".join(f"{peak:.0f} MB at light {n}" for n, peak in runs[-4:])
+        f"{len(runs)}; highest peak {top[1]:.0f} MB ({when(top[0], top[2])}); "
+        + ", ".join(f"{peak:.0f} MB ({when(n, busy)})" for n, peak, busy in runs[-4:])
         + " (the last ones)"
     )
 
