@@ -50,6 +50,7 @@ class Curves:
         self.outdir = outdir
         self.clock = clock
         self.dirty = set()  # (field, filter) with new rows
+        self.doubled = set()  # of those, the ones still appended to (rebuilt as they doubled)
         self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
         self.states = {}  # (field, filter) -> what appending to its light curve needs
         self._at = -math.inf
@@ -79,7 +80,9 @@ class Curves:
 
         Rebuilt (comparisons chosen again) when a light is superseded, when the
         frame cannot be appended, and when the field has doubled its frames
-        since the last build: the work per light stays the same all night.
+        since the last build: the work per light stays the same all night. A field
+        that doubled is still appended to until its rebuild starts (the daemon's
+        ticks space rebuilds by 30 s), and while it runs (see :meth:`_land`).
         ``frame``: the light's ledger id (for :meth:`keep_rows`).
         """
         if self.kept is not None:
@@ -89,11 +92,15 @@ class Curves:
             if version == 1:
                 self._append(field, rows)  # meanwhile on the curve there is
             return
-        if version == 1 and field not in self.dirty and self._append(field, rows):
+        appendable = field not in self.dirty or field in self.doubled
+        if version == 1 and appendable and self._append(field, rows):
             state = self.states[field]
             state["appended"] = state.get("appended", 0) + 1
-            if state["appended"] < max(state["frames"], CURVE_MIN_FRAMES):
-                return
+            if state["appended"] >= max(state["frames"], CURVE_MIN_FRAMES):
+                self.doubled.add(field)  # appended to until its rebuild starts
+                self.dirty.add(field)
+            return
+        self.doubled.discard(field)
         self.dirty.add(field)
 
     def _append(self, field, rows):
@@ -134,6 +141,7 @@ class Curves:
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
+        self.doubled.clear()
         tables = self._kept_tables(fields, upto) if final else None
         if final and pool is None:
             built = write_here(self, tables) if tables else self._rebuild(fields, upto)

@@ -343,3 +343,23 @@ def test_lights_committed_during_a_rebuild_are_in_the_curve_at_once(tmp_path):
         landed = Table.read(csv_path, format="ascii.csv")
         curves.close()
     assert list(landed["file"]) == [f"A_{i:03d}.fits" for i in range(23)]
+
+
+def test_a_field_that_doubled_is_appended_to_until_its_rebuild_starts(tmp_path):
+    """The daemon's ticks space rebuilds by 30 s: the lights of a field waiting for its
+    rebuild to start are in the curve at once, as before the field doubled; a light
+    measured again stops the appends (the curve would show its old row)."""
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(10):
+            add(i)
+        pipeline.update_curves()
+        for i in range(10, 24):
+            add(i)
+        assert pipeline.dirty_curves == {("A", "V")}  # doubled at 20: rebuilt at a tick
+        assert len(Table.read(csv_path, format="ascii.csv")) == 24
+        add(5, version=2)
+        add(24)
+        assert len(Table.read(csv_path, format="ascii.csv")) == 24  # waits for the rebuild
+        pipeline.update_curves()
+        assert pipeline.curves[("A", "V")]["frames"] == 25 and not pipeline.dirty_curves
