@@ -293,8 +293,10 @@ def peak_mb(pid):
 def watch_rss(log_path, proc, marks, out, stop_event, trace=None, child_peaks=None):
     """Record the daemon's RSS when the number of reduced lights first reaches each mark,
     every sample as ``(lights reduced, RSS)`` in ``trace``, and in ``child_peaks``
-    ``{pid: (lights reduced when it started, peak RSS)}`` of the daemon's child
-    processes (the light-curve rebuilds: one child each)."""
+    ``{pid: (lights reduced when it started, peak RSS, lights reduced when it started
+    working)}`` of the daemon's child processes (the light-curve rebuilds: one child
+    each, spawned idle as soon as the one before exits: working once its RSS passes
+    ``BUSY_MB``)."""
     pending = sorted(marks)
     while not stop_event.is_set() and proc.poll() is None:
         n = len(events(log_path, "frame_reduced"))
@@ -302,8 +304,9 @@ def watch_rss(log_path, proc, marks, out, stop_event, trace=None, child_peaks=No
         if trace is not None:
             trace.append((n, rss))
         for pid in children(proc.pid) if child_peaks is not None else ():
-            started, peak = child_peaks.get(pid, (n, 0.0))
-            child_peaks[pid] = (started, max(peak, peak_mb(pid)))
+            started, peak, busy = child_peaks.get(pid, (n, 0.0, None))
+            peak = max(peak, peak_mb(pid))
+            child_peaks[pid] = (started, peak, n if busy is None and peak > BUSY_MB else busy)
         while pending and n >= pending[0]:
             out[pending.pop(0)] = rss
         if not pending and trace is None:
@@ -311,11 +314,40 @@ def watch_rss(log_path, proc, marks, out, stop_event, trace=None, child_peaks=No
         time.sleep(0.25)
 
 
+BUSY_MB = 60.0  # a spawned pool worker waits in ~15 MB; a rebuild imports numpy and astropy
+
+
 def rss_spread(trace, m, half=5):
     """(min, max) RSS sampled while lights ``m - half`` to ``m + half`` were reduced: the
     minimum is what the daemon holds between lights, the maximum during one."""
     values = [rss for n, rss in trace if abs(n - m) <= half]
     return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+
+def watch_curve(outdir, seen, stop_event):
+    """Record in ``seen`` when each light's row first appears in a light-curve CSV under
+    ``outdir`` (``{file: time.time()}``), polled every 0.2 s."""
+    while not stop_event.is_set():
+        for path in outdir.rglob("lightcurve_*.csv"):
+            try:
+                lines = path.read_text().splitlines()[1:]
+            except OSError:
+                continue
+            now = time.time()
+            for line in lines:
+                parts = line.split(",")
+                if len(parts) > 2:
+                    seen.setdefault(parts[2], now)
+        time.sleep(0.2)
+
+
+def curve_latency(event, seen):
+    """ms from a light's stable file (its ``frame_reduced`` time less its latency) to its
+    row in the light curve; NaN if it never appeared."""
+    from datetime import datetime
+
+    stable = datetime.fromisoformat(event["timestamp"]).timestamp() - event["latency_ms"] / 1e3
+    return (seen[event["file"]] - stable) * 1e3 if event["file"] in seen else float("nan")
 
 
 def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
@@ -341,10 +373,13 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
     sampler = threading.Thread(
         target=watch_rss, args=(log_path, proc, marks, rss, done, trace, child_peaks)
     )
+    seen = {}
+    curve_watch = threading.Thread(target=watch_curve, args=(tmp / "out", seen, done))
     try:
         wait_for(log_path, "service_started", proc, 60)
         writer.start()
         sampler.start()
+        curve_watch.start()
         writer.join()
         deadline, done_before = time.monotonic() + 300, -1
         while (reduced := len(events(log_path, "frame_reduced"))) < lights:
@@ -353,6 +388,7 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{lights - reduced} lights not reduced after 300 s")
             time.sleep(0.5)
+        time.sleep(cadence)  # the last light's row in the curve
         end_rss = rss_mb(proc.pid)
         for m in marks:  # reached while the sampler slept
             rss.setdefault(m, end_rss)
@@ -361,6 +397,9 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
         stop(proc)
     reduced = [e for e in events(log_path, "frame_reduced") if "version" not in e]
     latency = [e["latency_ms"] for e in reduced]
+    to_curve = [curve_latency(e, seen) for e in reduced]
+    # the light's wait for the curve after its rows: what a backlog of lights leaves out
+    extra = [c - r for c, r in zip(to_curve, latency, strict=True)]
     stars_measured = statistics.median(e["n_stars"] for e in reduced)
     out = {
         "lights": f"{len(reduced)} of a {stars}-star field (median {stars_measured:.0f} measured)"
@@ -374,10 +413,21 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
             f"{min(len(latency), m + 5)}); RSS {rss.get(m, float('nan')):.0f} MB "
             f"(lights {max(1, m - 5)}-{m + 5}: {low:.0f}-{high:.0f} MB)"
         )
+        curve = [v for v in to_curve[max(0, m - 6) : m + 5] if v == v]
+        wait = [v for v in extra[max(0, m - 6) : m + 5] if v == v]
+        out[f"  to its row in the light curve, light {m}"] = (
+            f"{statistics.median(curve):.0f} ms median, {max(curve):.0f} ms max; after its "
+            f"rows {statistics.median(wait):.0f} ms median, {max(wait):.0f} ms max"
+            if curve
+            else "not in the curve"
+        )
     first = statistics.median(latency[max(0, marks[0] - 6) : marks[0] + 5])
     last_mark = marks[-1]
     last = statistics.median(latency[max(0, last_mark - 6) : last_mark + 5])
     out[f"latency ratio light {last_mark} / light {marks[0]}"] = f"{last / first:.2f}"
+    curve_first = np.nanmedian(to_curve[max(0, marks[0] - 6) : marks[0] + 5])
+    curve_last = np.nanmedian(to_curve[max(0, last_mark - 6) : last_mark + 5])
+    out["  the same, to the row in the light curve"] = f"{curve_last / curve_first:.2f}"
     if 100 in rss and last_mark > 100:
         out[f"RSS ratio light {last_mark} / light 100"] = f"{rss[last_mark] / rss[100]:.2f}"
         (low, high), (low100, high100) = rss_spread(trace, last_mark), rss_spread(trace, 100)
@@ -394,6 +444,15 @@ def bench_long(tmp, *, lights, stars, cadence, settle, observer, stage=None):
         f"{statistics.median(latency[k : k + block]):.0f}/{max(latency[k : k + block]):.0f}"
         for k in range(0, len(latency), block)
     )
+    out[f"to the light curve by blocks of {block} lights: median / max"] = ", ".join(
+        f"{np.nanmedian(to_curve[k : k + block]):.0f}/{np.nanmax(to_curve[k : k + block]):.0f}"
+        for k in range(0, len(to_curve), block)
+    )
+    out[f"wait for the curve after the rows, by blocks of {block}: median / max"] = ", ".join(
+        f"{np.nanmedian(extra[k : k + block]):.0f}/{np.nanmax(extra[k : k + block]):.0f}"
+        for k in range(0, len(extra), block)
+    )
+    out["lights never seen in the light curve"] = sum(1 for v in to_curve if v != v)
     return out
 
 
@@ -403,9 +462,15 @@ def rebuild_peaks(child_peaks):
         return "none seen"
     runs = sorted(child_peaks.values())
     top = max(runs, key=lambda r: r[1])
+
+    def when(start, busy):
+        return f"spawned at light {start}, " + (
+            f"working from light {busy}" if busy is not None else "never working"
+        )
+
     return (
-        f"{len(runs)}; highest peak {top[1]:.0f} MB (started at light {top[0]}); "
-        + ", ".join(f"{peak:.0f} MB at light {n}" for n, peak in runs[-4:])
+        f"{len(runs)}; highest peak {top[1]:.0f} MB ({when(top[0], top[2])}); "
+        + ", ".join(f"{peak:.0f} MB ({when(n, busy)})" for n, peak, busy in runs[-4:])
         + " (the last ones)"
     )
 

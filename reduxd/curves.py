@@ -9,8 +9,11 @@ of the next light can give the target's differential magnitude (:meth:`Curves.ta
 
 A rebuild reads only its field's rows (:meth:`Ledger.field_measurements`). In the
 daemon (``update(final=False)``) it runs in a child process on a snapshot of the
-ledger, off the worker: the lights committed meanwhile wait and are appended to
-the new curve when it lands, so the work per light stays flat all night.
+ledger, off the worker, and hands back the files' contents: this process installs
+them when it lands. Until then the lights committed meanwhile are appended to the
+curve there is (its frozen ensemble), so each light is in the curve as soon as its
+rows are; they are kept and appended again to the new curve when it lands. The work
+per light, and its wait for the curve, stay flat all night.
 """
 
 import itertools
@@ -47,12 +50,14 @@ class Curves:
         self.outdir = outdir
         self.clock = clock
         self.dirty = set()  # (field, filter) with new rows
+        self.doubled = set()  # of those, the ones still appended to (rebuilt as they doubled)
         self.ensembles = {}  # (field, filter) -> its last light curve's target and ensemble
         self.states = {}  # (field, filter) -> what appending to its light curve needs
         self._at = -math.inf
         self.pool = None  # one child process for the rebuilds off the worker (daemon)
         self.running = None  # (future, fields) of the rebuild in the child
         self.waiting = defaultdict(list)  # field -> (packed rows, version) committed meanwhile
+        self.files = None  # {path: bytes}: the files of a rebuild in a child, not written
         self.kept = None  # KeptRows: the rows committed by this process (a batch)
 
     def keep_rows(self):
@@ -75,29 +80,42 @@ class Curves:
 
         Rebuilt (comparisons chosen again) when a light is superseded, when the
         frame cannot be appended, and when the field has doubled its frames
-        since the last build: the work per light stays the same all night.
+        since the last build: the work per light stays the same all night. A field
+        that doubled is still appended to until its rebuild starts (the daemon's
+        ticks space rebuilds by 30 s), and while it runs (see :meth:`_land`).
         ``frame``: the light's ledger id (for :meth:`keep_rows`).
         """
         if self.kept is not None:
             self.kept.add(field, rows, version, frame)
         if self.running and field in self.running[1]:
-            self.waiting[field].append((_pack(rows), version))  # appended when it lands
+            self.waiting[field].append((_pack(rows), version))  # again on the new curve
+            if version == 1:
+                self._append(field, rows)  # meanwhile on the curve there is
             return
-        state = self.states.get(field)
-        if version == 1 and state is not None and field not in self.dirty:
-            save = self.config.output.save
-            try:
-                ok = lightcurve.append_lightcurve(
-                    self.outdir, rows, state, object=field[0], filter=field[1], save=save
-                )
-            except Exception as exc:
-                log.warning("lightcurve_not_appended", object=field[0], reason=str(exc))
-                ok = False
-            if ok:
-                state["appended"] = state.get("appended", 0) + 1
-                if state["appended"] < max(state["frames"], CURVE_MIN_FRAMES):
-                    return
+        appendable = field not in self.dirty or field in self.doubled
+        if version == 1 and appendable and self._append(field, rows):
+            state = self.states[field]
+            state["appended"] = state.get("appended", 0) + 1
+            if state["appended"] >= max(state["frames"], CURVE_MIN_FRAMES):
+                self.doubled.add(field)  # appended to until its rebuild starts
+                self.dirty.add(field)
+            return
+        self.doubled.discard(field)
         self.dirty.add(field)
+
+    def _append(self, field, rows):
+        """Append a light to the field's curve against its frozen ensemble; False if not."""
+        state = self.states.get(field)
+        if state is None:
+            return False
+        try:
+            return lightcurve.append_lightcurve(
+                self.outdir, rows, state, object=field[0], filter=field[1],
+                save=self.config.output.save,
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("lightcurve_not_appended", object=field[0], reason=str(exc))
+            return False
 
     def update(self, *, min_interval=0.0, final=True, pool=None):
         """Rewrite the light curves of fields that got new rows.
@@ -123,6 +141,7 @@ class Curves:
         self._at = now
         fields, upto = sorted(self.dirty, key=str), self.ledger.last_reduction()
         self.dirty.clear()
+        self.doubled.clear()
         tables = self._kept_tables(fields, upto) if final else None
         if final and pool is None:
             built = write_here(self, tables) if tables else self._rebuild(fields, upto)
@@ -161,19 +180,29 @@ class Curves:
             return
         future, fields = self.running
         self.running = None
+        rebuilt = {}
         try:
-            self._install(future.result())
+            built = future.result()
+            self._install(built)
+            rebuilt = built[1]
         except Exception as exc:
             log.warning("lightcurve_not_written", fields=sorted(fields, key=str), reason=str(exc))
             self.dirty.update(fields)
             if isinstance(exc, BrokenProcessPool):  # the child died (OOM-killed...): a new one
                 self._close_pool()
         for field in fields:
-            for packed, version in self.waiting.pop(field, []):
+            waiting = self.waiting.pop(field, [])
+            if field not in rebuilt:  # its curve is the old one, lights appended: built anew
+                self.dirty.update([field] if waiting else [])
+                continue
+            for packed, version in waiting:
                 self.changed(field, _unpack(packed), version)
 
     def _install(self, built):
-        ensembles, states = built
+        """Take a rebuild's ``(ensembles, states[, files])``; write the files a child made."""
+        ensembles, states, *files = built
+        for payloads in files:
+            lightcurve.write_files(payloads)
         self.ensembles.update(ensembles)
         self.states.update(states)
 
@@ -185,7 +214,7 @@ class Curves:
         ensembles, states = {}, {}
         for obj, filt in fields:
             found = self.ledger.field_measurements(obj, filt, upto=upto)
-            rows = ({**row, "version": version, "current": 1} for version, row in found)
+            rows = (row for _version, row in found)  # current rows; no version in a curve
             table = field_table(rows, chunk=CHUNK_ROWS, columns=lightcurve.CURVE_COLUMNS)
             if len(table):
                 self._write(obj, filt, table, ensembles, states)
@@ -215,14 +244,16 @@ class Curves:
             try:
                 lightcurve.write_lightcurve(
                     self.outdir, table, target=target, comparisons=comparisons,
-                    radec=radec, keep=kept, **common,
+                    radec=radec, keep=kept, files=self.files, **common,
                 )  # fmt: skip
             except ReduxdError as exc:
                 if target is None and radec is None:
                     raise
                 # the configured target (and its comparisons) is in another field
                 log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
-                lightcurve.write_lightcurve(self.outdir, table, target=None, keep=kept, **common)
+                lightcurve.write_lightcurve(
+                    self.outdir, table, target=None, keep=kept, files=self.files, **common
+                )
             if "lightcurve" in kept:
                 ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
             states[(obj, filt)] = (
@@ -267,7 +298,7 @@ def field_table(rows, *, chunk=CHUNK_ROWS, columns=None):
 def table_part(rows, columns=None):
     """One chunk of :func:`field_table`: the rows' table, strings narrowed; only
     ``columns`` kept when given."""
-    part = lightcurve.field_table(rows)
+    part = lightcurve.field_table(rows, columns=columns)
     if columns is not None:
         part.keep_columns([n for n in part.colnames if n in columns])
     return _narrow_strings(part)
@@ -379,21 +410,29 @@ def write_here(curves, tables):
 def rebuild(config, ledger_path, outdir, fields, upto):
     """Rebuild light curves in a child process, from a read-only ledger.
 
-    Returns ``(ensembles, states)`` for :meth:`Curves._install`.
+    Returns ``(ensembles, states, files)`` for :meth:`Curves._install`: the files'
+    contents (``{path: bytes}``) are not written here but by the daemon when it
+    takes them, so that the lights it appends meanwhile are never written to a
+    file that this rebuild then replaces.
     """
     configure_logging(level=config.logging.level, json_file=config.logging.json_file or None)
     started = time.monotonic()
-    ensembles, states = rebuild_here(config, ledger_path, outdir, fields, upto)
+    files = {}
+    ensembles, states = rebuild_here(config, ledger_path, outdir, fields, upto, files=files)
     # the child is new for each rebuild: its peak RSS is this rebuild's (and its imports')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     frames = sum(state["frames"] for state in states.values() if state)
     log.debug("lightcurves_rebuilt", fields=sorted(fields, key=str), frames=frames,
               seconds=round(time.monotonic() - started, 2), peak_rss_mb=round(peak))  # fmt: skip
-    return ensembles, states
+    return ensembles, states, files
 
 
-def rebuild_here(config, ledger_path, outdir, fields, upto):
-    """:func:`rebuild` with this process's logging (a forked worker logs to the run's log)."""
+def rebuild_here(config, ledger_path, outdir, fields, upto, *, files=None):
+    """:func:`rebuild` with this process's logging (a forked worker logs to the run's log).
+
+    Writes the files, or with ``files`` (a dict) puts their contents there.
+    """
     with Ledger(ledger_path, readonly=True) as ledger:
         curves = Curves(config, ledger=ledger, outdir=Path(outdir), clock=time.monotonic)
+        curves.files = files
         return curves._rebuild(fields, upto)

@@ -313,3 +313,53 @@ def test_lights_waiting_for_a_rebuild_are_kept_packed(tmp_path):
         lc.close()
     written = Table.read(tmp_path / "lightcurve_A_V.csv", format="ascii.csv")
     assert list(written["file"])[-1] == "A_012.fits"
+
+
+def test_lights_committed_during_a_rebuild_are_in_the_curve_at_once(tmp_path):
+    """While the child rebuilds (comparisons chosen again), each new light is appended to
+    the curve there is: its wait for the curve does not grow with the rebuild's length.
+    The child writes nothing; its files are installed when it lands, and the lights that
+    came meanwhile are appended to them, each light once."""
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(10):
+            add(i)
+        pipeline.update_curves()  # the first curve, built here
+        for i in range(10, 20):
+            add(i)  # appended; at 20 the field has doubled: rebuilt at the next tick
+        pipeline.update_curves(final=False)
+        curves = pipeline.lightcurves
+        assert curves.running is not None
+        for i in range(20, 23):
+            add(i)
+            assert list(Table.read(csv_path, format="ascii.csv")["file"])[-1] == f"A_{i:03d}.fits"
+        meanwhile = csv_path.read_bytes()
+        curves.running[0].result(timeout=120)
+        assert csv_path.read_bytes() == meanwhile  # the child wrote nothing
+        pipeline.update_curves(final=False)  # lands: its files, then lights 20-22 on them
+        assert curves.running is None and not curves.waiting
+        assert pipeline.curves[("A", "V")] == {**pipeline.curves[("A", "V")], "frames": 20,
+                                               "appended": 3}  # fmt: skip
+        landed = Table.read(csv_path, format="ascii.csv")
+        curves.close()
+    assert list(landed["file"]) == [f"A_{i:03d}.fits" for i in range(23)]
+
+
+def test_a_field_that_doubled_is_appended_to_until_its_rebuild_starts(tmp_path):
+    """The daemon's ticks space rebuilds by 30 s: the lights of a field waiting for its
+    rebuild to start are in the curve at once, as before the field doubled; a light
+    measured again stops the appends (the curve would show its old row)."""
+    csv_path = tmp_path / "lightcurve_A_V.csv"
+    with field_a_pipeline(tmp_path) as (pipeline, add):
+        for i in range(10):
+            add(i)
+        pipeline.update_curves()
+        for i in range(10, 24):
+            add(i)
+        assert pipeline.dirty_curves == {("A", "V")}  # doubled at 20: rebuilt at a tick
+        assert len(Table.read(csv_path, format="ascii.csv")) == 24
+        add(5, version=2)
+        add(24)
+        assert len(Table.read(csv_path, format="ascii.csv")) == 24  # waits for the rebuild
+        pipeline.update_curves()
+        assert pipeline.curves[("A", "V")]["frames"] == 25 and not pipeline.dirty_curves

@@ -71,8 +71,8 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
-from reduxd.products.tables import append_lines, rows_to_table
-from reduxd.schema import column
+from reduxd.products.tables import append_lines, empty_table, rows_to_table
+from reduxd.schema import PHOT_COLUMNS, column
 from reduxd.steps.measure import Flag
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
@@ -167,14 +167,17 @@ def detector_meta(detectors):
     ]
 
 
-def field_table(rows):
+def field_table(rows, *, columns=None):
     """Return the contract table of one field's rows, with multi-aperture columns when known.
 
     ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (2-D) are added when every row
     carries them with the same number of radii (see ``reduxd.reduce.contract_rows``).
+    ``columns``: build only these (a rebuild's :data:`CURVE_COLUMNS`); the table is
+    that of all the columns with the others removed.
     """
     rows = list(rows)
-    table = rows_to_table(rows)
+    whole = columns is None or not rows
+    table = rows_to_table(rows) if whole else _contract_columns(rows, columns)
     if rows and all("pointing" in r and "site" in r for r in rows):
         place = np.array([_place(r) for r in rows], dtype=np.float64)
         for k, name in enumerate(PLACE_COLUMNS):
@@ -191,6 +194,18 @@ def field_table(rows):
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
             table[key] = np.array([r[key] for r in rows], dtype=np.float64)
+    return table
+
+
+def _contract_columns(rows, names):
+    """:func:`rows_to_table` of ``rows`` with only the contract columns in ``names``."""
+    kept = [c for c in PHOT_COLUMNS if c.name in names]
+    values = [np.array([row[c.name] for row in rows], dtype=c.dtype) for c in kept]
+    table = Table(values, names=[c.name for c in kept], copy=False)
+    for c in kept:
+        table[c.name].unit = c.unit
+        table[c.name].description = c.description
+    table.meta["comments"] = list(empty_table().meta["comments"])
     return table
 
 
@@ -1275,6 +1290,7 @@ def write_lightcurve(
     save="",
     radec=None,
     keep=None,
+    files=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -1294,6 +1310,10 @@ def write_lightcurve(
     n_comparisons : int, optional
     save : str, optional
         Prefix of the file names (``<save>_lightcurve_<object>_<filter>.*``).
+    files : dict, optional
+        When given, the files' contents are put there (``{path: bytes}``) instead of
+        written (a rebuild in a child process: the daemon installs them, see
+        :mod:`reduxd.curves`).
 
     Returns
     -------
@@ -1320,9 +1340,18 @@ def write_lightcurve(
     )
     csv_bytes, ecsv_bytes = _table_bytes(lc)
     png = plot_lightcurve(lc, title=f"{object}  {filter}")
-    for path, payload in ((csv_path, csv_bytes), (ecsv_path, ecsv_bytes), (png_path, png)):
-        atomic_write(path, lambda fh, payload=payload: fh.write(payload))
+    payloads = {csv_path: csv_bytes, ecsv_path: ecsv_bytes, png_path: png}
+    if files is not None:
+        files.update(payloads)
+    else:
+        write_files(payloads)
     return [csv_path, ecsv_path, png_path]
+
+
+def write_files(payloads):
+    """Write ``{path: bytes}``, each file atomically."""
+    for path, payload in payloads.items():
+        atomic_write(path, lambda fh, payload=payload: fh.write(payload))
 
 
 def ensemble_of(lc):
