@@ -416,7 +416,7 @@ def run(args):
         pipeline.flush(pool=pool)  # the masters, in the pool when there is one
         preload.join()
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
-        pipeline.cache.share_with_workers()  # the lights' pool forks later: masters not read
+        pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
         outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
