@@ -30,7 +30,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from reduxd import maskbits
-from reduxd.steps.sky import background_map, row_order, square_stamps
+from reduxd.steps.sky import background_map, flat_take, row_order, square_stamps
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 MIN_BATCH = 32  # stars of one box size measured as a batch of their own (_moments)
@@ -237,18 +237,11 @@ def _gather(data, px, py, dx, dy, mask=None):
         xs, ys = px[edge, None] + dx, py[edge, None] + dy
         usable[edge] = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
         index[edge] = np.clip(ys, 0, ny - 1) * nx + np.clip(xs, 0, nx - 1)
-    values = _flat_take(data, index).astype(np.float64)
+    values = flat_take(data, index).astype(np.float64)
     usable &= np.isfinite(values)
     if mask is not None:
-        usable &= (_flat_take(mask, index) & IGNORED) == 0
+        usable &= (flat_take(mask, index) & IGNORED) == 0
     return values, usable
-
-
-def _flat_take(image, index):
-    """``image`` at flat (row-major) indices, without copying the image."""
-    if image.flags.c_contiguous:
-        return image.reshape(-1).take(index)
-    return image[index // image.shape[1], index % image.shape[1]]
 
 
 def _square(half, *, border=False):

@@ -366,8 +366,8 @@ def _annulus_rows(data, mask, x, y, *, r_in, r_out):
         index = (np.clip(row, 0, ny - 1) * nx).take(jy, axis=1)
         index += np.clip(col, 0, nx - 1).take(jx, axis=1)
         if mask is not None:
-            usable &= np.ascontiguousarray(mask).reshape(-1).take(index) == 0
-        values = _as_float(np.ascontiguousarray(data).reshape(-1).take(index))
+            usable &= flat_take(mask, index) == 0
+        values = _as_float(flat_take(data, index))
         rows[edge] = np.where(usable, values, np.array(np.nan, values.dtype))
     return rows
 
@@ -393,6 +393,13 @@ def square_stamps(image, x0, y0, side):
     else:
         windows = np.lib.stride_tricks.as_strided(image, shape, (sy, sx, sy, sx), writeable=False)
     return windows[y0, x0]
+
+
+def flat_take(image, index):
+    """``image`` at flat (row-major) indices, without copying the image."""
+    if image.flags.c_contiguous:
+        return image.reshape(-1).take(index)
+    return image[index // image.shape[1], index % image.shape[1]]
 
 
 def _flat_stamps(image, x0, y0, side):
