@@ -71,8 +71,8 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.files import atomic_write
 from reduxd.products.naming import safe_name
-from reduxd.products.tables import append_lines, empty_table, rows_to_table
-from reduxd.schema import PHOT_COLUMNS, column
+from reduxd.products.tables import append_lines, rows_to_table
+from reduxd.schema import column
 from reduxd.steps.measure import Flag
 
 MAG_ERR = 2.5 / math.log(10.0)  # 1.0857: d(mag) = MAG_ERR * d(flux) / flux
@@ -176,8 +176,7 @@ def field_table(rows, *, columns=None):
     that of all the columns with the others removed.
     """
     rows = list(rows)
-    whole = columns is None or not rows
-    table = rows_to_table(rows) if whole else _contract_columns(rows, columns)
+    table = rows_to_table(rows, columns=columns)
     if rows and all("pointing" in r and "site" in r for r in rows):
         place = np.array([_place(r) for r in rows], dtype=np.float64)
         for k, name in enumerate(PLACE_COLUMNS):
@@ -194,18 +193,6 @@ def field_table(rows, *, columns=None):
     if rows and len(sizes) == 1 and sizes != {-1}:
         for key in APERTURE_KEYS:
             table[key] = np.array([r[key] for r in rows], dtype=np.float64)
-    return table
-
-
-def _contract_columns(rows, names):
-    """:func:`rows_to_table` of ``rows`` with only the contract columns in ``names``."""
-    kept = [c for c in PHOT_COLUMNS if c.name in names]
-    values = [np.array([row[c.name] for row in rows], dtype=c.dtype) for c in kept]
-    table = Table(values, names=[c.name for c in kept], copy=False)
-    for c in kept:
-        table[c.name].unit = c.unit
-        table[c.name].description = c.description
-    table.meta["comments"] = list(empty_table().meta["comments"])
     return table
 
 
