@@ -155,6 +155,9 @@ def checkout(rev, folder):
     subprocess.run([*git, "worktree", "add", "--detach", str(folder), rev], check=True,
                    capture_output=True)  # fmt: skip
     try:
+        if any(Path(folder, "reduxd").rglob("*.pyx")):  # its compiled kernels, in place
+            subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                           cwd=folder, check=True, capture_output=True)  # fmt: skip
         yield folder
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(folder)], check=False)
