@@ -16,7 +16,7 @@ cdef enum:
     SAMPLE = 32  # values sampled to place the buckets
     PER_BUCKET = 2  # values per bucket, on average
     BIG = 32  # buckets with more values than this: heap sort
-    RECENTRE = 100  # sums cancelled by more than this: summed again
+    RECENTRE = 100  # sums cancelled by more than this: summed again (see clip)
 
 cdef double WIDTH = 12.0  # width of the buckets' range, in interquartile ranges
 
@@ -312,7 +312,8 @@ cdef void centred_sums(const pixel* a, Py_ssize_t lo, Py_ssize_t hi, double c, d
 cdef struct Run:  # the values of ranks [lo, hi), their sums about c
     Py_ssize_t lo, hi
     double c, s1, s2
-    bint stale  # the sums lost too much to clipping: sum again
+    double summed  # s2 when last summed value by value
+    bint stale  # s2 fell far below that (precision lost to the clipping): sum again
     bint ends_sorted  # the values at lo and hi - 1 are in sorted buckets
 
 
@@ -324,8 +325,9 @@ cdef void clip(pixel* a, Buckets* b, Py_ssize_t n, double sigma, int maxiters,
     clipping moves its ends (``cut_low``, ``cut_high``). The std comes from the
     run's sums of ``v - c`` (``c`` a median: no precision lost on a high sky)
     less the values clipped off; they are summed again (about the run's
-    median) when most of the sums was clipped off or the run's mean lies far
-    from ``c``.
+    median) when the squares' sum has fallen ``RECENTRE`` times below its last
+    value-by-value sum, or the run's mean lies far from ``c``: the rounding
+    errors stay ~``RECENTRE`` times those of one sum.
     """
     cdef Run run
     cdef Py_ssize_t lo, hi
@@ -335,7 +337,7 @@ cdef void clip(pixel* a, Buckets* b, Py_ssize_t n, double sigma, int maxiters,
         median[0], std[0], npix[0] = NAN, NAN, 0
         return
     run.lo, run.hi, run.stale, run.ends_sorted = 0, n, False, False
-    run.c, run.s1, run.s2 = b.centre, b.s1, b.s2
+    run.c, run.s1, run.s2, run.summed = b.centre, b.s1, b.s2, b.s2
     for it in range(maxiters):
         if run.hi - run.lo < 3:
             break
@@ -369,7 +371,7 @@ cdef inline void drop(const pixel* a, Py_ssize_t start, Py_ssize_t stop, Run* ru
         d2 += u * u
     run.s1 -= d1
     run.s2 -= d2
-    run.stale = run.stale or not (d2 <= RECENTRE * run.s2)
+    run.stale = not (run.summed <= RECENTRE * run.s2)
 
 
 cdef Py_ssize_t cut_low(pixel* a, Buckets* b, Run* run, double med, double lim) noexcept nogil:
@@ -442,6 +444,7 @@ cdef double spread(pixel* a, Buckets* b, Run* run) noexcept nogil:
     if run.stale or not (mean * mean <= RECENTRE * var):
         run.c = median_of(a, b, run.lo, run.hi)
         centred_sums(a, run.lo, run.hi, run.c, &run.s1, &run.s2)
+        run.summed = run.s2
         run.stale = False
         mean = run.s1 / n
         var = run.s2 / n - mean * mean
