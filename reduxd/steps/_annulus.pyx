@@ -314,7 +314,6 @@ cdef struct Run:  # the values of ranks [lo, hi), their sums about c
     double c, s1, s2
     double summed  # s2 when last summed value by value
     bint stale  # s2 fell far below that (precision lost to the clipping): sum again
-    bint ends_sorted  # the values at lo and hi - 1 are in sorted buckets
 
 
 cdef void clip(pixel* a, Buckets* b, Py_ssize_t n, double sigma, int maxiters,
@@ -336,7 +335,7 @@ cdef void clip(pixel* a, Buckets* b, Py_ssize_t n, double sigma, int maxiters,
     if n == 0:
         median[0], std[0], npix[0] = NAN, NAN, 0
         return
-    run.lo, run.hi, run.stale, run.ends_sorted = 0, n, False, False
+    run.lo, run.hi, run.stale = 0, n, False
     run.c, run.s1, run.s2, run.summed = b.centre, b.s1, b.s2, b.s2
     for it in range(maxiters):
         if run.hi - run.lo < 3:
@@ -345,7 +344,6 @@ cdef void clip(pixel* a, Buckets* b, Py_ssize_t n, double sigma, int maxiters,
         lim = sigma * spread(a, b, &run)
         lo = cut_low(a, b, &run, med, lim)
         hi = cut_high(a, b, &run, lo, med, lim)
-        run.ends_sorted = True
         if lo == run.lo and hi == run.hi:
             break
         run.lo, run.hi = lo, hi
@@ -377,8 +375,11 @@ cdef inline void drop(const pixel* a, Py_ssize_t start, Py_ssize_t stop, Run* ru
 cdef Py_ssize_t cut_low(pixel* a, Buckets* b, Run* run, double med, double lim) noexcept nogil:
     """The first rank of the run whose value is kept (``run.hi`` if none); drops those below.
 
-    A bucket not yet sorted is dropped whole when its largest value lies below
-    the median and is not kept; otherwise it is sorted and read value by value.
+    A bucket not yet sorted is dropped whole when its largest value is not
+    kept; otherwise it is sorted and read value by value. (Such a bucket holds
+    no median rank, as the median sorted its buckets: so either its values all
+    lie below the median, where being kept grows with the value, or no value
+    from ``lo`` to the median is kept and then none at all is.)
     """
     cdef Py_ssize_t lo = run.lo, k, stop, i
     cdef double top
@@ -390,7 +391,7 @@ cdef Py_ssize_t cut_low(pixel* a, Buckets* b, Run* run, double med, double lim) 
             for i in range(lo + 1, stop):
                 if a[i] > top:
                     top = a[i]
-            if top <= med and not kept(top, med, lim):
+            if not kept(top, med, lim):
                 drop(a, lo, stop, run)
                 lo = stop
                 continue
@@ -418,7 +419,7 @@ cdef Py_ssize_t cut_high(pixel* a, Buckets* b, Run* run, Py_ssize_t lo, double m
             for i in range(start + 1, hi):
                 if a[i] < bottom:
                     bottom = a[i]
-            if bottom >= med and not kept(bottom, med, lim):
+            if not kept(bottom, med, lim):
                 drop(a, start, hi, run)
                 hi = start
                 continue
@@ -434,11 +435,13 @@ cdef Py_ssize_t cut_high(pixel* a, Buckets* b, Run* run, Py_ssize_t lo, double m
 
 
 cdef double spread(pixel* a, Buckets* b, Run* run) noexcept nogil:
-    """Standard deviation (ddof 0) of the run's values, from their sums about ``c``."""
+    """Standard deviation (ddof 0) of the run's values, from their sums about ``c``.
+
+    Summed again about the run's median when stale or when the mean lies far
+    from ``c`` (so a run of one value, clipped to, gets exactly 0, as numpy).
+    """
     cdef Py_ssize_t n = run.hi - run.lo
     cdef double mean, var
-    if run.ends_sorted and a[run.lo] == a[run.hi - 1]:  # one value: exactly 0, as numpy
-        return 0.0
     mean = run.s1 / n
     var = run.s2 / n - mean * mean
     if run.stale or not (mean * mean <= RECENTRE * var):
