@@ -32,7 +32,7 @@ def annulus_stats(const pixel[:, ::1] data, const unsigned char[:, ::1] mask,
     """
     cdef Py_ssize_t ny = data.shape[0], nx = data.shape[1], k, n
     k = x.shape[0]
-    if not (y.shape[0] == k and median.shape[0] == k and std.shape[0] == k and npix.shape[0] == k):
+    if not (y.shape[0] == median.shape[0] == std.shape[0] == npix.shape[0] == k):
         raise ValueError("annulus_stats: x, y, median, std and npix differ in size")
     if mask is not None and (mask.shape[0] != ny or mask.shape[1] != nx):
         raise ValueError("annulus_stats: the mask's shape is not the image's")
@@ -40,7 +40,9 @@ def annulus_stats(const pixel[:, ::1] data, const unsigned char[:, ::1] mask,
         raise ValueError(f"annulus_stats: need 0 <= r_in < r_out < 1e6, got {r_in}, {r_out}")
     cdef int half = <int>ceil(r_out)
     cdef Py_ssize_t side = 2 * half + 1
-    cdef const unsigned char* mask_ptr = NULL if mask is None else &mask[0, 0]
+    cdef const unsigned char* mask_ptr = NULL
+    if mask is not None:
+        mask_ptr = &mask[0, 0]
     cdef const pixel* image = &data[0, 0]
     cdef pixel* values = <pixel*>malloc(2 * side * side * sizeof(pixel))
     cdef Buckets b
