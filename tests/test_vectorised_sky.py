@@ -155,3 +155,13 @@ def test_annulus_sky_std_keeps_its_precision_when_bright_stars_are_clipped():
     np.testing.assert_array_equal(est.npix, n)
     np.testing.assert_array_equal(est.value, med)
     np.testing.assert_allclose(est.std, std, rtol=1e-12, atol=0)
+
+
+def test_annulus_sky_on_a_quantised_sky():
+    # whole-number sky with a noise of half a unit: equal quartiles, buckets of one value
+    rng = np.random.default_rng(8)
+    img = np.round(rng.normal(100, 0.5, (80, 100))).astype(np.float32)
+    img[rng.integers(0, 80, 40), rng.integers(0, 100, 40)] = 140.0
+    x, y = rng.uniform(-4, 104, 50), rng.uniform(-4, 84, 50)
+    est = _check(img, x, y, 6.0, 18.0)
+    assert set(est.value[est.npix > 0]) == {100.0}

@@ -154,7 +154,7 @@ cdef pixel* place(pixel* a, pixel* spare, Buckets* b, Py_ssize_t n) noexcept nog
     """Put ``a[:n]`` (finite values) in buckets of non-decreasing values; the array used.
 
     Buckets of equal width over the values' middle (placed by the quartiles of
-    a sample), one below and one above. A bucket is sorted only when a median
+    a sample, or its range when they are equal), one below and one above. A bucket is sorted only when a median
     or a clipping limit falls in it (``settle``). Also sums the values about
     a median (the sample's).
     """
@@ -173,7 +173,10 @@ cdef pixel* place(pixel* a, pixel* spare, Buckets* b, Py_ssize_t n) noexcept nog
         sample[i] = a[i * n // SAMPLE]
     insertion_sort(sample, SAMPLE)
     b.centre = sample[SAMPLE // 2]
-    width = WIDTH * (<double>sample[3 * SAMPLE // 4] - <double>sample[SAMPLE // 4])
+    width = <double>sample[3 * SAMPLE // 4] - <double>sample[SAMPLE // 4]
+    if not width > 0:  # quantised values: a quarter of the sample's whole range
+        width = (<double>sample[SAMPLE - 1] - <double>sample[0]) / 4
+    width *= WIDTH
     if not (width > 0 and width < 1e300):  # one bucket
         centred_sums(a, 0, n, b.centre, &b.s1, &b.s2)
         return a
@@ -229,7 +232,8 @@ cdef void settle(pixel* a, Buckets* b, Py_ssize_t k) noexcept nogil:
     if b.done[k]:
         return
     if size > BIG:
-        heap_sort(a + start, size)
+        if not one_value(a + start, size):  # a quantised sky: buckets of one value
+            heap_sort(a + start, size)
     else:
         insertion_sort(a + start, size)
     b.done[k] = 1
@@ -239,6 +243,14 @@ cdef inline double value_at(pixel* a, Buckets* b, Py_ssize_t r) noexcept nogil:
     """The value of rank ``r``."""
     settle(a, b, bucket_of(b, r))
     return a[r]
+
+
+cdef bint one_value(const pixel* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if a[i] != a[0]:
+            return False
+    return True
 
 
 cdef void insertion_sort(pixel* a, Py_ssize_t n) noexcept nogil:
