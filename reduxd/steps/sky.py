@@ -27,7 +27,6 @@ pixels; as the fit also uses pixels inside the aperture, ``aperture_cov``
 carries the covariance needed by the flux error (``measure.flux_error``).
 """
 
-import functools
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -36,10 +35,12 @@ from scipy import ndimage
 
 from reduxd import phot_columns
 from reduxd.skymethods import METHODS, get
+from reduxd.steps._annulus import annulus_stats
 
 __all__ = ["METHODS", "SkyEstimate", "estimate_sky"]
 MAX_GLOBAL_PIXELS = 250_000  # larger frames/regions are subsampled on a regular grid
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+CLIP_ITERS = 5  # clipping iterations of clipped_stats (and of the annulus kernel)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class SkyEstimate:
     aperture_cov: np.ndarray | float = 0.0  # radial fit only, see fit_radial_sky
 
 
-def clipped_stats(values, *, sigma=3.0, maxiters=5):
+def clipped_stats(values, *, sigma=3.0, maxiters=CLIP_ITERS):
     """Return ``(median, std, n)`` of finite values after iterative sigma clipping.
 
     Examples
@@ -130,252 +131,6 @@ def _radii(sl, x, y):
     return np.hypot(xx - x, yy - y)
 
 
-_SLACK = np.sqrt(0.5) + 1e-6  # a star lies within sqrt(0.5) px of its nearest pixel centre
-
-
-@functools.lru_cache(maxsize=16)
-def _annulus_offsets(r_in, r_out):
-    """Integer offsets that can fall in the annulus of a star near a pixel centre.
-
-    A star lies within half a pixel (in x and y) of its nearest pixel centre, so
-    its distance to any pixel differs from the offset's length by at most
-    ``sqrt(0.5)``. Returns ``(dx, dy, n_sure, half, n_inner, n_outer)``: the
-    offsets of the square stamp of half size ``half = ceil(r_out)`` (as
-    ``_stamp``) that can fall in the annulus, first the ``n_sure`` ones in it
-    wherever the star sits in its pixel, then those that depend on it: the
-    ``n_inner`` ones that can only fall inside ``r_in``, the ``n_outer`` ones
-    that can only fall beyond ``r_out``, then the rest (both: a narrow annulus).
-    Cached by radii; read-only arrays.
-    """
-    half = int(np.ceil(r_out))
-    dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
-    length = np.hypot(dx, dy).ravel()
-    near = (length >= r_in - _SLACK) & (length < r_out + _SLACK)
-    sure = (length - _SLACK >= r_in) & (length + _SLACK < r_out)
-    inner = near & ~sure & (length + _SLACK < r_out)  # can miss r_in only
-    outer = near & ~sure & ~inner & (length - _SLACK >= r_in)  # can miss r_out only
-    both = near & ~sure & ~inner & ~outer
-    order = np.concatenate([np.flatnonzero(m) for m in (sure, inner, outer, both)])
-    dx, dy = dx.ravel()[order], dy.ravel()[order]
-    for a in (dx, dy):
-        a.flags.writeable = False
-    return dx, dy, int(sure.sum()), half, int(inner.sum()), int(outer.sum())
-
-
-def _off_ring(r2, r_in, r_out, n_inner, n_outer):
-    """True where the squared distances ``r2`` (columns: the near offsets of
-    ``_annulus_offsets``, in its order) fall outside ``r_in <= r < r_out``."""
-    off = np.empty(r2.shape, bool)
-    inner, outer, both = (
-        slice(0, n_inner),
-        slice(n_inner, n_inner + n_outer),
-        slice(n_inner + n_outer, None),
-    )
-    np.less(r2[:, inner], r_in * r_in, out=off[:, inner])
-    np.greater_equal(r2[:, outer], r_out * r_out, out=off[:, outer])
-    np.logical_not((r2[:, both] >= r_in * r_in) & (r2[:, both] < r_out * r_out), out=off[:, both])
-    return off
-
-
-# added to a float value: -0.0 leaves every value (and the sign of a zero) as it is
-_NAN_WHERE = {t: np.array([-0.0, np.nan], t) for t in (np.float16, np.float32, np.float64)}
-
-
-def _set_nan(values, where):
-    """``values[where] = NaN`` in place (float ``values``, a bool ``where`` of its shape),
-    as an addition: faster than a masked copy for a scattered ``where``."""
-    table = _NAN_WHERE.get(values.dtype.type)
-    if table is None or not where.flags.c_contiguous:
-        np.copyto(values, np.nan, where=where)
-    else:
-        values += table.take(where.view(np.uint8))
-
-
-def _row_search(flat, base, lo, hi, above):
-    """For each row, the first index in ``[lo, hi)`` where ``above(value)`` holds; ``hi``
-    where it never does.
-
-    ``flat`` holds the sorted rows end to end, row ``k`` from ``base[k]``;
-    ``above`` (the values as stored: compare them with float64 arrays, as numpy
-    promotes) must be monotone along each row. A vectorised binary search;
-    ``lo`` and ``hi`` are not modified.
-    """
-    while (lo < hi).any():
-        mid = (lo + hi) >> 1  # == lo == hi where the search is over: nothing changes
-        ok = above(flat.take(base + mid, mode="clip"))
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, np.minimum(mid + 1, hi))
-    return lo
-
-
-def _clipped_rows(rows, *, sigma=3.0, maxiters=5):
-    """``clipped_stats`` of every row at once (same clipping rule and iterations).
-
-    ``rows`` holds one star's candidate pixels per row, NaN where a pixel is not
-    usable (values are compared and summed in float64, as ``clipped_stats``);
-    it is sorted in place, once: a clipped set ``|v - median| <= sigma * std``
-    is a contiguous run ``[lo, hi)`` of the sorted row, found by binary search
-    (``_kept_run``); the run's sums (of the row less its first median, so the
-    variance loses no precision) are the row's sums less the values clipped off
-    its ends. Returns ``(median, std, n)`` arrays; median and std are NaN where
-    ``n == 0``.
-    """
-    rows.sort(axis=1)  # NaN last
-    n_rows, width = rows.shape
-    flat = rows.reshape(-1)
-    base = np.arange(n_rows, dtype=np.int64) * width
-    lo = np.zeros(n_rows, np.int64)
-    hi = _row_search(flat, base, lo, np.full(n_rows, width, np.int64), np.isnan)
-
-    def median_of(rr, lo, hi):
-        n = np.maximum(hi - lo, 1)
-        a = flat.take(base[rr] + np.minimum(lo + (n - 1) // 2, width - 1)).astype(np.float64)
-        b = flat.take(base[rr] + np.minimum(lo + n // 2, width - 1)).astype(np.float64)
-        return np.where(n % 2 == 1, a, (a + b) / 2.0)
-
-    every = np.arange(n_rows)
-    first = np.nan_to_num(median_of(every, lo, hi))
-    s1, s2 = _centred_sums(rows[:, : max(int(hi.max(initial=0)), 1)], first, hi)
-
-    def drop(rr, start, stop):  # take the values in [start, stop) out of the sums
-        count = stop - start  # rows rr, twice: both ends
-        total = int(count.sum())
-        if total == 0:
-            return
-        owner = np.repeat(np.arange(count.size) % rr.size, count)
-        at = np.repeat(np.tile(base[rr], 2) + start - (np.cumsum(count) - count), count)
-        u = np.subtract(flat.take(at + np.arange(total)), first[rr].take(owner), dtype=np.float64)
-        s1[rr] -= np.bincount(owner, u, minlength=rr.size)
-        s2[rr] -= np.bincount(owner, u * u, minlength=rr.size)
-
-    def stats(rr, lo, hi):
-        n = np.maximum(hi - lo, 1)
-        mean_u = s1[rr] / n
-        var = np.maximum(s2[rr] / n - mean_u * mean_u, 0.0)
-        return median_of(rr, lo, hi), np.sqrt(var)
-
-    active = np.flatnonzero(hi >= 3)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(maxiters):
-            if active.size == 0:
-                break
-            a_lo, a_hi = lo[active], hi[active]
-            median, std = stats(active, a_lo, a_hi)
-            new_lo, new_hi = _kept_run(flat, base[active], a_lo, a_hi, median, std, sigma)
-            drop(active, np.concatenate([a_lo, new_hi]), np.concatenate([new_lo, a_hi]))
-            lo[active], hi[active] = new_lo, new_hi
-            moved = (new_lo != a_lo) | (new_hi != a_hi)
-            active = active[moved & (new_hi - new_lo >= 3)]
-        median, std = stats(every, lo, hi)
-    n = hi - lo
-    empty = n == 0
-    return np.where(empty, np.nan, median), np.where(empty, np.nan, std), n
-
-
-def _centred_sums(rows, centre, finite, block=64):
-    """Sums of ``rows - centre`` and of its squares per row (float64, NaN as 0).
-
-    ``finite``: per row, the number of leading values that are not NaN (sorted
-    rows: the NaNs are last), so NaNs are looked for only from the block's
-    smallest count on. In blocks of rows, so the float64 copy stays small (in cache).
-    """
-    s1, s2 = np.empty(rows.shape[0]), np.empty(rows.shape[0])
-    buffer = np.empty((block, rows.shape[1]))
-    for start in range(0, rows.shape[0], block):
-        stop = min(start + block, rows.shape[0])
-        u = buffer[: stop - start]
-        np.subtract(rows[start:stop], centre[start:stop, None], out=u)
-        tail = u[:, int(finite[start:stop].min()) :]
-        np.copyto(tail, 0.0, where=np.isnan(tail))
-        s1[start:stop], s2[start:stop] = u.sum(axis=1), np.einsum("ij,ij->i", u, u)
-    return s1, s2
-
-
-def _kept_run(flat, base, lo, hi, median, std, sigma):
-    """The run ``[new_lo, new_hi)`` of each sorted row's ``[lo, hi)`` within ``sigma * std``.
-
-    Along a sorted row ``|v - median|`` falls, then rises. The middle element
-    (``(lo + hi) // 2``) is kept whenever ``sigma >= 1`` (it lies within one std
-    of the median), and then both ends are found by one binary search of twice
-    the rows: the first kept value below it, the first one not kept from it on.
-    Rows whose middle is not kept search from ``lo`` for both ends, in turn.
-    """
-    limit = sigma * std
-
-    def kept(v, median, limit):
-        return np.abs(v - median) <= limit
-
-    mid = (lo + hi) // 2
-    both = np.tile(base, 2)
-    start, stop = np.concatenate([lo, mid]), np.concatenate([mid, hi])
-    centre = kept(flat.take(np.minimum(base + mid, flat.size - 1)).astype(np.float64), median,
-                  limit)  # fmt: skip
-    upper = np.arange(2 * lo.size) >= lo.size
-    med2, lim2 = np.tile(median, 2), np.tile(limit, 2)
-    ends = _row_search(flat, both, start, stop, lambda v: kept(v, med2, lim2) != upper)
-    new_lo, new_hi = ends[: lo.size], ends[lo.size :]
-    odd = np.flatnonzero(~centre & (lo < hi))
-    if odd.size:  # the middle not kept (sigma < 1, or a non-finite std): in turn from lo
-        m, lm = median[odd], limit[odd]
-        new_lo[odd] = _row_search(flat, base[odd], lo[odd], hi[odd], lambda v: kept(v, m, lm))
-        new_hi[odd] = _row_search(flat, base[odd], new_lo[odd], hi[odd],
-                                  lambda v: ~kept(v, m, lm))  # fmt: skip
-    return new_lo, new_hi
-
-
-def _annulus_rows(data, mask, x, y, *, r_in, r_out):
-    """Candidate pixels of each star's annulus, one row per star, NaN where unusable.
-
-    Each star's square stamp is gathered at once (a window view of the image,
-    fancy-indexed by the stamps' corners) and the annulus offsets picked from
-    it; only the offsets near ``r_in`` or ``r_out`` are tested against the
-    star's exact position, and only stars whose stamp crosses the frame edge
-    pay for bounds checks (their pixels are gathered by linear index).
-    """
-    dx, dy, n_sure, half, n_inner, n_outer = _annulus_offsets(float(r_in), float(r_out))
-    ny, nx = data.shape
-    cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    side = 2 * half + 1
-    pick = (dy + half) * side + (dx + half)
-    edge = (cx - half < 0) | (cx + half >= nx) | (cy - half < 0) | (cy + half >= ny)
-    # ((cx + dx) - x)**2, exactly: x - cx is exact (Sterbenz), so one rounding either
-    # way; once per star and stamp column (row), then picked for the offsets near the radii
-    steps = np.arange(-half, half + 1)
-    ddx2, ddy2 = steps - (x - cx)[:, None], steps - (y - cy)[:, None]
-    ddx2 *= ddx2
-    ddy2 *= ddy2
-    r2 = ddx2.take(dx[n_sure:] + half, axis=1)
-    r2 += ddy2.take(dy[n_sure:] + half, axis=1)  # squared: no square root per pixel
-    off_ring = _off_ring(r2, r_in, r_out, n_inner, n_outer)
-    if ny < side or nx < side:
-        edge[:] = True
-        rows = np.empty((x.size, dx.size), _as_float(data[:0, :0]).dtype)
-    else:  # corners clamped into the frame: the edge stars' rows are redone below
-        x0, y0 = np.clip(cx - half, 0, nx - side), np.clip(cy - half, 0, ny - side)
-        rows = _as_float(_flat_stamps(data, x0, y0, side).take(pick, axis=1))
-        if mask is not None:
-            _set_nan(rows, _flat_stamps(mask, x0, y0, side).take(pick, axis=1) != 0)
-        _set_nan(rows[:, n_sure:], off_ring)
-    if edge.any():
-        # per star and stamp column (row), then picked for the offsets
-        col, row = cx[edge, None] + steps, cy[edge, None] + steps
-        jx, jy = dx + half, dy + half
-        usable = ((col >= 0) & (col < nx)).take(jx, axis=1)
-        usable &= ((row >= 0) & (row < ny)).take(jy, axis=1)
-        usable[:, n_sure:] &= ~off_ring[edge]
-        index = (np.clip(row, 0, ny - 1) * nx).take(jy, axis=1)
-        index += np.clip(col, 0, nx - 1).take(jx, axis=1)
-        if mask is not None:
-            usable &= flat_take(mask, index) == 0
-        values = _as_float(flat_take(data, index))
-        rows[edge] = np.where(usable, values, np.array(np.nan, values.dtype))
-    return rows
-
-
-def _as_float(values):
-    return values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64)
-
-
 def square_stamps(image, x0, y0, side):
     """The ``side x side`` stamps ``(n, side, side)`` with corners ``(x0, y0)`` (inside the image).
 
@@ -402,27 +157,26 @@ def flat_take(image, index):
     return image[index // image.shape[1], index % image.shape[1]]
 
 
-def _flat_stamps(image, x0, y0, side):
-    return square_stamps(image, x0, y0, side).reshape(x0.size, side * side)
-
-
 def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     """Sigma-clipped median in the annulus ``r_in <= r < r_out`` around each star.
 
-    All stars at once: the annulus pixels of every star are gathered into one
-    array (NaN for pixels off the frame, outside the star's annulus, non-finite
-    or masked) and clipped row by row as ``clipped_stats`` does.
+    ``r`` is the distance from the star's centre to a pixel's centre. Per star,
+    the annulus pixels that are on the frame, finite and not masked are clipped
+    as ``clipped_stats`` does (same rule, iterations, median and std), in the
+    compiled kernel ``_annulus.annulus_stats``; stars with no such pixel get
+    NaN and ``npix`` 0.
 
     Parameters
     ----------
     data : numpy.ndarray
-        Calibrated image (not modified).
+        Calibrated image, 2-D (not modified). float32 and float64 are read as
+        they are; other types as float64 (float16 as float32: the same values).
     x, y : array_like
         Star centres (0-based).
     r_in, r_out : float
-        Inner and outer radius of the annulus, pixels.
+        Inner and outer radius of the annulus, pixels: ``0 <= r_in < r_out``.
     mask : numpy.ndarray, optional
-        Non-zero pixels are ignored.
+        Same shape as ``data``; non-zero pixels are ignored.
     sigma : float
         Clipping threshold in standard deviations.
 
@@ -433,27 +187,52 @@ def annulus_sky(data, x, y, *, r_in, r_out, mask=None, sigma=3.0):
     Examples
     --------
     >>> img = np.full((81, 81), 10.0)
-    >>> sky = annulus_sky(img, [40.0], [40.0], r_in=10, r_out=20)
-    >>> float(sky.value[0]), float(sky.std[0])
-    (10.0, 0.0)
+    >>> img[40, 60] = 1e4  # a hot pixel in the annulus: clipped
+    >>> sky = annulus_sky(img, [40.0, 0.0], [40.0, 0.0], r_in=10, r_out=20)
+    >>> sky.value.tolist(), sky.std.tolist(), sky.npix.tolist()
+    ([10.0, 10.0], [0.0, 0.0], [940.0, 245.0])
     """
+    r_in, r_out, sigma = float(r_in), float(r_out), float(sigma)
+    if not 0.0 <= r_in < r_out < np.inf:
+        raise ValueError(f"annulus sky: need 0 <= r_in < r_out (finite), got ({r_in}, {r_out})")
+    if not sigma > 0.0:
+        raise ValueError(f"annulus sky: the clipping sigma must be positive, got {sigma}")
+    data = _kernel_image(data)
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    order = row_order(y)  # each star's rows on its own: the same values in any order
-    x, y = x[order], y[order]
-    found = np.full((4, x.size), np.nan)
-    dx = _annulus_offsets(float(r_in), float(r_out))[0]
-    chunk = max(1, 4_000_000 // max(dx.size, 1))  # bound the gathered array's memory
-    for start in range(0, x.size, chunk):
-        xs, ys = x[start : start + chunk], y[start : start + chunk]
-        rows = _annulus_rows(data, mask, xs, ys, r_in=r_in, r_out=r_out)
-        med, std, npix = _clipped_rows(rows, sigma=sigma)
-        block = slice(start, start + xs.size)
-        found[0, block], found[1, block], found[2, block] = med, std, npix
-        found[3, block] = std / np.sqrt(np.maximum(npix, 1))
-    out = np.empty_like(found)
-    out[:, order] = found
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"annulus sky: x and y must be 1-D of one size, got {x.shape}, {y.shape}")
+    order = row_order(y)  # each star on its own: the same values in any order
+    median, std, npix = np.empty(x.size), np.empty(x.size), np.empty(x.size, np.int64)
+    annulus_stats(
+        data, _kernel_mask(mask, data.shape), x[order], y[order], r_in, r_out, sigma,
+        CLIP_ITERS, median, std, npix,
+    )  # fmt: skip
+    out = np.empty((4, x.size))
+    out[0, order], out[1, order], out[2, order] = median, std, npix
+    out[3, order] = std / np.sqrt(np.maximum(npix, 1))
     return SkyEstimate(*out, np.zeros(x.size, bool), "annulus")
+
+
+def _kernel_image(data):
+    """``data`` as the kernel reads it: 2-D, C-contiguous, native float32 or float64."""
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise ValueError(f"annulus sky: the image must be 2-D, got shape {data.shape}")
+    kind = {np.float16: np.float32, np.float32: np.float32}.get(data.dtype.type, np.float64)
+    return np.ascontiguousarray(data, dtype=kind)
+
+
+def _kernel_mask(mask, shape):
+    """``mask`` as the kernel reads it: None, or C-contiguous uint8 (non-zero: ignored)."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(f"annulus sky: mask shape {mask.shape} is not the image's {shape}")
+    if mask.dtype.itemsize == 1 and mask.dtype.kind in "biu":
+        return np.ascontiguousarray(mask).view(np.uint8)
+    return (mask != 0).view(np.uint8)
 
 
 def row_order(y):
