@@ -1,0 +1,196 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""Adaptive Gaussian-windowed re-centring of stars, one star at a time in C.
+
+The kernel of ``reduxd.steps.detect.refine_stars`` (its wrapper checks and
+converts the arguments, and documents the method). Each star iterates to
+convergence on its own: windowed moments in its box (half size
+``ceil(3 sigma_w) + 1`` around the rounded position, cut by the frame edges),
+a step of twice the first moment, the window widened while the star fills it
+and otherwise narrowed to the star's size, until the size and the position
+settle. The GIL is released for the whole loop.
+"""
+
+from libc.math cimport NAN, INFINITY, ceil, exp, fabs, hypot, isfinite, rint, sqrt
+from libc.stdlib cimport free, malloc
+
+ctypedef fused pixel:
+    float
+    double
+
+cdef double DBL_BIG = 1.7976931348623157e308  # np.nan_to_num's stand-in for +inf
+cdef double FAR = 1e15  # positions beyond this are not measured (no box to read)
+
+
+cdef int _window_moments(
+    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
+    unsigned char ignored, double x, double y, double sw, double bkg,
+    Py_ssize_t side, double *wx, double *wy, double *out,
+) noexcept nogil:
+    """Windowed moments (total, mx, my, mxx, myy, mxy) of ``image - bkg`` around (x, y).
+
+    Masked (``ignored`` bits), NaN and off-frame pixels count as 0, +-inf as
+    +-DBL_MAX (``np.nan_to_num``). ``wx`` and ``wy`` hold ``side`` values.
+    Returns 0 (``out`` untouched) when the total is not positive or the
+    position or window is not usable.
+    """
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
+    cdef Py_ssize_t half, xc, yc, x0, x1, y0, y1, i, j
+    cdef double sw2, d, v, wi, r0, r1, r2, wj, dyj
+    cdef double t = 0.0, sx = 0.0, sy = 0.0, sxx = 0.0, syy = 0.0, sxy = 0.0
+    cdef double mx, my
+    if not (fabs(x) < FAR and fabs(y) < FAR):
+        return 0
+    half = <Py_ssize_t>ceil(3.0 * sw) + 1
+    xc, yc = <Py_ssize_t>rint(x), <Py_ssize_t>rint(y)
+    x0, x1 = max(xc - half, 0), min(xc + half + 1, nx)
+    y0, y1 = max(yc - half, 0), min(yc + half + 1, ny)
+    if x0 >= x1 or y0 >= y1 or x1 - x0 > side or y1 - y0 > side:
+        return 0
+    sw2 = sw * sw
+    for i in range(x0, x1):  # the window is separable: a product of its x and y factors
+        d = i - x
+        wx[i - x0] = exp(-0.5 * d * d / sw2)
+    for j in range(y0, y1):
+        d = j - y
+        wy[j - y0] = exp(-0.5 * d * d / sw2)
+    for j in range(y0, y1):
+        r0 = 0.0
+        r1 = 0.0
+        r2 = 0.0
+        for i in range(x0, x1):
+            if use_mask and (mask[j, i] & ignored):
+                continue
+            v = image[j, i] - bkg
+            if not isfinite(v):
+                if v != v:
+                    continue
+                v = DBL_BIG if v > 0 else -DBL_BIG
+            wi = wx[i - x0] * v
+            d = i - x
+            r0 += wi
+            r1 += wi * d
+            r2 += wi * d * d
+        wj = wy[j - y0]
+        dyj = j - y
+        t += wj * r0
+        sx += wj * r1
+        sxx += wj * r2
+        sy += wj * dyj * r0
+        syy += wj * dyj * dyj * r0
+        sxy += wj * dyj * r1
+    if not t > 0:
+        return 0
+    mx, my = sx / t, sy / t
+    out[0] = t
+    out[1] = mx
+    out[2] = my
+    out[3] = sxx / t - mx * mx
+    out[4] = syy / t - my * my
+    out[5] = sxy / t - mx * my
+    return 1
+
+
+cdef void _refine_one(
+    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
+    unsigned char ignored, double x0, double y0, double fwhm, double bkg, double top,
+    int iters, double fwhm_per_sigma, Py_ssize_t side, double *wx, double *wy, double *res,
+) noexcept nogil:
+    """One star: ``res`` = x, y, fwhm, elongation, windowed flux (see ``refine_stars``)."""
+    cdef double x = x0, y = y0, nxp, nyp, reach, sw2, m, new, new2, elong
+    cdef double half_diff, mean2, lam1, lam2
+    cdef double sigma_w = max(fwhm / fwhm_per_sigma, 0.6)
+    cdef double sigma_max = max(top / fwhm_per_sigma, sigma_w)
+    cdef double sigma_s = NAN
+    cdef double mxx = NAN, myy = NAN, mxy = NAN, total = NAN  # of the last narrowing step
+    cdef double mom[6]
+    cdef bint has_result = False, failed = False, bad, widen, converged
+    cdef int it
+    for it in range(iters):
+        bad = not _window_moments(
+            image, mask, use_mask, ignored, x, y, sigma_w, bkg, side, wx, wy, mom
+        )
+        if not bad:
+            nxp, nyp = x + 2 * mom[1], y + 2 * mom[2]
+            reach = 6 * sigma_w + 3
+            bad = fabs(nxp - x0) > reach or fabs(nyp - y0) > reach
+        if bad:
+            failed = True
+            break
+        x, y = nxp, nyp
+        sw2 = sigma_w * sigma_w
+        m = 0.5 * (mom[3] + mom[4])
+        widen = m >= 0.9 * sw2 and sigma_w < sigma_max
+        if widen:  # the star fills the window: widen it
+            sigma_w = min(2 * sigma_w, sigma_max)
+            continue
+        if m > 0.9 * sw2:  # NaN stays NaN (np.minimum)
+            m = 0.9 * sw2
+        new = sqrt(m * sw2 / (sw2 - m)) if m > 0 else NAN
+        new2 = new * new
+        new = sqrt(new2 - 1.0 / 12) if new2 > 1.0 / 6 else NAN
+        converged = fabs(new - sigma_s) < 0.01 * new and fabs(mom[1]) + fabs(mom[2]) < 0.01
+        total, mxx, myy, mxy = mom[0], mom[3], mom[4], mom[5]
+        has_result = True
+        sigma_s = new
+        sigma_w = new if not new < 0.6 else 0.6  # np.maximum: NaN stays NaN
+        sigma_w = sigma_max if sigma_w > sigma_max else sigma_w
+        if converged or not isfinite(new):
+            break
+    if failed or not has_result or not isfinite(sigma_s):
+        res[0], res[1], res[2], res[3], res[4] = x0, y0, NAN, NAN, NAN
+        return
+    half_diff = hypot(0.5 * (mxx - myy), mxy)
+    mean2 = 0.5 * (mxx + myy)
+    lam1, lam2 = mean2 + half_diff, mean2 - half_diff
+    elong = sqrt(lam1 / lam2) if lam2 > 0 else INFINITY
+    res[0], res[1], res[2], res[3], res[4] = x, y, fwhm_per_sigma * sigma_s, elong, 2 * total
+
+
+def refine(
+    const pixel[:, ::1] image,
+    const unsigned char[:, ::1] mask,
+    unsigned char ignored,
+    const double[::1] x,
+    const double[::1] y,
+    const double[::1] fwhm,
+    const double[::1] background,
+    const double[::1] top,
+    const Py_ssize_t[::1] order,
+    int iters,
+    double fwhm_per_sigma,
+    double[:, ::1] out,
+):
+    """Re-centre every star into ``out`` (5, n): x, y, fwhm, elongation, flux.
+
+    ``mask`` is (0, 0) for no mask, else the image's shape; pixels with any
+    ``ignored`` bit count as 0. Stars are measured in ``order`` (row order
+    keeps the image in cache); each result goes to the star's own column.
+    All arguments are checked by the caller (``detect.refine_stars``).
+    """
+    cdef Py_ssize_t n = x.shape[0], k, s, side
+    cdef bint use_mask = mask.shape[0] > 0
+    cdef double biggest = 0.6
+    cdef double *wx
+    cdef double *wy
+    cdef double res[5]
+    for k in range(n):  # the largest window decides the buffers' size
+        biggest = max(biggest, max(top[k], fwhm[k]) / fwhm_per_sigma)
+    side = 2 * (<Py_ssize_t>ceil(3.0 * biggest) + 1) + 1
+    wx = <double *>malloc(side * sizeof(double))
+    wy = <double *>malloc(side * sizeof(double))
+    if wx == NULL or wy == NULL:
+        free(wx)
+        free(wy)
+        raise MemoryError("refine: no memory for the window buffers")
+    with nogil:
+        for k in range(n):
+            s = order[k]
+            _refine_one(image, mask, use_mask, ignored, x[s], y[s], fwhm[s], background[s],
+                        top[s], iters, fwhm_per_sigma, side, wx, wy, res)
+            out[0, s] = res[0]
+            out[1, s] = res[1]
+            out[2, s] = res[2]
+            out[3, s] = res[3]
+            out[4, s] = res[4]
+    free(wx)
+    free(wy)
