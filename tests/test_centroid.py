@@ -272,6 +272,17 @@ def test_blends_match_the_reference():
     compare(image.astype(np.float32), mid_x, mid_y, fwhm=3.5, background=50.0)
 
 
+def test_starts_in_a_bright_wing_match_the_reference():
+    # started 5-14 px from a bright star, a candidate walks towards it: it is taken
+    # there, or fails when it would end farther than 6 sigma_w + 3 from its start
+    rng = np.random.default_rng(10)
+    image = render_stars(SHAPE, [75.0], [60.0], [1e6], 3.0) + rng.normal(0.0, 1.0, SHAPE)
+    angle, dist = rng.uniform(0, 2 * np.pi, 60), np.linspace(5.0, 14.0, 60)
+    x, y = 75.0 + dist * np.cos(angle), 60.0 + dist * np.sin(angle)
+    got = compare(image, x, y, fwhm=3.0)
+    assert 5 < np.isnan(got[2]).sum() < 55  # both outcomes are compared
+
+
 def test_stars_at_and_beyond_the_edges_match_the_reference():
     rng = np.random.default_rng(6)
     ny, nx = SHAPE

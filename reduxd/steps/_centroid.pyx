@@ -18,7 +18,7 @@ ctypedef fused pixel:
     double
 
 cdef double DBL_BIG = 1.7976931348623157e308  # np.nan_to_num's stand-in for +inf
-cdef double FAR = 1e15  # positions beyond this are not measured (no box to read)
+cdef double FAR = 1e15  # positions (and windows) beyond this are not measured
 
 
 cdef int _window_moments(
@@ -38,7 +38,7 @@ cdef int _window_moments(
     cdef double sw2, d, v, wi, r0, r1, r2, wj, dyj
     cdef double t = 0.0, sx = 0.0, sy = 0.0, sxx = 0.0, syy = 0.0, sxy = 0.0
     cdef double mx, my
-    if not (fabs(x) < FAR and fabs(y) < FAR):
+    if not (fabs(x) < FAR and fabs(y) < FAR and 0 < sw < FAR):
         return 0
     half = <Py_ssize_t>ceil(3.0 * sw) + 1
     xc, yc = <Py_ssize_t>rint(x), <Py_ssize_t>rint(y)
