@@ -8,6 +8,8 @@ offsets, blends, stars at and just beyond the frame edges, saturated, NaN and
 masked pixels, and junk candidates that never converge.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -393,3 +395,48 @@ def test_arguments_are_checked():
         detect.refine_stars(np.zeros(20), [5.0], [5.0], fwhm=3.0)
     empty = detect.refine_stars(image, [], [], fwhm=3.0)
     assert [v.size for v in empty] == [0] * 5
+
+
+def reference_local_background(image, x, y, half, mask=None):
+    """Per star: ``np.median`` of the usable pixels (in the frame, finite, not ignored)
+    on the border of the square around the rounded position; NaN for none."""
+    ny, nx = image.shape
+    out = []
+    for cx, cy in zip(np.rint(x).astype(int), np.rint(y).astype(int), strict=True):
+        values = []
+        for jy in range(cy - half, cy + half + 1):
+            for jx in range(cx - half, cx + half + 1):
+                inside = 0 <= jx < nx and 0 <= jy < ny
+                if max(abs(jx - cx), abs(jy - cy)) != half or not inside:
+                    continue
+                if np.isfinite(image[jy, jx]) and (mask is None or not mask[jy, jx] & IGNORED):
+                    values.append(float(image[jy, jx]))
+        out.append(np.median(values) if values else np.nan)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("half", [0, 1, 2, 5, 12])
+def test_local_background_is_the_median_of_the_usable_border_pixels(half):
+    rng = np.random.default_rng(20 + half)
+    ny, nx = 60, 70
+    noisy = rng.normal(100.0, 5.0, (ny, nx))
+    integer = np.rint(rng.normal(100.0, 2.0, (ny, nx)))  # many ties
+    bad = rng.integers(0, ny, 150), rng.integers(0, nx, 150)
+    mask = np.zeros((ny, nx), np.uint8)
+    mask[bad] = rng.choice([maskbits.BAD, maskbits.NONFINITE, maskbits.SATURATED], 150)
+    x = np.concatenate([rng.uniform(-half - 2, nx + half + 1, 80), [30.0, 30.5, -40.0, np.nan]])
+    y = np.concatenate([rng.uniform(-half - 2, ny + half + 1, 80), [20.0, 20.5, 10.0, 5.0]])
+    for image in (noisy.astype(np.float32), noisy, integer.astype(np.uint16), integer):
+        image = image.copy()
+        if image.dtype.kind == "f":
+            image[bad[0][:50], bad[1][:50]] = [np.nan, np.inf, -np.inf, 7.0, 1e30][:5] * 10
+        for m in (None, mask):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # rint(NaN) cast
+                expected = reference_local_background(image, x, y, half, m)
+            got = detect.local_background(image, x, y, half=half, mask=m)
+            np.testing.assert_array_equal(got, expected)  # exactly, NaN where none is usable
+    all_masked = np.ones((ny, nx), np.uint8) * maskbits.BAD
+    assert np.isnan(detect.local_background(noisy, [30.0], [20.0], half=3, mask=all_masked)).all()
+    with pytest.raises(ValueError, match="half"):
+        detect.local_background(noisy, [30.0], [20.0], half=-1)

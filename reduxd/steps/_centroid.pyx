@@ -1,13 +1,15 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
-"""Adaptive Gaussian-windowed re-centring of stars, one star at a time in C.
+"""Compiled kernels of ``reduxd.steps.detect``: re-centring and local background.
 
-The kernel of ``reduxd.steps.detect.refine_stars`` (its wrapper checks and
+``refine`` is the kernel of ``detect.refine_stars`` (the wrapper checks and
 converts the arguments, and documents the method). Each star iterates to
 convergence on its own: windowed moments in its box (half size
 ``ceil(3 sigma_w) + 1`` around the rounded position, cut by the frame edges),
 a step of twice the first moment, the window widened while the star fills it
 and otherwise narrowed to the star's size, until the size and the position
-settle. The GIL is released for the whole loop.
+settle. ``border_median`` is the kernel of ``detect.local_background``: the
+median of the usable pixels on the border of a square around each star. The
+GIL is released in both loops.
 """
 
 from libc.math cimport NAN, INFINITY, ceil, exp, fabs, hypot, isfinite, rint, sqrt
@@ -194,3 +196,109 @@ def refine(
             out[4, s] = res[4]
     free(wx)
     free(wy)
+
+
+cdef double _select(double *v, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The ``k``-th smallest of ``v[:n]`` (no NaN), partially reordering ``v``;
+    afterwards ``v[:k]`` holds the values not above it."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j
+    cdef double pivot, tmp
+    while lo < hi:
+        pivot = v[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while v[i] < pivot:
+                i += 1
+            while v[j] > pivot:
+                j -= 1
+            if i <= j:
+                tmp = v[i]
+                v[i] = v[j]
+                v[j] = tmp
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return v[k]
+
+
+cdef double _median(double *v, Py_ssize_t n) noexcept nogil:
+    """Median of ``v[:n]`` as ``np.median``: the mean of the two middle values (NaN if n = 0)."""
+    cdef Py_ssize_t k = n // 2, i
+    cdef double high, low
+    if n == 0:
+        return NAN
+    high = _select(v, n, k)
+    low = high
+    if n % 2 == 0:
+        low = v[0]
+        for i in range(1, k):
+            if v[i] > low:
+                low = v[i]
+    return (low + high) / 2.0
+
+
+cdef inline bint _usable(
+    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
+    unsigned char ignored, Py_ssize_t i, Py_ssize_t j,
+) noexcept nogil:
+    if i < 0 or j < 0 or j >= image.shape[0] or i >= image.shape[1]:
+        return False
+    if use_mask and (mask[j, i] & ignored):
+        return False
+    return isfinite(image[j, i])
+
+
+def border_median(
+    const pixel[:, ::1] image,
+    const unsigned char[:, ::1] mask,
+    unsigned char ignored,
+    const double[::1] x,
+    const double[::1] y,
+    Py_ssize_t half,
+    double[::1] out,
+):
+    """Median of the usable pixels on the border of the square of half side ``half``
+    around each rounded position into ``out`` (NaN where none is usable).
+
+    Usable: inside the frame, finite, and (``mask`` not (0, 0)) without any
+    ``ignored`` bit. Values are taken as float64. Arguments are checked by the
+    caller (``detect.local_background``).
+    """
+    cdef Py_ssize_t n = x.shape[0], s, k, c, xc, yc
+    cdef bint use_mask = mask.shape[0] > 0
+    cdef double *values = <double *>malloc(max(8 * half, 1) * sizeof(double))
+    if values == NULL:
+        raise MemoryError("border_median: no memory for the border values")
+    with nogil:
+        for s in range(n):
+            if not (fabs(x[s]) < FAR and fabs(y[s]) < FAR):
+                out[s] = NAN
+                continue
+            xc, yc = <Py_ssize_t>rint(x[s]), <Py_ssize_t>rint(y[s])
+            c = 0
+            if half == 0:
+                if _usable(image, mask, use_mask, ignored, xc, yc):
+                    values[c] = image[yc, xc]
+                    c += 1
+            else:
+                for k in range(-half, half + 1):  # top and bottom rows
+                    if _usable(image, mask, use_mask, ignored, xc + k, yc - half):
+                        values[c] = image[yc - half, xc + k]
+                        c += 1
+                    if _usable(image, mask, use_mask, ignored, xc + k, yc + half):
+                        values[c] = image[yc + half, xc + k]
+                        c += 1
+                for k in range(-half + 1, half):  # left and right columns, corners done
+                    if _usable(image, mask, use_mask, ignored, xc - half, yc + k):
+                        values[c] = image[yc + k, xc - half]
+                        c += 1
+                    if _usable(image, mask, use_mask, ignored, xc + half, yc + k):
+                        values[c] = image[yc + k, xc + half]
+                        c += 1
+            out[s] = _median(values, c)
+    free(values)

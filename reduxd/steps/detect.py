@@ -244,36 +244,57 @@ def _gather(data, px, py, dx, dy, mask=None):
     return values, usable
 
 
-def _square(half, *, border=False):
+def _square(half):
     dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
-    keep = (np.maximum(abs(dx), abs(dy)) == half) if border else np.ones(dx.shape, bool)
-    return dx[keep], dy[keep]
+    return dx.ravel(), dy.ravel()
 
 
 def local_background(data, x, y, *, half, mask=None):
     """Median of the border pixels of a box around each position.
 
+    The box is the square of half side ``half`` around each rounded position;
+    its border pixels that are inside the frame, finite and without a
+    BAD/NONFINITE ``mask`` bit are usable. Their median is ``np.median``'s
+    (the mean of the middle two for an even count); NaN where none is usable.
+    Compiled kernel: ``_centroid.border_median``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2-D image (not modified); any real dtype.
+    x, y : array_like
+        Positions (0-based pixels, x = column).
+    half : int
+        Half side of the box (>= 0).
+    mask : numpy.ndarray, optional
+        ``reduxd.maskbits`` bits (the image's shape).
+
+    Returns
+    -------
+    numpy.ndarray
+        One float64 level per position.
+
     Examples
     --------
     >>> float(local_background(np.full((30, 30), 2.0), [15.0], [15.0], half=5)[0])
     2.0
+    >>> img = np.arange(25.0).reshape(5, 5)  # border of the 3x3 box at (2, 2): 6 7 8 11 13 16 17 18
+    >>> local_background(img, [2.0, -9.0], [2.0, 2.0], half=1).tolist()
+    [12.0, nan]
     """
-    px = np.rint(np.atleast_1d(x)).astype(np.int64)
-    py = np.rint(np.atleast_1d(y)).astype(np.int64)
-    if px.size == 0:
-        return np.zeros(0)
-    values, usable = _gather(data, px, py, *_square(half, border=True), mask=mask)
-    return _row_medians(np.where(usable, values, np.nan), np.count_nonzero(usable, axis=1))
-
-
-def _row_medians(values, count):
-    """Median of the first ``count`` values of each row once sorted (NaN last), as
-    ``nanmedian`` (the mean of the middle two for an even count; NaN for none)."""
-    values.sort(axis=1)
-    rows, last = np.arange(values.shape[0]), values.shape[1] - 1
-    low = values[rows, np.clip((count - 1) // 2, 0, last)]
-    high = values[rows, np.minimum(count // 2, last)]
-    return np.where(count > 0, (low + high) / 2.0, np.nan)
+    px = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
+    py = np.ascontiguousarray(np.atleast_1d(np.asarray(y, dtype=np.float64)))
+    if px.ndim != 1 or px.shape != py.shape:
+        raise ValueError(
+            f"local_background: x and y must be 1-D of one size: {px.shape}, {py.shape}"
+        )
+    if int(half) != half or half < 0:
+        raise ValueError(f"local_background: half must be an integer >= 0, not {half}")
+    image = _kernel_image(data, "local_background")
+    out = np.empty(px.size)
+    _centroid.border_median(image, _kernel_mask(mask, image.shape, "local_background"), IGNORED,
+                            px, py, int(half), out)  # fmt: skip
+    return out
 
 
 def peak_position(data, x, y, *, half):
@@ -364,22 +385,14 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
     >>> np.round(out[0], 2).tolist(), np.round(out[2], 1).tolist()
     ([15.0, 40.0], [3.0, 3.0])
     """
-    x0 = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
-    y0 = np.ascontiguousarray(np.atleast_1d(np.asarray(y, dtype=np.float64)))
-    if x0.ndim != 1 or x0.shape != y0.shape:
-        raise ValueError(f"refine_stars: x and y must be 1-D of one size: {x0.shape}, {y0.shape}")
+    x0, y0 = _positions(x, y, "refine_stars")
     fwhm = _per_star(fwhm, x0.size, "fwhm")
     top = _per_star(4 * fwhm if max_fwhm is None else max_fwhm, x0.size, "max_fwhm")
     bkg = _per_star(background, x0.size, "background")
     if not (np.isfinite(fwhm).all() and np.isfinite(top).all()):
         raise ValueError("refine_stars: fwhm and max_fwhm must be finite")
     image = _kernel_image(resid, "refine_stars")
-    if mask is None:
-        mask = np.zeros((0, 0), np.uint8)
-    elif mask.shape != image.shape:
-        raise ValueError(f"refine_stars: mask shape {mask.shape} is not the image's {image.shape}")
-    else:  # the kernel tests the IGNORED bits of a uint8 mask itself
-        mask = np.ascontiguousarray(mask if mask.dtype == np.uint8 else mask & IGNORED, np.uint8)
+    mask = _kernel_mask(mask, image.shape, "refine_stars")
     order = row_order(y0).astype(np.intp)
     out = np.empty((5, x0.size))
     _centroid.refine(
@@ -398,6 +411,15 @@ def _per_star(value, n, name):
         raise ValueError(message) from None
 
 
+def _positions(x, y, caller):
+    """x and y as contiguous 1-D float64 arrays of one size, for a kernel."""
+    x = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
+    y = np.ascontiguousarray(np.atleast_1d(np.asarray(y, dtype=np.float64)))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"{caller}: x and y must be 1-D of one size, not {x.shape}, {y.shape}")
+    return x, y
+
+
 def _kernel_image(image, caller):
     """A C-contiguous float32 or float64 2-D view (or converted copy) of ``image``."""
     image = np.asarray(image)
@@ -406,6 +428,16 @@ def _kernel_image(image, caller):
     if image.dtype not in (np.float32, np.float64):
         image = image.astype(np.float64)  # ints and float16: the same values
     return np.ascontiguousarray(image)
+
+
+def _kernel_mask(mask, shape, caller):
+    """A C-contiguous uint8 mask for a kernel ((0, 0) for none); the kernel tests the
+    IGNORED bits itself."""
+    if mask is None:
+        return np.zeros((0, 0), np.uint8)
+    if mask.shape != shape:
+        raise ValueError(f"{caller}: mask shape {mask.shape} is not the image's {shape}")
+    return np.ascontiguousarray(mask if mask.dtype == np.uint8 else mask & IGNORED, np.uint8)
 
 
 def vet_peaks(
