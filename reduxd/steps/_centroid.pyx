@@ -24,20 +24,24 @@ cdef double FAR = 1e15  # positions (and windows) beyond this are not measured
 
 
 cdef int _window_moments(
-    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
+    const pixel *image, const unsigned char *mask, Py_ssize_t ny, Py_ssize_t nx,
     unsigned char ignored, double x, double y, double sw, double bkg,
-    Py_ssize_t side, double *wx, double *wy, double *out,
+    Py_ssize_t side, double *buf, double *out,
 ) noexcept nogil:
     """Windowed moments (total, mx, my, mxx, myy, mxy) of ``image - bkg`` around (x, y).
 
+    ``image`` and ``mask`` (NULL: none) are C-contiguous ``ny x nx`` arrays.
     Masked (``ignored`` bits), NaN and off-frame pixels count as 0, +-inf as
-    +-DBL_MAX (``np.nan_to_num``). ``wx`` and ``wy`` hold ``side`` values.
+    +-DBL_MAX (``np.nan_to_num``). ``buf`` holds ``4 * side`` values.
     Returns 0 (``out`` untouched) when the total is not positive or the
     position or window is not usable.
     """
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
-    cdef Py_ssize_t half, xc, yc, x0, x1, y0, y1, i, j
-    cdef double sw2, d, v, wi, r0, r1, r2, wj, dyj
+    cdef Py_ssize_t half, xc, yc, x0, x1, y0, y1, i, j, row
+    cdef double sw2, d, v, r0, r1, r2, wj, dyj
+    cdef double *wx = buf  # the window along x, times dx and dx^2; along y
+    cdef double *wxd = buf + side
+    cdef double *wxd2 = buf + 2 * side
+    cdef double *wy = buf + 3 * side
     cdef double t = 0.0, sx = 0.0, sy = 0.0, sxx = 0.0, syy = 0.0, sxy = 0.0
     cdef double mx, my
     if not (fabs(x) < FAR and fabs(y) < FAR and 0 < sw < FAR):
@@ -52,6 +56,8 @@ cdef int _window_moments(
     for i in range(x0, x1):  # the window is separable: a product of its x and y factors
         d = i - x
         wx[i - x0] = exp(-0.5 * d * d / sw2)
+        wxd[i - x0] = wx[i - x0] * d
+        wxd2[i - x0] = wxd[i - x0] * d
     for j in range(y0, y1):
         d = j - y
         wy[j - y0] = exp(-0.5 * d * d / sw2)
@@ -59,19 +65,18 @@ cdef int _window_moments(
         r0 = 0.0
         r1 = 0.0
         r2 = 0.0
+        row = j * nx
         for i in range(x0, x1):
-            if use_mask and (mask[j, i] & ignored):
+            if mask != NULL and (mask[row + i] & ignored):
                 continue
-            v = image[j, i] - bkg
+            v = image[row + i] - bkg
             if not isfinite(v):
                 if v != v:
                     continue
                 v = DBL_BIG if v > 0 else -DBL_BIG
-            wi = wx[i - x0] * v
-            d = i - x
-            r0 += wi
-            r1 += wi * d
-            r2 += wi * d * d
+            r0 += wx[i - x0] * v
+            r1 += wxd[i - x0] * v
+            r2 += wxd2[i - x0] * v
         wj = wy[j - y0]
         dyj = j - y
         t += wj * r0
@@ -93,9 +98,9 @@ cdef int _window_moments(
 
 
 cdef void _refine_one(
-    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
+    const pixel *image, const unsigned char *mask, Py_ssize_t ny, Py_ssize_t nx,
     unsigned char ignored, double x0, double y0, double fwhm, double bkg, double top,
-    int iters, double fwhm_per_sigma, Py_ssize_t side, double *wx, double *wy, double *res,
+    int iters, double fwhm_per_sigma, Py_ssize_t side, double *buf, double *res,
 ) noexcept nogil:
     """One star: ``res`` = x, y, fwhm, elongation, windowed flux (see ``refine_stars``)."""
     cdef double x = x0, y = y0, nxp, nyp, reach, sw2, m, new, new2, elong
@@ -109,7 +114,7 @@ cdef void _refine_one(
     cdef int it
     for it in range(iters):
         bad = not _window_moments(
-            image, mask, use_mask, ignored, x, y, sigma_w, bkg, side, wx, wy, mom
+            image, mask, ny, nx, ignored, x, y, sigma_w, bkg, side, buf, mom
         )
         if not bad:
             nxp, nyp = x + 2 * mom[1], y + 2 * mom[2]
@@ -169,61 +174,80 @@ def refine(
     keeps the image in cache); each result goes to the star's own column.
     All arguments are checked by the caller (``detect.refine_stars``).
     """
-    cdef Py_ssize_t n = x.shape[0], k, s, side
-    cdef bint use_mask = mask.shape[0] > 0
+    cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1], k, s, side
+    cdef const pixel *pixels = _pixels(image)
+    cdef const unsigned char *bits = _bits(mask)
     cdef double biggest = 0.6
-    cdef double *wx
-    cdef double *wy
+    cdef double *buf
     cdef double res[5]
-    for k in range(n):  # the largest window decides the buffers' size
+    for k in range(n):  # the largest window decides the buffer's size
         biggest = max(biggest, max(top[k], fwhm[k]) / fwhm_per_sigma)
     side = 2 * (<Py_ssize_t>ceil(3.0 * biggest) + 1) + 1
-    wx = <double *>malloc(side * sizeof(double))
-    wy = <double *>malloc(side * sizeof(double))
-    if wx == NULL or wy == NULL:
-        free(wx)
-        free(wy)
-        raise MemoryError("refine: no memory for the window buffers")
+    buf = <double *>malloc(4 * side * sizeof(double))
+    if buf == NULL:
+        raise MemoryError("refine: no memory for the window buffer")
     with nogil:
         for k in range(n):
             s = order[k]
-            _refine_one(image, mask, use_mask, ignored, x[s], y[s], fwhm[s], background[s],
-                        top[s], iters, fwhm_per_sigma, side, wx, wy, res)
+            _refine_one(pixels, bits, ny, nx, ignored, x[s], y[s], fwhm[s], background[s],
+                        top[s], iters, fwhm_per_sigma, side, buf, res)
             out[0, s] = res[0]
             out[1, s] = res[1]
             out[2, s] = res[2]
             out[3, s] = res[3]
             out[4, s] = res[4]
-    free(wx)
-    free(wy)
+    free(buf)
+
+
+cdef const pixel *_pixels(const pixel[:, ::1] image) noexcept:
+    """The first pixel of a C-contiguous image (NULL when it is empty)."""
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        return NULL
+    return &image[0, 0]
+
+
+cdef const unsigned char *_bits(const unsigned char[:, ::1] mask) noexcept:
+    """The first value of a C-contiguous mask (NULL for none: a (0, 0) mask)."""
+    if mask.shape[0] == 0 or mask.shape[1] == 0:
+        return NULL
+    return &mask[0, 0]
+
+
+cdef Py_ssize_t _partition(double *v, Py_ssize_t lo, Py_ssize_t hi, double pivot,
+                           bint or_equal) noexcept nogil:
+    """Move the values of ``v[lo:hi]`` below ``pivot`` (or equal to it too, with
+    ``or_equal``) to the front; returns where the others start. Branch-free: every
+    value is swapped, the front grows by the comparison's result."""
+    cdef Py_ssize_t store = lo, i
+    cdef double value
+    for i in range(lo, hi):
+        value = v[i]
+        v[i] = v[store]
+        v[store] = value
+        store += (value <= pivot) if or_equal else (value < pivot)
+    return store
 
 
 cdef double _select(double *v, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The ``k``-th smallest of ``v[:n]`` (no NaN), partially reordering ``v``;
-    afterwards ``v[:k]`` holds the values not above it."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j
-    cdef double pivot, tmp
-    while lo < hi:
-        pivot = v[(lo + hi) // 2]
-        i, j = lo, hi
-        while i <= j:
-            while v[i] < pivot:
-                i += 1
-            while v[j] > pivot:
-                j -= 1
-            if i <= j:
-                tmp = v[i]
-                v[i] = v[j]
-                v[j] = tmp
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return v[k]
+    afterwards ``v[:k]`` holds values not above it.
+
+    Quickselect with a three-way split (below, equal to, above the pivot), each
+    split a branch-free pass: border pixels are noise, on which the branches of
+    the usual partition are mispredicted about half of the time.
+    """
+    cdef Py_ssize_t lo = 0, hi = n, below, upto
+    cdef double pivot
+    while True:
+        pivot = v[lo + (hi - lo) // 2]
+        below = _partition(v, lo, hi, pivot, False)
+        if k < below:
+            hi = below
+            continue
+        upto = _partition(v, below, hi, pivot, True)  # the pivot itself: upto > below
+        if k < upto:
+            return pivot
+        lo = upto
 
 
 cdef double _median(double *v, Py_ssize_t n) noexcept nogil:
@@ -234,23 +258,25 @@ cdef double _median(double *v, Py_ssize_t n) noexcept nogil:
         return NAN
     high = _select(v, n, k)
     low = high
-    if n % 2 == 0:
+    if n % 2 == 0:  # the lower middle value: the largest of those before the upper one
         low = v[0]
         for i in range(1, k):
-            if v[i] > low:
-                low = v[i]
+            low = v[i] if v[i] > low else low
     return (low + high) / 2.0
 
 
-cdef inline bint _usable(
-    const pixel[:, ::1] image, const unsigned char[:, ::1] mask, bint use_mask,
-    unsigned char ignored, Py_ssize_t i, Py_ssize_t j,
+cdef inline void _append_usable(
+    const pixel *image, const unsigned char *mask, Py_ssize_t ny, Py_ssize_t nx,
+    unsigned char ignored, Py_ssize_t i, Py_ssize_t j, double *values, Py_ssize_t *count,
 ) noexcept nogil:
-    if i < 0 or j < 0 or j >= image.shape[0] or i >= image.shape[1]:
-        return False
-    if use_mask and (mask[j, i] & ignored):
-        return False
-    return isfinite(image[j, i])
+    """Append pixel (i, j) to ``values`` if it is in the frame, finite and not ignored."""
+    if i < 0 or j < 0 or j >= ny or i >= nx:
+        return
+    if mask != NULL and (mask[j * nx + i] & ignored):
+        return
+    if isfinite(image[j * nx + i]):
+        values[count[0]] = image[j * nx + i]
+        count[0] += 1
 
 
 def border_median(
@@ -269,36 +295,25 @@ def border_median(
     ``ignored`` bit. Values are taken as float64. Arguments are checked by the
     caller (``detect.local_background``).
     """
-    cdef Py_ssize_t n = x.shape[0], s, k, c, xc, yc
-    cdef bint use_mask = mask.shape[0] > 0
+    cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1], s, k, c, xc, yc
+    cdef const pixel *pixels = _pixels(image)
+    cdef const unsigned char *bits = _bits(mask)
     cdef double *values = <double *>malloc(max(8 * half, 1) * sizeof(double))
     if values == NULL:
         raise MemoryError("border_median: no memory for the border values")
     with nogil:
         for s in range(n):
-            if not (fabs(x[s]) < FAR and fabs(y[s]) < FAR):
-                out[s] = NAN
-                continue
-            xc, yc = <Py_ssize_t>rint(x[s]), <Py_ssize_t>rint(y[s])
             c = 0
-            if half == 0:
-                if _usable(image, mask, use_mask, ignored, xc, yc):
-                    values[c] = image[yc, xc]
-                    c += 1
-            else:
-                for k in range(-half, half + 1):  # top and bottom rows
-                    if _usable(image, mask, use_mask, ignored, xc + k, yc - half):
-                        values[c] = image[yc - half, xc + k]
-                        c += 1
-                    if _usable(image, mask, use_mask, ignored, xc + k, yc + half):
-                        values[c] = image[yc + half, xc + k]
-                        c += 1
-                for k in range(-half + 1, half):  # left and right columns, corners done
-                    if _usable(image, mask, use_mask, ignored, xc - half, yc + k):
-                        values[c] = image[yc + k, xc - half]
-                        c += 1
-                    if _usable(image, mask, use_mask, ignored, xc + half, yc + k):
-                        values[c] = image[yc + k, xc + half]
-                        c += 1
+            if fabs(x[s]) < FAR and fabs(y[s]) < FAR:
+                xc, yc = <Py_ssize_t>rint(x[s]), <Py_ssize_t>rint(y[s])
+                if half == 0:  # the border is the pixel itself
+                    _append_usable(pixels, bits, ny, nx, ignored, xc, yc, values, &c)
+                else:
+                    for k in range(-half, half + 1):  # top and bottom rows
+                        _append_usable(pixels, bits, ny, nx, ignored, xc + k, yc - half, values, &c)
+                        _append_usable(pixels, bits, ny, nx, ignored, xc + k, yc + half, values, &c)
+                    for k in range(-half + 1, half):  # left and right columns, corners done
+                        _append_usable(pixels, bits, ny, nx, ignored, xc - half, yc + k, values, &c)
+                        _append_usable(pixels, bits, ny, nx, ignored, xc + half, yc + k, values, &c)
             out[s] = _median(values, c)
     free(values)
