@@ -440,3 +440,40 @@ def test_local_background_is_the_median_of_the_usable_border_pixels(half):
     assert np.isnan(detect.local_background(noisy, [30.0], [20.0], half=3, mask=all_masked)).all()
     with pytest.raises(ValueError, match="half"):
         detect.local_background(noisy, [30.0], [20.0], half=-1)
+
+
+def reference_bin_image(data, factor):
+    """The old numpy ``detect.bin_image`` (857cd46): strided float32 sums."""
+    ny, nx = (s // factor * factor for s in data.shape)
+    rows = data[0:ny:factor, :nx].astype(np.float32)
+    for k in range(1, factor):
+        rows += data[k:ny:factor, :nx]
+    out = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        out += rows[:, k::factor]
+    return out / np.float32(factor * factor)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 5])
+def test_bin_image_equals_the_numpy_sums_bit_for_bit(factor):
+    rng = np.random.default_rng(30 + factor)
+    base = rng.normal(1000.0, 300.0, (103, 118)) * rng.uniform(0.1, 1e4)  # ragged borders
+    base[rng.integers(0, 103, 20), rng.integers(0, 118, 20)] = [np.nan, np.inf, -np.inf, 3e38] * 5
+    with np.errstate(all="ignore"):  # float16 overflows to inf: kept
+        small = base.astype(np.float16)
+    images = [
+        base.astype(np.float32),
+        base,  # float64: each float32 sum rounded from float64 (numpy's loop)
+        np.clip(np.nan_to_num(base), 0, 65535).astype(np.uint16),
+        np.clip(np.nan_to_num(base), -2e9, 2e9).astype(np.int32),
+        small,
+        np.asfortranarray(base.astype(np.float32)),
+        base.astype(np.float32)[::2, 1:],  # a strided view
+    ]
+    for image in images:
+        with np.errstate(all="ignore"):
+            expected = reference_bin_image(image, factor)
+            got = detect.bin_image(image, factor)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected, strict=True)
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), image.dtype

@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
-"""Compiled kernels of ``reduxd.steps.detect``: re-centring and local background.
+"""Compiled kernels of ``reduxd.steps.detect``: re-centring, local background, binning.
 
 ``refine`` is the kernel of ``detect.refine_stars`` (the wrapper checks and
 converts the arguments, and documents the method). Each star iterates to
@@ -8,8 +8,9 @@ convergence on its own: windowed moments in its box (half size
 a step of twice the first moment, the window widened while the star fills it
 and otherwise narrowed to the star's size, until the size and the position
 settle. ``border_median`` is the kernel of ``detect.local_background``: the
-median of the usable pixels on the border of a square around each star. The
-GIL is released in both loops.
+median of the usable pixels on the border of a square around each star.
+``bin_mean`` is the kernel of ``detect.bin_image`` (the peak search's binning).
+The GIL is released in the loops.
 """
 
 from libc.math cimport NAN, INFINITY, ceil, exp, fabs, hypot, isfinite, rint, sqrt
@@ -317,3 +318,36 @@ def border_median(
                         _append_usable(pixels, bits, ny, nx, ignored, xc + half, yc + k, values, &c)
             out[s] = _median(values, c)
     free(values)
+
+
+def bin_mean(const pixel[:, ::1] image, Py_ssize_t factor, float[:, ::1] out):
+    """Mean of each ``factor x factor`` block into ``out`` (float32, the ragged border
+    dropped), with numpy's float32 arithmetic and order (``detect.bin_image``):
+    the block's rows are summed first (each sum rounded to float32 after every
+    addition, as ``rows += data[k::factor]``), then its columns, then divided by
+    ``factor**2``. ``out`` has shape ``(ny // factor, nx // factor)``.
+    """
+    cdef Py_ssize_t nby = out.shape[0], nbx = out.shape[1], ncol = nbx * factor
+    cdef Py_ssize_t b, k, c, row
+    cdef const pixel *pixels = _pixels(image)
+    cdef Py_ssize_t nx = image.shape[1]
+    cdef float area = <float>(factor * factor)
+    cdef float total
+    cdef float *rows = <float *>malloc(max(ncol, 1) * sizeof(float))
+    if rows == NULL:
+        raise MemoryError("bin_mean: no memory for a row")
+    with nogil:
+        for b in range(nby):
+            row = b * factor * nx
+            for c in range(ncol):
+                rows[c] = <float>pixels[row + c]
+            for k in range(1, factor):
+                row = (b * factor + k) * nx
+                for c in range(ncol):
+                    rows[c] = <float>(rows[c] + pixels[row + c])
+            for c in range(nbx):
+                total = rows[c * factor]
+                for k in range(1, factor):
+                    total = total + rows[c * factor + k]
+                out[b, c] = total / area
+    free(rows)
