@@ -477,3 +477,43 @@ def test_bin_image_equals_the_numpy_sums_bit_for_bit(factor):
         assert got.dtype == np.float32 and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected, strict=True)
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), image.dtype
+
+
+def reference_peak_position(data, x, y, *, half):
+    """The old per-position loop of ``detect.peak_position`` (857cd46)."""
+    px, py = np.zeros(np.size(x), int), np.zeros(np.size(x), int)
+    for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
+        sl = _box(data.shape, xi, yi, half)
+        stamp = np.nan_to_num(data[sl], nan=-np.inf)
+        jy, jx = np.unravel_index(np.argmax(stamp), stamp.shape)
+        px[i], py[i] = sl[1].start + jx, sl[0].start + jy
+    return px, py
+
+
+@pytest.mark.parametrize("half", [0, 1, 2, 4])
+def test_peak_position_equals_the_old_loop(half):
+    rng = np.random.default_rng(40 + half)
+    ny, nx = 50, 60
+    noisy = rng.normal(0.0, 1.0, (ny, nx))
+    noisy[rng.integers(0, ny, 60), rng.integers(0, nx, 60)] = [np.nan, np.inf, -np.inf] * 20
+    noisy[10:14, 20:24] = np.nan  # a box with no finite pixel: its first pixel
+    ties = np.rint(rng.normal(5, 1, (ny, nx))).astype(np.uint16)
+    images = [noisy, noisy.astype(np.float32), ties]
+    x = np.concatenate([rng.uniform(-half, nx - 1 + half, 200), [21.0, 21.5, 22.5, 0.0]])
+    y = np.concatenate([rng.uniform(-half, ny - 1 + half, 200), [11.0, 11.5, 12.5, 49.0]])
+    for image in images:  # ties in the integer image: the first in row-major order
+        got = detect.peak_position(image, x, y, half=half)
+        expected = reference_peak_position(image, x, y, half=half)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match="no pixel"):
+        detect.peak_position(noisy, [-10.0], [5.0], half=half)
+
+
+def test_peak_position_ranks_nan_lowest_and_inf_as_the_largest_finite():
+    for dtype in (np.float32, np.float64):
+        img = np.full((5, 5), np.nan, dtype)
+        img[3, 4] = -np.inf  # above NaN
+        assert [int(v[0]) for v in detect.peak_position(img, [2.0], [2.0], half=2)] == [4, 3]
+        img[1, 1], img[2, 2] = np.finfo(dtype).max, np.inf  # +inf ranks as the largest finite
+        assert [int(v[0]) for v in detect.peak_position(img, [2.0], [2.0], half=2)] == [1, 1]

@@ -9,11 +9,13 @@ a step of twice the first moment, the window widened while the star fills it
 and otherwise narrowed to the star's size, until the size and the position
 settle. ``border_median`` is the kernel of ``detect.local_background``: the
 median of the usable pixels on the border of a square around each star.
-``bin_mean`` is the kernel of ``detect.bin_image`` (the peak search's binning).
+``bin_mean`` is the kernel of ``detect.bin_image`` (the peak search's binning),
+``box_argmax`` that of ``detect.peak_position`` (the highest pixel near each peak).
 The GIL is released in the loops.
 """
 
 from libc.math cimport NAN, INFINITY, ceil, exp, fabs, hypot, isfinite, rint, sqrt
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdlib cimport free, malloc
 
 ctypedef fused pixel:
@@ -351,3 +353,54 @@ def bin_mean(const pixel[:, ::1] image, Py_ssize_t factor, float[:, ::1] out):
                     total = total + rows[c * factor + k]
                 out[b, c] = total / area
     free(rows)
+
+
+cdef inline pixel _peak_value(pixel v) noexcept nogil:
+    """``np.nan_to_num(v, nan=-inf)``: NaN ranks lowest, +-inf as the type's largest finite."""
+    cdef pixel big = FLT_MAX if pixel is float else DBL_MAX
+    if v != v:
+        return -INFINITY
+    if v == INFINITY:
+        return big
+    if v == -INFINITY:
+        return -big
+    return v
+
+
+def box_argmax(
+    const pixel[:, ::1] image,
+    const double[::1] x,
+    const double[::1] y,
+    Py_ssize_t half,
+    Py_ssize_t[::1] px,
+    Py_ssize_t[::1] py,
+):
+    """Column and row (``px``, ``py``) of the highest pixel of the square of half side
+    ``half`` around each rounded position, cut by the frame; the first in row-major
+    order among equal values (``np.argmax``), NaN ranked lowest. Returns the index
+    of the first position whose box holds no pixel, or -1.
+    """
+    cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1]
+    cdef Py_ssize_t s, i, j, xc, yc, x0, x1, y0, y1, empty = -1
+    cdef const pixel *pixels = _pixels(image)
+    cdef pixel best, v
+    with nogil:
+        for s in range(n):
+            if not (fabs(x[s]) < FAR and fabs(y[s]) < FAR):
+                empty = s
+                break
+            xc, yc = <Py_ssize_t>rint(x[s]), <Py_ssize_t>rint(y[s])
+            x0, x1 = max(xc - half, 0), min(xc + half + 1, nx)
+            y0, y1 = max(yc - half, 0), min(yc + half + 1, ny)
+            if x0 >= x1 or y0 >= y1:
+                empty = s
+                break
+            px[s], py[s] = x0, y0
+            best = _peak_value(pixels[y0 * nx + x0])
+            for j in range(y0, y1):
+                for i in range(x0, x1):
+                    v = _peak_value(pixels[j * nx + i])
+                    if v > best:
+                        best = v
+                        px[s], py[s] = i, j
+    return empty

@@ -309,18 +309,40 @@ def local_background(data, x, y, *, half, mask=None):
 def peak_position(data, x, y, *, half):
     """Integer position of the highest pixel in a box around each position.
 
+    The box is the square of half side ``half`` around the rounded position,
+    cut by the frame; NaN pixels rank lowest, and of equal values the first in
+    row-major order is taken (compiled kernel ``_centroid.box_argmax``).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2-D image (not modified); any real dtype.
+    x, y : array_like
+        Positions (0-based pixels, x = column); each box must hold a pixel.
+    half : int
+        Half side of the box (>= 0).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Columns and rows (int) of the highest pixels.
+
     Examples
     --------
     >>> img = np.zeros((20, 20)); img[7, 12] = 5.0
     >>> [v.tolist() for v in peak_position(img, [10.0], [8.0], half=2)]
     [[12], [7]]
     """
-    px, py = np.zeros(np.size(x), int), np.zeros(np.size(x), int)
-    for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
-        sl = _box(data.shape, xi, yi, half)
-        stamp = np.nan_to_num(data[sl], nan=-np.inf)
-        jy, jx = np.unravel_index(np.argmax(stamp), stamp.shape)
-        px[i], py[i] = sl[1].start + jx, sl[0].start + jy
+    x, y = _positions(x, y, "peak_position")
+    if int(half) != half or half < 0:
+        raise ValueError(f"peak_position: half must be an integer >= 0, not {half}")
+    px, py = np.empty(x.size, np.intp), np.empty(x.size, np.intp)
+    empty = _centroid.box_argmax(_kernel_image(data, "peak_position"), x, y, int(half), px, py)
+    if empty >= 0:
+        raise ValueError(
+            f"peak_position: no pixel within {half} of ({x[empty]}, {y[empty]}) in a frame "
+            f"of shape {np.shape(data)}"
+        )
     return px, py
 
 
