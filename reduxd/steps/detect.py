@@ -291,18 +291,12 @@ def local_background(data, x, y, *, half, mask=None):
     >>> local_background(img, [2.0, -9.0], [2.0, 2.0], half=1).tolist()
     [12.0, nan]
     """
-    px = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
-    py = np.ascontiguousarray(np.atleast_1d(np.asarray(y, dtype=np.float64)))
-    if px.ndim != 1 or px.shape != py.shape:
-        raise ValueError(
-            f"local_background: x and y must be 1-D of one size: {px.shape}, {py.shape}"
-        )
-    if int(half) != half or half < 0:
-        raise ValueError(f"local_background: half must be an integer >= 0, not {half}")
+    px, py = _positions(x, y, "local_background")
+    half = _half_side(half, "local_background")
     image = _kernel_image(data, "local_background")
     out = np.empty(px.size)
-    _centroid.border_median(image, _kernel_mask(mask, image.shape, "local_background"), IGNORED,
-                            px, py, int(half), out)  # fmt: skip
+    bits = _kernel_mask(mask, image.shape, "local_background")
+    _centroid.border_median(image, bits, IGNORED, px, py, half, out)
     return out
 
 
@@ -334,10 +328,9 @@ def peak_position(data, x, y, *, half):
     [[12], [7]]
     """
     x, y = _positions(x, y, "peak_position")
-    if int(half) != half or half < 0:
-        raise ValueError(f"peak_position: half must be an integer >= 0, not {half}")
+    half = _half_side(half, "peak_position")
     px, py = np.empty(x.size, np.intp), np.empty(x.size, np.intp)
-    empty = _centroid.box_argmax(_kernel_image(data, "peak_position"), x, y, int(half), px, py)
+    empty = _centroid.box_argmax(_kernel_image(data, "peak_position"), x, y, half, px, py)
     if empty >= 0:
         raise ValueError(
             f"peak_position: no pixel within {half} of ({x[empty]}, {y[empty]}) in a frame "
@@ -382,8 +375,8 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
     ``6 sigma_w + 3`` of its start (it then fails: position unchanged, NaN
     results); the window doubles, up to ``max_fwhm``, while the star fills it
     (second moment >= 0.9 of the window's), else it is narrowed to the star's
-    deconvolved size; the star stops when that size settles (1 %) and the move
-    is below 0.01 px, or after ``iters`` steps.
+    deconvolved size; the star stops when that size settles (1 %) and the
+    first moments ``|mx| + |my|`` are below 0.01 px, or after ``iters`` steps.
 
     Parameters
     ----------
@@ -449,6 +442,13 @@ def _positions(x, y, caller):
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"{caller}: x and y must be 1-D of one size, not {x.shape}, {y.shape}")
     return x, y
+
+
+def _half_side(half, caller):
+    """``half`` as an int >= 0 (a box's half side)."""
+    if int(half) != half or half < 0:
+        raise ValueError(f"{caller}: half must be an integer >= 0, not {half}")
+    return int(half)
 
 
 def _kernel_image(image, caller):
