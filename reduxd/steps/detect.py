@@ -30,10 +30,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from reduxd import maskbits
-from reduxd.steps.sky import background_map, flat_take, row_order, square_stamps
+from reduxd.steps import _centroid
+from reduxd.steps.sky import background_map, flat_take, row_order
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-MIN_BATCH = 32  # stars of one box size measured as a batch of their own (_moments)
 IGNORED = maskbits.BAD | maskbits.NONFINITE
 
 
@@ -63,21 +63,30 @@ class Peaks:
 
 
 def bin_image(data, factor):
-    """Mean over ``factor x factor`` blocks (the ragged border is dropped).
+    """Mean over ``factor x factor`` blocks (the ragged border is dropped), float32.
+
+    As numpy's ``data[0::f].astype(float32) + data[1::f] + ...`` over the rows
+    of each block, then the same over its columns, then ``/ float32(f * f)``
+    (compiled kernel ``_centroid.bin_mean``: one pass, no full-frame copy).
 
     Examples
     --------
     >>> bin_image(np.arange(16.0).reshape(4, 4), 2).tolist()
     [[2.5, 4.5], [10.5, 12.5]]
     """
-    ny, nx = (s // factor * factor for s in data.shape)
-    rows = data[0:ny:factor, :nx].astype(np.float32)  # strided sums: no full-frame copy
-    for k in range(1, factor):
-        rows += data[k:ny:factor, :nx]
-    out = rows[:, 0::factor].copy()
-    for k in range(1, factor):
-        out += rows[:, k::factor]
-    return out / np.float32(factor * factor)
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"bin_image: factor must be an integer >= 1, not {factor}")
+    image = np.asarray(data)
+    if image.ndim != 2:
+        raise ValueError(f"bin_image: the image must be 2-D, not {image.ndim}-D")
+    if image.dtype not in (np.float32, np.float64):
+        # numpy's float32 += sums: exact in float32 for small ints, else through float64
+        exact = np.can_cast(image.dtype, np.float32)
+        image = image.astype(np.float32 if exact else np.float64)
+    factor = int(factor)
+    out = np.empty((image.shape[0] // factor, image.shape[1] // factor), np.float32)
+    _centroid.bin_mean(np.ascontiguousarray(image), factor, out)
+    return out
 
 
 def robust_std(values):
@@ -244,40 +253,73 @@ def _gather(data, px, py, dx, dy, mask=None):
     return values, usable
 
 
-def _square(half, *, border=False):
+def _square(half):
     dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
-    keep = (np.maximum(abs(dx), abs(dy)) == half) if border else np.ones(dx.shape, bool)
-    return dx[keep], dy[keep]
+    return dx.ravel(), dy.ravel()
 
 
 def local_background(data, x, y, *, half, mask=None):
     """Median of the border pixels of a box around each position.
 
+    The box is the square of half side ``half`` around each rounded position;
+    its border pixels that are inside the frame, finite and without a
+    BAD/NONFINITE ``mask`` bit are usable. Their median is ``np.median``'s
+    (the mean of the middle two for an even count); NaN where none is usable.
+    Compiled kernel: ``_centroid.border_median``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2-D image (not modified); any real dtype.
+    x, y : array_like
+        Positions (0-based pixels, x = column).
+    half : int
+        Half side of the box (>= 0).
+    mask : numpy.ndarray, optional
+        ``reduxd.maskbits`` bits (the image's shape).
+
+    Returns
+    -------
+    numpy.ndarray
+        One float64 level per position.
+
     Examples
     --------
     >>> float(local_background(np.full((30, 30), 2.0), [15.0], [15.0], half=5)[0])
     2.0
+    >>> img = np.arange(25.0).reshape(5, 5)  # border of the 3x3 box at (2, 2): 6 7 8 11 13 16 17 18
+    >>> local_background(img, [2.0, -9.0], [2.0, 2.0], half=1).tolist()
+    [12.0, nan]
     """
-    px = np.rint(np.atleast_1d(x)).astype(np.int64)
-    py = np.rint(np.atleast_1d(y)).astype(np.int64)
-    if px.size == 0:
-        return np.zeros(0)
-    values, usable = _gather(data, px, py, *_square(half, border=True), mask=mask)
-    return _row_medians(np.where(usable, values, np.nan), np.count_nonzero(usable, axis=1))
-
-
-def _row_medians(values, count):
-    """Median of the first ``count`` values of each row once sorted (NaN last), as
-    ``nanmedian`` (the mean of the middle two for an even count; NaN for none)."""
-    values.sort(axis=1)
-    rows, last = np.arange(values.shape[0]), values.shape[1] - 1
-    low = values[rows, np.clip((count - 1) // 2, 0, last)]
-    high = values[rows, np.minimum(count // 2, last)]
-    return np.where(count > 0, (low + high) / 2.0, np.nan)
+    px, py = _positions(x, y, "local_background")
+    half = _half_side(half, "local_background")
+    image = _kernel_image(data, "local_background")
+    out = np.empty(px.size)
+    bits = _kernel_mask(mask, image.shape, "local_background")
+    _centroid.border_median(image, bits, IGNORED, px, py, half, out)
+    return out
 
 
 def peak_position(data, x, y, *, half):
     """Integer position of the highest pixel in a box around each position.
+
+    The box is the square of half side ``half`` around the rounded position,
+    cut by the frame; NaN pixels rank lowest, and of equal values the first in
+    row-major order is taken (compiled kernel ``_centroid.box_argmax``).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2-D image (not modified); any real dtype.
+    x, y : array_like
+        Positions (0-based pixels, x = column); each box must hold a pixel.
+    half : int
+        Half side of the box (>= 0).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Columns and rows (int) of the highest pixels.
 
     Examples
     --------
@@ -285,121 +327,16 @@ def peak_position(data, x, y, *, half):
     >>> [v.tolist() for v in peak_position(img, [10.0], [8.0], half=2)]
     [[12], [7]]
     """
-    px, py = np.zeros(np.size(x), int), np.zeros(np.size(x), int)
-    for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
-        sl = _box(data.shape, xi, yi, half)
-        stamp = np.nan_to_num(data[sl], nan=-np.inf)
-        jy, jx = np.unravel_index(np.argmax(stamp), stamp.shape)
-        px[i], py[i] = sl[1].start + jx, sl[0].start + jy
+    x, y = _positions(x, y, "peak_position")
+    half = _half_side(half, "peak_position")
+    px, py = np.empty(x.size, np.intp), np.empty(x.size, np.intp)
+    empty = _centroid.box_argmax(_kernel_image(data, "peak_position"), x, y, half, px, py)
+    if empty >= 0:
+        raise ValueError(
+            f"peak_position: no pixel within {half} of ({x[empty]}, {y[empty]}) in a frame "
+            f"of shape {np.shape(data)}"
+        )
     return px, py
-
-
-def _weighted_moments(stamp, sl, x, y, sigma_w):
-    yy, xx = np.ogrid[sl[0], sl[1]]
-    dx, dy = xx - x, yy - y
-    wi = np.exp(-0.5 * (dx * dx + dy * dy) / sigma_w**2) * stamp
-    total = wi.sum()
-    if not total > 0:
-        return None
-    mx, my = (wi * dx).sum() / total, (wi * dy).sum() / total
-    mxx = (wi * dx * dx).sum() / total - mx * mx
-    myy = (wi * dy * dy).sum() / total - my * my
-    mxy = (wi * dx * dy).sum() / total - mx * my
-    return total, mx, my, mxx, myy, mxy
-
-
-def _batch_moments(resid, x, y, sigma_w, half, background, mask, own=None):
-    """``_weighted_moments`` of stars whose boxes (same ``half``) lie inside the frame.
-
-    ``own``: each star's smaller half size, if any (the window is 0 outside it).
-
-    Stamps ``(n, 2 * half + 1, 2 * half + 1)`` are gathered at once (``square_stamps``);
-    the moments are those of ``_weighted_moments`` (equal to ~1e-15), with the
-    Gaussian window as a product of its x and y factors, so the window's sums
-    along x and along y are (batched) matrix products with the stamps, and the
-    first and second moments come from those row and column sums.
-    Returns ``(total, mx, my, mxx, myy, mxy)`` arrays (total may be <= 0).
-    """
-    offsets = np.arange(-half, half + 1)
-    xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    side = 2 * half + 1
-    stamp = np.subtract(square_stamps(resid, xc - half, yc - half, side),
-                        background[:, None, None], dtype=np.float64)  # fmt: skip
-    if mask is not None:
-        ignored = square_stamps(mask, xc - half, yc - half, side) & IGNORED
-        np.copyto(stamp, 0.0, where=ignored != 0)
-    if not np.isfinite(stamp).all():
-        np.nan_to_num(stamp, copy=False)
-    dx, dy = (xc[:, None] + offsets) - x[:, None], (yc[:, None] + offsets) - y[:, None]  # (n, b)
-    sw2 = (sigma_w**2)[:, None]
-    # the window is separable: exp(-(dx² + dy²) / 2s²) = exp(-dx² / 2s²) exp(-dy² / 2s²)
-    wy, wx = np.exp(-0.5 * dy * dy / sw2), np.exp(-0.5 * dx * dx / sw2)  # (n, b)
-    if own is not None:
-        outside = np.abs(offsets) > own[:, None]
-        np.copyto(wx, 0.0, where=outside)
-        np.copyto(wy, 0.0, where=outside)
-    both = np.empty((*wx.shape, 2))
-    both[:, :, 0] = wx
-    np.multiply(wx, dx, out=both[:, :, 1])
-    along_x = np.matmul(stamp, both)  # (n, b, 2): sums over x of the window and of it x dx
-    rows = wy * along_x[:, :, 0]  # (n, b): the weighted stamp summed along x
-    cols = wx * np.matmul(wy[:, None, :], stamp)[:, 0, :]  # summed along y
-
-    total = rows.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mx = np.einsum("nb,nb->n", cols, dx) / total
-        my = np.einsum("nb,nb->n", rows, dy) / total
-        mxx = np.einsum("nb,nb->n", cols, dx * dx) / total - mx * mx
-        myy = np.einsum("nb,nb->n", rows, dy * dy) / total - my * my
-        mxy = np.einsum("nb,nb->n", wy * dy, along_x[:, :, 1]) / total - mx * my
-    return total, mx, my, mxx, myy, mxy
-
-
-def _moments(resid, x, y, sigma_w, background, mask):
-    """Windowed moments of several stars (box half size ``ceil(3 sigma_w) + 1``).
-
-    Stars with boxes inside the frame are measured in batches of equal box
-    size, the sizes fewer than ``MIN_BATCH`` stars have together in one batch
-    of the largest of them (each star's window cut to its own box; the
-    per-batch cost is mostly fixed); a box cut by the frame edge goes through
-    ``_weighted_moments``. Returns six arrays; ``total`` is NaN where the
-    moments are undefined.
-    """
-    ny, nx = resid.shape
-    half = np.ceil(3 * sigma_w).astype(np.int64) + 1
-    xc, yc = np.rint(x), np.rint(y)
-    inside = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
-    if x.size and inside.all() and (half == half[0]).all():  # one batch: all
-        out = np.array(_batch_moments(resid, x, y, sigma_w, int(half[0]), background, mask))
-        out[:, ~(out[0] > 0)] = np.nan
-        return out
-    out = np.full((6, x.size), np.nan)
-    sizes = half[inside]
-    values, counts = np.unique(sizes, return_counts=True)
-    rest = inside.copy()
-    rare = inside & np.isin(half, values[counts < MIN_BATCH])
-    if rare.any():  # one batch of the largest box for the rare sizes, where it fits
-        top = half[rare].max()
-        sel = np.flatnonzero(rare & (xc - top >= 0) & (xc + top < nx) & (yc - top >= 0)
-                             & (yc + top < ny))  # fmt: skip
-        if sel.size:
-            sub = x[sel], y[sel], sigma_w[sel], int(top), background[sel]
-            out[:, sel] = _batch_moments(resid, *sub, mask, own=half[sel])
-            rest[sel] = False
-    for h in np.unique(half[rest]):
-        sel = np.flatnonzero(rest & (half == h))
-        sub = x[sel], y[sel], sigma_w[sel], int(h), background[sel]
-        out[:, sel] = _batch_moments(resid, *sub, mask)
-    for i in np.flatnonzero(~inside):
-        sl = _box(resid.shape, x[i], y[i], int(half[i]))
-        stamp = resid[sl] - background[i]
-        if mask is not None:
-            stamp = np.where(mask[sl] & IGNORED, 0.0, stamp)
-        moments = _weighted_moments(np.nan_to_num(stamp), sl, x[i], y[i], sigma_w[i])
-        if moments is not None:
-            out[:, i] = moments
-    out[:, ~(out[0] > 0)] = np.nan
-    return out
 
 
 def refine_star(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, iters=12):
@@ -429,9 +366,40 @@ def refine_star(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, 
 def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None, iters=12):
     """``refine_star`` for many positions; returns arrays x, y, fwhm, elongation, flux.
 
-    All stars iterate together (each with its own window, exactly the steps of
-    ``refine_star``); the moments of the stars still iterating are computed
-    in batches of equal box size.
+    Each star iterates on its own (compiled kernel ``_centroid.refine``, in
+    image row order so that its box is read from cache) with these steps:
+    Gaussian-windowed moments of ``resid - background`` in a box of half size
+    ``ceil(3 sigma_w) + 1`` around the rounded position, cut by the frame
+    (BAD/NONFINITE mask pixels and NaN count as 0); a move by twice the first
+    moment, unless the moments are undefined or the star would leave
+    ``6 sigma_w + 3`` of its start (it then fails: position unchanged, NaN
+    results); the window doubles, up to ``max_fwhm``, while the star fills it
+    (second moment >= 0.9 of the window's), else it is narrowed to the star's
+    deconvolved size; the star stops when that size settles (1 %) and the
+    first moments ``|mx| + |my|`` are below 0.01 px, or after ``iters`` steps.
+
+    Parameters
+    ----------
+    resid : numpy.ndarray
+        2-D image (not modified); any real dtype.
+    x, y : array_like
+        Starting positions (0-based pixels, x = column).
+    fwhm : float or array_like
+        Starting FWHM of the window (finite), per star or for all.
+    background : float or array_like
+        Level removed from the pixels, per star or for all.
+    max_fwhm : float or array_like, optional
+        Largest window FWHM (finite); default 4 x ``fwhm``.
+    mask : numpy.ndarray, optional
+        ``reduxd.maskbits`` bits (the image's shape).
+    iters : int
+        Most steps per star.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        x, y, fwhm, elongation, windowed flux; fwhm, elongation and flux are
+        NaN (and the position unchanged) where a star cannot be measured.
 
     Examples
     --------
@@ -441,66 +409,66 @@ def refine_stars(resid, x, y, *, fwhm, background=0.0, max_fwhm=None, mask=None,
     >>> np.round(out[0], 2).tolist(), np.round(out[2], 1).tolist()
     ([15.0, 40.0], [3.0, 3.0])
     """
-    x0 = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    y0 = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    fwhm = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), x0.shape)
-    bkg = np.broadcast_to(np.asarray(background, dtype=np.float64), x0.shape)
-    top = np.broadcast_to(np.asarray(4 * fwhm if max_fwhm is None else max_fwhm, float), x0.shape)
-    order = row_order(y0)  # each star on its own; in row order the stamps come from cache
-    x0, y0, fwhm, bkg, top = (v[order] for v in (x0, y0, fwhm, bkg, top))
-    x, y = x0.copy(), y0.copy()
-    sigma_w = np.maximum(fwhm / FWHM_PER_SIGMA, 0.6)
-    sigma_max = np.maximum(top / FWHM_PER_SIGMA, sigma_w)
-    sigma_s = np.full(x0.size, np.nan)
-    result = np.full((4, x0.size), np.nan)  # mxx, myy, mxy, total of the last narrowing step
-    has_result = np.zeros(x0.size, bool)
-    failed = np.zeros(x0.size, bool)
-    active = np.ones(x0.size, bool)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(iters):
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                break
-            sw, xi, yi, smax = sigma_w[idx], x[idx], y[idx], sigma_max[idx]
-            total, mx, my, mxx, myy, mxy = _moments(resid, xi, yi, sw, bkg[idx], mask)
-            nx_, ny_ = xi + 2 * mx, yi + 2 * my
-            reach = 6 * sw + 3
-            bad = ~(total > 0) | (np.abs(nx_ - x0[idx]) > reach) | (np.abs(ny_ - y0[idx]) > reach)
-            x[idx] = np.where(bad, xi, nx_)
-            y[idx] = np.where(bad, yi, ny_)
-            sw2 = sw**2
-            m = 0.5 * (mxx + myy)
-            widen = ~bad & (m >= 0.9 * sw2) & (sw < smax)
-            narrow = ~bad & ~widen
-            sigma_w[idx[widen]] = np.minimum(2 * sw[widen], smax[widen])
-            m = np.minimum(m, 0.9 * sw2)
-            new = np.where(m > 0, np.sqrt(m * sw2 / (sw2 - m)), np.nan)
-            new2 = new**2
-            new = np.where(new2 > 1 / 6, np.sqrt(new2 - 1 / 12), np.nan)
-            converged = (np.abs(new - sigma_s[idx]) < 0.01 * new) & (np.abs(mx) + np.abs(my) < 0.01)
-            k = idx[narrow]
-            result[:, k] = mxx[narrow], myy[narrow], mxy[narrow], total[narrow]
-            has_result[k] = True
-            new_k = new[narrow]
-            sigma_s[k] = new_k
-            sigma_w[k] = np.minimum(np.maximum(new_k, 0.6), smax[narrow])  # np.clip, less overhead
-            failed[idx[bad]] = True
-            active[idx[bad | (narrow & (converged | ~np.isfinite(new)))]] = False
-        failed |= ~has_result | ~np.isfinite(sigma_s)
-        mxx, myy, mxy, total = result
-        half_diff = np.hypot(0.5 * (mxx - myy), mxy)
-        lam1, lam2 = 0.5 * (mxx + myy) + half_diff, 0.5 * (mxx + myy) - half_diff
-        elong = np.where(lam2 > 0, np.sqrt(lam1 / lam2), np.inf)
-    nan = np.full(x0.size, np.nan)
+    x0, y0 = _positions(x, y, "refine_stars")
+    fwhm = _per_star(fwhm, x0.size, "fwhm")
+    top = _per_star(4 * fwhm if max_fwhm is None else max_fwhm, x0.size, "max_fwhm")
+    bkg = _per_star(background, x0.size, "background")
+    if not (np.isfinite(fwhm).all() and np.isfinite(top).all()):
+        raise ValueError("refine_stars: fwhm and max_fwhm must be finite")
+    image = _kernel_image(resid, "refine_stars")
+    mask = _kernel_mask(mask, image.shape, "refine_stars")
+    order = row_order(y0).astype(np.intp)
     out = np.empty((5, x0.size))
-    out[:, order] = (
-        np.where(failed, x0, x),
-        np.where(failed, y0, y),
-        np.where(failed, nan, FWHM_PER_SIGMA * sigma_s),
-        np.where(failed, nan, elong),
-        np.where(failed, nan, 2 * total),
+    _centroid.refine(
+        image, mask, IGNORED, x0, y0, fwhm, bkg, top, order, iters, FWHM_PER_SIGMA, out
     )
     return tuple(out)
+
+
+def _per_star(value, n, name):
+    """``value`` as a contiguous float64 array of ``n`` values (a scalar is repeated)."""
+    value = np.asarray(value, dtype=np.float64)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(value, (n,)))
+    except ValueError:
+        message = f"refine_stars: {name} must be a scalar or one value per star, not {value.shape}"
+        raise ValueError(message) from None
+
+
+def _positions(x, y, caller):
+    """x and y as contiguous 1-D float64 arrays of one size, for a kernel."""
+    x = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
+    y = np.ascontiguousarray(np.atleast_1d(np.asarray(y, dtype=np.float64)))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"{caller}: x and y must be 1-D of one size, not {x.shape}, {y.shape}")
+    return x, y
+
+
+def _half_side(half, caller):
+    """``half`` as an int >= 0 (a box's half side)."""
+    if int(half) != half or half < 0:
+        raise ValueError(f"{caller}: half must be an integer >= 0, not {half}")
+    return int(half)
+
+
+def _kernel_image(image, caller):
+    """A C-contiguous float32 or float64 2-D view (or converted copy) of ``image``."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"{caller}: the image must be 2-D, not {image.ndim}-D")
+    if image.dtype not in (np.float32, np.float64):
+        image = image.astype(np.float64)  # ints and float16: the same values
+    return np.ascontiguousarray(image)
+
+
+def _kernel_mask(mask, shape, caller):
+    """A C-contiguous uint8 mask for a kernel ((0, 0) for none); the kernel tests the
+    IGNORED bits itself."""
+    if mask is None:
+        return np.zeros((0, 0), np.uint8)
+    if mask.shape != shape:
+        raise ValueError(f"{caller}: mask shape {mask.shape} is not the image's {shape}")
+    return np.ascontiguousarray(mask if mask.dtype == np.uint8 else mask & IGNORED, np.uint8)
 
 
 def vet_peaks(
