@@ -436,7 +436,8 @@ def make_dark_current(dark, bias):
         *source_cards({"dark": _source(dark), "bias": _source(bias)}),
     ]
     settings = {key: _card(dark.cards, key) for key in ("OFFSET", "READOUTM")}
-    cards = _cards(result, settings, None) + history + _input_history(inputs)
+    clip_sigma = _card(dark.cards, "RDXCLIP")  # sigma-clipped darks say so
+    cards = _cards(result, settings, clip_sigma) + history + _input_history(inputs)
     return MasterResult(cards=tuple(cards), unstable=dark.unstable, **result)
 
 
