@@ -13,6 +13,7 @@ from reduxd.steps.combine import (
     clipped_mean,
     combine_files,
     frame_median,
+    median_in_place,
     plane_median,
 )
 
@@ -228,3 +229,20 @@ def test_plane_median_refuses_what_it_cannot_take():
         plane_median(np.ones((0, 4), np.float32))
     with pytest.raises(ValueError, match="out must be"):
         plane_median(np.ones((3, 4), np.float32), out=np.empty(4, np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [*range(1, 41), 10_000, 10_001])
+def test_median_in_place_equals_numpy_bit_for_bit(rng, size, dtype):
+    noise = rng.normal(0.0, 100.0, size).astype(dtype)
+    ties = np.round(noise / 30) + dtype(0.0)  # + 0.0: no -0.0, whose place is arbitrary
+    big = noise.copy()
+    big[: size // 3] = np.inf
+    big[-2:] = np.finfo(dtype).max  # the two middle values may overflow when added
+    for values in (noise, ties, big):
+        with np.errstate(over="ignore"):
+            expected = np.median(values)
+            got = median_in_place(values.copy())
+        assert type(got) is type(expected) and got.tobytes() == expected.tobytes()
+    noise[size // 2] = np.nan
+    assert np.isnan(median_in_place(noise))

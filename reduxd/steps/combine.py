@@ -378,4 +378,30 @@ def frame_median(layout, *, offset=None, max_memory_mb=2048):
             value = offset[y0:y1] if np.ndim(offset) == 2 else offset
         if value is not None:
             data[y0:y1] -= value
-    return float(np.median(data, overwrite_input=True))
+    return float(median_in_place(data))
+
+
+def median_in_place(values):
+    """``np.median(values)``, the same value, by one partition of ``values`` (reordered).
+
+    ``np.median`` partitions at three ranks (the two middle ones and the last, for
+    NaN); one partition at the upper middle, the largest value below it, and
+    ``np.mean`` of the middle value(s) as ``np.median`` takes it: about three times
+    faster on a frame. Any NaN gives NaN.
+
+    Examples
+    --------
+    >>> median_in_place(np.array([[4.0, 1.0], [3.0, 2.0]], np.float32))
+    np.float32(2.5)
+    >>> float(median_in_place(np.array([2.0, np.nan, 1.0])))
+    nan
+    """
+    flat = values.reshape(-1)  # a view: values must be contiguous
+    if flat.size == 0:
+        raise ValueError("no values to take the median of")
+    if np.isnan(flat).any():
+        return flat.dtype.type(np.nan)
+    k = flat.size // 2
+    flat.partition(k)
+    middle = flat[k : k + 1] if flat.size % 2 else np.array([flat[:k].max(), flat[k]])
+    return np.mean(middle)
