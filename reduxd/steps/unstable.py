@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from reduxd.fitsio import read_rows
-from reduxd.steps.combine import plane_median
+from reduxd.steps.combine import median_in_place, plane_median
 from reduxd.steps.gain import central_box, pair_read_noise
 
 MIN_FRAMES = 4  # fewer darks cannot tell a flicker from a cosmic ray
@@ -61,7 +61,7 @@ def unstable_pixels(layouts, *, nsigma=6.0, gain=1.0, band_rows=BAND_ROWS):
     if len(layouts) < MIN_FRAMES:
         return None
     boxes = [central_box(lay) for lay in layouts]
-    levels = [float(np.median(b)) for b in boxes]
+    levels = [float(median_in_place(b.copy())) for b in boxes]  # np.median
     read_noise, _ = pair_read_noise([b - lv for b, lv in zip(boxes, levels, strict=True)])
     if not math.isfinite(read_noise) or read_noise <= 0:
         return None
