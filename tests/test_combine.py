@@ -13,7 +13,8 @@ from reduxd.steps.combine import (
     clipped_mean,
     combine_files,
     frame_median,
-    lane_median,
+    median_in_place,
+    plane_median,
 )
 
 SHAPE = (61, 47)
@@ -155,17 +156,93 @@ def test_frame_median(tmp_path, cube):
     assert band == np.median(cube[0]) - 10.0
 
 
-@pytest.mark.parametrize("nframes", [1, 2, 3, 10, 11, 20])
-def test_lane_median_equals_numpy_bit_for_bit(rng, nframes):
-    stack = rng.normal(300.0, 5.0, size=(40, 33, nframes)).astype(np.float32)
-    stack[::3] = np.round(stack[::3] * 4) / 4  # ties
-    stack[1, 2, nframes // 2] = np.nan  # one NaN: the lane's median is NaN
-    stack[2, :, 0] = np.float32(3.4e38)  # the two middle values may overflow when added
-    stack[3, :] = np.float32(1e-45)  # subnormal
-    expected = np.median(stack, axis=-1)
-    out = lane_median(stack.copy())
-    assert out.dtype == expected.dtype
-    np.testing.assert_array_equal(out, expected)
-    into = np.empty(stack.shape[:-1], np.float32)
-    assert lane_median(stack.copy(), out=into) is into
-    np.testing.assert_array_equal(into, expected)
+def _sorted_middle(stack):
+    """Reference median along axis 0: numpy's sort, the middle value or ``(a + b) * 0.5``."""
+    ordered = np.sort(stack, axis=0)  # NaN sort last
+    n, k = len(stack), len(stack) // 2
+    with np.errstate(over="ignore"):
+        middle = ordered[k] if n % 2 else (ordered[k - 1] + ordered[k]) * stack.dtype.type(0.5)
+    return np.where(np.isnan(ordered[-1]), stack.dtype.type(np.nan), middle)
+
+
+def _hard_stack(rng, nframes, dtype, npix=(37, 29)):
+    """Noise with ties, NaN, infinities, values whose sum overflows, subnormals."""
+    stack = rng.normal(300.0, 5.0, size=(nframes, *npix)).astype(dtype)
+    stack[:, ::3] = np.round(stack[:, ::3] * 4) / 4  # ties
+    stack[:, 4] = np.round(stack[:, 4] / 100)  # many ties
+    stack[nframes // 2, 1, 2] = np.nan  # one NaN: the column's median is NaN
+    stack[0, 1, 3] = np.nan
+    stack[:, 2, 0] = np.finfo(dtype).max  # the two middle values overflow when added
+    stack[: nframes // 2 + 1, 2, 1] = -np.finfo(dtype).max
+    stack[:, 3] = np.finfo(dtype).smallest_subnormal
+    stack[: (nframes + 1) // 2, 5, :5] = np.inf
+    stack[nframes // 3 :, 6, :5] = -np.inf
+    stack[:, 7, 0] = -rng.permutation(nframes).astype(dtype) * 1e30  # big values
+    return stack
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nframes", range(1, 41))
+def test_plane_median_equals_numpy(rng, nframes, dtype):
+    stack = _hard_stack(rng, nframes, dtype)
+    with np.errstate(over="ignore"):
+        expected = np.median(stack, axis=0)
+    out = plane_median(stack.copy())
+    assert out.dtype == expected.dtype == dtype
+    np.testing.assert_array_equal(out, expected)  # ==, NaN where numpy gives NaN
+    # bit for bit as the sort it replaces (np.median's mean turns a -0.0 middle into 0.0)
+    assert out.tobytes() == _sorted_middle(stack).tobytes()
+    into = np.empty(stack.shape[1:], dtype)
+    assert plane_median(stack.copy(), out=into) is into
+    assert into.tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("nframes", [4, 5, 9, 20, 33])
+def test_plane_median_leaves_the_ranks_asked_for_in_place(rng, nframes):
+    stack = _hard_stack(rng, nframes, np.float32)
+    ordered = np.sort(stack, axis=0)
+    ranks = (0, 1, nframes - 2, -1)
+    plane_median(stack, ranks=ranks)
+    finite = ~np.isnan(ordered[-1])
+    for r in ranks:
+        np.testing.assert_array_equal(stack[r][finite], ordered[r][finite])
+
+
+@pytest.mark.parametrize("nframes", range(1, 15))
+def test_median_network_selects_the_middle_of_every_zero_one_input(nframes):
+    """The 0-1 principle: a comparator network that selects rank k of every 0/1 input
+    selects it for any input."""
+    rows = np.array(np.meshgrid(*[[0.0, 1.0]] * nframes, indexing="ij"), np.float32)
+    stack = rows.reshape(nframes, -1).copy()
+    expected = np.sort(stack, axis=0)
+    out = plane_median(stack, ranks=(0, -1))
+    np.testing.assert_array_equal(out, np.median(expected, axis=0))
+    np.testing.assert_array_equal(stack[[0, -1]], expected[[0, -1]])
+
+
+def test_plane_median_refuses_what_it_cannot_take():
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        plane_median(np.ones((3, 4), np.float16))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        plane_median(np.ones((3, 4), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="no frames"):
+        plane_median(np.ones((0, 4), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        plane_median(np.ones((3, 4), np.float32), out=np.empty(4, np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [*range(1, 41), 10_000, 10_001])
+def test_median_in_place_equals_numpy_bit_for_bit(rng, size, dtype):
+    noise = rng.normal(0.0, 100.0, size).astype(dtype)
+    ties = np.round(noise / 30) + dtype(0.0)  # + 0.0: no -0.0, whose place is arbitrary
+    big = noise.copy()
+    big[: size // 3] = np.inf
+    big[-2:] = np.finfo(dtype).max  # the two middle values may overflow when added
+    for values in (noise, ties, big):
+        with np.errstate(over="ignore"):
+            expected = np.median(values)
+            got = median_in_place(values.copy())
+        assert type(got) is type(expected) and got.tobytes() == expected.tobytes()
+    noise[size // 2] = np.nan
+    assert np.isnan(median_in_place(noise))

@@ -238,6 +238,14 @@ def test_sigma_clip_master(night):
     assert np.abs(bias.data - sets["bias"][1].mean(axis=0)).max() < 10
 
 
+def test_dark_current_of_sigma_clipped_darks_says_how_they_were_combined(night):
+    _, _, _, frames = night
+    bias = M.make_bias(frames["bias"], method="sigma_clip", clip_sigma=2.5)
+    dark = M.make_dark(frames["dark"][:3], method="sigma_clip", clip_sigma=2.5)
+    current = _cards(M.make_dark_current(dark, bias))
+    assert current["RDXCOMB"] == "sigma_clip" and current["RDXCLIP"] == 2.5
+
+
 def test_mixed_sets_are_refused(night, tmp_path):
     _, truth, _, frames = night
     with pytest.raises(ValueError, match="not bias"):

@@ -79,20 +79,21 @@ def test_unstable_pixels_equal_the_frames_first_formula(tmp_path):
 
 
 def test_second_deviation_equals_the_sorted_deviations_one_before_last():
-    """From the sorted lanes, the same value as sorting all deviations: ties, NaN, inf too."""
-    from reduxd.steps.combine import lane_median
+    """From the columns' ends, the same value as sorting all deviations: ties, NaN, inf too."""
+    from reduxd.steps.combine import plane_median
     from reduxd.steps.unstable import second_deviation
 
     rng = np.random.default_rng(3)
     for n in (4, 5, 10, 11):
-        stack = rng.normal(100, 5, (64, 32, n)).astype(np.float32)
-        stack[:8] = np.round(stack[:8] / 10)  # ties
-        stack[8, 0, 1] = np.nan
-        stack[9, 0, 2] = np.inf
-        stack[9, 1, :] = np.inf
-        stack[10, 0, :2] = -np.inf
-        median = lane_median(stack.copy())
-        expected = np.sort(np.abs(stack - median[..., None]), axis=-1)[..., -2]
-        ordered = stack.copy()
-        ordered.sort(axis=-1)
-        np.testing.assert_array_equal(second_deviation(ordered, median), expected)
+        stack = rng.normal(100, 5, (n, 64, 32)).astype(np.float32)
+        stack[:, :8] = np.round(stack[:, :8] / 10)  # ties
+        stack[1, 8, 0] = np.nan
+        stack[2, 9, 0] = np.inf
+        stack[:, 9, 1] = np.inf
+        stack[:2, 10, 0] = -np.inf
+        median = np.median(stack, axis=0)
+        expected = np.sort(np.abs(stack - median), axis=0)[-2]
+        np.testing.assert_array_equal(second_deviation(np.sort(stack, axis=0), median), expected)
+        ends = stack.copy()
+        np.testing.assert_array_equal(plane_median(ends, ranks=(0, 1, -2, -1)), median)
+        np.testing.assert_array_equal(second_deviation(ends, median), expected)

@@ -3,8 +3,11 @@
 Frames are never loaded whole: the image is cut into bands of rows, and for each
 band every file is opened once and only that band's rows are read
 (:func:`reduxd.fitsio.read_rows`). A band stack is allocated once per worker
-thread, laid out ``(rows, nx, nframes)`` so that the median partitions
-contiguous memory in place (``overwrite_input=True``: no copy of the stack).
+thread. For the median it is laid out ``(nframes, rows, nx)``: each frame's band
+is one contiguous plane, and a compiled comparator network
+(:func:`plane_median`) orders the planes pixel by pixel in place with SIMD
+min/max, without the GIL. For ``sigma_clip`` it is ``(rows, nx, nframes)``:
+each pixel's values are one contiguous lane, sorted in place.
 
 Memory model (bytes, all counted against ``max_memory_mb``): the float32 result
 (``4 * ny * nx``), plus per worker thread the band stack (4 bytes per pixel per
@@ -13,6 +16,7 @@ plus one frame's band being read (raw bytes + float32 + an offset band) and
 per-pixel temporaries of the band, with a 3% margin.
 """
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 
 from reduxd import fitsio
 from reduxd.fitsio import FitsLayout
+from reduxd.steps._combine import network_median
 
 METHODS = ("median", "sigma_clip")
 MAX_ITERS = 5
@@ -180,17 +185,21 @@ class _Work:
         self.offsets = offsets
 
     def run(self, bands, rows):
-        nx = self.out.shape[1]
-        stack = np.empty((rows, nx, len(self.layouts)), dtype=np.float32)  # reused per band
+        n, nx = len(self.layouts), self.out.shape[1]
+        buffer = np.empty(rows * nx * n, dtype=np.float32)  # the band stack, reused per band
         for y0, y1 in bands:
-            part = stack[: y1 - y0]
-            self.fill(part, y0, y1)
+            size = (y1 - y0) * nx * n
             if self.method == "median":
-                lane_median(part, out=self.out[y0:y1])
+                part = buffer[:size].reshape(n, y1 - y0, nx)  # frames first: planes
+                self.fill(part, y0, y1)
+                plane_median(part, out=self.out[y0:y1])
             else:
+                part = buffer[:size].reshape(y1 - y0, nx, n)  # frames last: lanes
+                self.fill(np.moveaxis(part, -1, 0), y0, y1)
                 self.out[y0:y1] = clipped_mean(part, clip_sigma=self.clip_sigma)
 
-    def fill(self, part, y0, y1):
+    def fill(self, planes, y0, y1):
+        """Write rows ``y0:y1`` of frame ``i``, offset subtracted and scaled, to ``planes[i]``."""
         for i, layout in enumerate(self.layouts):
             band = fitsio.read_rows(layout, y0, y1)
             offset = self.offset(i, y0, y1)
@@ -198,7 +207,7 @@ class _Work:
                 band -= offset
             if self.scale is not None:
                 band *= np.float32(self.scale[i])
-            part[:, :, i] = band
+            planes[i] = band
 
     def offset(self, i, y0, y1):
         if self.offsets is None:
@@ -209,33 +218,95 @@ class _Work:
         return value[y0:y1] if np.ndim(value) == 2 else value
 
 
-def lane_median(stack, *, out=None):
-    """Median along the last axis, as ``np.median`` gives it, by sorting in place.
+def plane_median(stack, *, out=None, ranks=()):
+    """Median along the first axis of a frame-major stack, as ``np.median`` gives it.
 
-    Same values as ``np.median(stack, axis=-1)``, bit for bit (the mean of the two
-    middle values of an even lane is ``(a + b) / 2`` in the stack's type; a lane
-    with a NaN gives NaN), about five times faster on stacks of a few to a few tens
-    of frames: numpy sorts short lanes with SIMD code, its partition does not.
-    ``stack`` is left sorted along its last axis.
+    Same values as ``np.median(stack, axis=0)``, bit for bit: the mean of the two
+    middle values of an even column is ``(a + b) / 2`` in the stack's type, and a
+    column with a NaN gives NaN. A compiled comparator network
+    (:mod:`reduxd.steps._combine`) orders the middle rank(s) of every column in
+    place, one SIMD pass over two frames per comparator, without the GIL.
+    ``stack`` is left in an undefined order, except that row ``r`` of each column
+    free of NaN holds its rank-``r`` value for ``r`` in ``ranks`` (and the middle).
+    A column with ``-0.0`` and ``0.0`` at the middle rank may give either zero.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        float32 or float64, C-contiguous, ``(nframes, ...)``; modified.
+    out : numpy.ndarray, optional
+        C-contiguous array of shape ``stack.shape[1:]`` and the stack's type.
+    ranks : sequence of int
+        Ranks (0 = smallest, negative from the top) wanted in place besides the median.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``, or a new array.
 
     Examples
     --------
-    >>> lanes = np.array([[3.0, 1.0, 2.0, 10.0], [1.0, np.nan, 0.0, 2.0]], np.float32)
-    >>> lane_median(lanes).tolist()
+    >>> planes = np.array([[3.0, 1.0], [1.0, np.nan], [2.0, 0.0], [10.0, 2.0]], np.float32)
+    >>> plane_median(planes).tolist()
     [2.5, nan]
+    >>> stack = np.array([[5.0], [1.0], [4.0], [2.0], [3.0]])
+    >>> plane_median(stack, ranks=(0, -1)).tolist(), stack[[0, -1], 0].tolist()
+    ([3.0], [1.0, 5.0])
     """
-    stack.sort(axis=-1)
-    n = stack.shape[-1]
-    k = n // 2
+    if stack.dtype not in (np.float32, np.float64) or not stack.flags.c_contiguous:
+        raise ValueError(f"need a C-contiguous float32 or float64 stack, got {stack.dtype}")
+    n = stack.shape[0]
+    if n == 0:
+        raise ValueError("no frames to take the median of")
     if out is None:
-        out = np.empty(stack.shape[:-1], dtype=stack.dtype)
-    if n % 2:
-        out[...] = stack[..., k]
-    else:
-        np.add(stack[..., k - 1], stack[..., k], out=out)
-        out *= out.dtype.type(0.5)
-    out[np.isnan(stack[..., -1])] = np.nan  # sorted last: a NaN lane's median is NaN
+        out = np.empty(stack.shape[1:], dtype=stack.dtype)
+    if out.shape != stack.shape[1:] or out.dtype != stack.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {stack.dtype} of shape {stack.shape[1:]}")
+    network = median_network(n, tuple(sorted({r % n for r in ranks})))
+    flat = stack.reshape(n, -1)
+    network_median(flat, out.reshape(-1), network, stack.dtype.type(np.nan))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def median_network(n, ranks=()):
+    """Comparators ``(i, j)`` that put ranks ``ranks`` and the middle of ``n`` values in place.
+
+    Batcher's odd-even merge sort for the next power of two, without the
+    comparators that touch the padding (it would hold +inf and never move) or
+    whose outputs reach none of the wanted ranks.
+
+    Examples
+    --------
+    >>> median_network(3).tolist()
+    [[0, 1], [0, 2], [1, 2]]
+    >>> len(_batcher(20)), len(median_network(20)), len(median_network(20, (0, 1, 18, 19)))
+    (103, 84, 93)
+    """
+    need = {n // 2, (n - 1) // 2, *ranks}
+    kept = []
+    for i, j in reversed(_batcher(n)):
+        if i in need or j in need:
+            need.update((i, j))
+            kept.append((i, j))
+    return np.array(kept[::-1], dtype=np.intc).reshape(-1, 2)
+
+
+def _batcher(n):
+    """Batcher's odd-even merge sort network on the next power of two, pairs below ``n``."""
+    size = 1 << max(0, (n - 1).bit_length())
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(i, j) for i, j in pairs if j < n]
 
 
 def clipped_mean(stack, *, clip_sigma=3.0, max_iters=MAX_ITERS):
@@ -307,4 +378,28 @@ def frame_median(layout, *, offset=None, max_memory_mb=2048):
             value = offset[y0:y1] if np.ndim(offset) == 2 else offset
         if value is not None:
             data[y0:y1] -= value
-    return float(np.median(data, overwrite_input=True))
+    return float(median_in_place(data))
+
+
+def median_in_place(values):
+    """``np.median(values)``, the same value, by one partition of ``values`` (reordered in place).
+
+    ``np.median`` partitions at three ranks (the two middle ones and the last, for
+    NaN); one partition at the upper middle, the largest value below it, and
+    ``np.mean`` of the middle value(s) as ``np.median`` takes it: about three times
+    faster on a frame. Any NaN, or no value, gives NaN as ``np.median`` does.
+
+    Examples
+    --------
+    >>> median_in_place(np.array([[4.0, 1.0], [3.0, 2.0]], np.float32))
+    np.float32(2.5)
+    >>> float(median_in_place(np.array([2.0, np.nan, 1.0])))
+    nan
+    """
+    flat = values.reshape(-1)  # a view: values must be contiguous
+    if flat.size == 0 or np.isnan(flat).any():
+        return np.median(flat)  # NaN (empty: with numpy's warning)
+    k = flat.size // 2
+    flat.partition(k)
+    middle = flat[k : k + 1] if flat.size % 2 else np.array([flat[:k].max(), flat[k]])
+    return np.mean(middle)

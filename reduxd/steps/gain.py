@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reduxd.fitsio import read_rows
+from reduxd.steps.combine import median_in_place
 
 MAD_TO_SIGMA = 1.4826
 
@@ -47,8 +48,8 @@ def _robust_var(values, *, clip=5.0):
     up to 5 %.
     """
     values = values[np.isfinite(values)]
-    centre = np.median(values)
-    sigma = MAD_TO_SIGMA * np.median(np.abs(values - centre))
+    centre = median_in_place(values.copy())  # np.median; values keep their order (np.var)
+    sigma = MAD_TO_SIGMA * median_in_place(np.abs(values - centre))
     if not sigma > 0:
         return float(np.var(values))
     return float(np.var(values[np.abs(values - centre) < clip * sigma]))
@@ -138,7 +139,7 @@ def pair_gain(boxes, pedestals, read_noise_adu):
         Median over the pairs; NaN and 0 when no two flats are within
         :data:`SIMILAR_LEVEL` of each other.
     """
-    levels = [float(np.median(b - p)) for b, p in zip(boxes, pedestals, strict=True)]
+    levels = [float(median_in_place(b - p)) for b, p in zip(boxes, pedestals, strict=True)]
     rn2 = 0.0 if not math.isfinite(read_noise_adu) else read_noise_adu**2
     used, gains = set(), []
     for i in range(len(boxes)):

@@ -26,7 +26,7 @@ from astropy.table import Table
 
 from reduxd import __version__, fitsio, maskbits
 from reduxd.frames import classify, night_of
-from reduxd.steps.combine import combine_files, frame_median
+from reduxd.steps.combine import combine_files, frame_median, median_in_place
 from reduxd.steps.select import MasterRecord
 
 KINDS = ("bias", "dark", "dark_current", "flat")
@@ -436,7 +436,8 @@ def make_dark_current(dark, bias):
         *source_cards({"dark": _source(dark), "bias": _source(bias)}),
     ]
     settings = {key: _card(dark.cards, key) for key in ("OFFSET", "READOUTM")}
-    cards = _cards(result, settings, None) + history + _input_history(inputs)
+    clip_sigma = _card(dark.cards, "RDXCLIP")  # sigma-clipped darks say so
+    cards = _cards(result, settings, clip_sigma) + history + _input_history(inputs)
     return MasterResult(cards=tuple(cards), unstable=dark.unstable, **result)
 
 
@@ -554,7 +555,7 @@ def make_flat(
         offsets=offsets,
         threads=threads,
     )
-    level = float(np.median(data))
+    level = float(median_in_place(data.copy()))  # np.median(data), one partition
     if not level > 0:
         raise ValueError(f"combined flat has median {level}: not usable")
     data /= np.float32(level)

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from reduxd.fitsio import read_rows
-from reduxd.steps.combine import lane_median
+from reduxd.steps.combine import median_in_place, plane_median
 from reduxd.steps.gain import central_box, pair_read_noise
 
 MIN_FRAMES = 4  # fewer darks cannot tell a flicker from a cosmic ray
@@ -61,39 +61,43 @@ def unstable_pixels(layouts, *, nsigma=6.0, gain=1.0, band_rows=BAND_ROWS):
     if len(layouts) < MIN_FRAMES:
         return None
     boxes = [central_box(lay) for lay in layouts]
-    levels = [float(np.median(b)) for b in boxes]
+    levels = [float(median_in_place(b.copy())) for b in boxes]  # np.median
     read_noise, _ = pair_read_noise([b - lv for b, lv in zip(boxes, levels, strict=True)])
     if not math.isfinite(read_noise) or read_noise <= 0:
         return None
     ny, nx = layouts[0].shape
     mask = np.zeros((ny, nx), dtype=bool)
+    n = len(layouts)
+    buffer = np.empty(n * min(band_rows, ny) * nx, dtype=np.float32)  # reused per band
     for y0 in range(0, ny, band_rows):
         y1 = min(ny, y0 + band_rows)
-        bands = zip(layouts, levels, strict=True)
-        stack = np.stack([read_rows(lay, y0, y1) - np.float32(lv) for lay, lv in bands], axis=-1)
-        median = lane_median(stack)  # frames last: short lanes sort fast; stack left sorted
-        second = second_deviation(stack, median)
+        part = buffer[: n * (y1 - y0) * nx].reshape(n, y1 - y0, nx)  # frames first
+        for i, (lay, lv) in enumerate(zip(layouts, levels, strict=True)):
+            np.subtract(read_rows(lay, y0, y1), np.float32(lv), out=part[i])
+        median = plane_median(part, ranks=(0, 1, n - 2, n - 1))  # the ends too, in place
+        second = second_deviation(part, median)
         expected = np.sqrt(read_noise**2 + np.clip(median, 0, None) / gain)
         mask[y0:y1] = second > nsigma * expected
     return mask
 
 
 def second_deviation(ordered, median):
-    """The second largest ``|x - median|`` of each lane of ``ordered`` (sorted, last axis).
+    """The second largest ``|x - median|`` of each column of ``ordered`` (frames first).
 
-    Along a sorted lane the deviations fall, then rise, so the two largest are
-    among the two first and two last values: the same value as sorting all the
-    deviations and taking the one before last, without that sort. Needs at
-    least four values per lane. A lane whose median is NaN gives NaN.
+    ``ordered[0]``, ``ordered[1]``, ``ordered[-2]`` and ``ordered[-1]`` hold each
+    column's two smallest and two largest values (:func:`plane_median` with those
+    ranks). Along a sorted column the deviations fall, then rise, so the two
+    largest are among those four: the same value as sorting all the deviations
+    and taking the one before last, without that sort. Needs at least four values
+    per column. A column whose median is NaN gives NaN.
 
     Examples
     --------
-    >>> lane = np.array([[1.0, 4.0, 5.0, 6.0, 12.0]], np.float32)
-    >>> second_deviation(lane, np.array([5.0], np.float32)).tolist()
+    >>> column = np.array([[1.0], [4.0], [5.0], [6.0], [12.0]], np.float32)
+    >>> second_deviation(column, np.array([5.0], np.float32)).tolist()
     [4.0]
     """
-    m = median[..., None]
-    low = np.abs(ordered[..., :2] - m)  # deviations of the two smallest values
-    high = np.abs(ordered[..., -2:] - m)  # of the two largest
-    first = np.minimum(low[..., 0], high[..., 1])  # the smaller of the two ends' deviations
-    return np.maximum(first, np.maximum(low[..., 1], high[..., 0]))
+    low = np.abs(ordered[:2] - median)  # deviations of the two smallest values
+    high = np.abs(ordered[-2:] - median)  # of the two largest
+    first = np.minimum(low[0], high[1])  # the smaller of the two ends' deviations
+    return np.maximum(first, np.maximum(low[1], high[0]))
