@@ -133,6 +133,8 @@ def decode_rows(data):
             if not isinstance(spec, _IMMUTABLE):
                 copies.append((key, _copier(spec)))
         else:
+            if offset + 8 * n * spec > len(data):
+                raise ValueError(f"row record of {len(data)} bytes is cut short")
             array = np.frombuffer(data, dtype="<" + kind, count=n * spec, offset=offset)
             offset += array.nbytes
             columns.append(array.tolist() if spec == 1 else array.reshape(n, spec).tolist())
