@@ -28,10 +28,11 @@ from operator import itemgetter
 
 import numpy as np
 
+from reduxd.rowtext import same_value
+
 MAGIC = b"RXROWS1\n"  # the format's name and version
 _LENGTH = struct.Struct("<I")
 _IMMUTABLE = (str, int, float, bool, type(None))
-_PLAIN = (str, int, bool, type(None))  # values compared by ==
 
 
 def encode_rows(rows, dumps):
@@ -76,19 +77,19 @@ def encode_rows(rows, dumps):
 
 
 def _column(values):
-    """``(kind, spec)`` of one column: ``f8``/``i8`` and its array; ``same`` and the
-    one value every row holds; ``json`` and the values."""
+    """``(kind, spec)`` of one column: ``same`` and the one value every row holds;
+    ``f8``/``i8`` and its array; ``json`` and the values."""
     first = values[0]
+    if same_value(values):
+        return "same", first
     kinds = set(map(type, values))
     if kinds == {float}:
         return "f8", np.array(values, dtype="<f8")
-    if kinds == {int} and not _same(values, first):
+    if kinds == {int}:
         try:
             return "i8", np.array(values, dtype="<i8")
         except OverflowError:  # beyond int64: as JSON
             return "json", list(values)
-    if len(kinds) == 1 and _same(values, first):
-        return "same", first
     if (
         kinds == {list}
         and first
@@ -97,14 +98,6 @@ def _column(values):
     ):
         return "f8", np.array(values, dtype="<f8")
     return "json", list(values)
-
-
-def _same(values, first):
-    """Whether every value is ``first`` itself, or an equal str / int / bool / None
-    (the caller has checked that they are all of one type)."""
-    if len(set(map(id, values))) == 1:
-        return True
-    return type(first) in _PLAIN and values.count(first) == len(values)
 
 
 def is_record(data):

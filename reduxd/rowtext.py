@@ -38,9 +38,35 @@ def shared_prefix(rows):
 
 
 def shared_value(rows, key):
-    """Whether ``key`` holds the same object in every row."""
-    value = rows[0][key] if rows else None
-    return bool(rows) and all(r[key] is value for r in rows)
+    """Whether ``key`` holds the same value in every row (:func:`same_value`)."""
+    return same_value([r[key] for r in rows])
+
+
+def same_value(values):
+    """Whether every one of ``values`` is the first, as text and as JSON.
+
+    The same object; or equal values of one type that are written alike: text,
+    ints, bools, None, and floats that are finite and not zero (equal ones have
+    the same bits: not so for 0.0 and -0.0, nor NaN). A light's shared values
+    come from one object (:func:`reduxd.reduce.contract_rows`), but a worker's
+    result is pickled, which keeps text shared and not floats.
+
+    Examples
+    --------
+    >>> same_value([15.0, 15.0]), same_value([0.0, -0.0]), same_value([1, True])
+    (True, False, False)
+    """
+    if not values:
+        return False
+    first = values[0]
+    if len(set(map(id, values))) == 1:
+        return True
+    kind = type(first)
+    if kind is float:
+        plain = math.isfinite(first) and first != 0.0
+    else:
+        plain = kind in (str, int, bool, type(None))
+    return plain and values.count(first) == len(values) and set(map(type, values)) == {kind}
 
 
 def percent_template(pieces):
