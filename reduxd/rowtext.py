@@ -39,7 +39,12 @@ def shared_prefix(rows):
 
 def shared_value(rows, key):
     """Whether ``key`` holds the same value in every row (:func:`same_value`)."""
-    return same_value([r[key] for r in rows])
+    if not rows:
+        return False
+    first, last = rows[0][key], rows[-1][key]
+    if last is not first and (type(last) is not type(first) or last != first):
+        return False  # a star's own value: known at once
+    return all(r[key] is first for r in rows) or same_value([r[key] for r in rows])
 
 
 def same_value(values):
@@ -58,7 +63,9 @@ def same_value(values):
     """
     if not values:
         return False
-    first = values[0]
+    first, last = values[0], values[-1]
+    if last is not first and (type(last) is not type(first) or last != first):
+        return False  # a column of different values: known at once
     if len(set(map(id, values))) == 1:
         return True
     kind = type(first)
