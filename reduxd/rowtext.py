@@ -41,8 +41,8 @@ def shared_value(rows, key):
     """Whether ``key`` holds the same value in every row (:func:`same_value`)."""
     if not rows:
         return False
-    first, last = rows[0][key], rows[-1][key]
-    if last is not first and (type(last) is not type(first) or last != first):
+    first = rows[0][key]
+    if _differ(first, rows[-1][key]):
         return False  # a star's own value: known at once
     return all(r[key] is first for r in rows) or same_value([r[key] for r in rows])
 
@@ -63,17 +63,24 @@ def same_value(values):
     """
     if not values:
         return False
-    first, last = values[0], values[-1]
-    if last is not first and (type(last) is not type(first) or last != first):
+    first = values[0]
+    if _differ(first, values[-1]):
         return False  # a column of different values: known at once
     if len(set(map(id, values))) == 1:
         return True
     kind = type(first)
-    if kind is float:
-        plain = math.isfinite(first) and first != 0.0
-    else:
-        plain = kind in (str, int, bool, type(None))
+    plain = (math.isfinite(first) and first != 0.0) if kind is float else kind in _PLAIN
     return plain and values.count(first) == len(values) and set(map(type, values)) == {kind}
+
+
+_PLAIN = (str, int, bool, type(None))  # compared by ==, written alike when equal
+
+
+def _differ(a, b):
+    """Whether ``a`` and ``b`` are surely not one value for :func:`same_value` (a quick test)."""
+    if a is b:
+        return False
+    return type(a) is not type(b) or (type(a) in (*_PLAIN, float) and a != b)
 
 
 def percent_template(pieces):
