@@ -38,9 +38,49 @@ def shared_prefix(rows):
 
 
 def shared_value(rows, key):
-    """Whether ``key`` holds the same object in every row."""
-    value = rows[0][key] if rows else None
-    return bool(rows) and all(r[key] is value for r in rows)
+    """Whether ``key`` holds the same value in every row (:func:`same_value`)."""
+    if not rows:
+        return False
+    first = rows[0][key]
+    if _differ(first, rows[-1][key]):
+        return False  # a star's own value: known at once
+    return all(r[key] is first for r in rows) or same_value([r[key] for r in rows])
+
+
+def same_value(values):
+    """Whether every one of ``values`` is the first, as text and as JSON.
+
+    The same object; or equal values of one type that are written alike: text,
+    ints, bools, None, and floats that are finite and not zero (equal ones have
+    the same bits: not so for 0.0 and -0.0, nor NaN). A light's shared values
+    come from one object (:func:`reduxd.reduce.contract_rows`), but a worker's
+    result is pickled, which keeps text shared and not floats.
+
+    Examples
+    --------
+    >>> same_value([15.0, 15.0]), same_value([0.0, -0.0]), same_value([1, True])
+    (True, False, False)
+    """
+    if not values:
+        return False
+    first = values[0]
+    if _differ(first, values[-1]):
+        return False  # a column of different values: known at once
+    if len(set(map(id, values))) == 1:
+        return True
+    kind = type(first)
+    plain = (math.isfinite(first) and first != 0.0) if kind is float else kind in _PLAIN
+    return plain and values.count(first) == len(values) and set(map(type, values)) == {kind}
+
+
+_PLAIN = (str, int, bool, type(None))  # compared by ==, written alike when equal
+
+
+def _differ(a, b):
+    """Whether ``a`` and ``b`` are surely not one value for :func:`same_value` (a quick test)."""
+    if a is b:
+        return False
+    return type(a) is not type(b) or (type(a) in (*_PLAIN, float) and a != b)
 
 
 def percent_template(pieces):

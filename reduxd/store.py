@@ -19,6 +19,12 @@ Frame states::
 a waiting light when masters arrive, an incomplete file when it grows or settles.
 A ledger made by an earlier version, where these two were ``seen`` with the
 column ``frames.wait`` or only their reason, is migrated in place (:func:`_migrate`).
+
+A light's photometry rows are stored as one binary record (``light_rows``, see
+:mod:`reduxd.rowblob`; schema version 2). A ledger of version 1 kept them as one
+JSON text per row (``measurements``): it is migrated by adding the new table, and
+its rows stay where they are and are read as before; a light reduced again gets
+a record.
 """
 
 import dataclasses
@@ -35,10 +41,12 @@ from pathlib import Path
 from reduxd.errors import ReduxdError
 from reduxd.framemeta import FrameMeta
 from reduxd.fsinfo import is_network_fs, mount_fstype
+from reduxd.rowblob import decode_rows, encode_rows
 from reduxd.rowtext import json_rows
 from reduxd.steps.select import MasterRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OLD_VERSIONS = (1,)  # opened and migrated (a reader: read as they are)
 STATES = (
     "seen", "processing", "done", "failed", "quarantined", "changed", "excluded",
     "waiting",     # a light waiting for a master (calibration)
@@ -110,6 +118,13 @@ CREATE TABLE measurements (
     data TEXT NOT NULL          -- one photometry row, JSON
 );
 CREATE INDEX measurements_reduction ON measurements (reduction_id);
+CREATE TABLE light_rows (
+    reduction_id INTEGER PRIMARY KEY REFERENCES reductions (id) ON DELETE CASCADE,
+    object TEXT,                -- the first row's object and filter (the field)
+    filter TEXT,
+    n INTEGER NOT NULL,         -- how many rows
+    data BLOB NOT NULL          -- all the light's rows (reduxd.rowblob)
+);
 CREATE TABLE field_refs (
     field_key TEXT PRIMARY KEY,
     data TEXT NOT NULL,         -- JSON
@@ -311,6 +326,7 @@ class Ledger:
             if readonly:
                 self._check_version()
                 _legacy_view(self._db)
+                _legacy_rows(self._db)
             else:
                 self._setup(busy_timeout)
         except (OSError, sqlite3.Error) as exc:
@@ -354,7 +370,7 @@ class Ledger:
 
     def _check_version(self):
         version = self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in OLD_VERSIONS:
             raise LedgerError(
                 f"{self.path}: schema version {version}, this reduxd knows {SCHEMA_VERSION}"
             )
@@ -721,10 +737,14 @@ class Ledger:
                 "INSERT INTO reduction_masters VALUES (?, ?)",
                 [(red_id, m) for m in dict.fromkeys(master_ids)],
             )
-            db.executemany(
-                "INSERT INTO measurements (reduction_id, data) VALUES (?, ?)",
-                [(red_id, text) for text in json_rows(rows, _dumps)],
-            )
+            record = _record(rows)
+            if record is not None:
+                db.execute("INSERT INTO light_rows VALUES (?, ?, ?, ?, ?)", (red_id, *record))
+            else:
+                db.executemany(
+                    "INSERT INTO measurements (reduction_id, data) VALUES (?, ?)",
+                    [(red_id, text) for text in json_rows(rows, _dumps)],
+                )
         return version
 
     def measurements(
@@ -740,25 +760,23 @@ class Ledger:
         if frame_id is not None:
             where.append("f.id = ?")
             args.append(frame_id)
-        cur = self._db.execute(
+        select = (
             "SELECT f.id AS frame_id, r.version, r.calib, r.superseded, f.night, f.relpath,"
-            " m.data FROM measurements m JOIN reductions r ON m.reduction_id = r.id"
-            " JOIN frames f ON r.frame_id = f.id"
-            f" WHERE {' AND '.join(where)} ORDER BY f.id, r.version, m.id",
-            args,
+            " m.data FROM {table} m JOIN reductions r ON m.reduction_id = r.id"
+            f" JOIN frames f ON r.frame_id = f.id WHERE {' AND '.join(where)}"
         )
-        return [
-            Measurement(
-                r["frame_id"],
-                r["version"],
-                r["calib"],
-                bool(r["superseded"]),
-                r["night"],
-                r["relpath"],
-                json.loads(r["data"]),
-            )
-            for r in cur
-        ]
+        out = []
+        for r in self._db.execute(select.format(table="light_rows"), args):
+            source = (r["frame_id"], r["version"], r["calib"], bool(r["superseded"]))
+            out += [Measurement(*source, r["night"], r["relpath"], row)
+                    for row in decode_rows(r["data"])]  # fmt: skip
+        cur = self._db.execute(select.format(table="measurements") + " ORDER BY m.id", args)
+        for r in cur:  # rows stored as JSON by a ledger of version 1
+            source = (r["frame_id"], r["version"], r["calib"], bool(r["superseded"]))
+            out.append(Measurement(*source, r["night"], r["relpath"], json.loads(r["data"])))
+        # a light's rows are in one table: a stable sort keeps their order
+        out.sort(key=lambda m: (m.frame_id, m.version))
+        return out
 
     def field_measurements(self, object, filter, *, upto: int | None = None):
         """Current photometry rows of one field, in frame then insertion order (an iterator).
@@ -770,12 +788,21 @@ class Ledger:
         ``(version, row)``.
         """
         for red_id, _frame_id, version in self.field_reductions(object, filter, upto=upto):
-            cur = self._db.execute(
-                "SELECT data FROM measurements WHERE reduction_id = ? ORDER BY id", (red_id,)
-            )
-            # one parse of the light's rows as a list: a tenth less than a parse per row
-            rows = json.loads("[" + ",".join(r[0] for r in cur) + "]")
-            yield from ((version, row) for row in rows)
+            yield from ((version, row) for row in self._rows_of(red_id))
+
+    def _rows_of(self, reduction_id):
+        """The rows of one reduction (a record, or JSON texts of a ledger of version 1)."""
+        db = self._db
+        found = db.execute(
+            "SELECT data FROM light_rows WHERE reduction_id = ?", (reduction_id,)
+        ).fetchone()
+        if found is not None:
+            return decode_rows(found[0])
+        cur = db.execute(
+            "SELECT data FROM measurements WHERE reduction_id = ? ORDER BY id", (reduction_id,)
+        )
+        # one parse of the light's rows as a list: a tenth less than a parse per row
+        return json.loads("[" + ",".join(r[0] for r in cur) + "]")
 
     def field_reductions(self, object, filter, *, upto: int | None = None):
         """``(reduction_id, frame_id, version)`` of one field's current reductions, in
@@ -783,10 +810,11 @@ class Ledger:
         upto = self.last_reduction() if upto is None else upto
         return self._db.execute(
             "SELECT r.id, r.frame_id, r.version FROM reductions r WHERE r.superseded = 0"
-            " AND r.id <= ? AND (SELECT json_extract(m.data, '$.object') IS ? AND"
-            " json_extract(m.data, '$.filter') IS ? FROM measurements m WHERE"
-            " m.reduction_id = r.id ORDER BY m.id LIMIT 1) ORDER BY r.frame_id",
-            (upto, object, filter),
+            " AND r.id <= ? AND coalesce((SELECT b.object IS ? AND b.filter IS ? FROM"
+            " light_rows b WHERE b.reduction_id = r.id), (SELECT json_extract(m.data,"
+            " '$.object') IS ? AND json_extract(m.data, '$.filter') IS ? FROM measurements m"
+            " WHERE m.reduction_id = r.id ORDER BY m.id LIMIT 1)) ORDER BY r.frame_id",
+            (upto, object, filter, object, filter),
         ).fetchall()
 
     def last_reduction(self) -> int:
@@ -889,7 +917,8 @@ def _migrate(db):
     waited as ``seen`` gets its state from :func:`_state_sql`.
     """
     columns = {r[1] for r in db.execute("PRAGMA table_info(reductions)")}
-    if "fingerprint" in columns and "'waiting'" in _frames_sql(db):
+    version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if "fingerprint" in columns and "'waiting'" in _frames_sql(db) and version == SCHEMA_VERSION:
         return
     db.execute("PRAGMA foreign_keys = OFF")
     try:
@@ -898,10 +927,43 @@ def _migrate(db):
                 db.execute("ALTER TABLE reductions ADD COLUMN fingerprint TEXT")
             if "'waiting'" not in _frames_sql(db):
                 _rebuild_frames(db)
+            if version != SCHEMA_VERSION:
+                _add_light_rows(db)
             if db.execute("PRAGMA foreign_key_check").fetchall():
                 raise LedgerError("ledger migration broke a foreign key; nothing was changed")
     finally:
         db.execute("PRAGMA foreign_keys = ON")
+
+
+def _light_rows_sql():
+    return re.search(r"CREATE TABLE light_rows \(.*?\n\);", _SCHEMA, re.S).group(0)
+
+
+def _add_light_rows(db):
+    """Version 1 -> 2 (inside a transaction): the table of row records; the JSON rows stay."""
+    db.execute(_light_rows_sql().replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+
+def _legacy_rows(db):
+    """A read-only reader of a ledger of version 1: an empty TEMP ``light_rows`` (for this
+    connection only) lets the queries of this version read it."""
+    if db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    db.execute(_light_rows_sql().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+
+
+def _record(rows):
+    """``(object, filter, n, record)`` of a light's rows for ``light_rows``, or None (JSON
+    texts: no rows, rows of other shapes, or a field not given as text)."""
+    if not rows:
+        return None
+    first = rows[0]
+    field = (first.get("object"), first.get("filter"))
+    if not all(v is None or isinstance(v, str) for v in field):
+        return None
+    data = encode_rows(rows, _dumps)
+    return None if data is None else (*field, len(rows), data)
 
 
 def _frames_sql(db):

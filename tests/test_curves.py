@@ -164,7 +164,7 @@ def _reads_rows(ledger, work):
         work()
     finally:
         ledger._db.set_trace_callback(None)
-    return any("SELECT data FROM measurements" in s for s in seen)
+    return any(f"SELECT data FROM {t}" in s for s in seen for t in ("measurements", "light_rows"))
 
 
 def test_batch_final_curve_from_the_rows_in_memory_is_the_ledgers(tmp_path):

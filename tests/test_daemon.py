@@ -205,7 +205,10 @@ def check_consistent(tmp):
     partial file under a final name."""
     out, db = tmp / "out", tmp / "out" / "reduxd.sqlite"
     rows = table_rows(out)
-    n_ledger = query(db, "SELECT count(*) FROM measurements")[0][0]
+    n_ledger = query(
+        db,
+        "SELECT (SELECT count(*) FROM measurements) + (SELECT coalesce(sum(n), 0) FROM light_rows)",
+    )[0][0]
     assert len(rows) == n_ledger, "photometry.csv and the ledger hold different rows"
     keys = [(r["file"], r["star_id"], r["version"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate rows in photometry.csv"

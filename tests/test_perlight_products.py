@@ -83,3 +83,53 @@ def test_region_text_of_a_table_is_its_values_one_by_one(dtype):
     table["x"][5], table["y"][9] = np.nan, np.inf
     text = region_text(table, radius=np.float32(6.7011), title="t")
     assert text.splitlines(keepends=True)[4:] == region_lines_one_by_one(table, np.float32(6.7011))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_over_circles_is_the_numpy_test_of_every_pair(seed):
+    """The compiled test of label places against circles is numpy's (``_over_circle`` of
+    every pair, any of them), NaN positions included (they take the numpy way)."""
+    from reduxd.products import labels
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    cx, cy = rng.uniform(0, 400, n), rng.uniform(0, 300, n)
+    if seed == 5:
+        cx[3] = np.nan
+    widths = 8.4 * rng.integers(1, 10, n)
+    radius = float(rng.choice([0.5, 6.0, 21.4]))
+    gap = radius + 4.0
+    boxes = labels._candidates(cx, cy, widths, 16.0, gap)
+    a, b = np.nonzero(np.ones((n, n), bool))
+    keep = rng.random(a.size) < 0.3
+    a, b = a[keep], b[keep]
+    want = labels._any_by(a, labels._over_circle(boxes[a], cx[b], cy[b], radius), n)
+    assert np.array_equal(labels.over_circles(boxes, cx, cy, a, b, radius), want)
+
+
+def _stretched_by_numpy(image, lo, scale):
+    """quicklook's grey levels as numpy makes them (857cd46's _grey_levels tail)."""
+    scaled = (image - np.float32(lo)) * np.float32(scale)
+    np.clip(scaled, 0, quicklook.LUT_SIZE - 1, out=scaled)
+    scaled[np.isnan(scaled)] = 0.0
+    return quicklook._ASINH_LUT[scaled.astype(np.uint16)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stretched_is_numpys(seed):
+    """The compiled stretch gives numpy's grey levels: float32 steps, clipping, NaN,
+    infinities, values that round at the table's edges."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(500, 200, (61, 83)).astype(np.float32)
+    image[rng.random(image.shape) < 0.02] = np.nan
+    image[0, :4] = [np.inf, -np.inf, 1e38, -1e38]
+    lo = np.float32(rng.uniform(100, 500))
+    hi = lo + np.float32(rng.choice([1e-9, 0.5, 300.0, 1e6]))
+    scale = np.float32((quicklook.LUT_SIZE - 1) / max(hi - lo, 1e-12))
+    image[1, :3] = [lo, lo + (quicklook.LUT_SIZE - 1) / scale, np.nextafter(lo, np.float32(0))]
+    got = quicklook.stretched(image, lo, scale)
+    assert got.dtype == np.uint8
+    assert np.array_equal(got, _stretched_by_numpy(image, lo, scale))
+    view = image[:, ::2]  # not contiguous: numpy's way
+    want = _stretched_by_numpy(view, lo, scale)
+    assert np.array_equal(quicklook.stretched(view, lo, scale), want)

@@ -81,6 +81,25 @@ def test_row_line_pair_is_the_csv_and_ecsv_lines(kw):
     )
 
 
+def test_rows_from_a_worker_share_their_equal_values():
+    """A worker's rows come pickled: floats no longer one object. Equal values that are
+    written alike still count as shared (one run of own values: the fast lines), and
+    the lines are the csv module's."""
+    import pickle
+
+    rows = pickle.loads(pickle.dumps(light_rows(60)))
+    assert rows[0]["exptime"] is not rows[1]["exptime"]
+    assert rowtext.shared_value(rows, "exptime") and rowtext.shared_value(rows, "mjd")
+    for r in rows[:30]:
+        r["calib"] = "dark+flat"  # equal text, another object
+    assert rowtext.shared_value(rows, "calib")
+    expected = tuple(tables._lines(tables._fields(rows), d) for d in (",", " "))
+    assert tables.row_line_pair(rows) == expected
+    assert not rowtext.same_value([0.0, -0.0]) and not rowtext.same_value([math.nan, -math.nan])
+    assert not rowtext.same_value([1, 1.0]) and not rowtext.same_value([True, 1])
+    assert rowtext.same_value([None, None]) and not rowtext.same_value([])
+
+
 @pytest.mark.parametrize(
     "column, values",
     [

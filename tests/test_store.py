@@ -59,7 +59,7 @@ def _done_light(ledger, relpath, night="2025-06-01"):
 
 
 def test_pragmas_and_schema(ledger, db_path):
-    assert ledger.schema_version == 1
+    assert ledger.schema_version == 2
     con = sqlite3.connect(db_path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()

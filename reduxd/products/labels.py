@@ -3,6 +3,8 @@
 import numpy as np
 from scipy.spatial import cKDTree
 
+from reduxd.products._labels import mark_over_circle
+
 #: candidate places around a star, most liked first: (dx, dy) in units of the gap
 OFFSETS = ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
 
@@ -39,36 +41,59 @@ def place_labels(stars, *, radius, char_width, height):
     widths = np.array([char_width * max(len(s[3]), 1) for s in stars], dtype=float)
     gap = radius + 0.25 * height
     boxes = _candidates(cx, cy, widths, height, gap)  # (n, 8, 4), most liked first
-    # a label lies within (gap + width, gap + height) of its star: only stars that
-    # close in x and in y can be in each other's way
+    # a label lies within (wide, tall) of its star: only stars that close in x and in
+    # y can be in each other's way (``reach``)
     wide, tall = gap + widths.max(), gap + height
-    pairs = cKDTree(np.column_stack([cx, cy])).query_pairs(
-        float(np.hypot(2 * wide, 2 * tall)) + radius, output_type="ndarray"
-    )
-    near = (np.abs(cx[pairs[:, 0]] - cx[pairs[:, 1]]) < 2 * wide + radius) & (
-        np.abs(cy[pairs[:, 0]] - cy[pairs[:, 1]]) < 2 * tall + radius
-    )
-    pairs = pairs[near]
-    n = len(stars)
-    a = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n)].astype(np.int64)
-    b = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n)].astype(np.int64)
-    # a's labels lie within (gap + width, gap + height) of a: the pairs where they can
-    # come over b's circle, or over b's label (a pixel to spare for rounding)
+    reach = (2 * wide + radius, 2 * tall + radius, float(np.hypot(2 * wide, 2 * tall)) + radius)
+    # the pairs where a's labels can come over b's circle (a pixel to spare for rounding)
+    a, b = _pairs(cx, cy, (wide + radius + 1, tall + radius + 1))
     dx, dy = np.abs(cx[a] - cx[b]), np.abs(cy[a] - cy[b])
     circle = (dx < gap + widths[a] + radius + 1) & (dy < gap + height + radius + 1)
+    circle &= _within(dx, dy, reach)
     ac, bc = a[circle], b[circle]
-    blocked = _any_by(ac, _over_circle(boxes[ac], cx[bc], cy[bc], radius), n)  # any order
-    label = (dx < 2 * gap + widths[a] + widths[b] + 1) & (dy < 2 * (gap + height) + 1)
+    blocked = over_circles(boxes, cx, cy, ac, bc, radius)
     # a star whose every place is over a circle never gets a label (in a crowded field,
     # most of them): it takes no part in the waits, nor does a pair with it
-    live = ~blocked.all(axis=1)
-    earlier = label & (b < a) & live[a] & live[b]  # a label waits only for those before it
+    live = np.flatnonzero(~blocked.all(axis=1))
+    a, b = _pairs(cx[live], cy[live], reach)
+    a, b = live[a], live[b]
+    # the pairs where a's label can come over b's (a pixel to spare for rounding); a
+    # label waits only for those before it
+    dx, dy = np.abs(cx[a] - cx[b]), np.abs(cy[a] - cy[b])
+    label = (dx < 2 * gap + widths[a] + widths[b] + 1) & (dy < 2 * (gap + height) + 1)
+    earlier = label & (b < a)
     a, b = a[earlier], b[earlier]
     chosen = _first_fit(boxes, blocked, a, b)
     return {
         stars[i][0]: tuple(float(v) for v in boxes[i, chosen[i]])
         for i in np.flatnonzero(chosen >= 0).tolist()
     }
+
+
+def _pairs(cx, cy, reach):
+    """``(a, b)``: both orders of each pair of stars within ``reach`` of each other, and
+    each star with itself.
+
+    ``reach``: ``(x, y)``, within that in x and in y; or ``(x, y, d)``, and within a
+    distance ``d`` as well.
+    """
+    n = len(cx)
+    tree = cKDTree(np.column_stack([cx, cy]))
+    pairs = tree.query_pairs(reach[2] if len(reach) > 2 else float(np.hypot(*reach)),
+                             output_type="ndarray")  # fmt: skip
+    pairs = pairs[
+        (np.abs(cx[pairs[:, 0]] - cx[pairs[:, 1]]) < reach[0])
+        & (np.abs(cy[pairs[:, 0]] - cy[pairs[:, 1]]) < reach[1])
+    ]
+    a = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n)].astype(np.int64)
+    b = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n)].astype(np.int64)
+    return a, b
+
+
+def _within(dx, dy, reach):
+    """Which of the pairs ``dx``, ``dy`` apart are within ``reach`` (as :func:`_pairs`,
+    the distance compared as the k-d tree does, squared)."""
+    return (dx < reach[0]) & (dy < reach[1]) & (dx * dx + dy * dy <= reach[2] * reach[2])
 
 
 def _first_fit(boxes, blocked, a, b):
@@ -127,6 +152,38 @@ def _any_by(rows, hits, n):
     width = hits.shape[1]
     cells = (rows[:, None] * width + np.arange(width))[hits]
     return (np.bincount(cells, minlength=n * width) > 0).reshape(n, width)
+
+
+def over_circles(boxes, cx, cy, a, b, radius):
+    """(n, 8) bool: is each place (``boxes``, (n, 8, 4)) of star ``a[p]`` within
+    ``radius`` of star ``b[p]`` (``cx``, ``cy``) for any pair ``p``.
+
+    A compiled loop (:mod:`reduxd.products._labels`) that tests a place only until
+    it is found blocked; the same test, in the same arithmetic, as
+    :func:`_over_circle` (which it falls back to for values that are not finite).
+
+    Examples
+    --------
+    >>> boxes = np.array([[[5.0, 0.0, 9.0, 2.0]] * 8])
+    >>> boxes[0, 1] = [20.0, 0.0, 24.0, 2.0]
+    >>> over_circles(boxes, np.array([3.0]), np.array([1.0]), np.array([0]), np.array([0]), 2.5)
+    array([[ True, False,  True,  True,  True,  True,  True,  True]])
+    """
+    n = len(boxes)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if not (np.isfinite(boxes).all() and np.isfinite(cx).all() and np.isfinite(cy).all()):
+        return _any_by(a, _over_circle(boxes[a], cx[b], cy[b], radius), n)
+    blocked = np.zeros(boxes.shape[:2], dtype=np.uint8)
+    mark_over_circle(
+        np.ascontiguousarray(boxes, dtype=np.float64),
+        np.ascontiguousarray(cx, dtype=np.float64),
+        np.ascontiguousarray(cy, dtype=np.float64),
+        np.ascontiguousarray(a),
+        np.ascontiguousarray(b),
+        float(radius) ** 2,
+        blocked,
+    )
+    return blocked.view(bool)
 
 
 def _over_circle(boxes, cx, cy, radius):

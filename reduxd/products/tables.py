@@ -71,8 +71,8 @@ def _fields(rows):
 
 
 def row_lines(rows, delimiter):
-    """``_lines(_fields(rows), delimiter)``, the columns whose value is the same object
-    in every row (night, file, ..., version: see :mod:`reduxd.rowtext`) formatted once,
+    """``_lines(_fields(rows), delimiter)``, the columns whose value is the same in every
+    row (night, file, ..., version: see :func:`reduxd.rowtext.same_value`) formatted once,
     the others by one ``%`` template per row.
 
     Taken the plain way when a column of a row's own values is not all finite floats
