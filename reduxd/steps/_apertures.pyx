@@ -94,59 +94,117 @@ cdef inline double _nearest2(double lo, double hi) noexcept nogil:
     return 0.0
 
 
+cdef inline Py_ssize_t _index(double v, double last) noexcept nogil:
+    """``v`` (a whole number) clipped to [-1, last + 1] as an index (no overflow)."""
+    return <Py_ssize_t> min(max(v, -1.0), last + 1.0)
+
+
+cdef inline int _add_run(const pixel *row, Py_ssize_t a, Py_ssize_t b, double *total,
+                         double *count) noexcept nogil:
+    """Add the finite values of ``row[a..b]`` to ``total`` and their number to ``count``;
+    returns 1 if a value there is not finite."""
+    cdef Py_ssize_t i
+    cdef double v, s = 0.0
+    cdef int found = 0
+    for i in range(a, b + 1):
+        v = row[i]
+        if isfinite(v):
+            s += v
+        else:
+            found = 1
+            count[0] -= 1.0
+    total[0] += s
+    count[0] += b - a + 1 if b >= a else 0
+    return found
+
+
+cdef inline int _add_crossing(const pixel *row, Py_ssize_t a, Py_ssize_t b, double cx,
+                              double dy0, double dy1, double near_y2, double r,
+                              double *total, double *area) noexcept nogil:
+    """Add value times exact overlap (radius ``r``) of the pixels ``row[a..b]`` to
+    ``total`` and the overlaps to ``area``; returns 1 if a non-finite pixel there
+    overlaps the circle (it is left out)."""
+    cdef Py_ssize_t i
+    cdef double v, w, dx0, dx1
+    cdef int found = 0
+    for i in range(a, b + 1):
+        dx0 = i - 0.5 - cx
+        dx1 = i + 0.5 - cx
+        v = row[i]
+        if not isfinite(v):
+            if near_y2 + _nearest2(dx0, dx1) < r * r:
+                found = 1
+            continue
+        w = _overlap(dx0, dx1, dy0, dy1, r)
+        total[0] += v * w
+        area[0] += w
+    return found
+
+
 cdef void _one_star(const pixel[:, ::1] data, double cx, double cy, const double[::1] radii,
-                    double *r2, double *full, double *full_area, double *part,
+                    double *full, double *full_area, double *part,
                     double *part_area, double *sums, double *areas,
                     unsigned char *bad) noexcept nogil:
-    """One star at every radius (ascending): ``sums``, ``areas`` and ``bad`` (length m)."""
+    """One star at every radius (ascending): ``sums``, ``areas`` and ``bad`` (length m).
+
+    Row by row, for each radius k the pixels wholly inside circle k form one run
+    of columns (nested in k), and the pixels the circle reaches a wider run: the
+    pixels newly inside at radius k are added to ``full[k]`` (cumulated over k at
+    the end), the others of the reach get their exact overlap with circle k.
+    """
     cdef Py_ssize_t m = radii.shape[0], ny = data.shape[0], nx = data.shape[1]
-    cdef Py_ssize_t i, j, k, i0, i1, j0, j1, ia, ib, first_bad = m
-    cdef double rmax = radii[m - 1], rmax2 = r2[m - 1]
-    cdef double dy0, dy1, dx0, dx1, near_y2, far_y2, near2, far2, half, v, w
+    cdef Py_ssize_t j, k, j0, j1, ra, rb, fa, fb, pa, pb, first_bad = m
+    cdef int found
+    cdef double rmax = radii[m - 1], last = nx - 1.0
+    cdef double dy0, dy1, near_y2, far_y2, r, rk2, g, h, v, w
+    cdef const pixel *row
     for k in range(m):
         full[k] = 0.0
         full_area[k] = 0.0
         part[k] = 0.0
         part_area[k] = 0.0
     if isfinite(cx) and isfinite(cy):
-        # pixels i with i + 0.5 > cx - rmax and i - 0.5 < cx + rmax, on the frame
+        # rows j with j + 0.5 > cy - rmax and j - 0.5 < cy + rmax, on the frame
         j0 = <Py_ssize_t> max(floor(cy - rmax - 0.5) + 1.0, 0.0)
         j1 = <Py_ssize_t> min(ceil(cy + rmax + 0.5) - 1.0, ny - 1.0)
-        i0 = <Py_ssize_t> max(floor(cx - rmax - 0.5) + 1.0, 0.0)
-        i1 = <Py_ssize_t> min(ceil(cx + rmax + 0.5) - 1.0, nx - 1.0)
         for j in range(j0, j1 + 1):
+            row = &data[j, 0]
             dy0 = j - 0.5 - cy
             dy1 = j + 0.5 - cy
             near_y2 = _nearest2(dy0, dy1)
-            if near_y2 >= rmax2:
-                continue
             far_y2 = max(dy0 * dy0, dy1 * dy1)
-            half = sqrt(rmax2 - near_y2)  # this row meets the circle within |x - cx| < half
-            ia = max(i0, <Py_ssize_t> floor(cx - half - 0.5))
-            ib = min(i1, <Py_ssize_t> ceil(cx + half + 0.5))
-            for i in range(ia, ib + 1):
-                dx0 = i - 0.5 - cx
-                dx1 = i + 0.5 - cx
-                near2 = near_y2 + _nearest2(dx0, dx1)
-                if near2 >= rmax2:
+            pa, pb = 0, -1  # the run wholly inside the previous radius (none yet)
+            for k in range(m):
+                r = radii[k]
+                rk2 = r * r
+                if rk2 <= near_y2:
+                    continue  # circle k does not reach this row
+                g = sqrt(rk2 - near_y2)  # reach: |i - cx| - 0.5 < g
+                ra = max(_index(floor(cx - g - 0.5) + 1.0, last), 0)
+                rb = min(_index(ceil(cx + g + 0.5) - 1.0, last), nx - 1)
+                fa, fb = 0, -1
+                if rk2 > far_y2:
+                    h = sqrt(rk2 - far_y2)  # wholly inside: |i - cx| + 0.5 <= h
+                    fa = max(_index(ceil(cx - h + 0.5), last), ra)
+                    fb = min(_index(floor(cx + h - 0.5), last), rb)
+                if fa > fb:  # no pixel of this row wholly inside: all crossing
+                    if _add_crossing(row, ra, rb, cx, dy0, dy1, near_y2, r,
+                                     &part[k], &part_area[k]):
+                        first_bad = min(first_bad, k)
                     continue
-                far2 = far_y2 + max(dx0 * dx0, dx1 * dx1)
-                k = 0
-                while r2[k] <= near2:  # radii that do not reach this pixel
-                    k += 1
-                v = data[j, i]
-                if not isfinite(v):  # left out of the sums and areas of radii >= k
-                    if k < first_bad:
-                        first_bad = k
-                    continue
-                while k < m and r2[k] < far2:  # radii whose circle crosses this pixel
-                    w = _overlap(dx0, dx1, dy0, dy1, radii[k])
-                    part[k] += v * w
-                    part_area[k] += w
-                    k += 1
-                if k < m:  # the whole pixel is inside radius k and every larger one
-                    full[k] += v
-                    full_area[k] += 1.0
+                if (_add_crossing(row, ra, fa - 1, cx, dy0, dy1, near_y2, r,
+                                  &part[k], &part_area[k])
+                        | _add_crossing(row, fb + 1, rb, cx, dy0, dy1, near_y2, r,
+                                        &part[k], &part_area[k])):
+                    first_bad = min(first_bad, k)
+                if pa > pb:  # newly inside at radius k: the run minus the previous one
+                    found = _add_run(row, fa, fb, &full[k], &full_area[k])
+                else:
+                    found = (_add_run(row, fa, pa - 1, &full[k], &full_area[k])
+                             | _add_run(row, pb + 1, fb, &full[k], &full_area[k]))
+                if found:
+                    first_bad = min(first_bad, k)
+                pa, pb = fa, fb
     v = 0.0
     w = 0.0
     for k in range(m):
@@ -163,20 +221,18 @@ def circle_pass(const pixel[:, ::1] data, const double[::1] x, const double[::1]
     """Fill ``sums``, ``areas`` (finite pixels only) and ``bad`` (a non-finite pixel
     overlaps the aperture), ``(n, m)``, for the stars in ``order`` at the ascending
     ``radii``. No checks: see ``reduxd.steps.measure.circle_pass``."""
-    cdef Py_ssize_t m = radii.shape[0], n = order.shape[0], t, s, k
+    cdef Py_ssize_t m = radii.shape[0], n = order.shape[0], t, s
     cdef double *work
     if m == 0 or n == 0:
         return
-    work = <double *> malloc(5 * m * sizeof(double))
+    work = <double *> malloc(4 * m * sizeof(double))
     if work == NULL:
         raise MemoryError("circle_pass: no memory for the work arrays")
     try:
         with nogil:
-            for k in range(m):
-                work[k] = radii[k] * radii[k]
             for t in range(n):
                 s = order[t]
                 _one_star(data, x[s], y[s], radii, work, work + m, work + 2 * m,
-                          work + 3 * m, work + 4 * m, &sums[s, 0], &areas[s, 0], &bad[s, 0])
+                          work + 3 * m, &sums[s, 0], &areas[s, 0], &bad[s, 0])
     finally:
         free(work)

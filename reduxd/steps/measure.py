@@ -144,8 +144,10 @@ def _kernel_image(data):
     data = np.asarray(data)
     if data.ndim != 2:
         raise ValueError(f"aperture sums need a 2-D image, not shape {data.shape}")
-    if data.dtype not in (np.float32, np.float64):  # other types, and non-native byte order
-        data = data.astype(np.float32 if data.dtype == np.float32 else np.float64)
+    if data.dtype.kind == "f" and data.dtype.itemsize in (4, 8):
+        data = data.astype(data.dtype.newbyteorder("="), copy=False)  # FITS byte order: a copy
+    else:
+        data = data.astype(np.float64)
     return np.ascontiguousarray(data)
 
 
@@ -195,7 +197,7 @@ def circle_pass(data, x, y, radii):
     radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"x and y must be 1-D of one length, not {x.shape} and {y.shape}")
-    if radii.ndim != 1 or not np.all(radii >= 0):  # False for NaN
+    if radii.ndim != 1 or not np.all(np.isfinite(radii) & (radii >= 0)):
         raise ValueError(f"radii must be a 1-D list of finite radii >= 0, not {radii}")
     n, m = x.size, radii.size
     ascending = np.argsort(radii, kind="stable")
