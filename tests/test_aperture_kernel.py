@@ -1,6 +1,9 @@
 """The compiled exact-aperture kernel (steps/_apertures.pyx via measure.circle_pass)
 against photutils' ``method="exact"`` and analytic areas."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -116,3 +119,14 @@ def test_arguments_are_checked():
         circle_pass(img, [1.0, 2.0], [1.0], [2.0])
     sums, areas, bad = circle_pass(img.astype(np.int16), [], [], [1.0, 2.0])
     assert sums.shape == areas.shape == bad.shape == (0, 2)
+
+
+def test_the_photometry_step_does_not_import_sep():
+    # sep is a test/benchmark dependency only (pyproject.toml): the kernel replaced it
+    code = (
+        "import sys, numpy as np; from reduxd.steps import photometry; "
+        "from reduxd.steps.measure import aperture_sums; "
+        "aperture_sums(np.ones((9, 9)), [4.0], [4.0], [2.0, 3.0]); print('sep' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
