@@ -94,7 +94,7 @@ PARTS = (
     ("re-centring known stars", photometry, "_known_stars"),
     ("new stars", photometry, "_new_stars"),
     ("sky (annulus)", sky_step, "estimate_sky"),
-    ("aperture sums (sep, all radii)", photometry, "aperture_sums"),
+    ("aperture sums (kernel, all radii)", photometry, "aperture_sums"),
     ("fluxes, errors, flags", photometry, "measure_columns"),
     ("fluxes at every radius", photometry, "measure_radii"),
     ("table", photometry, "_finish"),

@@ -23,15 +23,14 @@ aperture, the covariance term ``- 2 * n_ap * var_pix * aperture_cov`` is added
 """
 
 import enum
-import functools
 
 import numpy as np
-import sep
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from reduxd import maskbits, phot_columns
+from reduxd import maskbits
 from reduxd.schema import PHOT_COLUMNS, STAR_NAMES
+from reduxd.steps import _apertures
 from reduxd.steps.sky import row_order
 
 MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857
@@ -140,24 +139,89 @@ def _mask_bits_within(mask, x, y, reach):
     return bits
 
 
-def _sep_image(data):
-    """``data`` as sep reads it: C-contiguous, native float, writeable (sep's buffers are)."""
+def _kernel_image(data):
+    """``data`` as the kernel reads it: 2-D, C-contiguous, native float32 or float64."""
     data = np.asarray(data)
-    if data.dtype.kind != "f":
+    if data.ndim != 2:
+        raise ValueError(f"aperture sums need a 2-D image, not shape {data.shape}")
+    if data.dtype.kind == "f" and data.dtype.itemsize in (4, 8):
+        data = data.astype(data.dtype.newbyteorder("="), copy=False)  # FITS byte order: a copy
+    else:
         data = data.astype(np.float64)
-    elif not data.dtype.isnative:
-        data = data.astype(data.dtype.newbyteorder("="))
-    if not data.flags.c_contiguous or not data.flags.writeable:
-        data = np.array(data, order="C")  # a copy: sep never writes to it
-    return data
+    return np.ascontiguousarray(data)
+
+
+def circle_pass(data, x, y, radii):
+    """Exact circular-aperture sums and covered areas of every star at every radius.
+
+    One pass of a compiled kernel (``_apertures.pyx``) over the box of each
+    star's largest radius: a pixel wholly inside a radius is added once (to the
+    smallest such radius; the sums are cumulated across radii at the end), and
+    the exact overlap of circle and pixel square (photutils' ``method="exact"``,
+    sep's ``subpix=0``) is computed only for the radii whose circle crosses the
+    pixel. Sums in float64 of float32 or float64 pixels; the stars are taken in
+    row order (the image is read band by band).
+
+    Parameters
+    ----------
+    data : array_like
+        2-D image (float32 and float64 read as they are, other types as float64).
+    x, y : array_like
+        0-based centres (x = column), one per star.
+    radii : array_like
+        Radii in pixels (>= 0, any order).
+
+    Returns
+    -------
+    sums, areas : numpy.ndarray
+        ``(n, n_radii)`` float64: the sum of pixel value times overlap, and the
+        sum of overlaps, over the finite pixels on the frame. NaN when no pixel
+        of the aperture's bounding box is on the frame (as photutils); 0 for a
+        non-finite centre.
+    bad : numpy.ndarray of bool
+        ``(n, n_radii)``: a non-finite pixel overlaps the aperture (it is left out
+        of the sum and of the area), or the aperture is wholly off the frame.
+
+    Examples
+    --------
+    >>> img = np.ones((9, 9), np.float32); img[4, 6] = np.nan
+    >>> sums, areas, bad = circle_pass(img, [4.0, -0.5], [4.0, -0.5], [1.0, 3.0])
+    >>> bool(np.allclose(sums[0], [np.pi, areas[0, 1]])), bad[0].tolist()
+    (True, [False, True])
+    >>> bool(np.isclose(areas[1, 1], np.pi * 9 / 4))  # centred on the frame's corner
+    True
+    """
+    data = _kernel_image(data)
+    x = np.ascontiguousarray(np.atleast_1d(x), dtype=np.float64)
+    y = np.ascontiguousarray(np.atleast_1d(y), dtype=np.float64)
+    radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D of one length, not {x.shape} and {y.shape}")
+    if radii.ndim != 1 or not np.all(np.isfinite(radii) & (radii >= 0)):
+        raise ValueError(f"radii must be a 1-D list of finite radii >= 0, not {radii}")
+    n, m = x.size, radii.size
+    ascending = np.argsort(radii, kind="stable")
+    sums, areas = np.zeros((n, m)), np.zeros((n, m))
+    bad = np.zeros((n, m), np.uint8)
+    sorted_radii = np.ascontiguousarray(radii[ascending])
+    _apertures.circle_pass(data, x, y, sorted_radii, sums, areas, bad, row_order(y))
+    if np.any(ascending != np.arange(m)):  # back to the order of radii
+        back = np.argsort(ascending)
+        sums, areas, bad = sums[:, back], areas[:, back], bad[:, back]
+    ny, nx = data.shape
+    xs, ys, r = x[:, None], y[:, None], radii[None, :]
+    # no pixel of the aperture's bounding box on the frame: NaN, as photutils
+    off = (np.ceil(xs + r + 0.5) <= 0) | (np.floor(xs - r + 0.5) >= nx)
+    off |= (np.ceil(ys + r + 0.5) <= 0) | (np.floor(ys - r + 0.5) >= ny)
+    sums[off] = areas[off] = np.nan
+    return sums, areas, (bad != 0) | off
 
 
 def circle_sums(data, x, y, radii):
     """Exact circular-aperture sums of every star through every radius, ``(n, n_radii)``.
 
-    sep's ``sum_circle`` (C, exact overlap as photutils' ``method="exact"``):
-    one call for all stars and radii. Non-finite pixels make the sum non-finite.
-    sep reads pixels as float32: float64 images agree with photutils to ~1e-7.
+    :func:`circle_pass`'s sums. Non-finite pixels that overlap an aperture make
+    its sum NaN; NaN too where the aperture's box is wholly off the frame.
 
     Examples
     --------
@@ -165,52 +229,25 @@ def circle_sums(data, x, y, radii):
     >>> bool(np.allclose(s, np.pi * np.array([[1.0, 4.0]])))
     True
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    radii = np.asarray(radii, dtype=np.float64)
-    if x.size == 0:
-        return np.zeros((0, radii.size))
-    r = np.tile(radii, x.size)
-    xs, ys = np.repeat(x, radii.size), np.repeat(y, radii.size)
-    order = row_order(ys)  # each aperture on its own: sep reads the image band by band
-    sums = np.empty(xs.size)
-    sums[order] = sep.sum_circle(_sep_image(data), xs[order], ys[order], r[order], subpix=0)[0]
-    ny, nx = np.shape(data)
-    # no pixel of the aperture's bounding box on the frame: NaN, as photutils
-    off = (np.ceil(xs + r + 0.5) <= 0) | (np.floor(xs - r + 0.5) >= nx)
-    off |= (np.ceil(ys + r + 0.5) <= 0) | (np.floor(ys - r + 0.5) >= ny)
-    sums[off] = np.nan
-    return sums.reshape(x.size, radii.size)
-
-
-@functools.lru_cache(maxsize=2)
-def _ones(shape):
-    return np.ones(shape, np.float32)
+    sums, _, bad = circle_pass(data, x, y, radii)
+    sums[bad] = np.nan
+    return sums
 
 
 def _sums_and_areas(data, x, y, radii, flags):
-    """Sums and covered areas ``(n, n_radii)``; BAD_PIXEL set in ``flags`` per radius redone."""
-    sums = circle_sums(data, x, y, radii)
+    """Sums and covered areas ``(n, n_radii)``; BAD_PIXEL set in ``flags`` where the first
+    radius meets a non-finite pixel (left out of the sums and areas at every radius)."""
+    sums, covered, bad = circle_pass(data, x, y, radii)
     areas = np.tile(np.pi * np.asarray(radii, dtype=np.float64) ** 2, (x.size, 1))
-    redo = ~np.isfinite(sums)
-    edge = ((flags & Flag.NEAR_EDGE) != 0)[:, None] & ~redo
-    if edge.any():  # the part of the aperture on the frame
-        rows = np.flatnonzero(edge.any(axis=1))
-        full = circle_sums(_ones(np.shape(data)), x[rows], y[rows], radii)
-        areas[rows] = np.where(edge[rows], full, areas[rows])
-    if redo.any():  # non-finite pixels are left out of the sum and of the area
-        bad = ~np.isfinite(data)
-        for k, r in enumerate(radii):
-            idx = np.flatnonzero(redo[:, k])
-            if idx.size:
-                sums[idx, k] = phot_columns.aperture_sums(data, x[idx], y[idx], r, mask=bad)
-                areas[idx, k] = phot_columns.aperture_areas(data, x[idx], y[idx], r, mask=bad)
-        flags[redo[:, 0]] |= Flag.BAD_PIXEL
+    partial = ((flags & Flag.NEAR_EDGE) != 0)[:, None] | bad  # the part on the frame, finite
+    areas[partial] = covered[partial]
+    flags[bad[:, 0]] |= Flag.BAD_PIXEL
     return sums, areas
 
 
 def aperture_sums(data, x, y, radii):
     """Sums and covered areas of every star at every radius, for :func:`measure` and
-    :func:`measure_radii` together (``sums=``): one pass of sep for both.
+    :func:`measure_radii` together (``sums=``): one pass of :func:`circle_pass` for both.
 
     Returns ``(sums, areas, bad)``: ``(n, n_radii)`` arrays as ``measure_radii``
     finds them (edges within ``max(radii)``), and ``bad``, the stars whose first
@@ -372,7 +409,7 @@ def measure_radii(
 ):
     """Fluxes and CCD-equation errors of every star through several radii.
 
-    Vectorised across stars and radii (``circle_sums``: sep, exact overlap).
+    Vectorised across stars and radii (:func:`circle_pass`: exact overlap).
     ``sums``: :func:`aperture_sums` of ``radii``, when already computed.
 
     Returns
