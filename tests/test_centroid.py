@@ -15,7 +15,7 @@ import pytest
 
 from reduxd import maskbits
 from reduxd.steps import detect
-from reduxd.steps.sky import row_order, square_stamps
+from reduxd.steps.sky import row_order
 from reduxd.synth import render_stars
 
 FWHM_PER_SIGMA = detect.FWHM_PER_SIGMA
@@ -23,6 +23,17 @@ IGNORED = detect.IGNORED
 MIN_BATCH = 32
 
 # ---- reference: the numpy code of reduxd/steps/detect.py at 857cd46 ------------------------
+
+
+def square_stamps(image, x0, y0, side):
+    """The ``side x side`` stamps with corners ``(x0, y0)`` (sky.square_stamps at 857cd46)."""
+    (ny, nx), (sy, sx) = image.shape, image.strides
+    shape = (ny - side + 1, nx - side + 1, side, side)  # sliding_window_view, less checking
+    if image.flags.c_contiguous:  # a view of its buffer: built in ~1 us, as_strided in ~10
+        windows = np.ndarray(shape, image.dtype, image, 0, (sy, sx, sy, sx))
+    else:
+        windows = np.lib.stride_tricks.as_strided(image, shape, (sy, sx, sy, sx), writeable=False)
+    return windows[y0, x0]
 
 
 def _box(shape, x, y, half):

@@ -131,25 +131,6 @@ def _radii(sl, x, y):
     return np.hypot(xx - x, yy - y)
 
 
-def square_stamps(image, x0, y0, side):
-    """The ``side x side`` stamps ``(n, side, side)`` with corners ``(x0, y0)`` (inside the image).
-
-    One fancy index of a window view of the image: each stamp is copied row by row.
-
-    Examples
-    --------
-    >>> square_stamps(np.arange(16).reshape(4, 4), np.array([1]), np.array([2]), 2).tolist()
-    [[[9, 10], [13, 14]]]
-    """
-    (ny, nx), (sy, sx) = image.shape, image.strides
-    shape = (ny - side + 1, nx - side + 1, side, side)  # sliding_window_view, less checking
-    if image.flags.c_contiguous:  # a view of its buffer: built in ~1 us, as_strided in ~10
-        windows = np.ndarray(shape, image.dtype, image, 0, (sy, sx, sy, sx))
-    else:
-        windows = np.lib.stride_tricks.as_strided(image, shape, (sy, sx, sy, sx), writeable=False)
-    return windows[y0, x0]
-
-
 def flat_take(image, index):
     """``image`` at flat (row-major) indices, without copying the image."""
     if image.flags.c_contiguous:
