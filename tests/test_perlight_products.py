@@ -85,28 +85,6 @@ def test_region_text_of_a_table_is_its_values_one_by_one(dtype):
     assert text.splitlines(keepends=True)[4:] == region_lines_one_by_one(table, np.float32(6.7011))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_over_circles_is_the_numpy_test_of_every_pair(seed):
-    """The compiled test of label places against circles is numpy's (``_over_circle`` of
-    every pair, any of them), NaN positions included (they take the numpy way)."""
-    from reduxd.products import labels
-
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 300))
-    cx, cy = rng.uniform(0, 400, n), rng.uniform(0, 300, n)
-    if seed == 5:
-        cx[3] = np.nan
-    widths = 8.4 * rng.integers(1, 10, n)
-    radius = float(rng.choice([0.5, 6.0, 21.4]))
-    gap = radius + 4.0
-    boxes = labels._candidates(cx, cy, widths, 16.0, gap)
-    a, b = np.nonzero(np.ones((n, n), bool))
-    keep = rng.random(a.size) < 0.3
-    a, b = a[keep], b[keep]
-    want = labels._any_by(a, labels._over_circle(boxes[a], cx[b], cy[b], radius), n)
-    assert np.array_equal(labels.over_circles(boxes, cx, cy, a, b, radius), want)
-
-
 def _stretched_by_numpy(image, lo, scale):
     """quicklook's grey levels as numpy makes them (857cd46's _grey_levels tail)."""
     scaled = (image - np.float32(lo)) * np.float32(scale)

@@ -100,3 +100,24 @@ def test_stack_finder_png_has_the_pixels_of_the_default_compression(tmp_path, mo
     assert levels == [{"compress_level": 1}]
     assert fast != default
     np.testing.assert_array_equal(imread(io.BytesIO(fast)), imread(io.BytesIO(default)))
+
+
+def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():
+    """Circles of a chart, stamped, are Pillow's ``ImageDraw.ellipse`` outlines drawn in
+    order: radii of whole and fractional pixels, centres off the canvas and on negative
+    coordinates (Pillow cuts them toward zero), overlapping circles of several colours."""
+    from PIL import Image, ImageDraw
+
+    from reduxd.products.quicklook import draw_rings
+
+    rng = np.random.default_rng(7)
+    for radius in (0.3, 2.0, 6.5, 22.446, 41.0):
+        x, y = rng.uniform(-60, 260, 400), rng.uniform(-60, 180, 400)
+        colours = rng.integers(1, 255, 400)
+        picture = Image.new("L", (200, 120), 0)
+        draw = ImageDraw.Draw(picture)
+        for xi, yi, c in zip(x, y, colours, strict=True):
+            draw.ellipse((xi - radius, yi - radius, xi + radius, yi + radius), outline=int(c))
+        canvas = np.zeros((120, 200), np.uint8)
+        draw_rings(canvas, x, y, radius, colours)
+        np.testing.assert_array_equal(canvas, np.asarray(picture))

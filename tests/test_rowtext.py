@@ -164,8 +164,24 @@ def first_fit_loop(stars, *, radius, char_width, height):
     return out
 
 
+@pytest.mark.parametrize("radius", [0.5, 7.0, 40.0, 300.0])
+def test_labels_of_stars_on_grid_lines_as_one_star_at_a_time(radius):
+    """Stars on whole and half pixels, many on the search grid's cell borders, in
+    clumps and spread wide; circles small and larger than the labels."""
+    rng = np.random.default_rng(int(radius * 10))
+    xy = rng.integers(0, 60, (2, 300)) * rng.choice([0.5, 8.0, 25.0]) - 40.0
+    stars = [(i, float(xy[0, i]), float(xy[1, i]), f"{i + 1}" * (1 + i % 3)) for i in range(300)]
+    kw = dict(radius=radius, char_width=8.4, height=16)
+    assert labels.place_labels(stars, **kw) == first_fit_loop(stars, **kw)
+
+
+def test_labels_refuse_positions_that_are_not_finite():
+    with pytest.raises(ValueError, match="finite"):
+        labels.place_labels([(1, 5.0, float("nan"), "1")], radius=3, char_width=4, height=6)
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_labels_placed_in_waves_as_one_star_at_a_time(seed):
+def test_labels_placed_by_the_grid_search_as_one_star_at_a_time(seed):
     rng = np.random.default_rng(seed)
     n, side = int(rng.integers(50, 400)), float(rng.uniform(150, 900))
     stars = [

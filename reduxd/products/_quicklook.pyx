@@ -19,3 +19,20 @@ def stretch_levels(const float[:, ::1] image, float lo, float scale,
                 elif v > top:
                     v = top
                 out[i, j] = lut[<unsigned short> v]
+
+
+def stamp(unsigned char[:, ::1] canvas, const long long[::1] x0, const long long[::1] y0,
+          const long long[::1] shape, const long long[::1] starts, const long long[::1] dy,
+          const long long[::1] dx, const unsigned char[::1] values):
+    """For each stamp ``p`` in order, set the pixels ``(y0[p] + dy[q], x0[p] + dx[q])``,
+    ``q`` in ``starts[shape[p]]:starts[shape[p] + 1]``, that lie on ``canvas`` to
+    ``values[p]`` (a later stamp over an earlier one)."""
+    cdef Py_ssize_t p, q, s, y, x, ny = canvas.shape[0], nx = canvas.shape[1]
+    with nogil:
+        for p in range(x0.shape[0]):
+            s = shape[p]
+            for q in range(starts[s], starts[s + 1]):
+                y = y0[p] + dy[q]
+                x = x0[p] + dx[q]
+                if 0 <= y < ny and 0 <= x < nx:
+                    canvas[y, x] = values[p]

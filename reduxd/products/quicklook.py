@@ -14,7 +14,7 @@ from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
 
 from reduxd.files import atomic_write
-from reduxd.products._quicklook import stretch_levels
+from reduxd.products._quicklook import stamp, stretch_levels
 from reduxd.products.labels import place_labels
 from reduxd.steps.sky import ring_profile
 
@@ -190,16 +190,63 @@ def write_quicklook(
             glyphs.draw(canvas, x0, y0, stars[i][3], stars[i][2])
     glyphs.draw(canvas, 6, 4, title or f"{len(table)} stars", BLACK)
     _legend(canvas, glyphs)
+    draw_rings(canvas, [s[0] for s in stars], [s[1] for s in stars], r, [s[2] for s in stars])
     picture = Image.frombytes("P", (width, height), canvas.tobytes())
     picture.putpalette(PALETTE)
-    draw = ImageDraw.Draw(picture)
-    for x, y, colour, _ in stars:
-        draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=1)
     # zlib level 0: the sky noise barely compresses (-15 % at level 1), and
     # level 1 costs 10 ms a frame on the per-light path
     return atomic_write(
         path, lambda fh: picture.save(fh, format="PNG", compress_level=0), durable=durable
     )
+
+
+def draw_rings(canvas, x, y, radius, values):
+    """Draw circle outlines into ``canvas`` (uint8) as Pillow draws them, a star at a time:
+    ``ImageDraw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=value,
+    width=1)`` for each star in order (a later circle over an earlier one).
+
+    Pillow draws an ellipse from its box cut to whole pixels (``int``) and the same
+    outline for boxes of the same size, so each size is drawn once by Pillow and
+    then stamped at every star's place by one compiled loop
+    (:func:`reduxd.products._quicklook.stamp`): a tenth of the time of a Pillow call
+    per star, the same pixels. A star whose position is not finite is not drawn.
+
+    Examples
+    --------
+    >>> canvas = np.zeros((9, 9), np.uint8)
+    >>> draw_rings(canvas, [4.0], [4.0], 3.0, [7])
+    >>> picture = Image.new("L", (9, 9), 0)
+    >>> ImageDraw.Draw(picture).ellipse((1.0, 1.0, 7.0, 7.0), outline=7, width=1)
+    >>> bool((np.asarray(picture) == canvas).all()), int((canvas == 7).sum()) > 0
+    (True, True)
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if not keep.all():
+        x, y, values = x[keep], y[keep], np.asarray(values)[keep]
+    if x.size == 0:
+        return
+    x0, y0, x1, y1 = (
+        np.trunc(v).astype(np.int64) for v in (x - radius, y - radius, x + radius, y + radius)
+    )
+    sizes, shape = np.unique(np.stack([x1 - x0, y1 - y0], axis=1), axis=0, return_inverse=True)
+    outlines = [_ring(int(w), int(h)) for w, h in sizes]
+    starts = np.cumsum([0] + [len(dy) for dy, _ in outlines], dtype=np.int64)
+    stamp(canvas, x0, y0, shape.reshape(-1).astype(np.int64), starts,
+          np.concatenate([dy for dy, _ in outlines]), np.concatenate([dx for _, dx in outlines]),
+          np.asarray(values, dtype=np.uint8))  # fmt: skip
+
+
+_RINGS = {}  # (width, height) -> (dy, dx) of the outline's pixels, as Pillow draws it
+
+
+def _ring(width, height):
+    """``(dy, dx)`` (int64) of the pixels of Pillow's outline of the box ``(0, 0, w, h)``."""
+    if (width, height) not in _RINGS:
+        picture = Image.new("L", (width + 1, height + 1), 0)
+        ImageDraw.Draw(picture).ellipse((0, 0, width, height), outline=1, width=1)
+        _RINGS[width, height] = tuple(v.astype(np.int64) for v in np.nonzero(np.asarray(picture)))
+    return _RINGS[width, height]
 
 
 def _legend(canvas, glyphs):
