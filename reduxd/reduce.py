@@ -269,9 +269,12 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
         base["radius_ap"] = [round(float(r), 4) for r in apertures["radii"]]
         columns["flux_ap"] = apertures["flux"].tolist()
         columns["flux_err_ap"] = apertures["flux_err"].tolist()
-    return [
-        {**base, **{name: values[i] for name, values in columns.items()}} for i in range(len(table))
-    ]
+    names, rows = list(columns), []
+    for values in zip(*columns.values(), strict=True):  # a row per star (the ledger's rows)
+        row = base.copy()
+        row.update(zip(names, values, strict=True))
+        rows.append(row)
+    return rows
 
 
 def reduce_light(raw, info, plan, *, cache, config, camera, reference, night, relpath, field=None,

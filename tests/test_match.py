@@ -129,3 +129,39 @@ def test_rotating_field_is_followed_and_lost_stars_are_flagged():
     sid = int(first.table["star_id"][np.argmin(near)])
     row = again.table[again.table["star_id"] == sid]
     assert len(row) == 1 and row["flags"][0] & Flag.NOT_RECENTRED
+
+
+def _find_offset_by_ball_queries(ref_x, ref_y, x, y, *, max_offset=300.0, tol=3.0):
+    """find_offset as it was: each difference's votes by its own ball query."""
+    from scipy.spatial import cKDTree
+
+    dx = (x[None, :] - ref_x[:, None]).ravel()
+    dy = (y[None, :] - ref_y[:, None]).ravel()
+    rank = np.abs(np.arange(x.size)[None, :] - np.arange(ref_x.size)[:, None]).ravel()
+    near = np.hypot(dx, dy) <= max_offset
+    if not near.any():
+        return 0.0, 0.0, 0
+    dx, dy, rank = dx[near], dy[near], rank[near]
+    tree = cKDTree(np.column_stack([dx, dy]))
+    votes = np.array([len(n) for n in tree.query_ball_point(np.column_stack([dx, dy]), tol)])
+    best = np.lexsort((rank, -votes))[0]
+    members = tree.query_ball_point([dx[best], dy[best]], tol)
+    return float(np.median(dx[members])), float(np.median(dy[members])), int(votes[best])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_find_offset_votes_as_one_ball_query_per_difference(seed):
+    """Whole-pixel positions (differences exactly ``tol`` apart, ties of votes) and
+    random ones: the same offset and votes as counting each difference's neighbours."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 40))
+    if seed % 2:
+        rx, ry = rng.integers(0, 40, (2, n)).astype(float)
+        fx, fy = rng.integers(0, 40, (2, 2 * n)).astype(float)
+    else:
+        rx, ry = rng.uniform(0, 650, (2, n))
+        fx = np.r_[rx + 12.5 + rng.normal(0, 0.5, n), rng.uniform(0, 650, n)]
+        fy = np.r_[ry - 7.0 + rng.normal(0, 0.5, n), rng.uniform(0, 500, n)]
+    for tol in (3.0, 1.0):
+        want = _find_offset_by_ball_queries(rx, ry, fx, fy, tol=tol)
+        assert find_offset(rx, ry, fx, fy, tol=tol) == want

@@ -136,7 +136,9 @@ def find_offset(ref_x, ref_y, x, y, *, max_offset=300.0, tol=3.0):
     from scipy.spatial import cKDTree  # 0.2 s to import: not before the first light
 
     tree = cKDTree(np.column_stack([dx, dy]))
-    votes = np.array([len(n) for n in tree.query_ball_point(np.column_stack([dx, dy]), tol)])
+    # each difference's votes: itself and every other within ``tol`` (each pair once)
+    pairs = tree.query_pairs(tol, output_type="ndarray")
+    votes = np.bincount(pairs.ravel(), minlength=dx.size) + 1
     best = np.lexsort((rank, -votes))[0]
     members = tree.query_ball_point([dx[best], dy[best]], tol)
     return float(np.median(dx[members])), float(np.median(dy[members])), int(votes[best])
