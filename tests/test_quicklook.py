@@ -121,3 +121,30 @@ def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():
         canvas = np.zeros((120, 200), np.uint8)
         draw_rings(canvas, x, y, radius, colours)
         np.testing.assert_array_equal(canvas, np.asarray(picture))
+
+
+def test_labels_drawn_at_once_are_the_pixels_of_one_text_at_a_time():
+    """Labels in every colour, on half pixels (rounded half to even), partly off the
+    canvas, overlapping; a text that is not printable ASCII takes the one-by-one way."""
+    from reduxd.products.quicklook import Glyphs, _font
+
+    rng = np.random.default_rng(3)
+    texts = [
+        (float(x), float(y), f"{i} -{rng.uniform(5, 15):.2f}"[: 1 + i % 9], int(v))
+        for i, (x, y, v) in enumerate(
+            zip(
+                np.round(rng.uniform(-30, 230, 300) * 2) / 2,
+                np.round(rng.uniform(-20, 130, 300) * 2) / 2,
+                rng.integers(1, 255, 300),
+                strict=True,
+            )
+        )
+    ]
+    for items in (texts, [*texts[:5], (3.0, 4.0, "é 1", 7)]):
+        one, many = np.zeros((120, 200), np.uint8), np.zeros((120, 200), np.uint8)
+        glyphs = Glyphs(_font())
+        for x, y, text, value in items:
+            glyphs.draw(one, x, y, text, value)
+        Glyphs(_font()).draw_many(many, items)
+        np.testing.assert_array_equal(many, one)
+        assert many.any()

@@ -1,5 +1,8 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
-"""Kernel of reduxd.products.quicklook: a float32 frame to palette grey levels."""
+"""Kernels of reduxd.products.quicklook: a float32 frame to palette grey levels, stamps
+(circles and glyphs) drawn into the chart, where each glyph of a label goes."""
+
+from libc.math cimport rint
 
 
 def stretch_levels(const float[:, ::1] image, float lo, float scale,
@@ -36,3 +39,23 @@ def stamp(unsigned char[:, ::1] canvas, const long long[::1] x0, const long long
                 x = x0[p] + dx[q]
                 if 0 <= y < ny and 0 <= x < nx:
                     canvas[y, x] = values[p]
+
+
+def glyph_origins(const long long[::1] codes, const long long[::1] start, const double[::1] x,
+                  const double[::1] y, const long long[::1] left, const long long[::1] top,
+                  const double[::1] advance, long long[::1] x0, long long[::1] y0):
+    """Where each character of each text goes: text ``t`` is ``codes[start[t]:start[t + 1]]``
+    from pen ``(x[t], y[t])``; character ``q`` of code ``c`` at ``x0[q] = round(pen) +
+    left[c]``, ``y0[q] = round(y[t]) + top[c]`` (rounded half to even, as Python's
+    ``round``), then the pen moves on by ``advance[c]``."""
+    cdef Py_ssize_t t, q
+    cdef double pen
+    cdef long long row
+    with nogil:
+        for t in range(x.shape[0]):
+            pen = x[t]
+            row = <long long> rint(y[t])
+            for q in range(start[t], start[t + 1]):
+                x0[q] = <long long> rint(pen) + left[codes[q]]
+                y0[q] = row + top[codes[q]]
+                pen = pen + advance[codes[q]]
