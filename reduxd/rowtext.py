@@ -10,6 +10,8 @@ changes.
 """
 
 import math
+from itertools import repeat
+from operator import is_
 
 
 def shared_prefix(rows):
@@ -66,7 +68,7 @@ def same_value(values):
     first = values[0]
     if _differ(first, values[-1]):
         return False  # a column of different values: known at once
-    if len(set(map(id, values))) == 1:
+    if all(map(is_, values, repeat(first))):  # the same object (stops at the first other)
         return True
     kind = type(first)
     plain = (math.isfinite(first) and first != 0.0) if kind is float else kind in _PLAIN
