@@ -9,6 +9,8 @@ written atomically with CHECKSUM/DATASUM (:func:`reduxd.fitsio.write_fits_atomic
 calibrated lights, on the per-light path, with :func:`reduxd.fitsio.write_images_atomic`).
 """
 
+import functools
+
 import numpy as np
 from astropy.io import fits
 
@@ -62,6 +64,7 @@ def write_master(path, result):
     return fitsio.write_fits_atomic(path, master_hdul(result))
 
 
+@functools.cache  # the same cards for every light (image_hdu_bytes only reads them)
 def _mask_header():
     header = fits.Header()
     for bit, key in _MASK_KEYS.items():
