@@ -148,3 +148,23 @@ def test_labels_drawn_at_once_are_the_pixels_of_one_text_at_a_time():
         Glyphs(_font()).draw_many(many, items)
         np.testing.assert_array_equal(many, one)
         assert many.any()
+
+
+def test_block_means_are_numpys_float32_sums_bit_for_bit():
+    """The compiled block means of a big frame's display are ``_bin``'s (numpy's float32
+    sums of strided views, in the same order) times 1/factor**2, bit for bit; frames
+    whose size is not a multiple of the factor; NaN and infinite pixels are reported."""
+    from reduxd.products.quicklook import _bin, _block_mean
+
+    rng = np.random.default_rng(11)
+    for factor, shape in ((2, (1104, 1608)), (3, (301, 455)), (2, (7, 5))):
+        data = (rng.normal(1000.0, 300.0, shape) * rng.uniform(0.5, 3e4, shape)).astype(np.float32)
+        for bad in (None, np.nan, np.inf):
+            image = data.copy()
+            if bad is not None:
+                image[shape[0] // 2, shape[1] // 3] = bad
+            got, finite = _block_mean(image, factor)
+            want = _bin(image, factor, np.add) * np.float32(1.0 / factor**2)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            assert got.tobytes() == want.tobytes()
+            assert finite == bool(np.isfinite(want).all()) == (bad is None)

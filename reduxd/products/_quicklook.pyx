@@ -2,7 +2,7 @@
 """Kernels of reduxd.products.quicklook: a float32 frame to palette grey levels, stamps
 (circles and glyphs) drawn into the chart, where each glyph of a label goes."""
 
-from libc.math cimport rint
+from libc.math cimport isinf, isnan, rint
 
 
 def stretch_levels(const float[:, ::1] image, float lo, float scale,
@@ -59,3 +59,26 @@ def glyph_origins(const long long[::1] codes, const long long[::1] start, const 
                 x0[q] = <long long> rint(pen) + left[codes[q]]
                 y0[q] = row + top[codes[q]]
                 pen = pen + advance[codes[q]]
+
+
+def block_sums(const float[:, ::1] data, Py_ssize_t factor, float scale, float[:, ::1] out):
+    """``out[y, x]``: the ``factor`` x ``factor`` block at ``(y, x)`` summed in float32 in
+    row order (its first pixel, then each next one added), times ``scale``; returns
+    whether every ``out`` value is finite."""
+    cdef Py_ssize_t y, x, i, j
+    cdef float acc
+    cdef bint finite = True
+    with nogil:
+        for y in range(out.shape[0]):
+            for x in range(out.shape[1]):
+                acc = data[y * factor, x * factor]
+                for i in range(factor):
+                    for j in range(factor):
+                        if i or j:
+                            acc = acc + data[y * factor + i, x * factor + j]
+                acc = acc * scale
+                out[y, x] = acc
+                if isnan(acc) or isinf(acc):
+                    finite = False
+    return finite
+

@@ -14,7 +14,12 @@ from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
 
 from reduxd.files import atomic_write
-from reduxd.products._quicklook import glyph_origins, stamp, stretch_levels
+from reduxd.products._quicklook import (
+    block_sums,
+    glyph_origins,
+    stamp,
+    stretch_levels,
+)
 from reduxd.products.labels import place_labels
 from reduxd.steps.sky import ring_profile
 
@@ -61,8 +66,8 @@ def _display(data):
         zoom = max(1, -(-MIN_WIDTH // data.shape[1]))  # ceil
         image = np.asarray(data, dtype=np.float32)
         return (image.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else image), float(zoom)
-    mean = _bin(np.asarray(data, dtype=np.float32), factor, np.add) * np.float32(1.0 / factor**2)
-    if not np.isfinite(mean).all():  # only then pay for nanmean
+    mean, finite = _block_mean(np.asarray(data, dtype=np.float32), factor)
+    if not finite:  # only then pay for nanmean
         ny, nx = (s // factor * factor for s in data.shape)
         blocks = np.asarray(data[:ny, :nx], dtype=np.float32)
         mean = np.nanmean(blocks.reshape(ny // factor, factor, nx // factor, factor), axis=(1, 3))
@@ -101,6 +106,20 @@ def _enlarged(grey, zoom):
     for k in range(zoom):
         out[k::zoom] = wide
     return out
+
+
+def _block_mean(data, factor):
+    """``(mean, finite)``: ``_bin(data, factor, np.add) * np.float32(1 / factor**2)`` and
+    whether all of it is finite; one compiled pass
+    (:func:`reduxd.products._quicklook.block_sums`, the same float32 sums in the same
+    order) for a C-contiguous float32 frame."""
+    scale = np.float32(1.0 / factor**2)
+    if data.dtype != np.float32 or data.ndim != 2 or not data.flags.c_contiguous:
+        mean = _bin(data, factor, np.add) * scale
+        return mean, bool(np.isfinite(mean).all())
+    out = np.empty((data.shape[0] // factor, data.shape[1] // factor), np.float32)
+    finite = block_sums(data, factor, scale, out)
+    return out, bool(finite)
 
 
 def _bin(data, factor, combine):
