@@ -1,6 +1,7 @@
 """Quicklook PNGs: finder chart and radial-profile plot, written atomically."""
 
 import numpy as np
+import pytest
 from astropy.table import Table
 from matplotlib.image import imread
 
@@ -111,7 +112,7 @@ def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():
     from reduxd.products.quicklook import draw_rings
 
     rng = np.random.default_rng(7)
-    for radius in (0.3, 2.0, 6.5, 22.446, 41.0):
+    for radius in (0.3, 2.0, 6.5, 22.446, 41.0, 700.0):  # 700: over the canvas, Pillow's way
         x, y = rng.uniform(-60, 260, 400), rng.uniform(-60, 180, 400)
         colours = rng.integers(1, 255, 400)
         picture = Image.new("L", (200, 120), 0)
@@ -121,6 +122,8 @@ def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():
         canvas = np.zeros((120, 200), np.uint8)
         draw_rings(canvas, x, y, radius, colours)
         np.testing.assert_array_equal(canvas, np.asarray(picture))
+    with pytest.raises(ValueError):  # as Pillow: x1 before x0
+        draw_rings(np.zeros((9, 9), np.uint8), [4.0], [4.0], -1.0, [7])
 
 
 def test_labels_drawn_at_once_are_the_pixels_of_one_text_at_a_time():

@@ -178,6 +178,9 @@ def test_labels_of_stars_on_grid_lines_as_one_star_at_a_time(radius):
 def test_labels_refuse_positions_that_are_not_finite():
     with pytest.raises(ValueError, match="finite"):
         labels.place_labels([(1, 5.0, float("nan"), "1")], radius=3, char_width=4, height=6)
+    stars = [(1, 50.0, 50.0, "1"), (2, 58.0, 50.0, "2")]
+    for radius in (float("nan"), float("inf")):  # no place is known to be free
+        assert labels.place_labels(stars, radius=radius, char_width=4, height=6) == {}
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -31,6 +31,8 @@ def place_labels(stars, *, radius, char_width, height):
     (:func:`reduxd.products._labels.first_fit`) that looks only at the stars of
     the grid cells near each place.
 
+    A radius or text size that is not finite places no label.
+
     Raises
     ------
     ValueError
@@ -51,6 +53,8 @@ def place_labels(stars, *, radius, char_width, height):
         raise ValueError("place_labels: star positions must be finite")
     widths = char_width * np.maximum([len(s[3]) for s in stars], 1).astype(float)
     boxes = _candidates(cx, cy, widths, height, radius + 0.25 * height)  # (n, 8, 4)
+    if not (np.isfinite(boxes).all() and np.isfinite(radius)):
+        return {}  # a radius or text size that is not finite: no place is known to be free
     # how far a label reaches from its star (what the grid search must cover)
     reach_x = float(np.abs(boxes[..., 0::2] - cx[:, None, None]).max())
     reach_y = float(np.abs(boxes[..., 1::2] - cy[:, None, None]).max())

@@ -233,7 +233,9 @@ def draw_rings(canvas, x, y, radius, values):
     outline for boxes of the same size, so each size is drawn once by Pillow and
     then stamped at every star's place by one compiled loop
     (:func:`reduxd.products._quicklook.stamp`): a tenth of the time of a Pillow call
-    per star, the same pixels. A star whose position is not finite is not drawn.
+    per star, the same pixels. A star whose position is not finite is not drawn; a
+    radius that is not finite, negative (Pillow refuses it) or over the canvas size is
+    drawn by Pillow star by star.
 
     Examples
     --------
@@ -250,6 +252,8 @@ def draw_rings(canvas, x, y, radius, values):
         x, y, values = x[keep], y[keep], np.asarray(values)[keep]
     if x.size == 0:
         return
+    if not 0 <= radius <= max(canvas.shape):  # NaN, negative or huge: Pillow, star by star
+        return _rings_by_pillow(canvas, x, y, radius, values)
     x0, y0, x1, y1 = (
         np.trunc(v).astype(np.int64) for v in (x - radius, y - radius, x + radius, y + radius)
     )
@@ -259,6 +263,15 @@ def draw_rings(canvas, x, y, radius, values):
     stamp(canvas, x0, y0, shape.reshape(-1).astype(np.int64), starts,
           np.concatenate([dy for dy, _ in outlines]), np.concatenate([dx for _, dx in outlines]),
           np.asarray(values, dtype=np.uint8))  # fmt: skip
+
+
+def _rings_by_pillow(canvas, x, y, radius, values):
+    """:func:`draw_rings` by a Pillow call per star (for radii it does not stamp)."""
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for xi, yi, value in zip(x.tolist(), y.tolist(), np.asarray(values).tolist(), strict=True):
+        draw.ellipse((xi - radius, yi - radius, xi + radius, yi + radius), outline=int(value))
+    canvas[...] = np.asarray(picture)
 
 
 _RINGS = {}  # (width, height) -> (dy, dx) of the outline's pixels, as Pillow draws it
