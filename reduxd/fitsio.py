@@ -21,7 +21,6 @@ EXPTIME '30.0' (a string); no FILTER; 'r'        accepted by ``frames.classify``
 ===============================================  ================================
 """
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -486,10 +485,7 @@ def image_hdu_bytes(data, header=None, *, primary, extend=False, name=None):
         ``EXTNAME``.
 
     The data array is C-contiguous big-endian: write it with ``fh.write(array)``
-    and pad it with :func:`data_padding`. The header's bytes are those of an
-    ``astropy.io.fits.Header`` holding the structural cards, then ``header``'s,
-    then DATASUM and CHECKSUM set (placed as astropy places new cards), put
-    together from the cards' images without building that Header.
+    and pad it with :func:`data_padding`.
     """
     data = np.asarray(data)
     if data.dtype.newbyteorder("=") not in _BITPIX:
@@ -497,87 +493,33 @@ def image_hdu_bytes(data, header=None, *, primary, extend=False, name=None):
     bitpix = _BITPIX[data.dtype.newbyteorder("=")]
     native = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
     data = native.astype(native.dtype.newbyteorder(">"))
-    structural = [("SIMPLE", True, "conforms to FITS standard") if primary
-                  else ("XTENSION", "IMAGE", "Image extension"),
-                  ("BITPIX", bitpix, "array data type"),
-                  ("NAXIS", data.ndim, "number of array dimensions")]  # fmt: skip
-    structural += [(f"NAXIS{axis}", n, None) for axis, n in enumerate(reversed(data.shape), 1)]
+    out = fits.Header()
+    if primary:
+        out["SIMPLE"] = (True, "conforms to FITS standard")
+    else:
+        out["XTENSION"] = ("IMAGE", "Image extension")
+    out["BITPIX"] = (bitpix, "array data type")
+    out["NAXIS"] = (data.ndim, "number of array dimensions")
+    for axis, length in enumerate(reversed(data.shape), start=1):
+        out[f"NAXIS{axis}"] = length
     if primary and extend:
-        structural.append(("EXTEND", True, None))
+        out["EXTEND"] = True
     if not primary:
-        structural += [("PCOUNT", 0, "number of parameters"), ("GCOUNT", 1, "number of groups")]
+        out["PCOUNT"] = (0, "number of parameters")
+        out["GCOUNT"] = (1, "number of groups")
     if name:
-        structural.append(("EXTNAME", name, "extension name"))
-    cards = [_Image(_card_image(*card)) for card in structural]
+        out["EXTNAME"] = (name, "extension name")
     for card in (header or fits.Header()).cards:
         key = card.keyword
         if key in STRUCTURAL or key.startswith("NAXIS") or (name and key == "EXTNAME"):
             continue
-        cards.append(card)
+        out.append(card, end=True)
     datasum = _datasum(native, data)
-    _add_card(cards, _Image(_card_image("DATASUM", str(datasum), "data unit checksum")))
-    checksum = _Image(_card_image("CHECKSUM", "0" * 16, "HDU checksum"))
-    _add_card(cards, checksum)
-    text = _header_text(cards)
-    value = encode_checksum(~ones_complement_sum(text, datasum) & 0xFFFFFFFF)
-    index = next(i for i, card in enumerate(cards) if card is checksum)
-    at = sum(len(card.image) for card in cards[:index])
-    return text[:at] + _checksum_image(value).encode("ascii") + text[at + CARD :], data
-
-
-class _Image:
-    """A card known by its image (what :func:`_add_card` asks of a card)."""
-
-    __slots__ = ("image", "keyword")
-    is_blank = False
-
-    def __init__(self, image):
-        self.image = image
-        self.keyword = image[:8].rstrip()
-
-
-@functools.lru_cache(maxsize=1024, typed=True)
-def _card_image(key, value, comment):
-    """The image astropy gives card ``(key, value, comment)`` (cached: the structural
-    cards of one camera's frames repeat)."""
-    return fits.Card(key, value, comment).image
-
-
-def _checksum_image(value):
-    """The CHECKSUM card, value ``value``, as astropy writes it after an update."""
-    return fits.Card("CHECKSUM", value, "HDU checksum").image
-
-
-_COMMENTARY = frozenset(fits.Card._commentary_keywords)
-
-
-def _add_card(cards, card):
-    """Put a new keyword card where ``astropy.io.fits.Header.append`` puts it (its
-    defaults: after the last card that is neither blank nor commentary, and a
-    blank card at the end given up for it)."""
-    idx = len(cards) - 1
-    while idx >= 0 and cards[idx].is_blank:
-        idx -= 1
-    while idx >= 0 and cards[idx].keyword in _COMMENTARY:
-        idx -= 1
-    cards.insert(idx + 1, card)
-    blanks = 0  # as Header._countblanks
-    for back in range(1, len(cards)):
-        if not cards[-back].is_blank:
-            blanks = back - 1
-            break
-    if blanks:
-        for _ in range(len(card.image) // CARD):
-            if cards[-1].is_blank:
-                del cards[-1]
-            else:
-                break
-
-
-def _header_text(cards):
-    """The header's bytes (``Header.tostring``): the cards' images, END, blanks to a block."""
-    text = "".join(card.image for card in cards) + "END".ljust(CARD)
-    return (text + " " * (-len(text) % BLOCK)).encode("ascii")
+    out["DATASUM"] = (str(datasum), "data unit checksum")
+    out["CHECKSUM"] = ("0" * 16, "HDU checksum")
+    text = out.tostring().encode("ascii")
+    out["CHECKSUM"] = encode_checksum(~ones_complement_sum(text, datasum) & 0xFFFFFFFF)
+    return out.tostring().encode("ascii"), data
 
 
 def _datasum(native, big_endian):

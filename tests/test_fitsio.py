@@ -8,10 +8,8 @@
 """
 
 import hashlib
-import os
 import pickle
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,79 +228,3 @@ def test_clean_header_makes_writing_safe(tmp_path, freeze):
     assert fits.getheader(out)["BITPIX"] == -32
     assert not list((tmp_path / "out").glob(".*tmp"))
     assert_valid(out)
-
-
-def _hdu_bytes_by_astropy_header(data, header=None, *, primary, extend=False, name=None):
-    """image_hdu_bytes as it was: the cards put in an astropy Header, written by tostring."""
-    data = np.asarray(data)
-    bitpix = fitsio._BITPIX[data.dtype.newbyteorder("=")]
-    native = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
-    big = native.astype(native.dtype.newbyteorder(">"))
-    out = fits.Header()
-    if primary:
-        out["SIMPLE"] = (True, "conforms to FITS standard")
-    else:
-        out["XTENSION"] = ("IMAGE", "Image extension")
-    out["BITPIX"] = (bitpix, "array data type")
-    out["NAXIS"] = (big.ndim, "number of array dimensions")
-    for axis, length in enumerate(reversed(big.shape), start=1):
-        out[f"NAXIS{axis}"] = length
-    if primary and extend:
-        out["EXTEND"] = True
-    if not primary:
-        out["PCOUNT"] = (0, "number of parameters")
-        out["GCOUNT"] = (1, "number of groups")
-    if name:
-        out["EXTNAME"] = (name, "extension name")
-    for card in (header or fits.Header()).cards:
-        key = card.keyword
-        if key in fitsio.STRUCTURAL or key.startswith("NAXIS") or (name and key == "EXTNAME"):
-            continue
-        out.append(card, end=True)
-    datasum = fitsio._datasum(native, big)
-    out["DATASUM"] = (str(datasum), "data unit checksum")
-    out["CHECKSUM"] = ("0" * 16, "HDU checksum")
-    text = out.tostring().encode("ascii")
-    out["CHECKSUM"] = fitsio.encode_checksum(
-        ~fitsio.ones_complement_sum(text, datasum) & 0xFFFFFFFF
-    )
-    return out.tostring().encode("ascii")
-
-
-def _headers_of_every_kind():
-    """Raw headers of the test data (cleaned, as the calibrated lights' are), and headers
-    ending in COMMENT / HISTORY / blank cards, with long strings and HIERARCH keys."""
-    data = Path(os.environ.get("REDUXD_TEST_DATA", Path(__file__).parents[2] / "shared/data"))
-    out = []
-    for path in sorted(data.glob("*/**/*.fit*"))[::7][:12]:
-        out.append(fitsio.clean_header(fitsio.read_frame(path, max_bytes=1 << 28).header))
-    tail = fits.Header({"OBJECT": "m1", "EXPTIME": 30.0})
-    tail["HISTORY"] = "made by hand"
-    tail["COMMENT"] = "a comment"
-    blanks = tail.copy()
-    blanks.append(fits.Card(), end=True)
-    blanks.append(fits.Card(), end=True)
-    odd = fits.Header()
-    odd["LONGSTR"] = ("x" * 150, "a string over CONTINUE cards")
-    odd["HIERARCH ESO DET CHIP NAME"] = "chip 1"
-    odd.append(fits.Card(), end=True)
-    odd["COMMENT"] = "after a blank"
-    odd.append(fits.Card(), end=True)
-    only_blanks = fits.Header([fits.Card(), fits.Card()])
-    return [*out, None, fits.Header(), tail, blanks, odd, only_blanks]
-
-
-@pytest.mark.parametrize("kind", ["primary", "extension"])
-def test_hdu_header_bytes_are_astropys(kind):
-    """The header bytes put together from the cards' images are those astropy's Header
-    gives: the cards in the same places (DATASUM and CHECKSUM before trailing
-    commentary, a trailing blank card given up for each), the same checksum."""
-    headers = _headers_of_every_kind()
-    rng = np.random.default_rng(5)
-    for header, dtype in zip(headers, [np.float32, np.uint8, np.int16] * 10, strict=False):
-        data = (rng.random((7, 9)) * 100).astype(dtype)
-        opts = dict(primary=kind == "primary", extend=kind == "primary",
-                    name=None if kind == "primary" else "MASK")  # fmt: skip
-        got, big = fitsio.image_hdu_bytes(data, header, **opts)
-        assert got == _hdu_bytes_by_astropy_header(data, header, **opts)
-        assert big.tobytes() == data.astype(data.dtype.newbyteorder(">")).tobytes()
