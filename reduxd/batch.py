@@ -31,7 +31,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from reduxd import __version__, executors, lock
+from reduxd import __version__, executors, heap, lock
 from reduxd.cliargs import OLD_FORMS, FilterNames, checked
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
@@ -413,6 +413,7 @@ def run(args):
         outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
         if pool is not None:
             preload.join()  # before any fork: no import lock held by a thread
+        heap.settle()  # workers forked next share the frozen modules (see reduxd.heap)
         pipeline.flush(pool=pool)  # the masters, in the pool when there is one
         preload.join()
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
