@@ -1,15 +1,16 @@
 """The garbage collector of the ``reduxd`` program: its long-lived objects are frozen.
 
-The modules ``reduxd`` imports (numpy, astropy, scipy, matplotlib: about 200,000
+The modules ``reduxd`` imports (numpy, astropy, scipy, matplotlib: about 140,000
 objects) live as long as the process. Each full collection of the cyclic
-garbage collector walks all of them: 0.1-0.4 s each time, in the main process
-and in every worker forked from it. The program therefore imports with the
-collector off (:func:`program_start`) and freezes what exists after its
-imports and before it forks workers (:func:`settle`): collections then look at
-newer objects only (Python's recipe, see :func:`gc.freeze`). A garbage cycle
-left at that moment is kept, not freed: :func:`settle` collects first, except
-after the imports (about 1,400 small objects of garbage there; collecting them
-would cost 0.06 s, more than the collector's pause saves).
+garbage collector walks all of them (about 70 ms each time), in the main process
+and in every worker forked from it, where it also writes to the inherited pages.
+The program therefore imports with the collector off (:func:`program_start`) and
+freezes what exists after its imports and before it forks workers
+(:func:`settle`): collections then look at newer objects only (Python's recipe,
+see :func:`gc.freeze`). A garbage cycle left at that moment is kept, not freed:
+:func:`settle` collects first, except after the imports (about 1,400 small
+objects of garbage there; collecting them would cost 0.06 s, more than the
+collector's pause saves).
 
 A process that calls :func:`reduxd.cli.main` with arguments (the tests) keeps
 its collector as it is: :func:`settle` does nothing there.
