@@ -1278,6 +1278,7 @@ def write_lightcurve(
     radec=None,
     keep=None,
     files=None,
+    later=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -1301,6 +1302,10 @@ def write_lightcurve(
         When given, the files' contents are put there (``{path: bytes}``) instead of
         written (a rebuild in a child process: the daemon installs them, see
         :mod:`reduxd.curves`).
+    later : list, optional
+        When given, the curve is built only and ``(object, filter, table)`` is
+        appended there: :func:`write_built` writes its files later, e.g. in another
+        process while this one goes on with what needs only the curve's ensemble.
 
     Returns
     -------
@@ -1322,6 +1327,17 @@ def write_lightcurve(
         keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
     lc.meta["filter"] = str(filter)
+    if later is not None:
+        later.append((object, filter, lc))
+        return list(lightcurve_paths(outdir, object=object, filter=filter, save=save))
+    return write_built(outdir, lc, object=object, filter=filter, save=save, files=files)
+
+
+def write_built(outdir, lc, *, object, filter, save="", files=None):
+    """Write the CSV, ECSV and PNG of a light curve built by :func:`write_lightcurve`.
+
+    ``files`` as in :func:`write_lightcurve`. Returns ``[csv, ecsv, png]``.
+    """
     csv_path, ecsv_path, png_path = lightcurve_paths(
         outdir, object=object, filter=filter, save=save
     )
