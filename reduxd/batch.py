@@ -571,7 +571,6 @@ def _stacks_and_curves(pipeline, pool):
         if not pipeline.config.output.stack:
             return []
         pending = stacks.start_stacks(pipeline, pool)
-        curves.land()  # built: their files are written in the pool from now on
         return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
     finally:
         curves.close()

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import pickle
 import resource
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -62,6 +63,7 @@ class Curves:
         self.unwritten = None  # [(object, filter, curve)]: built, files written later
         self.final_pool = None  # the batch's pool: builds the final curves, then writes them
         self.writing = None  # future of the pool job writing the final curves' files
+        self.sender = None  # thread: sends the final curves' files to the pool once built
         self.marks = {}  # (field, filter) -> (target_id, comparison_ids) of its final build
 
     def keep_rows(self):
@@ -163,6 +165,9 @@ class Curves:
             work, pool = rebuild, self._child()
         self.final_pool, self.marks = (pool if final else None), {}
         self.running = (pool.submit(work, *args), set(fields))
+        if final:  # the files are written as soon as the curves are built, whatever runs here
+            self.sender = threading.Thread(target=self._send, args=(self.running[0],), daemon=True)
+            self.sender.start()
 
     def _child(self):
         """The daemon's one-worker pool for rebuilds (spawned: the daemon has threads)."""
@@ -171,8 +176,19 @@ class Curves:
             self.pool = ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1)
         return self.pool
 
+    def _send(self, future):
+        """(A thread) Once the final curves are built, send their files to the pool."""
+        try:
+            unwritten = future.result()[3]
+            if unwritten:
+                args = (str(self.outdir), self.config.output.save, unwritten)
+                self.writing = self.final_pool.submit(write_built, *args)
+        except Exception:  # the build failed (said by _land) or the pool is gone
+            return
+
     def land(self):
-        """Wait for the rebuild running, take its ensembles, start writing its files."""
+        """Wait for the rebuild running and take its ensembles (its files may still be
+        being written, see :meth:`update`)."""
         self._land(wait=True)
 
     def marked(self, field):
@@ -206,6 +222,9 @@ class Curves:
             return
         future, fields = self.running
         self.running = None
+        if self.sender is not None:  # once it is done, self.writing is known
+            self.sender.join()
+            self.sender = None
         rebuilt = {}
         try:
             built = future.result()
@@ -226,16 +245,13 @@ class Curves:
 
     def _install(self, built):
         """Take a rebuild's ``(ensembles, states[, files[, unwritten]])``; write the files a
-        child made; the curves a batch's pool built go back to the pool to be written."""
+        child made; mark the curves a batch's pool built (:meth:`_send` writes them)."""
         ensembles, states, files, unwritten = (*built, None, None)[:4]
         if files:
             lightcurve.write_files(files)
         self.ensembles.update(ensembles)
         self.states.update(states)
-        if unwritten:
-            self.marks.update({(o, f): _marks(lc) for o, f, lc in unwritten})
-            args = (str(self.outdir), self.config.output.save, unwritten)
-            self.writing = self.final_pool.submit(write_built, *args)
+        self.marks.update({(o, f): _marks(lc) for o, f, lc in unwritten or ()})
 
     def _rebuild(self, fields, upto):
         """Rewrite the curves of ``fields`` from the ledger's rows up to reduction ``upto``.

@@ -33,23 +33,39 @@ def test_final_curves_are_marked_before_their_files_are_written(tmp_path):
     (what a finder chart marks) while its files are still to be written; ``close``
     waits for them, and the ECSV names the same ensemble."""
     ecsv = tmp_path / "lightcurve_A_V.ecsv"
-    gate = tmp_path / "gate"
+    gates = [tmp_path / "gate1", tmp_path / "gate2"]
     with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
         for i in range(12):
             add(i)
         curves = pipeline.lightcurves
-        pipeline.update_curves(pool=pool)  # the build job
-        held = pool.submit(wait_for, str(gate))  # the one worker waits after the build
-        curves.land()  # the build is taken; its files' job queues behind the gate
-        marks = curves.marked(("A", "V"))
+        pool.submit(wait_for, str(gates[0]))  # the one worker: gate 1, the build,
+        pipeline.update_curves(pool=pool)
+        held = pool.submit(wait_for, str(gates[1]))  # gate 2, then the files' job
+        gates[0].touch()
+        marks = curves.marked(("A", "V"))  # waits for the build
         assert curves.ensembles[("A", "V")]["target_id"] == 1
         assert not ecsv.exists() and curves.writing is not None and not held.done()
-        gate.touch()
+        gates[1].touch()
         curves.close()
         assert curves.writing is None and curves.final_pool is None
     assert marks[0] == 1 and len(marks[1]) >= 2
     assert read_ensemble(ecsv) == marks
     assert curves.marked(("B", "R")) is None  # not built: the finder reads the ECSV
+
+
+def test_final_curves_files_are_written_as_soon_as_they_are_built(tmp_path):
+    """Nobody needs to take the build (the stacks are busy) for the files to be
+    written: they are sent to the pool once the curves are built."""
+    ecsv = tmp_path / "lightcurve_A_V.ecsv"
+    with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
+        for i in range(12):
+            add(i)
+        curves = pipeline.lightcurves
+        pipeline.update_curves(pool=pool)
+        wait_for(ecsv, timeout=120)
+        assert ecsv.exists() and curves.running is not None  # written, not yet taken here
+        curves.close()
+    assert read_ensemble(ecsv) == curves.marks[("A", "V")]
 
 
 def test_final_curves_whose_files_cannot_be_written_are_logged(tmp_path, capfd):
