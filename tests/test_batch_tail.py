@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pytest
 from astropy.io import fits
 from test_pipeline import field_a_pipeline
 
@@ -126,6 +127,7 @@ lightcurve._table_bytes, stacks.write_finder = tables, finder
 """
 
 
+@pytest.mark.slow
 def test_finder_charts_are_drawn_while_the_curves_are_written_and_products_are_the_same(
     tmp_path,
 ):
