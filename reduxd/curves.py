@@ -64,7 +64,7 @@ class Curves:
         self.final_pool = None  # the batch's pool: builds the final curves, then writes them
         self.writing = None  # future of the pool job writing the final curves' files
         self.sender = None  # thread: sends the final curves' files to the pool once built
-        self.marks = {}  # (field, filter) -> (target_id, comparison_ids) of its final build
+        self.marks = {}  # ECSV path -> (target_id, comparison_ids) of its curve's final build
 
     def keep_rows(self):
         """Keep the rows committed from now on (a batch): the final build of a field
@@ -191,12 +191,12 @@ class Curves:
         being written, see :meth:`update`)."""
         self._land(wait=True)
 
-    def marked(self, field):
-        """``(target_id, comparison_ids)`` of the field's curve built by the last final
-        update (what a finder chart marks), its files maybe not written yet; None if it
-        was not built then. Waits for the build."""
+    def marked(self, ecsv_path):
+        """``(target_id, comparison_ids)`` that the light curve ``ecsv_path`` names once
+        the last final update has written it (what a finder chart marks), maybe before
+        it is written; None if that update does not write it. Waits for the build."""
         self.land()
-        return self.marks.get(field)
+        return self.marks.get(Path(ecsv_path))
 
     def close(self):
         """Wait for a rebuild in the child and for the writing of its files, then stop
@@ -251,7 +251,10 @@ class Curves:
             lightcurve.write_files(files)
         self.ensembles.update(ensembles)
         self.states.update(states)
-        self.marks.update({(o, f): _marks(lc) for o, f, lc in unwritten or ()})
+        save = self.config.output.save
+        for obj, filt, lc in unwritten or ():  # in the order write_built writes them
+            ecsv = lightcurve.lightcurve_paths(self.outdir, object=obj, filter=filt, save=save)[1]
+            self.marks[Path(ecsv)] = _marks(lc)
 
     def _rebuild(self, fields, upto):
         """Rewrite the curves of ``fields`` from the ledger's rows up to reduction ``upto``.

@@ -43,7 +43,7 @@ def test_final_curves_are_marked_before_their_files_are_written(tmp_path):
         pipeline.update_curves(pool=pool)
         held = pool.submit(wait_for, str(gates[1]))  # gate 2, then the files' job
         gates[0].touch()
-        marks = curves.marked(("A", "V"))  # waits for the build
+        marks = curves.marked(ecsv)  # waits for the build
         assert curves.ensembles[("A", "V")]["target_id"] == 1
         assert not ecsv.exists() and curves.writing is not None and not held.done()
         gates[1].touch()
@@ -51,7 +51,7 @@ def test_final_curves_are_marked_before_their_files_are_written(tmp_path):
         assert curves.writing is None and curves.final_pool is None
     assert marks[0] == 1 and len(marks[1]) >= 2
     assert read_ensemble(ecsv) == marks
-    assert curves.marked(("B", "R")) is None  # not built: the finder reads the ECSV
+    assert curves.marked(tmp_path / "lightcurve_B_R.ecsv") is None  # not built: read
 
 
 def test_final_curves_files_are_written_as_soon_as_they_are_built(tmp_path):
@@ -66,7 +66,7 @@ def test_final_curves_files_are_written_as_soon_as_they_are_built(tmp_path):
         wait_for(ecsv, timeout=120)
         assert ecsv.exists() and curves.running is not None  # written, not yet taken here
         curves.close()
-    assert read_ensemble(ecsv) == curves.marks[("A", "V")]
+    assert read_ensemble(ecsv) == curves.marks[ecsv]
 
 
 def test_final_curves_whose_files_cannot_be_written_are_logged(tmp_path, capfd):

@@ -249,10 +249,10 @@ def finish_stacks(pipeline, pending, *, ensembles=None):
     Writes one stacked FITS and its photometry CSV per group; returns the FITS
     paths (up to date ones included), in group order. Waits for the pool's jobs;
     an error of a job (an unreadable light) is raised here. A finder chart marks
-    the target and comparisons of the light curve of its object and filter:
-    ``ensembles((object, filter))`` gives them (e.g. from a curve built but not yet
-    written), or when it returns None (or is not given) they are read from the
-    curve's ECSV.
+    the target and comparisons named by the light curve of its object and filter:
+    ``ensembles(ecsv_path)`` gives them (e.g. from a curve built, its files not yet
+    written), or when it returns None (or is not given) they are read from that
+    ECSV.
     """
     out = []
     for group in pending.groups:
@@ -300,7 +300,7 @@ def _write_stack(pipeline, group, acc, *, ensembles=None):
     )
     save = pipeline.config.output.save
     _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
-    marks = ensembles((obj, filt)) if ensembles is not None else None
+    marks = ensembles(ecsv) if ensembles is not None else None
     target_id, comparison_ids = marks if marks is not None else read_ensemble(ecsv)
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
     title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"
