@@ -133,10 +133,10 @@ class Curves:
         ``final`` (the end of a batch, a stop): curves that were appended to since
         their last build are rebuilt too, so they end on the whole night's ensemble,
         here and now, or in ``pool`` (the batch's forked process pool: it runs
-        beside the stacks): a job builds them, then (:meth:`land`) another writes
-        their files while their ensembles (:meth:`marked`) are already known here,
-        and :meth:`close` waits for it. Otherwise (the daemon's tick) the rebuild
-        goes to a child process and lands at a later call.
+        beside the stacks): a job builds them and, as soon as it is done, another
+        writes their files (:meth:`_send`) while their ensembles (:meth:`marked`) are
+        already known here; :meth:`close` waits for it. Otherwise (the daemon's tick)
+        the rebuild goes to a child process and lands at a later call.
         """
         self._land(wait=final)
         if final:
@@ -452,8 +452,8 @@ class KeptRows:
 
 def build_tables(config, outdir, tables):
     """Build light curves from ``[(field, table)]`` (in a pool worker), writing nothing;
-    returns ``(ensembles, states, None, unwritten)`` for :meth:`Curves._install`, which
-    sends ``unwritten`` (the built curves) to :func:`write_built`."""
+    returns ``(ensembles, states, None, unwritten)`` for :meth:`Curves._install`
+    (:meth:`Curves._send` sends ``unwritten``, the built curves, to :func:`write_built`)."""
     curves = Curves(config, ledger=None, outdir=Path(outdir), clock=time.monotonic)
     curves.unwritten = []
     return (*write_here(curves, tables), None, curves.unwritten)
