@@ -558,23 +558,23 @@ def _reset_no_longer_excluded(ledger, found, pipeline):
 def _stacks_and_curves(pipeline, pool):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
-    With a local process pool the light curves are rebuilt in one worker (which
-    reads the ledger) while the others stack and this process measures and writes
-    the stacks; their finder charts (which mark the light curves' comparisons)
-    wait for the light curves. Dask workers may not see the ledger: not there.
+    With a local process pool the light curves are built in one worker while the
+    others stack; once built, a worker writes their files (tables, plots) while
+    this process measures and writes the stacks and draws their finder charts,
+    which mark the curves' comparisons. Dask workers may not see the ledger: not there.
     """
     from reduxd.products import stacks  # see LATER_MODULES
 
     local = pool if isinstance(pool, ProcessPoolExecutor) else None
+    curves = pipeline.lightcurves
     pipeline.update_curves(pool=local)
-    curves_written = pipeline.lightcurves.close
     try:
         if not pipeline.config.output.stack:
             return []
         pending = stacks.start_stacks(pipeline, pool)
-        return stacks.finish_stacks(pipeline, pending, before_finders=curves_written)
+        return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
     finally:
-        curves_written()
+        curves.close()
 
 
 class Preload:

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import pickle
 import resource
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -59,6 +60,11 @@ class Curves:
         self.waiting = defaultdict(list)  # field -> (packed rows, version) committed meanwhile
         self.files = None  # {path: bytes}: the files of a rebuild in a child, not written
         self.kept = None  # KeptRows: the rows committed by this process (a batch)
+        self.unwritten = None  # [(object, filter, curve)]: built, files written later
+        self.final_pool = None  # the batch's pool: builds the final curves, then writes them
+        self.writing = None  # future of the pool job writing the final curves' files
+        self.sender = None  # thread: sends the final curves' files to the pool once built
+        self.marks = {}  # ECSV path -> (target_id, comparison_ids) of its curve's final build
 
     def keep_rows(self):
         """Keep the rows committed from now on (a batch): the final build of a field
@@ -127,8 +133,10 @@ class Curves:
         ``final`` (the end of a batch, a stop): curves that were appended to since
         their last build are rebuilt too, so they end on the whole night's ensemble,
         here and now, or in ``pool`` (the batch's forked process pool: it runs
-        beside the stacks) and then :meth:`close` waits for them. Otherwise (the
-        daemon's tick) the rebuild goes to a child process and lands at a later call.
+        beside the stacks): a job builds them and, as soon as it is done, another
+        writes their files (:meth:`_send`) while their ensembles (:meth:`marked`) are
+        already known here; :meth:`close` waits for it. Otherwise (the daemon's tick)
+        the rebuild goes to a child process and lands at a later call.
         """
         self._land(wait=final)
         if final:
@@ -149,13 +157,17 @@ class Curves:
             self._close_pool()
             return
         args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
-        if tables:  # the rows are here: only the writing goes to the pool
-            work, args = write_tables, (self.config, str(self.outdir), tables)
+        if tables:  # the rows are here: only the building goes to the pool
+            work, args = build_tables, (self.config, str(self.outdir), tables)
         elif final:  # in the batch's forked pool, whose workers log to the run's log
-            work = rebuild_here
+            work = rebuild_later
         else:
             work, pool = rebuild, self._child()
+        self.final_pool, self.marks = (pool if final else None), {}
         self.running = (pool.submit(work, *args), set(fields))
+        if final:  # the files are written as soon as the curves are built, whatever runs here
+            self.sender = threading.Thread(target=self._send, args=(self.running[0],), daemon=True)
+            self.sender.start()
 
     def _child(self):
         """The daemon's one-worker pool for rebuilds (spawned: the daemon has threads)."""
@@ -164,9 +176,39 @@ class Curves:
             self.pool = ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1)
         return self.pool
 
-    def close(self):
-        """Wait for a rebuild in the child, then stop the child."""
+    def _send(self, future):
+        """(A thread) Once the final curves are built, send their files to the pool."""
+        try:
+            unwritten = future.result()[3]
+            if unwritten:
+                args = (str(self.outdir), self.config.output.save, unwritten)
+                self.writing = self.final_pool.submit(write_built, *args)
+        except Exception:  # the build failed (said by _land) or the pool is gone
+            return
+
+    def land(self):
+        """Wait for the rebuild running and take its ensembles (its files may still be
+        being written, see :meth:`update`)."""
         self._land(wait=True)
+
+    def marked(self, ecsv_path):
+        """``(target_id, comparison_ids)`` that the light curve ``ecsv_path`` names once
+        the last final update has written it (what a finder chart marks), maybe before
+        it is written; None if that update does not write it. Waits for the build."""
+        self.land()
+        return self.marks.get(Path(ecsv_path))
+
+    def close(self):
+        """Wait for a rebuild in the child and for the writing of its files, then stop
+        the child."""
+        self._land(wait=True)
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            except Exception as exc:  # the worker died: the files were not all written
+                log.warning("lightcurve_not_written", reason=str(exc))
+        self.final_pool = None
         self._close_pool()
 
     def _close_pool(self):
@@ -180,6 +222,9 @@ class Curves:
             return
         future, fields = self.running
         self.running = None
+        if self.sender is not None:  # once it is done, self.writing is known
+            self.sender.join()
+            self.sender = None
         rebuilt = {}
         try:
             built = future.result()
@@ -199,12 +244,17 @@ class Curves:
                 self.changed(field, _unpack(packed), version)
 
     def _install(self, built):
-        """Take a rebuild's ``(ensembles, states[, files])``; write the files a child made."""
-        ensembles, states, *files = built
-        for payloads in files:
-            lightcurve.write_files(payloads)
+        """Take a rebuild's ``(ensembles, states[, files[, unwritten]])``; write the files a
+        child made; mark the curves a batch's pool built (:meth:`_send` writes them)."""
+        ensembles, states, files, unwritten = (*built, None, None)[:4]
+        if files:
+            lightcurve.write_files(files)
         self.ensembles.update(ensembles)
         self.states.update(states)
+        save = self.config.output.save
+        for obj, filt, lc in unwritten or ():  # in the order write_built writes them
+            ecsv = lightcurve.lightcurve_paths(self.outdir, object=obj, filter=filt, save=save)[1]
+            self.marks[Path(ecsv)] = _marks(lc)
 
     def _rebuild(self, fields, upto):
         """Rewrite the curves of ``fields`` from the ledger's rows up to reduction ``upto``.
@@ -244,7 +294,7 @@ class Curves:
             try:
                 lightcurve.write_lightcurve(
                     self.outdir, table, target=target, comparisons=comparisons,
-                    radec=radec, keep=kept, files=self.files, **common,
+                    radec=radec, keep=kept, files=self.files, later=self.unwritten, **common,
                 )  # fmt: skip
             except ReduxdError as exc:
                 if target is None and radec is None:
@@ -252,8 +302,9 @@ class Curves:
                 # the configured target (and its comparisons) is in another field
                 log.warning("lightcurve_target_not_in_field", object=obj, reason=str(exc))
                 lightcurve.write_lightcurve(
-                    self.outdir, table, target=None, keep=kept, files=self.files, **common
-                )
+                    self.outdir, table, target=None, keep=kept, files=self.files,
+                    later=self.unwritten, **common,
+                )  # fmt: skip
             if "lightcurve" in kept:
                 ensembles[(obj, filt)] = lightcurve.ensemble_of(kept["lightcurve"])
             states[(obj, filt)] = (
@@ -261,6 +312,14 @@ class Curves:
             )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
+
+
+def _marks(lc):
+    """``(target_id, comparison_ids)`` of a built curve, as :func:`finder.read_ensemble`
+    reads them from its ECSV."""
+    target = lc.meta.get("target_id")
+    comparisons = tuple(int(c) for c in lc.meta.get("comparison_ids", []))
+    return (None if target is None else int(target)), comparisons
 
 
 def _pack(rows):
@@ -391,11 +450,30 @@ class KeptRows:
         return join_parts(parts)
 
 
-def write_tables(config, outdir, tables):
-    """Write light curves from ``[(field, table)]`` (in a pool worker); returns
-    ``(ensembles, states)`` for :meth:`Curves._install`."""
+def build_tables(config, outdir, tables):
+    """Build light curves from ``[(field, table)]`` (in a pool worker), writing nothing;
+    returns ``(ensembles, states, None, unwritten)`` for :meth:`Curves._install`
+    (:meth:`Curves._send` sends ``unwritten``, the built curves, to :func:`write_built`)."""
     curves = Curves(config, ledger=None, outdir=Path(outdir), clock=time.monotonic)
-    return write_here(curves, tables)
+    curves.unwritten = []
+    return (*write_here(curves, tables), None, curves.unwritten)
+
+
+def rebuild_later(config, ledger_path, outdir, fields, upto):
+    """:func:`rebuild_here` building only, as :func:`build_tables` (in a pool worker)."""
+    later = []
+    ensembles, states = rebuild_here(config, ledger_path, outdir, fields, upto, later=later)
+    return ensembles, states, None, later
+
+
+def write_built(outdir, save, unwritten):
+    """Write the files of curves built by :func:`build_tables` or :func:`rebuild_later`
+    (``[(object, filter, curve)]``), in a pool worker."""
+    for obj, filt, lc in unwritten:
+        try:
+            lightcurve.write_built(outdir, lc, object=obj, filter=filt, save=save)
+        except Exception as exc:
+            log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
 
 
 def write_here(curves, tables):
@@ -427,12 +505,14 @@ def rebuild(config, ledger_path, outdir, fields, upto):
     return ensembles, states, files
 
 
-def rebuild_here(config, ledger_path, outdir, fields, upto, *, files=None):
+def rebuild_here(config, ledger_path, outdir, fields, upto, *, files=None, later=None):
     """:func:`rebuild` with this process's logging (a forked worker logs to the run's log).
 
-    Writes the files, or with ``files`` (a dict) puts their contents there.
+    Writes the files, or with ``files`` (a dict) puts their contents there, or with
+    ``later`` (a list) builds the curves only and puts them there.
     """
     with Ledger(ledger_path, readonly=True) as ledger:
         curves = Curves(config, ledger=ledger, outdir=Path(outdir), clock=time.monotonic)
         curves.files = files
+        curves.unwritten = later
         return curves._rebuild(fields, upto)

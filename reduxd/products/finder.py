@@ -94,11 +94,9 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
         linewidths=[1.6 if role[sid] != "star" else 0.8 for sid, *_ in stars],
     )  # one artist for every circle: drawn in the same order, far faster than patches
     ax.add_collection(circles)
-    for sid, _x, _y, text in stars:
-        colour = COLOURS[role[sid]]
-        if sid in labels:
-            x0, y0, _x1, _y1 = labels[sid]
-            ax.text(x0, y0, text, color=colour, fontsize=8, ha="left", va="bottom")
+    placed = [(*labels[sid][:2], text, COLOURS[role[sid]])
+              for sid, _x, _y, text in stars if sid in labels]  # fmt: skip
+    _add_labels(ax, placed, fontsize=8, ha="left", va="bottom")
     handles = [
         Line2D([], [], marker="o", ls="", mfc="none", color=COLOURS["target"],
                label=f"target (star {target_id})" if target_id is not None else "no target set"),
@@ -116,6 +114,39 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     # against 0.30 s for a 1000x776 stack chart) and no larger (a noisy sky barely packs)
     fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
+
+
+def _add_labels(ax, placed, **props):
+    """``ax.text(x, y, text, color=colour, **props)`` for each ``(x, y, text, colour)``
+    of ``placed``, drawn by one artist (:func:`_labels_artist`): the same pixels."""
+    if placed:
+        labels = _labels_artist()(placed, transform=ax.transData, clip_on=False, **props)
+        labels.set_clip_path(ax.patch)  # as ax.text sets it
+        ax.add_artist(labels)
+
+
+@lru_cache(maxsize=1)
+def _labels_artist():
+    """The class of :func:`_add_labels`' artist (matplotlib is imported on first use)."""
+    from matplotlib.text import Text
+
+    class Labels(Text):
+        """Labels drawn in order by one ``Text``, moved, renamed and recoloured for each:
+        the pixels of one ``Text`` per label (the same drawing code, in the same order:
+        the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort."""
+
+        def __init__(self, placed, **props):
+            super().__init__(**props)
+            self.placed = placed
+
+        def draw(self, renderer):
+            for x, y, text, colour in self.placed:
+                self.set_position((x, y))
+                self.set_text(text)
+                self.set_color(colour)
+                super().draw(renderer)
+
+    return Labels
 
 
 def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(), title="",

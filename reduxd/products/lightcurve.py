@@ -423,10 +423,7 @@ def _rel(grid, columns, ref=None):
     use = _usable(grid)[:, columns]
     rate = grid.rate[:, columns]
     if ref is None:
-        ref = np.array(
-            [np.median(rate[use[:, j], j]) if use[:, j].any() else np.nan
-             for j in range(len(columns))]
-        )  # fmt: skip
+        ref = column_medians(rate, use)
     ref = np.asarray(ref, dtype=np.float64)
     use &= np.isfinite(ref)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -437,12 +434,7 @@ def _rel(grid, columns, ref=None):
 
 def _weights(rel_err, use):
     """Inverse-variance weight of each star: 1 / median(relative error)**2 over its frames."""
-    typical = np.array(
-        [
-            np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
-            for j in range(use.shape[1])
-        ]
-    )
+    typical = column_medians(rel_err, use)
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(np.isfinite(typical) & (typical > 0), 1.0 / typical**2, 0.0)
     return w
@@ -464,20 +456,38 @@ def p2p_scatter(values):
     >>> round(p2p_scatter(np.array([0.0, 1.0, 0.0, 1.0, 0.0])), 4)
     1.0484
     """
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size < 3:
-        return math.nan
-    diff = np.diff(values)
-    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+    return float(_p2p_columns(np.asarray(values, dtype=np.float64).reshape(-1, 1))[0])
 
 
 def _typical(rel_err, use):
     """Median relative error of each star over its usable frames."""
-    return np.array(
-        [np.median(rel_err[use[:, j], j]) if use[:, j].any() else np.nan
-         for j in range(use.shape[1])]
-    )  # fmt: skip
+    return column_medians(rel_err, use)
+
+
+def column_medians(values, use):
+    """``np.median(values[use[:, j], j])`` of each column ``j`` (NaN where none is used).
+
+    All columns at once (one sort), the same numbers: the middle value, or the mean
+    of the two middle values; NaN for a column with a NaN among its used values.
+
+    Examples
+    --------
+    >>> v = np.array([[1.0, 5.0, 2.0], [3.0, np.nan, 9.0], [2.0, 7.0, 4.0], [8.0, 1.0, 0.0]])
+    >>> use = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=bool)
+    >>> column_medians(v, use).tolist()
+    [2.5, 6.0, nan]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.full(values.shape[1], np.nan)
+    n = use.sum(axis=0)
+    ordered = np.sort(np.where(use, values, np.nan), axis=0)  # the used values first
+    cols = np.arange(values.shape[1])
+    upper, lower = ordered[n // 2, cols], ordered[np.maximum(n // 2 - 1, 0), cols]
+    with np.errstate(invalid="ignore"):
+        out = np.where(n % 2 == 1, upper, (lower + upper) / 2.0)
+    out[(n == 0) | (use & np.isnan(values)).any(axis=0)] = np.nan
+    return out
 
 
 def _per_frame(w, rel_err, use, typical=None):
@@ -509,8 +519,18 @@ def _leave_one_out(rel, rel_err, use, w):
 
 
 def _p2p_columns(values):
-    """Point-to-point scatter of each column (NaN rows of a column skipped)."""
-    return np.array([p2p_scatter(values[:, k]) for k in range(values.shape[1])])
+    """:func:`p2p_scatter` of each column (its non-finite values skipped), all at once."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0)
+    order = np.argsort(~finite, axis=0, kind="stable")  # each column's finite values first
+    with np.errstate(invalid="ignore"):  # past a column's finite values: not used
+        diff = np.diff(np.take_along_axis(values, order, axis=0), axis=0)
+        valid = np.arange(len(diff))[:, None] < (n - 1)[None, :]
+        dev = np.abs(diff - column_medians(diff, valid)[None, :])
+        out = 1.4826 * column_medians(dev, valid) / math.sqrt(2.0)
+    out[n < 3] = np.nan
+    return out
 
 
 def _steadiness(rel, rel_err, use, w):
@@ -675,16 +695,19 @@ def measured_variances(grid, columns):
     n = len(columns)
     if n < 3 or len(grid.files) < 5 or not np.all(w > 0):
         return reported
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    both = np.stack([use[:, i] & use[:, j] for i, j in pairs], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.stack([np.log(rel[:, i] / rel[:, j]) for i, j in pairs], axis=1)
+    scatter = _p2p_columns(np.where(both, ratio, np.nan))  # each pair's frames with both
+    scatter[both.sum(axis=0) < 5] = np.nan
     design, s2 = [], []
-    for i in range(n):
-        for j in range(i + 1, n):
-            both = use[:, i] & use[:, j]
-            s = p2p_scatter(np.log(rel[both, i] / rel[both, j])) if both.sum() >= 5 else math.nan
-            if np.isfinite(s) and s > 0:
-                row = np.zeros(n)
-                row[[i, j]] = 1.0
-                design.append(row)
-                s2.append(s**2)
+    for (i, j), s in zip(pairs, scatter.tolist(), strict=True):
+        if np.isfinite(s) and s > 0:
+            row = np.zeros(n)
+            row[[i, j]] = 1.0
+            design.append(row)
+            s2.append(s**2)
     if len(s2) < n:
         return reported
     design, s2 = np.array(design), np.array(s2)
@@ -1278,6 +1301,7 @@ def write_lightcurve(
     radec=None,
     keep=None,
     files=None,
+    later=None,
 ):
     """Write the light curve of one (object, filter): CSV, ECSV and a PNG plot.
 
@@ -1301,6 +1325,10 @@ def write_lightcurve(
         When given, the files' contents are put there (``{path: bytes}``) instead of
         written (a rebuild in a child process: the daemon installs them, see
         :mod:`reduxd.curves`).
+    later : list, optional
+        When given, the curve is built only and ``(object, filter, table)`` is
+        appended there: :func:`write_built` writes its files later, e.g. in another
+        process while this one goes on with what needs only the curve's ensemble.
 
     Returns
     -------
@@ -1322,6 +1350,17 @@ def write_lightcurve(
         keep["lightcurve"] = lc
     lc.meta["object"] = str(object)
     lc.meta["filter"] = str(filter)
+    if later is not None:
+        later.append((object, filter, lc))
+        return list(lightcurve_paths(outdir, object=object, filter=filter, save=save))
+    return write_built(outdir, lc, object=object, filter=filter, save=save, files=files)
+
+
+def write_built(outdir, lc, *, object, filter, save="", files=None):
+    """Write the CSV, ECSV and PNG of a light curve built by :func:`write_lightcurve`.
+
+    ``files`` as in :func:`write_lightcurve`. Returns ``[csv, ecsv, png]``.
+    """
     csv_path, ecsv_path, png_path = lightcurve_paths(
         outdir, object=object, filter=filter, save=save
     )

@@ -138,6 +138,7 @@ class _Group:
     signature: str
     chunks: list = dataclasses.field(default_factory=list)
     unchanged: bool = False
+    items: list = dataclasses.field(default_factory=list)  # the reduced lights' paths
 
 
 @dataclasses.dataclass
@@ -229,24 +230,29 @@ def start_stacks(pipeline, pool=None):
             (str(reduced_path(pipeline.outdir, r.relpath)), *map(float, r.info.offset))
             for r in rows
         ]
-        group.header = add_cards(group.header, span_cards([p for p, _x, _y in items], pipeline))
         size = chunk_size(len(items))
         for k in range(0, len(items), size):
             chunk = items[k : k + size]
             group.chunks.append(
                 chunk if pool is None else pool.submit(stack_chunk, chunk, max_bytes)
             )
+        group.items = [p for p, _x, _y in items]
+    for group in groups:  # read while the pool stacks
+        if not group.unchanged:
+            group.header = add_cards(group.header, span_cards(group.items, pipeline))
     return PendingStacks(groups, max_bytes)
 
 
-def finish_stacks(pipeline, pending, *, before_finders=None):
+def finish_stacks(pipeline, pending, *, ensembles=None):
     """Combine the chunks started by :func:`start_stacks`, measure and write each stack.
 
     Writes one stacked FITS and its photometry CSV per group; returns the FITS
     paths (up to date ones included), in group order. Waits for the pool's jobs;
-    an error of a job (an unreadable light) is raised here. ``before_finders``
-    is called before each finder chart is drawn (e.g. to wait for the light
-    curves whose comparisons it marks).
+    an error of a job (an unreadable light) is raised here. A finder chart marks
+    the target and comparisons named by the light curve of its object and filter:
+    ``ensembles(ecsv_path)`` gives them (e.g. from a curve built, its files not yet
+    written), or when it returns None (or is not given) they are read from that
+    ECSV.
     """
     out = []
     for group in pending.groups:
@@ -259,7 +265,7 @@ def finish_stacks(pipeline, pending, *, before_finders=None):
             acc.merge(_chunk_result(chunks.pop(0), pending.max_bytes))
         if acc.n_frames == 0:
             continue
-        _write_stack(pipeline, group, acc, before_finder=before_finders)
+        _write_stack(pipeline, group, acc, ensembles=ensembles)
         out.append(group.path)
     return out
 
@@ -275,7 +281,7 @@ def write_stacks(pipeline, pool=None):
     return finish_stacks(pipeline, start_stacks(pipeline, pool))
 
 
-def _write_stack(pipeline, group, acc, *, before_finder=None):
+def _write_stack(pipeline, group, acc, *, ensembles=None):
     obj, filt, gain, exptime = group.key
     path, base = group.path, group.params
     mean, count, cards = acc.result()
@@ -294,9 +300,8 @@ def _write_stack(pipeline, group, acc, *, before_finder=None):
     )
     save = pipeline.config.output.save
     _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
-    if before_finder is not None:
-        before_finder()
-    target_id, comparison_ids = read_ensemble(ecsv)
+    marks = ensembles(ecsv) if ensembles is not None else None
+    target_id, comparison_ids = marks if marks is not None else read_ensemble(ecsv)
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
     title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"
     write_finder(finder, mean, phot.table, radius=radius, target_id=target_id,

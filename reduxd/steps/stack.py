@@ -17,10 +17,27 @@ frame, negligible for seeing-limited stars of a few pixels FWHM.
 
 import numpy as np
 
+from reduxd.steps._stack import add_good
+
 HISTORY = (
     "reduxd stack: mean of {n} calibrated lights aligned on integer pixel offsets "
     "(no interpolation); masked, non-finite and out-of-frame pixels excluded"
 )
+
+
+def _pixels(data):
+    """``data`` as the kernel takes it: native float32 or float64 (others as float64,
+    the values numpy adds to a float64 sum)."""
+    if data.dtype in (np.float32, np.float64) and data.dtype.isnative:
+        return data
+    return data.astype(np.float64)
+
+
+def _flags(mask):
+    """``mask != 0`` as bytes (a one-byte integer or boolean mask is used as it is)."""
+    if mask.dtype.itemsize == 1 and mask.dtype.kind in "biu":
+        return mask.view(np.uint8)
+    return (mask != 0).view(np.uint8)
 
 
 def _round(value):
@@ -119,33 +136,18 @@ class StackAccumulator:
         x0, x1, y0, y1 = _overlap(self._shape, ix, iy)
         if x0 >= x1 or y0 >= y1:
             return 0
-        src = data[y0 + iy : y1 + iy, x0 + ix : x1 + ix]
-        good = np.isfinite(src)
-        if mask is not None:
-            good &= mask[y0 + iy : y1 + iy, x0 + ix : x1 + ix] == 0
-        used = int(np.count_nonzero(good))
-        if used == 0:
-            return 0
-        if self._sum is None:
+        src = _pixels(data[y0 + iy : y1 + iy, x0 + ix : x1 + ix])
+        bad = None if mask is None else _flags(mask[y0 + iy : y1 + iy, x0 + ix : x1 + ix])
+        fresh = self._sum is None
+        if fresh:
             self._allocate()
-        region = self._sum[y0:y1, x0:x1]
-        if used == good.size:
-            np.add(region, src, out=region)
-        elif 64 * (good.size - used) < good.size:
-            # Few pixels left out: add the whole rectangle (no masked ufunc, which
-            # is slow), then put back the sum at the left-out pixels. Same values.
-            rows, cols = np.divmod(np.flatnonzero(~good), x1 - x0)
-            rows += y0
-            cols += x0
-            kept = self._sum[rows, cols]
-            with np.errstate(invalid="ignore", over="ignore"):
-                np.add(region, src, out=region)
-            self._sum[rows, cols] = kept
-            self._count[rows, cols] -= 1
-        else:
-            np.add(region, src, out=region, where=good)
-            counts = self._count[y0:y1, x0:x1]
-            np.subtract(counts, ~good, out=counts, casting="unsafe")
+        counts = self._count[y0:y1, x0:x1]
+        used = add_good(self._sum[y0:y1, x0:x1], counts, src, bad)  # one pass, compiled
+        if used == 0:  # nothing added: as if the frame had not been offered
+            counts += 1
+            if fresh:
+                self._sum = self._count = None
+            return 0
         self._n += 1
         self._shifts.append((ix, iy))
         return used

@@ -1,0 +1,152 @@
+"""The end of ``reduxd reduce --jobs N``: the light curves and the stacks side by side.
+
+A worker builds the final light curves; as soon as they are built their ensembles are
+known here and another job writes their files (tables, plots), while this process
+measures the stacks and draws their finder charts, which mark those ensembles.
+"""
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+from test_pipeline import field_a_pipeline
+
+from reduxd import curves
+from reduxd.products.finder import read_ensemble
+from reduxd.simulate import NightSpec, simulate_night
+
+WAIT = 15.0  # seconds the light curves' files wait for the finder chart to start
+
+
+def wait_for(path, timeout=60.0):
+    """A pool job that holds its worker until ``path`` exists."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_final_curves_are_marked_before_their_files_are_written(tmp_path):
+    """After :meth:`Curves.land` the ensemble of a curve built in the pool is known
+    (what a finder chart marks) while its files are still to be written; ``close``
+    waits for them, and the ECSV names the same ensemble."""
+    ecsv = tmp_path / "lightcurve_A_V.ecsv"
+    gates = [tmp_path / "gate1", tmp_path / "gate2"]
+    with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
+        for i in range(12):
+            add(i)
+        curves = pipeline.lightcurves
+        pool.submit(wait_for, str(gates[0]))  # the one worker: gate 1, the build,
+        pipeline.update_curves(pool=pool)
+        held = pool.submit(wait_for, str(gates[1]))  # gate 2, then the files' job
+        gates[0].touch()
+        marks = curves.marked(ecsv)  # waits for the build
+        assert curves.ensembles[("A", "V")]["target_id"] == 1
+        assert not ecsv.exists() and curves.writing is not None and not held.done()
+        gates[1].touch()
+        curves.close()
+        assert curves.writing is None and curves.final_pool is None
+    assert marks[0] == 1 and len(marks[1]) >= 2
+    assert read_ensemble(ecsv) == marks
+    assert curves.marked(tmp_path / "lightcurve_B_R.ecsv") is None  # not built: read
+
+
+def test_final_curves_files_are_written_as_soon_as_they_are_built(tmp_path):
+    """Nobody needs to take the build (the stacks are busy) for the files to be
+    written: they are sent to the pool once the curves are built."""
+    ecsv = tmp_path / "lightcurve_A_V.ecsv"
+    with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
+        for i in range(12):
+            add(i)
+        curves = pipeline.lightcurves
+        pipeline.update_curves(pool=pool)
+        wait_for(ecsv, timeout=120)
+        assert ecsv.exists() and curves.running is not None  # written, not yet taken here
+        curves.close()
+    assert read_ensemble(ecsv) == curves.marks[ecsv]
+
+
+def test_final_curves_whose_files_cannot_be_written_are_logged(tmp_path, capfd):
+    """A built curve whose files cannot be written is named in the log (by the pool's
+    worker; ``close`` returns, the run goes on), and the other curves are written."""
+    (tmp_path / "lightcurve_A_V.csv").mkdir()  # the CSV cannot replace a folder
+    with field_a_pipeline(tmp_path) as (pipeline, add), ProcessPoolExecutor(1) as pool:
+        for i in range(12):
+            add(i)
+        config, ledger = pipeline.config, pipeline.ledger
+        pipeline.update_curves(pool=pool)
+        pipeline.lightcurves.close()
+        out = capfd.readouterr().out
+        assert "lightcurve_not_written" in out and "object=A" in out
+        assert not (tmp_path / "lightcurve_A_V.ecsv").exists()
+        upto = ledger.last_reduction()
+        *_, built = curves.rebuild_later(config, ledger.path, tmp_path, [("A", "V")], upto)
+    (obj, _filt, lc) = built[0]
+    curves.write_built(str(tmp_path), "", [*built, (obj, "R", lc)])  # V fails, R is written
+    assert capfd.readouterr().out.count("lightcurve_not_written") == 1
+    assert read_ensemble(tmp_path / "lightcurve_A_R.ecsv")[0] == 1
+
+
+def reduce_night(night, outdir, jobs, *, script=""):
+    """``reduxd reduce`` in a new process; ``script``: Python run first (instruments it)."""
+    args = ["reduce", "-D", str(night / "pg2213"), "-C", str(night / "calibration"),
+            "-O", str(outdir), "--jobs", str(jobs), "--level", "WARNING"]  # fmt: skip
+    code = f"{script}\nfrom reduxd import cli\nraise SystemExit(cli.main({args!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=night.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+# Run before reduxd: writing a light curve's tables (in a pool worker, forked later)
+# waits up to WAIT s for a stack's finder chart to start, and says whether it had.
+INSTRUMENT = """
+import time
+from pathlib import Path
+from reduxd.products import lightcurve, stacks
+
+FLAG, SAW = Path({flag!r}), Path({saw!r})
+real_tables, real_finder = lightcurve._table_bytes, stacks.write_finder
+
+def tables(lc):
+    deadline = time.monotonic() + {wait}
+    while not FLAG.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(SAW, "a") as fh:
+        fh.write("yes\\n" if FLAG.exists() else "no\\n")
+    return real_tables(lc)
+
+def finder(*args, **kw):
+    FLAG.touch()
+    return real_finder(*args, **kw)
+
+lightcurve._table_bytes, stacks.write_finder = tables, finder
+"""
+
+
+@pytest.mark.slow
+def test_finder_charts_are_drawn_while_the_curves_are_written_and_products_are_the_same(
+    tmp_path,
+):
+    night = tmp_path / "night"
+    simulate_night(night, NightSpec.small(), workers=1)
+    reduce_night(night, tmp_path / "one", 1)
+    saw = tmp_path / "saw"
+    script = INSTRUMENT.format(flag=str(tmp_path / "finder-started"), saw=str(saw), wait=WAIT)
+    reduce_night(night, tmp_path / "two", 2, script=script)
+
+    assert saw.read_text().split() == ["yes", "yes"]  # V and R: written once a finder began
+    one, two = tmp_path / "one", tmp_path / "two"
+    curves = sorted(p.relative_to(one) for p in one.glob("*lightcurve*.*"))
+    finders = sorted(p.relative_to(one) for p in one.glob("finder_*.png"))
+    assert len(curves) == 6 and len(finders) == 2
+    for rel in [*curves, *finders, *(p.relative_to(one) for p in (one / "stacks").glob("*.*"))]:
+        if rel.suffix == ".fits":
+            with fits.open(one / rel) as a, fits.open(two / rel) as b:
+                for x, y in zip(a, b, strict=True):
+                    assert x.data.tobytes() == y.data.tobytes(), rel
+        else:
+            assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
