@@ -477,7 +477,8 @@ def write_built(outdir, save, unwritten):
 
 
 def write_here(curves, tables):
-    """:func:`write_tables` with ``curves``' config and output folder."""
+    """Write (or, with ``curves.unwritten``, only build) the curves of ``[(field, table)]``
+    with ``curves``' config and output folder; ``(ensembles, states)``."""
     ensembles, states = {}, {}
     for (obj, filt), table in tables:
         if len(table):
