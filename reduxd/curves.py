@@ -186,16 +186,12 @@ class Curves:
         except Exception:  # the build failed (said by _land) or the pool is gone
             return
 
-    def land(self):
-        """Wait for the rebuild running and take its ensembles (its files may still be
-        being written, see :meth:`update`)."""
-        self._land(wait=True)
-
     def marked(self, ecsv_path):
         """``(target_id, comparison_ids)`` that the light curve ``ecsv_path`` names once
         the last final update has written it (what a finder chart marks), maybe before
-        it is written; None if that update does not write it. Waits for the build."""
-        self.land()
+        it is written; None if that update does not write it. Waits for the build (its
+        files may still be being written, see :meth:`update`)."""
+        self._land(wait=True)
         return self.marks.get(Path(ecsv_path))
 
     def close(self):

@@ -30,7 +30,7 @@ def wait_for(path, timeout=60.0):
 
 
 def test_final_curves_are_marked_before_their_files_are_written(tmp_path):
-    """After :meth:`Curves.land` the ensemble of a curve built in the pool is known
+    """Once :meth:`Curves.marked` returns, the ensemble of a curve built in the pool is known
     (what a finder chart marks) while its files are still to be written; ``close``
     waits for them, and the ECSV names the same ensemble."""
     ecsv = tmp_path / "lightcurve_A_V.ecsv"
