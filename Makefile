@@ -4,9 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv bytecode demo test test-fast lint bench clean
 
-venv: $(VENV)/.installed
+# The bytecode of reduxd's modules, as `pip install` writes it: an editable install
+# has none where PYTHONDONTWRITEBYTECODE is set, and each `reduxd` started would
+# compile the package again (about 0.2 s).
+venv: $(VENV)/.installed bytecode
+
+bytecode: $(VENV)/.installed
+	$(PY) -m compileall -q reduxd
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard reduxd/*.pyx reduxd/*/*.pyx)
 	$(PYTHON) -m venv $(VENV)
