@@ -54,9 +54,10 @@ EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
 LATER_MODULES = (
     *LIGHT_MODULES,
     "reduxd.products.stacks",
-    "matplotlib.figure",  # light-curve plots
-    "matplotlib.backends.backend_agg",
 )
+# The plots' modules: imported by this process while the lights run (workers that
+# plot import them then); before the fork they would cost ~0.3 s with no core to spare.
+TAIL_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 class InputError(Exception):
@@ -418,6 +419,8 @@ def run(args):
         preload.join()
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
         pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
+        executors.start_workers(pool)  # forked before the next thread can hold an import lock
+        Preload(TAIL_MODULES)
         outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
@@ -578,7 +581,8 @@ def _stacks_and_curves(pipeline, pool):
 
 
 class Preload:
-    """Import modules in a background thread; :meth:`join` before forking workers.
+    """Import modules in a background thread; :meth:`join` before forking workers
+    (a worker forked while the thread holds a module's lock would wait for it forever).
 
     The calibration frames need numpy and astropy.io.fits only; photometry,
     plotting and the stacks (about half a second of imports) load while the

@@ -90,6 +90,17 @@ def _local(jobs):
         yield Workers(pool, f"local, {jobs} processes")
 
 
+def start_workers(pool):
+    """Fork a local pool's workers now, if not yet done (at its first task otherwise).
+
+    After this no thread of this process is copied into a worker: one started now
+    may import modules (see :class:`reduxd.batch.Preload`). Nothing to do for
+    ``--jobs 1`` and Dask, whose workers are not forked from here.
+    """
+    if isinstance(pool, ProcessPoolExecutor):
+        pool.submit(os.getpid).result()
+
+
 def require(kind, scheduler=None):
     """Check that executor ``kind`` can be used; return ``distributed`` (None for local).
 

@@ -66,3 +66,18 @@ def test_a_failed_product_write_fails_the_light_on_every_path(tmp_path, light, h
         assert _reduce(pipeline, path, root, how).status == "reduced"
         assert {m.version for m in ledger.measurements(current_only=False)} == {1}
         assert ledger.frame(row.id).info["object"] == "pg2213"
+
+
+def test_start_workers_forks_a_local_pools_workers_at_once():
+    """After it no thread of this process is copied into a worker (see batch.Preload)."""
+    import multiprocessing
+
+    from reduxd.executors import start_workers
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        before = len(multiprocessing.active_children())
+        start_workers(pool)
+        assert len(multiprocessing.active_children()) == before + 2
+        start_workers(pool)  # once forked, nothing more
+        assert len(multiprocessing.active_children()) == before + 2
+    start_workers(None)  # --jobs 1: nothing to fork
