@@ -29,6 +29,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from reduxd import __version__, executors, heap, lock
@@ -44,7 +45,8 @@ from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
 from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import WAITING, Outcome, Pipeline
-from reduxd.reduce import LIGHT_MODULES
+from reduxd.readahead import ReadAhead
+from reduxd.reduce import LIGHT_MODULES, read_light
 from reduxd.runplan import run_plan, unused_flags
 from reduxd.store import Ledger, ledger_error
 from reduxd.watch.watcher import FileFilter, scan
@@ -411,7 +413,7 @@ def run(args):
         progress = NightProgress(
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
-        outcomes = [_step(pipeline, root, path, progress) for root, path, _info in cal]
+        outcomes = _ingest(pipeline, cal, progress)
         if pool is not None:
             preload.join()  # before any fork: no import lock held by a thread
         heap.settle()  # workers forked next share the frozen modules (see reduxd.heap)
@@ -487,6 +489,17 @@ def _where_data(args, config):
         f" (no -D/--datadir given, so [paths] data of {config.source} was used:"
         f" {', '.join(config.paths.data)}); give the raw folder with -D FOLDER"
     )
+
+
+def _ingest(pipeline, cal, progress):
+    """The calibration frames' outcomes; each frame is read while the one before is recorded."""
+    read = partial(read_light, config=pipeline.config)
+    with ReadAhead([path for _root, path, _info in cal], read) as ahead:
+        pipeline.read_ahead = ahead
+        try:
+            return [_step(pipeline, root, path, progress) for root, path, _info in cal]
+        finally:
+            pipeline.read_ahead = None
 
 
 def _step(pipeline, root, path, progress):

@@ -87,6 +87,7 @@ class Pipeline:
         self.lightcurves = Curves(config, ledger=ledger, outdir=self.outdir, clock=clock)
         self.calibrations = Calibrations(config, ledger=ledger, clock=clock, cache=self.cache,
                                          calibration_level=calibration_level)  # fmt: skip
+        self.read_ahead = None  # a ReadAhead of the frames to come (reduxd reduce), or None
 
     # -- what the daemon, the batch, the stacks and the tests read ----------------
 
@@ -205,7 +206,7 @@ class Pipeline:
             self.progress(rel)
         started = self.clock() if since is None else since
         try:
-            raw = read_light(path, self.config)
+            raw = self._read(path)
             info = classify(raw.header, rel, self.config.classify)
         except Exception as exc:  # e.g. astropy's VerifyError on an unparsable card
             if is_transient(exc):
@@ -223,6 +224,11 @@ class Pipeline:
             return Outcome(rel, "ingested", kind=info.kind, reason=extra)
         except (Exception, KeyboardInterrupt) as exc:  # the one place that catches everything
             return self.reactions.react(row, rel, info.kind, exc)
+
+    def _read(self, path):
+        """The frame at ``path``, read ahead if it was (:mod:`reduxd.readahead`)."""
+        raw = None if self.read_ahead is None else self.read_ahead.take(path)
+        return read_light(path, self.config) if raw is None else raw
 
     def _light(self, row, raw, info, rel, path, started, *, again=False):
         night = info.night(self.config.site.utc_offset_hours)
