@@ -7,7 +7,7 @@ from photutils.aperture import CircularAperture, aperture_photometry
 from reduxd import maskbits, phot_columns
 from reduxd.steps import sky
 from reduxd.steps.match import match_nearest
-from reduxd.steps.measure import Flag, flux_error, measure
+from reduxd.steps.measure import Flag, flagged_pixels, flux_error, measure
 from reduxd.steps.photometry import PhotParams, photometer
 from reduxd.synth import add_ccd_noise, render_stars
 
@@ -168,3 +168,16 @@ def test_measure_does_not_modify_its_input():
     before = img.copy()
     measure(img, x, y, radius=5, sky=sky.global_sky(img, n=x.size), exptime=1.0, mask=mask)
     assert np.array_equal(img, before) and not mask.any()
+
+
+@pytest.mark.parametrize("n_set", [0, 1, 40, 5000, 20 * 33])
+def test_flagged_pixels_are_nonzeros_in_the_same_order(n_set):
+    rng = np.random.default_rng(n_set)
+    mask = np.zeros((20, 33), np.uint8)
+    mask.flat[rng.choice(mask.size, size=min(n_set, mask.size), replace=False)] = rng.integers(
+        1, 255, size=min(n_set, mask.size), dtype=np.uint8
+    )
+    py, px = flagged_pixels(mask)
+    ey, ex = np.nonzero(mask)
+    assert py.tolist() == ey.tolist() and px.tolist() == ex.tolist()
+    assert py.dtype.kind == px.dtype.kind == "i"
