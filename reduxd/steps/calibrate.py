@@ -190,9 +190,9 @@ def _subtract_dark(out, mode, masters, exptime):
 def _mask(raw, out, bad_pixels, saturation):
     mask = np.zeros(raw.shape, dtype=np.uint8)
     if bad_pixels is not None:
-        mask[bad_pixels != 0] |= maskbits.BAD
-    mask[raw >= saturation] |= maskbits.SATURATED
-    mask[~np.isfinite(out)] |= maskbits.NONFINITE
+        np.bitwise_or(mask, maskbits.BAD, out=mask, where=bad_pixels != 0)
+    np.bitwise_or(mask, maskbits.SATURATED, out=mask, where=raw >= saturation)
+    np.bitwise_or(mask, maskbits.NONFINITE, out=mask, where=~np.isfinite(out))
     return mask
 
 
