@@ -19,6 +19,7 @@ per light, and its wait for the curve, stay flat all night.
 import itertools
 import math
 import multiprocessing
+import os
 import pickle
 import resource
 import threading
@@ -172,8 +173,7 @@ class Curves:
     def _child(self):
         """The daemon's one-worker pool for rebuilds (spawned: the daemon has threads)."""
         if self.pool is None:
-            spawn = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1)
+            self.pool = rebuild_pool()
         return self.pool
 
     def _send(self, future):
@@ -480,6 +480,26 @@ def write_here(curves, tables):
         if len(table):
             curves._write(obj, filt, table, ensembles, states)
     return ensembles, states
+
+
+def rebuild_pool():
+    """A one-worker pool for the daemon's rebuilds: a new child spawned for each (the
+    daemon has threads), which exits when the daemon is gone (see :func:`_exit_with_parent`)."""
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1,
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))  # fmt: skip
+
+
+def _exit_with_parent(parent):
+    """(In the child) Exit once ``parent`` is gone: a daemon killed with SIGKILL cannot stop
+    its pool, whose idle worker would wait for work forever."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="reduxd-parent-watch", daemon=True).start()
 
 
 def rebuild(config, ledger_path, outdir, fields, upto):

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import wait
 
@@ -363,3 +365,49 @@ def test_a_field_that_doubled_is_appended_to_until_its_rebuild_starts(tmp_path):
         assert len(Table.read(csv_path, format="ascii.csv")) == 24  # waits for the rebuild
         pipeline.update_curves()
         assert pipeline.curves[("A", "V")]["frames"] == 25 and not pipeline.dirty_curves
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" in fh.read()  # a zombie no one reaps yet: exited
+    except FileNotFoundError:
+        return True
+
+
+def test_a_rebuild_child_exits_when_the_daemon_is_killed(tmp_path):
+    """A daemon killed with SIGKILL mid-rebuild leaves no child behind: without the daemon
+    to read it, the child's result (the curve files' contents) would block it for good."""
+    (tmp_path / "slow_rebuild.py").write_text(
+        "import os, time\n"
+        "def run(pid_file):\n"
+        "    with open(pid_file, 'w') as fh:\n"
+        "        fh.write(str(os.getpid()))\n"
+        "    time.sleep(1.0)\n"
+        "    return b'x' * 10_000_000\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import sys, time\n"
+        "from reduxd.curves import rebuild_pool\n"
+        "from slow_rebuild import run\n"
+        f"rebuild_pool().submit(run, {str(pid_file)!r})\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    daemon = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 60.0
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the rebuild child never started"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        deadline = time.monotonic() + 15.0
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(child), f"rebuild child {child} still running after its daemon was killed"
+    finally:
+        daemon.kill()
+        daemon.wait()
