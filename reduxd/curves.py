@@ -492,7 +492,7 @@ def rebuild_pool():
 
 def _exit_with_parent(parent):
     """(In the child) Exit once ``parent`` is gone: a daemon killed with SIGKILL cannot stop
-    its pool, whose idle worker would wait for work forever."""
+    its pool, and a child sending back a result no one reads any more waits for good."""
 
     def watch():
         while os.getppid() == parent:
