@@ -370,6 +370,10 @@ def light_part(lights, columns):
     lengths = [len(light) for light in lights]
 
     def joined(name, dtype):
+        if np.dtype(dtype).kind == "U" and all(name in light.shared for light in lights):
+            texts = np.array([light.shared[name] for light in lights], dtype=dtype)
+            width = max(1, int(np.char.str_len(texts).max()))  # as _narrow_strings leaves it
+            return np.repeat(texts.astype(f"U{width}"), lengths)
         return np.concatenate([light.array(name, dtype) for light in lights])
 
     part = tables.columns_to_table(joined, columns=columns)
@@ -378,8 +382,8 @@ def light_part(lights, columns):
                                 for light, n in zip(lights, lengths, strict=True)])  # fmt: skip
         for k, name in enumerate(lightcurve.PLACE_COLUMNS):
             part[name] = place[:, k]
-        texts = [str(light.shared.get("site_source") or "") for light in lights]
-        part["site_source"] = [t for t, n in zip(texts, lengths, strict=True) for _ in range(n)]
+        texts = np.array([str(light.shared.get("site_source") or "") for light in lights])
+        part["site_source"] = np.repeat(texts, lengths)  # the dtype a list of them gives
     if any("target_xy" in light.order for light in lights):
         xy = [light.shared.get("target_xy") or (math.nan, math.nan) for light in lights]
         for k, name in enumerate(("target_x", "target_y")):

@@ -27,6 +27,7 @@ from reduxd.schema import NAMES, PHOT_COLUMNS
 
 # name, numpy dtype, unit, description: defined in reduxd.schema
 _FLOAT_FORMAT = {"mjd": ".8f", "x": ".3f", "y": ".3f", "exptime": ".6g"}
+_COMMENTS = ("reduxd photometry: one row per star per light",)  # a table's meta comments
 
 
 def empty_table():
@@ -35,7 +36,7 @@ def empty_table():
     for name, _dtype, unit, description in PHOT_COLUMNS:
         table[name].unit = unit
         table[name].description = description
-    table.meta["comments"] = ["reduxd photometry: one row per star per light"]
+    table.meta["comments"] = list(_COMMENTS)
     return table
 
 
@@ -63,7 +64,7 @@ def columns_to_table(column_of, *, columns=None):
     for name, _dtype, unit, description in kept:
         table[name].unit = unit
         table[name].description = description
-    table.meta["comments"] = list(empty_table().meta["comments"])
+    table.meta["comments"] = list(_COMMENTS)
     return table
 
 
@@ -120,8 +121,12 @@ def row_line_pair(rows):
     if len(rows) < 2 or not one_run or len(own) == len(NAMES):
         return row_lines(rows, ","), row_lines(rows, " ")
     names = [NAMES[i] for i in own]
-    columns = [rows.values(name) if light else [r[name] for r in rows] for name in names]
-    specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
+    if light:
+        specs = [_array_spec(name, rows.columns[name]) for name in names]
+        columns = [rows.columns[name].tolist() for name in names]
+    else:
+        columns = [[r[name] for r in rows] for name in names]
+        specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
     if None in specs:
         return row_lines(rows, ","), row_lines(rows, " ")
     pattern = ",".join(specs)
@@ -143,6 +148,15 @@ def _spec(name, column):
     if kinds == {int}:
         return "%d"
     if kinds == {float} and not column.count(math.inf) and not column.count(-math.inf):
+        return "%" + _FLOAT_FORMAT.get(name, ".6g")
+    return None
+
+
+def _array_spec(name, values):
+    """:func:`_spec` of a column's Python values, from the column (int64 or float64)."""
+    if values.dtype.kind == "i":
+        return "%d"
+    if values.dtype.kind == "f" and not np.isinf(values).any():
         return "%" + _FLOAT_FORMAT.get(name, ".6g")
     return None
 
