@@ -107,12 +107,6 @@ class LightRows(Sequence):
             return [self.shared[key]] * self.n
         return self.columns[key].tolist()
 
-    def first(self, key):
-        """Row 0's value of ``key``."""
-        if key in self.shared:
-            return self.shared[key]
-        return self.columns[key][0].tolist()
-
     def array(self, key, dtype):
         """Every row's ``key`` as one numpy array of ``dtype`` (1-D; 2-D for lists)."""
         if key in self.columns:
