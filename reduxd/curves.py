@@ -34,8 +34,9 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.errors import ReduxdError
+from reduxd.lightrows import LightRows
 from reduxd.log import configure_logging, get_logger
-from reduxd.products import lightcurve
+from reduxd.products import lightcurve, tables
 from reduxd.store import Ledger
 
 log = get_logger("reduxd.pipeline")
@@ -359,6 +360,77 @@ def table_part(rows, columns=None):
     return _narrow_strings(part)
 
 
+def light_part(lights, columns):
+    """:func:`table_part` of the rows of ``lights`` (:class:`~reduxd.lightrows.LightRows`,
+    in order) keeping ``columns``, built from their columns, or None when a light's
+    frame values (place, target, detector, radii) are not all shared values of the
+    kinds :func:`lightcurve.field_table` reads (its rows are then read as dicts)."""
+    if not all(map(_part_fits, lights)):
+        return None
+    lengths = [len(light) for light in lights]
+
+    def joined(name, dtype):
+        if np.dtype(dtype).kind == "U" and all(name in light.shared for light in lights):
+            texts = np.array([light.shared[name] for light in lights], dtype=dtype)
+            width = max(1, int(np.char.str_len(texts).max()))  # as _narrow_strings leaves it
+            return np.repeat(texts.astype(f"U{width}"), lengths)
+        return np.concatenate([light.array(name, dtype) for light in lights])
+
+    part = tables.columns_to_table(joined, columns=columns)
+    if all("pointing" in light.order and "site" in light.order for light in lights):
+        place = np.concatenate([np.broadcast_to(_frame_place(light), (n, 5))
+                                for light, n in zip(lights, lengths, strict=True)])  # fmt: skip
+        for k, name in enumerate(lightcurve.PLACE_COLUMNS):
+            part[name] = place[:, k]
+        texts = np.array([str(light.shared.get("site_source") or "") for light in lights])
+        part["site_source"] = np.repeat(texts, lengths)  # the dtype a list of them gives
+    if any("target_xy" in light.order for light in lights):
+        xy = [light.shared.get("target_xy") or (math.nan, math.nan) for light in lights]
+        for k, name in enumerate(("target_x", "target_y")):
+            part[name] = np.repeat(np.array([v[k] for v in xy], dtype=np.float64), lengths)
+    detectors = [tuple(d) for light in lights if (d := light.shared.get("detector"))]
+    if detectors:
+        part.meta["detector"] = lightcurve.detector_meta(detectors)
+    sizes = {_width(light, k) for light in lights for k in lightcurve.APERTURE_KEYS}
+    if len(sizes) == 1 and sizes != {-1}:
+        for key in lightcurve.APERTURE_KEYS:
+            part[key] = joined(key, np.float64)
+    part.keep_columns([n for n in part.colnames if n in columns])
+    return _narrow_strings(part)
+
+
+_FRAME_KEYS = ("pointing", "site", "site_source", "target_xy", "detector", "radius_ap")
+
+
+def _part_fits(light):
+    """Whether :func:`light_part` reads ``light`` as :func:`lightcurve.field_table` reads
+    its dicts: its frame values shared (lists of the right lengths, or None)."""
+    if any(k in light.columns for k in _FRAME_KEYS):
+        return False
+    shared = light.shared
+    sizes = {"pointing": 2, "site": 3, "target_xy": 2}
+    for key, size in sizes.items():
+        value = shared.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == size):
+            return False
+    return all(light.columns[k].ndim == 2 for k in ("flux_ap", "flux_err_ap") if k in light.columns)
+
+
+def _frame_place(light):
+    """(ra, dec, lat, lon, height) of a light (as ``lightcurve._place`` of its rows)."""
+    radec = light.shared.get("pointing") or (math.nan, math.nan)
+    where = light.shared.get("site") or (math.nan, math.nan, math.nan)
+    return np.array((*radec, *where), dtype=np.float64)
+
+
+def _width(light, key):
+    """Values per row of ``key`` (a list each) in ``light``; -1 when not a list."""
+    if key in light.columns:
+        return light.columns[key].shape[1]
+    value = light.shared.get(key)
+    return len(value) if isinstance(value, list) else -1
+
+
 def join_parts(parts):
     """The table of :func:`table_part` chunks, in order (see :func:`field_table`)."""
     if len(parts) < 2:
@@ -414,7 +486,7 @@ class KeptRows:
 
     def __init__(self, chunk=CHUNK_ROWS):
         self.chunk = chunk
-        self.fields = {}  # field -> (frame ids, parts, rows not yet in a part)
+        self.fields = {}  # field -> (frame ids, parts, lights' rows not yet in a part)
         self.spoilt = set()
 
     def add(self, field, rows, version, frame):
@@ -426,9 +498,9 @@ class KeptRows:
             return
         frames, parts, pending = self.fields.setdefault(field, ([], [], []))
         frames.append(frame)
-        pending.extend(rows)
-        if len(pending) >= self.chunk:
-            parts.append(table_part(pending, lightcurve.CURVE_COLUMNS))
+        pending.append(rows)
+        if sum(map(len, pending)) >= self.chunk:
+            parts.append(_kept_part(pending))
             pending.clear()
 
     def table(self, field, found):
@@ -442,8 +514,19 @@ class KeptRows:
         if [tuple(f) for f in found] != [(f, 1) for f in frames]:
             return None
         if pending:
-            parts = [*parts, table_part(pending, lightcurve.CURVE_COLUMNS)]
+            parts = [*parts, _kept_part(pending)]
         return join_parts(parts)
+
+
+def _kept_part(lights):
+    """The :func:`table_part` of kept lights' rows (from their columns when they are
+    all :class:`~reduxd.lightrows.LightRows` that :func:`light_part` reads)."""
+    columns = lightcurve.CURVE_COLUMNS
+    if all(isinstance(rows, LightRows) for rows in lights):
+        part = light_part(lights, columns)
+        if part is not None:
+            return part
+    return table_part([row for rows in lights for row in rows], columns)
 
 
 def build_tables(config, outdir, tables):

@@ -10,6 +10,9 @@ a serial run.
 import re
 from pathlib import Path
 
+import numpy as np
+
+from reduxd.lightrows import LightRows
 from reduxd.steps.match import FieldReference
 
 
@@ -98,8 +101,8 @@ def merge_new_stars(current, base, found, rows, *, radius):
 
     Returns
     -------
-    rows : list of dict
-        The rows with final ``star_id``.
+    rows : list of dict or LightRows
+        The rows with final ``star_id`` (new ones: the rows are not changed).
     reference : FieldReference
         The field's reference after this light.
     """
@@ -120,5 +123,8 @@ def merge_new_stars(current, base, found, rows, *, radius):
         else:
             ref = ref.extend([x], [y], [flux])
             mapping[int(sid)] = ref.next_id - 1
+    if isinstance(rows, LightRows):
+        ids = [mapping.get(sid, sid) for sid in rows.values("star_id")]
+        return rows.replaced("star_id", np.array(ids, dtype=np.int64)), ref
     out = [{**r, "star_id": mapping.get(r["star_id"], r["star_id"])} for r in rows]
     return out, ref

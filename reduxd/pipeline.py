@@ -34,6 +34,7 @@ from reduxd.files import outside_root
 from reduxd.fingerprint import fingerprint
 from reduxd.frames import classify
 from reduxd.lightjob import FanOut, LightJob
+from reduxd.lightrows import stamped
 from reduxd.log import get_logger
 from reduxd.outcomes import WAITING, Outcome, Reactions, log_reduced
 from reduxd.products.naming import products_missing
@@ -273,8 +274,7 @@ class Pipeline:
             self.ledger.finish(
                 job.row.id, kind="light", checksum=result.checksum, night=job.night, info=meta
             )
-        for r in rows:
-            r["version"], r["current"] = version, 1
+        rows = stamped(rows, version)
         self.tables.add(rows, version, job.rel)
         self.lightcurves.changed((job.key, job.info.filter or ""), rows, version, frame=job.row.id)
         latency_ms = (self.clock() - job.started) * 1000.0  # rows and light curve written

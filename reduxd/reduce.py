@@ -20,6 +20,7 @@ from astropy.io import fits
 
 from reduxd.fields import field_key
 from reduxd.fitsio import read_frame
+from reduxd.lightrows import LightRows, columns_fit
 from reduxd.log import get_logger
 from reduxd.photparams import phot_params
 from reduxd.products.fitsout import write_calibrated
@@ -233,7 +234,10 @@ def target_pixel(header, config, obj):
 
 
 def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=None, place=None):
-    """Return the photometry contract rows (dicts) for one light's star table.
+    """Return the photometry contract rows for one light's star table.
+
+    A :class:`reduxd.lightrows.LightRows` (a sequence of the same dicts) when the
+    rows fit one, else a list of dicts.
 
     With ``apertures`` (multi-aperture photometry) each row also has
     ``radius_ap``, ``flux_ap`` and ``flux_err_ap`` (lists, one value per radius):
@@ -257,8 +261,8 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
     }
     # the step's columns (reduxd.schema), floats first: the rows' key order in the ledger
     kinds = ("f8", "i8")
-    columns = {
-        name: np.asarray(table[name], dtype=dtype).tolist()
+    arrays = {
+        name: np.asarray(table[name], dtype=dtype)
         for dtype in kinds
         for name in STAR_NAMES
         if column(name).dtype == dtype
@@ -267,8 +271,11 @@ def contract_rows(table, *, info, night, relpath, obj, calib, radius, apertures=
     base.update(place or {})
     if apertures is not None:
         base["radius_ap"] = [round(float(r), 4) for r in apertures["radii"]]
-        columns["flux_ap"] = apertures["flux"].tolist()
-        columns["flux_err_ap"] = apertures["flux_err"].tolist()
+        arrays["flux_ap"] = np.asarray(apertures["flux"])
+        arrays["flux_err_ap"] = np.asarray(apertures["flux_err"])
+    if columns_fit(base, arrays):  # as columns: what the commit reads (reduxd.lightrows)
+        return LightRows(base, arrays, [*base, *arrays])
+    columns = {name: values.tolist() for name, values in arrays.items()}
     names, rows = list(columns), []
     for values in zip(*columns.values(), strict=True):  # a row per star (the ledger's rows)
         row = base.copy()

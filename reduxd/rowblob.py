@@ -24,11 +24,12 @@ the binary part.
 
 import json
 import struct
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 
 import numpy as np
 
+from reduxd.lightrows import LightRows, same_column
 from reduxd.rowtext import same_value
 
 MAGIC = b"RXROWS1\n"  # the format's name and version
@@ -37,7 +38,8 @@ _IMMUTABLE = (str, int, float, bool, type(None))
 
 
 def encode_rows(rows, dumps):
-    """The record of a light's ``rows``, or None if they do not fit one.
+    """The record of a light's ``rows`` (dicts, or a :class:`~reduxd.lightrows.LightRows`),
+    or None if they do not fit one.
 
     ``dumps`` is the ledger's ``json.dumps`` (its ``default`` turns numpy
     values into Python ones, as for a JSON row). None (store the rows as JSON
@@ -52,18 +54,21 @@ def encode_rows(rows, dumps):
     >>> decode_rows(encode_rows(rows, json.dumps)) == rows
     True
     """
-    if not rows or not rows[0]:
-        return None
-    keys = list(rows[0])
-    if not all(type(k) is str for k in keys) or any(list(r) != keys for r in rows):
-        return None
-    if len(keys) > 1:  # the rows' values a column at a time
-        values = zip(*map(itemgetter(*keys), rows), strict=True)
+    if isinstance(rows, LightRows):  # read from its columns, never made into dicts
+        keys, specs = rows.order, map(_light_column, repeat(rows), rows.order)
     else:
-        values = [[row[keys[0]] for row in rows]]
+        if not rows or not rows[0]:
+            return None
+        keys = list(rows[0])
+        if not all(type(k) is str for k in keys) or any(list(r) != keys for r in rows):
+            return None
+        if len(keys) > 1:  # the rows' values a column at a time
+            values = zip(*map(itemgetter(*keys), rows), strict=True)
+        else:
+            values = [[row[keys[0]] for row in rows]]
+        specs = map(_column, values)
     columns, data = [], []
-    for key, column in zip(keys, values, strict=True):
-        kind, spec = _column(column)
+    for key, (kind, spec) in zip(keys, specs, strict=True):
         if kind in ("same", "json"):
             columns.append([key, kind, spec])
         else:
@@ -96,6 +101,17 @@ def _column(values):
         if set(map(type, flat)) == {float}:
             return "f8", np.array(flat, dtype="<f8").reshape(len(values), len(first))
     return "json", list(values)
+
+
+def _light_column(rows, key):
+    """:func:`_column` of ``key``'s values in ``rows`` (a :class:`LightRows`), from its
+    columns: a shared value, or a column of one value, is ``same``."""
+    if key in rows.shared:
+        return "same", rows.shared[key]
+    values = rows.columns[key]
+    if same_column(values):
+        return "same", values[0].tolist()
+    return values.dtype.str[1:], values  # f8 or i8, little-endian (reduxd.lightrows)
 
 
 def is_record(data):

@@ -21,11 +21,13 @@ import numpy as np
 from astropy.table import Table
 
 from reduxd.files import atomic_write
+from reduxd.lightrows import LightRows
 from reduxd.rowtext import shared_value
 from reduxd.schema import NAMES, PHOT_COLUMNS
 
 # name, numpy dtype, unit, description: defined in reduxd.schema
 _FLOAT_FORMAT = {"mjd": ".8f", "x": ".3f", "y": ".3f", "exptime": ".6g"}
+_COMMENTS = ("reduxd photometry: one row per star per light",)  # a table's meta comments
 
 
 def empty_table():
@@ -34,7 +36,7 @@ def empty_table():
     for name, _dtype, unit, description in PHOT_COLUMNS:
         table[name].unit = unit
         table[name].description = description
-    table.meta["comments"] = ["reduxd photometry: one row per star per light"]
+    table.meta["comments"] = list(_COMMENTS)
     return table
 
 
@@ -48,13 +50,21 @@ def rows_to_table(rows, *, columns=None):
     rows = list(rows)
     if not rows:
         return empty_table()
+    return columns_to_table(
+        lambda name, dtype: np.array([row[name] for row in rows], dtype=dtype), columns=columns
+    )
+
+
+def columns_to_table(column_of, *, columns=None):
+    """:func:`rows_to_table` of rows given a column at a time: ``column_of(name, dtype)``
+    is every row's ``name`` as a numpy array of ``dtype``."""
     kept = [c for c in PHOT_COLUMNS if columns is None or c.name in columns]
-    values = [np.array([row[name] for row in rows], dtype=dt) for name, dt, _, _ in kept]
+    values = [column_of(name, dt) for name, dt, _, _ in kept]
     table = Table(values, names=[c.name for c in kept], copy=False)
     for name, _dtype, unit, description in kept:
         table[name].unit = unit
         table[name].description = description
-    table.meta["comments"] = list(empty_table().meta["comments"])
+    table.meta["comments"] = list(_COMMENTS)
     return table
 
 
@@ -101,15 +111,22 @@ def row_line_pair(rows):
 
     The own values (numbers: no delimiter, quote or newline in their text) make one
     run of columns between the shared ones; their CSV text, delimiters turned into
-    spaces, is their ECSV text. Otherwise :func:`row_lines` is called twice.
+    spaces, is their ECSV text. Otherwise :func:`row_lines` is called twice. ``rows``:
+    dicts, or a :class:`~reduxd.lightrows.LightRows` (read from its columns).
     """
-    own = [i for i, name in enumerate(NAMES) if not shared_value(rows, name)]
+    light = isinstance(rows, LightRows)  # its columns read as they are
+    same = rows.same if light else functools.partial(shared_value, rows)
+    own = [i for i, name in enumerate(NAMES) if not same(name)]
     one_run = bool(own) and own == list(range(own[0], own[-1] + 1))
     if len(rows) < 2 or not one_run or len(own) == len(NAMES):
         return row_lines(rows, ","), row_lines(rows, " ")
     names = [NAMES[i] for i in own]
-    columns = [[r[name] for r in rows] for name in names]
-    specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
+    if light:
+        specs = [_array_spec(name, rows.columns[name]) for name in names]
+        columns = [rows.columns[name].tolist() for name in names]
+    else:
+        columns = [[r[name] for r in rows] for name in names]
+        specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
     if None in specs:
         return row_lines(rows, ","), row_lines(rows, " ")
     pattern = ",".join(specs)
@@ -131,6 +148,15 @@ def _spec(name, column):
     if kinds == {int}:
         return "%d"
     if kinds == {float} and not column.count(math.inf) and not column.count(-math.inf):
+        return "%" + _FLOAT_FORMAT.get(name, ".6g")
+    return None
+
+
+def _array_spec(name, values):
+    """:func:`_spec` of a column's Python values, from the column (int64 or float64)."""
+    if values.dtype.kind == "i":
+        return "%d"
+    if values.dtype.kind == "f" and not np.isinf(values).any():
         return "%" + _FLOAT_FORMAT.get(name, ".6g")
     return None
 
