@@ -21,6 +21,7 @@ EXPTIME '30.0' (a string); no FILTER; 'r'        accepted by ``frames.classify``
 ===============================================  ================================
 """
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,33 +494,53 @@ def image_hdu_bytes(data, header=None, *, primary, extend=False, name=None):
     bitpix = _BITPIX[data.dtype.newbyteorder("=")]
     native = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
     data = native.astype(native.dtype.newbyteorder(">"))
-    out = fits.Header()
-    if primary:
-        out["SIMPLE"] = (True, "conforms to FITS standard")
-    else:
-        out["XTENSION"] = ("IMAGE", "Image extension")
-    out["BITPIX"] = (bitpix, "array data type")
-    out["NAXIS"] = (data.ndim, "number of array dimensions")
+    images = [_card_image("SIMPLE", True, "conforms to FITS standard") if primary
+              else _card_image("XTENSION", "IMAGE", "Image extension")]  # fmt: skip
+    images.append(_card_image("BITPIX", bitpix, "array data type"))
+    images.append(_card_image("NAXIS", data.ndim, "number of array dimensions"))
     for axis, length in enumerate(reversed(data.shape), start=1):
-        out[f"NAXIS{axis}"] = length
+        images.append(_card_image(f"NAXIS{axis}", length))
     if primary and extend:
-        out["EXTEND"] = True
+        images.append(_card_image("EXTEND", True))
     if not primary:
-        out["PCOUNT"] = (0, "number of parameters")
-        out["GCOUNT"] = (1, "number of groups")
+        images.append(_card_image("PCOUNT", 0, "number of parameters"))
+        images.append(_card_image("GCOUNT", 1, "number of groups"))
     if name:
-        out["EXTNAME"] = (name, "extension name")
-    for card in (header or fits.Header()).cards:
+        images.append(_card_image("EXTNAME", name, "extension name"))
+    for card in header.cards if header is not None else ():
         key = card.keyword
         if key in STRUCTURAL or key.startswith("NAXIS") or (name and key == "EXTNAME"):
             continue
-        out.append(card, end=True)
+        images.append(str(card))
     datasum = _datasum(native, data)
-    out["DATASUM"] = (str(datasum), "data unit checksum")
-    out["CHECKSUM"] = ("0" * 16, "HDU checksum")
-    text = out.tostring().encode("ascii")
-    out["CHECKSUM"] = encode_checksum(~ones_complement_sum(text, datasum) & 0xFFFFFFFF)
-    return out.tostring().encode("ascii"), data
+    images.append(_card_image("DATASUM", str(datasum), "data unit checksum"))
+    images.append(_card_image("CHECKSUM", "0" * 16, "HDU checksum"))
+    text = bytearray(_header_text(images).encode("ascii"))
+    at = text.rfind(b"CHECKSUM= '") + len("CHECKSUM= '")  # the last card: its value's place
+    checksum = encode_checksum(~ones_complement_sum(text, datasum) & 0xFFFFFFFF)
+    text[at : at + 16] = checksum.encode("ascii")
+    return bytes(text), data
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _card_image(key, value, comment=None):
+    """The image of ``fits.Card(key, value, comment)`` (what a header's
+    ``tostring`` writes for it), made once per card."""
+    return fits.Card(key, value, comment).image
+
+
+def _header_text(images):
+    """``Header.tostring()`` of the cards whose images (``str(card)``) are ``images``:
+    their 80-character lines, the END card, blank to a whole block.
+
+    Examples
+    --------
+    >>> header = fits.Header([("SIMPLE", True), ("OBJECT", "x" * 90, "long")])
+    >>> _header_text([str(card) for card in header.cards]) == header.tostring()
+    True
+    """
+    text = "".join(images) + "END".ljust(CARD)
+    return text + " " * (-len(text) % BLOCK)
 
 
 def _datasum(native, big_endian):
