@@ -7,8 +7,6 @@ on the Agg canvas (no pyplot, no global state). Files are written atomically.
 Pillow comes with matplotlib (a dependency of it), so nothing is added.
 """
 
-import math
-
 import numpy as np
 from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
@@ -79,6 +77,13 @@ def _display_grey(data, mask=None):
     masked pixels (``mask`` non-zero) in MASKED, and its scale. A small frame is turned
     into grey levels and masked before it is enlarged: the same pixels, a fraction of
     the work."""
+    grey, zoom, scale = _display_grey_unzoomed(data, mask)
+    return (_enlarged(grey, zoom) if zoom > 1 else grey), scale
+
+
+def _display_grey_unzoomed(data, mask=None):
+    """``(grey, zoom, scale)``: :func:`_display_grey` is ``grey`` enlarged ``zoom``
+    times (:func:`_enlarged`)."""
     masked = mask is not None and np.any(mask)
     factor = max(1, int(np.ceil(max(data.shape) / MAX_SIDE)))
     zoom = max(1, -(-MIN_WIDTH // data.shape[1])) if factor == 1 else 1
@@ -87,22 +92,26 @@ def _display_grey(data, mask=None):
         grey = _grey_levels(image)
         if masked:
             grey[_display_mask(mask, scale)] = MASKED
-        return grey, scale
+        return grey, 1, scale
     grey = _grey_levels(np.asarray(data, dtype=np.float32), zoom=zoom)
     if masked:
         grey[np.asarray(mask) != 0] = MASKED
-    return _enlarged(grey, zoom), float(zoom)
+    return grey, zoom, float(zoom)
 
 
-def _enlarged(grey, zoom):
+def _enlarged(grey, zoom, out=None):
     """``grey.repeat(zoom, 0).repeat(zoom, 1)``, by ``zoom`` strided copies of the frame
-    and then of its widened rows (numpy's repeat goes pixel by pixel)."""
+    and then of its widened rows (numpy's repeat goes pixel by pixel); into ``out``
+    (an array of that shape, e.g. a view of a bigger one) if given."""
     ny, nx = grey.shape
+    out = np.empty((ny * zoom, nx * zoom), grey.dtype) if out is None else out
+    if zoom == 1:
+        out[...] = grey
+        return out
     wide = np.empty((ny, nx, zoom), grey.dtype)
     for k in range(zoom):
         wide[..., k] = grey
     wide = wide.reshape(ny, nx * zoom)
-    out = np.empty((ny * zoom, nx * zoom), grey.dtype)
     for k in range(zoom):
         out[k::zoom] = wide
     return out
@@ -142,10 +151,6 @@ def _default_radius(table, scale):
     fwhm = np.asarray(table["fwhm"], dtype=float) if "fwhm" in table.colnames else np.zeros(0)
     fwhm = fwhm[np.isfinite(fwhm)]
     return max(6.0 / scale, 3.0 * float(np.median(fwhm)) if fwhm.size else 0.0)
-
-
-def _label(star_id, mag):
-    return f"{star_id}" + (f" {mag:.2f}" if math.isfinite(mag) else "")
 
 
 def write_quicklook(
@@ -190,16 +195,17 @@ def write_quicklook(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    grey, scale = _display_grey(data, mask)
-    height, width = grey.shape[0] + TITLE_HEIGHT, grey.shape[1]
-    canvas = np.full((height, width), WHITE, dtype=np.uint8)
-    canvas[TITLE_HEIGHT:] = grey[::-1]  # row 0 of the frame at the bottom
+    grey, zoom, scale = _display_grey_unzoomed(data, mask)
+    height, width = grey.shape[0] * zoom + TITLE_HEIGHT, grey.shape[1] * zoom
+    canvas = np.empty((height, width), dtype=np.uint8)
+    canvas[:TITLE_HEIGHT] = WHITE
+    _enlarged(grey[::-1], zoom, out=canvas[TITLE_HEIGHT:])  # row 0 of the frame at the bottom
     r = (radius or _default_radius(table, scale)) * scale
-    top = TITLE_HEIGHT + grey.shape[0] - 1
-    stars = _chart_stars(table, scale, top, roles or {})
+    top = height - 1
+    x, y, colours, texts = _chart_stars(table, scale, top, roles or {})
     glyphs = _glyphs()
     labels = place_labels(
-        [(i, x, y, label) for i, (x, y, _c, label) in enumerate(stars)],
+        list(zip(range(len(texts)), x, y, texts, strict=True)),
         radius=r,
         char_width=0.6 * FONT_SIZE,
         height=FONT_SIZE + 2,
@@ -207,15 +213,15 @@ def write_quicklook(
     glyphs.draw_many(
         canvas,
         [
-            (x0, y0, stars[i][3], stars[i][2])
+            (x0, y0, texts[i], colours[i])
             for i, (x0, y0, _, _) in labels.items()
             if y0 >= TITLE_HEIGHT
         ],
     )
     glyphs.draw(canvas, 6, 4, title or f"{len(table)} stars", BLACK)
     _legend(canvas, glyphs)
-    draw_rings(canvas, [s[0] for s in stars], [s[1] for s in stars], r, [s[2] for s in stars])
-    picture = Image.frombytes("P", (width, height), canvas.tobytes())
+    draw_rings(canvas, x, y, r, colours)
+    picture = Image.frombytes("P", (width, height), canvas)  # its buffer: no copy made
     picture.putpalette(PALETTE)
     # zlib level 0: the sky noise barely compresses (-15 % at level 1), and
     # level 1 costs 10 ms a frame on the per-light path
@@ -305,31 +311,31 @@ def _display_mask(mask, scale):
 
 
 def _chart_stars(table, scale, top, roles):
-    """``(x, y, colour, label)`` of each star in canvas coordinates, in labelling order:
-    the target, the comparisons, then the others brightest first."""
+    """``(x, y, colour, label)`` lists of the stars in canvas coordinates, in labelling
+    order: the target, the comparisons, then the others brightest first (a star without
+    a finite magnitude last; a stable sort, so ties keep the table's order)."""
     if len(table) == 0:
-        return []
+        return [], [], [], []
     colour_of = {"target": TARGET, "comparison": COMPARISON}
-    order = {TARGET: 0, COMPARISON: 1}
     x = (np.asarray(table["x"], dtype=float) + 0.5) * scale - 0.5
     y = top - ((np.asarray(table["y"], dtype=float) + 0.5) * scale - 0.5)
     flags = np.asarray(table["flags"], dtype=np.int64)
     ids = np.asarray(table["star_id"], dtype=np.int64)
     mags = np.asarray(table["mag_inst"], dtype=float)
-    stars = [
-        (
-            xi,
-            yi,
-            colour_of.get(roles.get(sid), CLEAN if fl == 0 else FLAGGED),
-            _label(sid, mag),
-            mag,
-        )
-        for xi, yi, fl, sid, mag in zip(
-            x.tolist(), y.tolist(), flags.tolist(), ids.tolist(), mags.tolist(), strict=True
+    colours = np.where(flags == 0, CLEAN, FLAGGED)
+    if roles:
+        role = np.array([colour_of.get(roles.get(sid), 0) for sid in ids.tolist()])
+        colours = np.where(role > 0, role, colours)
+    rank = np.where(colours == TARGET, 0, np.where(colours == COMPARISON, 1, 2))
+    finite = np.isfinite(mags)
+    order = np.lexsort((np.where(finite, mags, np.inf), rank))  # stable
+    labels = [
+        f"{sid} {mag:.2f}" if ok else f"{sid}"
+        for sid, mag, ok in zip(
+            ids[order].tolist(), mags[order].tolist(), finite[order].tolist(), strict=True
         )
     ]
-    stars.sort(key=lambda s: (order.get(s[2], 2), s[4] if math.isfinite(s[4]) else math.inf))
-    return [s[:4] for s in stars]
+    return x[order].tolist(), y[order].tolist(), colours[order].tolist(), labels
 
 
 LUT_SIZE = 4096
