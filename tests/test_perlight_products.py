@@ -17,6 +17,16 @@ def test_enlarged_is_repeat(zoom):
     assert np.array_equal(quicklook._enlarged(grey, zoom), grey.repeat(zoom, 0).repeat(zoom, 1))
 
 
+@pytest.mark.parametrize("zoom", [1, 2, 3])
+def test_enlarged_into_a_canvas_below_its_title(zoom):
+    """The chart's frame is enlarged straight into the canvas, upside down."""
+    grey = np.random.default_rng(zoom).integers(0, 255, (7, 11), dtype=np.uint8)
+    canvas = np.full((5 + 7 * zoom, 11 * zoom), 9, np.uint8)
+    quicklook._enlarged(grey[::-1], zoom, out=canvas[5:])
+    assert (canvas[:5] == 9).all()
+    assert np.array_equal(canvas[5:], grey[::-1].repeat(zoom, 0).repeat(zoom, 1))
+
+
 @pytest.mark.parametrize("shape", [(50, 65), (500, 650), (120, 850), (900, 1700)])
 def test_display_grey_masked_as_the_enlarged_frame_then_masked(shape):
     """Masking the grey levels before enlarging them (or binning) gives the chart's pixels:

@@ -5,8 +5,6 @@ the aperture radius, labelled with the star ID; flagged stars are drawn orange.
 Open with ``ds9 light.fits -regions light.reg``.
 """
 
-import math
-
 import numpy as np
 
 from reduxd.files import atomic_write
@@ -28,22 +26,19 @@ def region_text(table, *, radius, title=""):
     >>> print(region_text(table, radius=5).splitlines()[-1])
     circle(21.500,8.250,5.00) # color=orange text={2}
     """
-    lines = [HEADER + (f"# {title}\n" if title else "")]
-    radius = float(radius)
-    ids, xs, ys, flags = (_plain(table[name]) for name in ("star_id", "x", "y", "flags"))
-    for sid, x, y, flag in zip(ids, xs, ys, flags, strict=True):
-        x, y = float(x), float(y)
-        if not (math.isfinite(x) and math.isfinite(y)):
-            continue
-        color = " color=orange" if int(flag) else ""
-        centre = f"{x + 1:.3f},{y + 1:.3f}"
-        lines.append(f"circle({centre},{radius:.2f}) #{color} text={{{int(sid)}}}\n")
-    return "".join(lines)
-
-
-def _plain(column):
-    """A column's values as Python numbers (a numpy scalar is slow to take one at a time)."""
-    return np.asarray(column).tolist()
+    head = HEADER + (f"# {title}\n" if title else "")
+    x, y = (np.asarray(table[name], dtype=float) for name in ("x", "y"))
+    keep = np.isfinite(x) & np.isfinite(y)
+    ids = np.asarray(table["star_id"]).astype(np.int64)[keep].tolist()
+    flagged = (np.asarray(table["flags"]).astype(np.int64) != 0)[keep].tolist()
+    size = f",{float(radius):.2f}) #"
+    lines = [
+        f"circle({xi:.3f},{yi:.3f}{size}{' color=orange' if bad else ''} text={{{sid}}}\n"
+        for xi, yi, bad, sid in zip(
+            (x[keep] + 1).tolist(), (y[keep] + 1).tolist(), flagged, ids, strict=True
+        )
+    ]
+    return head + "".join(lines)
 
 
 def write_regions(path, table, *, radius, title="", durable=True):
