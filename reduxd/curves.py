@@ -251,7 +251,7 @@ class Curves:
         save = self.config.output.save
         for obj, filt, lc in unwritten or ():  # in the order write_built writes them
             ecsv = lightcurve.lightcurve_paths(self.outdir, object=obj, filter=filt, save=save)[1]
-            self.marks[Path(ecsv)] = _marks(lc)
+            self.marks[Path(ecsv)] = lightcurve.ensemble_ids(lc.meta)
 
     def _rebuild(self, fields, upto):
         """Rewrite the curves of ``fields`` from the ledger's rows up to reduction ``upto``.
@@ -309,14 +309,6 @@ class Curves:
             )
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
-
-
-def _marks(lc):
-    """``(target_id, comparison_ids)`` of a built curve, as :func:`finder.read_ensemble`
-    reads them from its ECSV."""
-    target = lc.meta.get("target_id")
-    comparisons = tuple(int(c) for c in lc.meta.get("comparison_ids", []))
-    return (None if target is None else int(target)), comparisons
 
 
 def _pack(rows):
@@ -378,8 +370,9 @@ def light_part(lights, columns):
 
     part = tables.columns_to_table(joined, columns=columns)
     if all("pointing" in light.order and "site" in light.order for light in lights):
-        place = np.concatenate([np.broadcast_to(_frame_place(light), (n, 5))
-                                for light, n in zip(lights, lengths, strict=True)])  # fmt: skip
+        frames = [np.asarray(lightcurve.row_place(light.shared), np.float64) for light in lights]
+        place = np.concatenate([np.broadcast_to(frame, (n, 5))
+                                for frame, n in zip(frames, lengths, strict=True)])  # fmt: skip
         for k, name in enumerate(lightcurve.PLACE_COLUMNS):
             part[name] = place[:, k]
         texts = np.array([str(light.shared.get("site_source") or "") for light in lights])
@@ -414,13 +407,6 @@ def _part_fits(light):
         if value is not None and not (isinstance(value, list) and len(value) == size):
             return False
     return all(light.columns[k].ndim == 2 for k in ("flux_ap", "flux_err_ap") if k in light.columns)
-
-
-def _frame_place(light):
-    """(ra, dec, lat, lon, height) of a light (as ``lightcurve._place`` of its rows)."""
-    radec = light.shared.get("pointing") or (math.nan, math.nan)
-    where = light.shared.get("site") or (math.nan, math.nan, math.nan)
-    return np.array((*radec, *where), dtype=np.float64)
 
 
 def _width(light, key):

@@ -10,6 +10,8 @@ reads nothing), and a frame changed since it was read ahead is read again.
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from reduxd.watch.stability import file_signature
+
 
 class ReadAhead:
     """Read ``paths`` (in that order) with ``read`` in one thread, ``depth`` files ahead.
@@ -51,7 +53,7 @@ class ReadAhead:
         if future is None:
             return None
         signature, value, exc = future.result()
-        if signature is None or signature != _signature(path):
+        if signature is None or signature != file_signature(path):
             return None  # changed (or vanished) since: the caller reads it as it is now
         if exc is not None:
             raise exc
@@ -65,7 +67,7 @@ class ReadAhead:
                 self._ahead[path] = self._pool.submit(self._read_one, path)
 
     def _read_one(self, path):
-        signature = _signature(path)
+        signature = file_signature(path)
         try:
             return signature, self._read(path), None
         except Exception as exc:  # raised again by take(), in the caller's turn
@@ -83,11 +85,3 @@ class ReadAhead:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _signature(path):
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns

@@ -17,6 +17,7 @@ from astropy.visualization import ZScaleInterval
 
 from reduxd.files import atomic_write
 from reduxd.products.labels import place_labels
+from reduxd.products.lightcurve import ensemble_ids
 from reduxd.products.naming import gain_label, titled, value_word
 
 COLOURS = {"target": "magenta", "comparison": "deepskyblue", "star": "gold"}
@@ -49,9 +50,7 @@ def _ensemble(path, _mtime_ns, _size):
         meta = Table.read(path, format="ascii.ecsv").meta
     except (OSError, ValueError):
         return None, []
-    target = meta.get("target_id")
-    comparisons = tuple(int(c) for c in meta.get("comparison_ids", []))
-    return (None if target is None else int(target)), comparisons
+    return ensemble_ids(meta)
 
 
 def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):

@@ -149,11 +149,23 @@ CURVE_COLUMNS = frozenset(
 )  # fmt: skip
 
 
-def _place(row):
-    """(ra, dec, lat, lon, height) of a row's frame; NaN where unknown."""
+def row_place(row):
+    """(ra, dec, lat, lon, height) of a row's frame (a row, or a light's shared values);
+    NaN where unknown."""
     radec = row.get("pointing") or (math.nan, math.nan)
     where = row.get("site") or (math.nan, math.nan, math.nan)
     return (*radec, *where)
+
+
+def ensemble_ids(meta):
+    """``(target_id, comparison_ids)`` a light curve's meta names (target None if unset).
+
+    >>> ensemble_ids({"target_id": 3, "comparison_ids": [5, 7]})
+    (3, (5, 7))
+    """
+    target = meta.get("target_id")
+    comparisons = tuple(int(c) for c in meta.get("comparison_ids", []))
+    return (None if target is None else int(target)), comparisons
 
 
 def detector_meta(detectors):
@@ -178,7 +190,7 @@ def field_table(rows, *, columns=None):
     rows = list(rows)
     table = rows_to_table(rows, columns=columns)
     if rows and all("pointing" in r and "site" in r for r in rows):
-        place = np.array([_place(r) for r in rows], dtype=np.float64)
+        place = np.array([row_place(r) for r in rows], dtype=np.float64)
         for k, name in enumerate(PLACE_COLUMNS):
             table[name] = place[:, k]
         table["site_source"] = [str(r.get("site_source") or "") for r in rows]
