@@ -60,6 +60,9 @@ LATER_MODULES = (
 # The plots' modules: imported by this process while the lights run (workers that
 # plot import them then); before the fork they would cost ~0.3 s with no core to spare.
 TAIL_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+# Lights in the pool per job while stacks' runs are started early: a run waits for
+# at most this many lights per worker before it starts.
+WINDOW_PER_JOB = 4
 
 
 class InputError(Exception):
@@ -423,10 +426,14 @@ def run(args):
         pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
         executors.start_workers(pool)  # forked before the next thread can hold an import lock
         Preload(TAIL_MODULES)
-        outcomes += pipeline.handle_many(lights, pool=pool, progress=progress)
+        early = _early_runs(pipeline, pool, len(lights))
+        outcomes += pipeline.handle_many(
+            lights, pool=pool, progress=progress, committed=early and early.offer,
+            window=early and WINDOW_PER_JOB * max(args.jobs, 1),
+        )  # fmt: skip
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
-        stacked = _stacks_and_curves(pipeline, pool)
+        stacked = _stacks_and_curves(pipeline, pool, early)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
@@ -571,13 +578,26 @@ def _reset_no_longer_excluded(ledger, found, pipeline):
             ledger.reset(row.id)
 
 
-def _stacks_and_curves(pipeline, pool):
+def _early_runs(pipeline, pool, n_lights):
+    """The stacks' runs to start while the lights are reduced (a local process pool
+    with stacks to write), or None (:class:`reduxd.products.stacks.EarlyRuns`)."""
+    from reduxd.products import stacks  # see LATER_MODULES
+
+    if not pipeline.config.output.stack or not isinstance(pool, ProcessPoolExecutor):
+        return None
+    config = pipeline.config
+    return stacks.EarlyRuns(pipeline.outdir, pool, n_lights=n_lights,
+                            max_bytes=config.reading.max_bytes, rules=config.classify)  # fmt: skip
+
+
+def _stacks_and_curves(pipeline, pool, early=None):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
     With a local process pool the light curves are built in one worker while the
-    others stack; once built, a worker writes their files (tables, plots) while
-    this process measures and writes the stacks and draws their finder charts,
-    which mark the curves' comparisons. Dask workers may not see the ledger: not there.
+    others stack (the runs not started while the lights were reduced, ``early``);
+    once built, a worker writes their files (tables, plots) while this process
+    measures and writes the stacks and draws their finder charts, which mark the
+    curves' comparisons. Dask workers may not see the ledger: not there.
     """
     from reduxd.products import stacks  # see LATER_MODULES
 
@@ -587,10 +607,12 @@ def _stacks_and_curves(pipeline, pool):
     try:
         if not pipeline.config.output.stack:
             return []
-        pending = stacks.start_stacks(pipeline, pool)
+        pending = stacks.start_stacks(pipeline, pool, early=early)
         return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
     finally:
         curves.close()
+        if early is not None:
+            early.cancel()
 
 
 class Preload:

@@ -71,13 +71,19 @@ class FanOut:
         ``field -> FieldReference or None``: the field's reference now.
     config, durable
         Passed to the work.
+    window : int, optional
+        How many lights may be pending (sent, or waiting for their field's first
+        light) before :meth:`full` says to take the first one: other jobs sent to
+        the pool meanwhile (a stack's run) start after at most that many lights.
+        None: no limit.
     """
 
-    def __init__(self, pool, *, reference, config, durable):
+    def __init__(self, pool, *, reference, config, durable, window=None):
         self.pool = pool if pool is not None else InProcess()
         self.reference = reference
         self.config = config
         self.durable = durable
+        self.window = window
         self.pending = deque()
         self.frozen = {}
         self.firsts = {}  # field: its first light, still running
@@ -95,14 +101,20 @@ class FanOut:
         else:
             self._submit(job, self.frozen.setdefault(key, self.reference(key)))
 
-    def ready(self, *, block):
-        """Jobs from the front of the queue whose work is done (all of them: ``block``)."""
-        if block:
-            self._release(block=True)
+    def ready(self, *, block, first=False):
+        """Jobs from the front of the queue whose work is done (all of them: ``block``;
+        at least the first one: ``first``)."""
+        self._release(block=block)
+        if first and self.pending:
+            futures.wait([self.pending[0].work])  # sent: its field's first light is done
         out = []
         while self.pending and (block or self._done(self.pending[0])):
             out.append(self.pending.popleft())
         return out
+
+    def full(self):
+        """Whether more lights are pending than ``window``."""
+        return self.window is not None and len(self.pending) > self.window
 
     @staticmethod
     def _done(job):

@@ -168,13 +168,15 @@ class Pipeline:
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
-    def handle_many(self, items, *, pool=None, progress=None):
+    def handle_many(self, items, *, pool=None, progress=None, committed=None, window=None):
         """Reduce lights ``[(root, path)]`` in ``pool`` (see :class:`~reduxd.lightjob.FanOut`);
         return their outcomes. Results are committed in order as they come; star IDs of
         new stars are given at commit time, so any number of workers gives the same tables.
+        ``committed(outcome)`` is called with each outcome of a job sent to the pool, in
+        order; at most ``window`` lights are in the pool at once (None: all).
         """
         fan = FanOut(pool, reference=self.fields.reference, config=self.config,
-                     durable=self.durable)  # fmt: skip
+                     durable=self.durable, window=window)  # fmt: skip
         outcomes = []
         for root, path in items:
             job = self._prepare(Path(root), Path(path))
@@ -183,8 +185,9 @@ class Pipeline:
                 continue
             self.ledger.begin(job.row.id)
             fan.add(job)
-            outcomes += [self._finish(j, progress) for j in fan.ready(block=False)]
-        outcomes += [self._finish(j, progress) for j in fan.ready(block=True)]
+            done = fan.ready(block=False, first=fan.full())
+            outcomes += [self._finish(j, progress, committed) for j in done]
+        outcomes += [self._finish(j, progress, committed) for j in fan.ready(block=True)]
         return outcomes
 
     def resume(self):
@@ -282,12 +285,14 @@ class Pipeline:
         return Outcome(job.rel, "reduced", kind="light", n_stars=len(rows),
                        latency_ms=latency_ms, info=meta)  # fmt: skip
 
-    def _finish(self, job, progress):
+    def _finish(self, job, progress, committed=None):
         """Commit a job done in the pool (or record why it failed)."""
         try:
             outcome = self._commit(job, job.work.result())
         except Exception as exc:
             outcome = self.reactions.react(job.row, job.rel, "light", exc)
+        if committed is not None:
+            committed(outcome)
         return _tick_progress(outcome, progress)
 
     def _prepare(self, root, path):

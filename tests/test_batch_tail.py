@@ -17,6 +17,7 @@ from test_pipeline import field_a_pipeline
 
 from reduxd import curves
 from reduxd.products.finder import read_ensemble
+from reduxd.products.stacks import CHUNK
 from reduxd.simulate import NightSpec, simulate_night
 
 WAIT = 15.0  # seconds the light curves' files wait for the finder chart to start
@@ -108,8 +109,9 @@ import time
 from pathlib import Path
 from reduxd.products import lightcurve, stacks
 
-FLAG, SAW = Path({flag!r}), Path({saw!r})
+FLAG, SAW, TAKEN = Path({flag!r}), Path({saw!r}), Path({taken!r})
 real_tables, real_finder = lightcurve._table_bytes, stacks.write_finder
+real_take = stacks.EarlyRuns.take
 
 def tables(lc):
     deadline = time.monotonic() + {wait}
@@ -123,7 +125,14 @@ def finder(*args, **kw):
     FLAG.touch()
     return real_finder(*args, **kw)
 
+def take(self, items, versions):
+    job = real_take(self, items, versions)
+    with open(TAKEN, "a") as fh:
+        fh.write(f"{{len(items)}}:{{'taken' if job is not None else 'sent'}}\\n")
+    return job
+
 lightcurve._table_bytes, stacks.write_finder = tables, finder
+stacks.EarlyRuns.take = take
 """
 
 
@@ -132,13 +141,16 @@ def test_finder_charts_are_drawn_while_the_curves_are_written_and_products_are_t
     tmp_path,
 ):
     night = tmp_path / "night"
-    simulate_night(night, NightSpec.small(), workers=1)
+    simulate_night(night, NightSpec.small(n_lights=CHUNK + 1), workers=1)
     reduce_night(night, tmp_path / "one", 1)
-    saw = tmp_path / "saw"
-    script = INSTRUMENT.format(flag=str(tmp_path / "finder-started"), saw=str(saw), wait=WAIT)
+    saw, taken = tmp_path / "saw", tmp_path / "taken"
+    script = INSTRUMENT.format(flag=str(tmp_path / "finder-started"), saw=str(saw), wait=WAIT,
+                               taken=str(taken))  # fmt: skip
     reduce_night(night, tmp_path / "two", 2, script=script)
 
     assert saw.read_text().split() == ["yes", "yes"]  # V and R: written once a finder began
+    # each filter's first run of CHUNK lights was stacked while the lights were reduced
+    assert sorted(taken.read_text().split()) == ["1:sent"] * 2 + [f"{CHUNK}:taken"] * 2
     one, two = tmp_path / "one", tmp_path / "two"
     curves = sorted(p.relative_to(one) for p in one.glob("*lightcurve*.*"))
     finders = sorted(p.relative_to(one) for p in one.glob("finder_*.png"))

@@ -81,3 +81,45 @@ def test_start_workers_forks_a_local_pools_workers_at_once():
         start_workers(pool)  # once forked, nothing more
         assert len(multiprocessing.active_children()) == before + 2
     start_workers(None)  # --jobs 1: nothing to fork
+
+
+class SleepJob:
+    """A job as FanOut sends it (``key``, ``submit``, ``work``): it sleeps in the pool
+    and returns when it started."""
+
+    def __init__(self, key):
+        self.key, self.work = key, None
+
+    def submit(self, pool, base, *, config, durable):
+        self.work = pool.submit(started_after_sleep, 0.1)
+
+
+def started_after_sleep(seconds):
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_a_window_lets_other_jobs_start_between_the_lights(window):
+    """With a window, a job sent after the first lights are taken (a stack's run)
+    starts before the last lights; without one every light is queued ahead of it."""
+    from reduxd.lightjob import FanOut
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        fan = FanOut(pool, reference=lambda key: "ref", config=None, durable=False,
+                     window=window)  # fmt: skip
+        taken, other = [], None
+        for _ in range(8):
+            fan.add(SleepJob("field"))
+            taken += fan.ready(block=False, first=fan.full())
+            assert window is None or len(fan.pending) <= window
+            if other is None and len(taken) >= 2:
+                other = pool.submit(started_after_sleep, 0.0)
+        taken += fan.ready(block=True)
+        if other is None:  # no light was taken before they were all sent
+            other = pool.submit(started_after_sleep, 0.0)
+        last = taken[-1].work.result()
+        assert len(taken) == 8 and (other.result() < last) == (window is not None)

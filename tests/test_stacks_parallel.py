@@ -14,6 +14,7 @@ from reduxd import fitsio, maskbits
 from reduxd.config import load_config
 from reduxd.errors import FrameIncomplete, FrameRejected
 from reduxd.framemeta import FrameMeta
+from reduxd.outcomes import Outcome
 from reduxd.products import stacks
 from reduxd.steps.stack import StackAccumulator
 from reduxd.synth import render_stars
@@ -45,7 +46,7 @@ def test_read_images_reads_our_lights_and_astropy_files(tmp_path):
         assert d1.dtype == np.uint8 and d1.flags.writeable
         np.testing.assert_array_equal(d1, mask)
         assert h0["OBJECT"] == "m1" and h1["EXTNAME"] == "MASK"
-        assert stacks._read_light(path, 1 << 20)[1] is not None
+        assert stacks._read_light(path, 1 << 20)[2] is not None
 
 
 def test_read_images_scaled_integers_tables_and_no_mask(tmp_path):
@@ -58,7 +59,7 @@ def test_read_images_scaled_integers_tables_and_no_mask(tmp_path):
     np.testing.assert_array_equal(d0, raw)
     assert h1["XTENSION"] == "BINTABLE" and d1 is None
     assert d2.dtype == np.int32 and d2.dtype.isnative
-    data, mask = stacks._read_light(path, 1 << 20)
+    _header, data, mask = stacks._read_light(path, 1 << 20)
     assert data.dtype == np.float32 and mask is None  # no MASK extension
 
 
@@ -144,9 +145,9 @@ def test_stack_chunk_result_pickles(night):
         (str(night.outdir / "reduced" / r.relpath), *r.info["offset"])
         for r in night.ledger.rows[:4]
     ]
-    acc = pickle.loads(pickle.dumps(stacks.stack_chunk(items, 1 << 24)))
-    assert acc.n_frames == 4 and acc.shape == SHAPE
-    assert stacks.stack_chunk([], 1 << 24).n_frames == 0
+    run = pickle.loads(pickle.dumps(stacks.stack_chunk(items, 1 << 24)))
+    assert run.acc.n_frames == 4 and run.acc.shape == SHAPE
+    assert stacks.stack_chunk([], 1 << 24).acc.n_frames == 0
 
 
 def test_same_stack_with_and_without_a_pool(night, tmp_path):
@@ -176,6 +177,64 @@ def test_same_stack_with_and_without_a_pool(night, tmp_path):
     reference, ref_count, _ = single_accumulator(night).result()
     np.testing.assert_array_equal(count, ref_count)
     np.testing.assert_allclose(data, reference, rtol=2e-7, atol=0)
+
+
+def committed(pipeline, changed=None):
+    """The outcomes of the night's lights as a batch commits them (``changed``:
+    ``{index: offset}`` to say a light was committed with another offset)."""
+    out = []
+    for i, row in enumerate(pipeline.ledger.rows):
+        info = row.info if i not in (changed or {}) else row.info.updated(offset=changed[i])
+        out.append(Outcome(row.relpath, "reduced", kind="light", info=info))
+    return out
+
+
+def early_runs(pipeline, pool, outcomes, n_lights=N_LIGHTS):
+    early = stacks.EarlyRuns(pipeline.outdir, pool, n_lights=n_lights, max_bytes=1 << 24,
+                             rules=pipeline.config.classify)  # fmt: skip
+    failed = Outcome("night/failed.fits", "failed", kind="light")
+    for outcome in [failed, *outcomes]:
+        early.offer(outcome)
+    return early
+
+
+def test_runs_started_early_are_taken_and_the_stack_is_the_same(night):
+    (path,) = stacks.write_stacks(night)
+    before = path.read_bytes(), stacks.photometry_path(path).read_bytes()
+    path.unlink()
+    with ProcessPoolExecutor(2) as pool:
+        early = early_runs(night, pool, committed(night))
+        started = list(early.jobs.values())
+        assert len(started) == 2  # the full runs; the short last one is cut at the end
+        pending = stacks.start_stacks(night, pool, early=early)
+        (group,) = pending.groups
+        assert group.chunks[:2] == started and group.chunks[2] not in started
+        assert early.jobs == {}
+        assert stacks.finish_stacks(night, pending) == [path]
+    assert (path.read_bytes(), stacks.photometry_path(path).read_bytes()) == before
+
+
+def test_a_run_whose_lights_changed_is_stacked_again(night):
+    (path,) = stacks.write_stacks(night)
+    before = path.read_bytes()
+    path.unlink()
+    with ProcessPoolExecutor(2) as pool:
+        early = early_runs(night, pool, committed(night, changed={3: (9.0, -9.0)}))
+        stale = list(early.jobs.values())
+        pending = stacks.start_stacks(night, pool, early=early)
+        (group,) = pending.groups
+        assert group.chunks[0] is not stale[0] and group.chunks[1] is stale[1]
+        assert early.jobs == {}  # the stale job dropped (cancelled, or done and unused)
+        stacks.finish_stacks(night, pending)
+    assert path.read_bytes() == before
+
+
+def test_no_early_runs_without_a_pool_or_when_runs_could_be_longer(night):
+    assert early_runs(night, None, committed(night)).jobs == {}
+    longest = stacks.MAX_CHUNKS * stacks.CHUNK
+    pool = RecordingPool()
+    assert early_runs(night, pool, committed(night), n_lights=longest + 1).jobs == {}
+    assert early_runs(night, pool, committed(night), n_lights=longest).jobs != {}
 
 
 class RecordingPool:

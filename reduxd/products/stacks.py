@@ -27,6 +27,8 @@ Each group's lights are summed in runs (in the ledger's order; their length,
 (:func:`stack_chunk`), and the runs are merged in their order: the stack is the
 same, bit for bit, whatever the pool and its size (``pool=None`` computes the
 same runs in :func:`finish_stacks`). :func:`write_stacks` does both steps at once.
+A batch starts the runs it can foresee while its lights are still being reduced
+(:class:`EarlyRuns`); :func:`start_stacks` takes those whose lights are the run's.
 """
 
 import csv
@@ -138,7 +140,6 @@ class _Group:
     signature: str
     chunks: list = dataclasses.field(default_factory=list)
     unchanged: bool = False
-    items: list = dataclasses.field(default_factory=list)  # the reduced lights' paths
 
 
 @dataclasses.dataclass
@@ -147,10 +148,20 @@ class PendingStacks:
 
     groups: list
     max_bytes: int
+    rules: object = None  # config.classify: the lights' dates (span_cards)
 
 
-def stack_chunk(items, max_bytes):
-    """Stack a run of reduced lights; return its :class:`StackAccumulator` (worker job).
+@dataclasses.dataclass
+class Run:
+    """A run of lights stacked by :func:`stack_chunk`: their sum, and the
+    ``(start, end, mid)`` times of each one with a start time, in order."""
+
+    acc: StackAccumulator
+    spans: list
+
+
+def stack_chunk(items, max_bytes, rules=None):
+    """Stack a run of reduced lights; return its :class:`Run` (worker job).
 
     Parameters
     ----------
@@ -158,9 +169,11 @@ def stack_chunk(items, max_bytes):
         ``(path, dx, dy)`` of each reduced light (primary image + ``MASK``), in order.
     max_bytes : int
         Largest image size read (``config.reading.max_bytes``).
+    rules : reduxd.config.ClassifyRules, optional
+        How the lights' headers are classified (their times, :func:`light_span`).
 
     Module level and with plain arguments, so that it runs in a process pool; the
-    accumulator pickles (numpy arrays) back to the caller.
+    run pickles (numpy arrays) back to the caller.
 
     Raises
     ------
@@ -168,15 +181,18 @@ def stack_chunk(items, max_bytes):
         A light cannot be read (missing, truncated, not FITS); they pickle, so a
         worker's error reaches the caller and the pool stays usable.
     """
-    acc = StackAccumulator()
+    run = Run(StackAccumulator(), [])
     for path, dx, dy in items:
-        data, mask = _read_light(path, max_bytes)
-        acc.add(data, mask, dx=dx, dy=dy)
-    return acc
+        header, data, mask = _read_light(path, max_bytes)
+        run.acc.add(data, mask, dx=dx, dy=dy)
+        span = light_span(header, path, rules)
+        if span is not None:
+            run.spans.append(span)
+    return run
 
 
 def _read_light(path, max_bytes):
-    """A reduced light's float32 image and its ``MASK`` (None without one)."""
+    """A reduced light's primary header, float32 image and ``MASK`` (None without one)."""
     hdus = read_images(path, max_bytes=max_bytes)
     if hdus[0][1] is None:
         raise FrameRejected(path, "no image in the primary HDU")
@@ -185,10 +201,69 @@ def _read_light(path, max_bytes):
         for header, image in hdus[1:]
         if image is not None and str(header.get("EXTNAME", "")).strip().upper() == "MASK"
     ]
-    return hdus[0][1].astype(np.float32, copy=False), (masks[0] if masks else None)
+    return hdus[0][0], hdus[0][1].astype(np.float32, copy=False), (masks[0] if masks else None)
 
 
-def start_stacks(pipeline, pool=None):
+def light_span(header, path, rules=None):
+    """``(start, end, mid)`` UTC datetimes of a reduced light, from its header
+    (classified as its raw frame was); None without a start time."""
+    info = classify(header, path, rules)
+    if info.date_obs is None:
+        return None
+    end = info.date_obs + timedelta(seconds=float(info.exptime or 0.0))
+    return info.date_obs, end, info.date_mid or info.date_obs
+
+
+class EarlyRuns:
+    """Stacking runs started while a batch still reduces its lights.
+
+    :meth:`offer` each light's outcome as it is committed (in order): every
+    ``CHUNK`` reduced lights of a group are a run, sent to ``pool`` at once.
+    :func:`start_stacks` takes a job whose run is exactly one it cuts (the same
+    lights and offsets, in the same order), so the stack is the same as without;
+    :meth:`cancel` drops the others. Off (nothing sent) without a pool, or when
+    a group could be long enough for its runs to be longer than ``CHUNK``
+    (:func:`chunk_size` of ``n_lights``, the batch's number of lights).
+
+    Examples
+    --------
+    >>> EarlyRuns("out", None, n_lights=10, max_bytes=1 << 20).on
+    False
+    """
+
+    def __init__(self, outdir, pool, *, n_lights, max_bytes, rules=None):
+        self.outdir, self.pool, self.max_bytes, self.rules = Path(outdir), pool, max_bytes, rules
+        self.on = pool is not None and chunk_size(n_lights) == CHUNK
+        self.lights = defaultdict(list)  # group -> [(path, dx, dy)] not yet in a run
+        self.jobs = {}  # tuple of a run's items -> its job
+
+    def offer(self, outcome):
+        """Note a committed light (an ``Outcome``); send its group's run when full."""
+        info = outcome.info
+        if not self.on or outcome.status != "reduced" or info is None or info.offset is None:
+            return
+        lights = self.lights[(info.object, info.filter, info.gain, info.exptime)]
+        path = str(reduced_path(self.outdir, outcome.path))
+        lights.append(((path, *map(float, info.offset)), info.version))
+        if len(lights) == CHUNK:
+            items, versions = zip(*lights, strict=True)
+            lights.clear()
+            job = self.pool.submit(stack_chunk, list(items), self.max_bytes, self.rules)
+            self.jobs[items, versions] = job
+
+    def take(self, items, versions):
+        """The job started for the run ``items`` (``(path, dx, dy)``) of the lights'
+        reductions ``versions``, or None."""
+        return self.jobs.pop((tuple(items), tuple(versions)), None)
+
+    def cancel(self):
+        """Cancel the jobs not taken (one still running finishes, unused)."""
+        for job in self.jobs.values():
+            job.cancel()
+        self.jobs.clear()
+
+
+def start_stacks(pipeline, pool=None, *, early=None):
     """Start stacking every group whose stack is out of date; return a pending object.
 
     Each group's lights are cut into runs of :func:`chunk_size` in their order,
@@ -203,12 +278,15 @@ def start_stacks(pipeline, pool=None):
         Its ledger, config, output folder.
     pool : concurrent.futures.Executor, optional
         A process pool; None: no work now.
+    early : EarlyRuns, optional
+        Runs started while the lights were reduced: each taken if it is one of
+        the runs cut here, else done again.
 
     Returns
     -------
     PendingStacks
     """
-    max_bytes = pipeline.config.reading.max_bytes
+    max_bytes, rules = pipeline.config.reading.max_bytes, pipeline.config.classify
     groups = []
     for (obj, filt, gain, exptime), rows in sorted(
         stack_groups(pipeline.ledger).items(), key=lambda kv: str(kv[0])
@@ -233,14 +311,14 @@ def start_stacks(pipeline, pool=None):
         size = chunk_size(len(items))
         for k in range(0, len(items), size):
             chunk = items[k : k + size]
-            group.chunks.append(
-                chunk if pool is None else pool.submit(stack_chunk, chunk, max_bytes)
-            )
-        group.items = [p for p, _x, _y in items]
-    for group in groups:  # read while the pool stacks
-        if not group.unchanged:
-            group.header = add_cards(group.header, span_cards(group.items, pipeline))
-    return PendingStacks(groups, max_bytes)
+            versions = [r.info.version for r in rows[k : k + size]]
+            job = early.take(chunk, versions) if early is not None else None
+            if job is None and pool is not None:
+                job = pool.submit(stack_chunk, chunk, max_bytes, rules)
+            group.chunks.append(chunk if job is None else job)
+    if early is not None:
+        early.cancel()
+    return PendingStacks(groups, max_bytes, rules)
 
 
 def finish_stacks(pipeline, pending, *, ensembles=None):
@@ -259,21 +337,24 @@ def finish_stacks(pipeline, pending, *, ensembles=None):
         if group.unchanged:
             out.append(group.path)
             continue
-        acc = StackAccumulator()
+        acc, spans = StackAccumulator(), []
         chunks, group.chunks = group.chunks, []
         while chunks:  # in frame order, whoever computed them; each freed once merged
-            acc.merge(_chunk_result(chunks.pop(0), pending.max_bytes))
+            run = _chunk_result(chunks.pop(0), pending.max_bytes, pending.rules)
+            acc.merge(run.acc)
+            spans += run.spans
         if acc.n_frames == 0:
             continue
+        group.header = add_cards(group.header, span_cards(spans))
         _write_stack(pipeline, group, acc, ensembles=ensembles)
         out.append(group.path)
     return out
 
 
-def _chunk_result(chunk, max_bytes):
+def _chunk_result(chunk, max_bytes, rules):
     if isinstance(chunk, Future):
         return chunk.result()
-    return stack_chunk(chunk, max_bytes)
+    return stack_chunk(chunk, max_bytes, rules)
 
 
 def write_stacks(pipeline, pool=None):
@@ -315,22 +396,12 @@ def _write_stack(pipeline, group, acc, *, ensembles=None):
     )
 
 
-def span_cards(paths, pipeline):
-    """DATE-OBS (first start), DATE-END (last end), DATE-AVG (mean mid-time) of the inputs.
-
-    Read from the reduced lights' headers (classified as their raw frames were).
-    """
-    starts, ends, mids = [], [], []
-    for path in paths:
-        with fits.open(path, memmap=False) as hdul:
-            info = classify(hdul[0].header, path, pipeline.config.classify)
-        if info.date_obs is None:
-            continue
-        starts.append(info.date_obs)
-        ends.append(info.date_obs + timedelta(seconds=float(info.exptime or 0.0)))
-        mids.append(info.date_mid or info.date_obs)
-    if not starts:
+def span_cards(spans):
+    """DATE-OBS (first start), DATE-END (last end), DATE-AVG (mean mid-time) of the
+    inputs, from their ``(start, end, mid)`` (:func:`light_span`)."""
+    if not spans:
         return []
+    starts, ends, mids = zip(*spans, strict=True)
     origin = min(mids)
     mean_mid = origin + sum((m - origin for m in mids), timedelta()) / len(mids)
     return [
