@@ -72,10 +72,9 @@ class FanOut:
     config, durable
         Passed to the work.
     window : int, optional
-        How many lights may be pending (sent, or waiting for their field's first
-        light) before :meth:`full` says to take the first one: other jobs sent to
-        the pool meanwhile (a stack's run) start after at most that many lights.
-        None: no limit.
+        At most this many lights in the pool and not done; the others wait here
+        (in order), so that another job sent to the pool meanwhile (a stack's run)
+        starts after at most that many lights. None: every light is sent at once.
     """
 
     def __init__(self, pool, *, reference, config, durable, window=None):
@@ -84,14 +83,16 @@ class FanOut:
         self.config = config
         self.durable = durable
         self.window = window
-        self.pending = deque()
+        self.pending = deque()  # every light added and not yet taken, in order
+        self.unsent = deque()  # (job, reference): to send once the window has room
+        self.running = []  # sent, not seen done
         self.frozen = {}
         self.firsts = {}  # field: its first light, still running
         self.waiting = defaultdict(list)  # field: lights waiting for the field's first light
 
     def add(self, job):
         self.pending.append(job)
-        self._release(block=False)
+        self._release()
         key = job.key
         if key in self.firsts:
             self.waiting[key].append(job)
@@ -101,45 +102,44 @@ class FanOut:
         else:
             self._submit(job, self.frozen.setdefault(key, self.reference(key)))
 
-    def ready(self, *, block, first=False):
-        """Jobs from the front of the queue whose work is done (all of them: ``block``;
-        at least the first one: ``first``)."""
-        self._release(block=block)
-        if first and self.pending:
-            futures.wait([self.pending[0].work])  # sent: its field's first light is done
+    def ready(self, *, wait=False):
+        """Jobs from the front of the queue whose work is done, in order; ``wait``: until
+        there is at least one (or none is pending)."""
+        self._release()
+        while wait and self.pending and not self._done(self.pending[0]):
+            works = [job.work for job in self.running]
+            if not works:
+                raise RuntimeError("FanOut: the first light pending was never sent")
+            futures.wait(works, return_when=futures.FIRST_COMPLETED)
+            self._release()
         out = []
-        while self.pending and (block or self._done(self.pending[0])):
+        while self.pending and self._done(self.pending[0]):
             out.append(self.pending.popleft())
         return out
-
-    def full(self):
-        """Whether more lights are pending than ``window``."""
-        return self.window is not None and len(self.pending) > self.window
 
     @staticmethod
     def _done(job):
         return job.work is not None and job.work.done()
 
     def _submit(self, job, base):
-        job.submit(self.pool, base, config=self.config, durable=self.durable)
+        self.unsent.append((job, base))
+        self._send()
 
-    def _release(self, *, block):
-        """Freeze the reference of fields whose first light is done; submit their waiting lights.
+    def _send(self):
+        """Send waiting lights, in order, while the window has room."""
+        self.running = [job for job in self.running if not job.work.done()]
+        while self.unsent and (self.window is None or len(self.running) < self.window):
+            job, base = self.unsent.popleft()
+            job.submit(self.pool, base, config=self.config, durable=self.durable)
+            self.running.append(job)
 
-        ``block``: wait until every first light is done.
-        """
-        while self.firsts:
-            done = [key for key, first in self.firsts.items() if first.work.done()]
-            if not done and not block:
-                return
-            if not done:
-                works = [first.work for first in self.firsts.values()]
-                futures.wait(works, return_when=futures.FIRST_COMPLETED)
-                continue
-            for key in done:
-                self.frozen[key] = _reference_of(self.firsts.pop(key).work)
-                for job in self.waiting.pop(key, ()):
-                    self._submit(job, self.frozen[key])
+    def _release(self):
+        """Freeze the reference of fields whose first light is done, queue their waiting
+        lights, and send what the window has room for."""
+        for key in [key for key, first in self.firsts.items() if self._done(first)]:
+            self.frozen[key] = _reference_of(self.firsts.pop(key).work)
+            self.unsent.extend((job, self.frozen[key]) for job in self.waiting.pop(key, ()))
+        self._send()
 
 
 def _reference_of(work):

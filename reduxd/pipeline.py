@@ -173,7 +173,7 @@ class Pipeline:
         return their outcomes. Results are committed in order as they come; star IDs of
         new stars are given at commit time, so any number of workers gives the same tables.
         ``committed(outcome)`` is called with each outcome of a job sent to the pool, in
-        order; at most ``window`` lights are in the pool at once (None: all).
+        order; at most ``window`` lights are in the pool and not done (None: no limit).
         """
         fan = FanOut(pool, reference=self.fields.reference, config=self.config,
                      durable=self.durable, window=window)  # fmt: skip
@@ -185,9 +185,9 @@ class Pipeline:
                 continue
             self.ledger.begin(job.row.id)
             fan.add(job)
-            done = fan.ready(block=False, first=fan.full())
-            outcomes += [self._finish(j, progress, committed) for j in done]
-        outcomes += [self._finish(j, progress, committed) for j in fan.ready(block=True)]
+            outcomes += [self._finish(j, progress, committed) for j in fan.ready()]
+        while fan.pending:
+            outcomes += [self._finish(j, progress, committed) for j in fan.ready(wait=True)]
         return outcomes
 
     def resume(self):

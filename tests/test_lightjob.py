@@ -104,22 +104,41 @@ def started_after_sleep(seconds):
 
 @pytest.mark.parametrize("window", [None, 2])
 def test_a_window_lets_other_jobs_start_between_the_lights(window):
-    """With a window, a job sent after the first lights are taken (a stack's run)
-    starts before the last lights; without one every light is queued ahead of it."""
+    """With a window, a job sent once the first light is taken (a stack's run) starts
+    before the last lights; without one every light is queued ahead of it."""
     from reduxd.lightjob import FanOut
 
     with ProcessPoolExecutor(max_workers=1) as pool:
         fan = FanOut(pool, reference=lambda key: "ref", config=None, durable=False,
                      window=window)  # fmt: skip
-        taken, other = [], None
-        for _ in range(8):
-            fan.add(SleepJob("field"))
-            taken += fan.ready(block=False, first=fan.full())
-            assert window is None or len(fan.pending) <= window
-            if other is None and len(taken) >= 2:
-                other = pool.submit(started_after_sleep, 0.0)
-        taken += fan.ready(block=True)
-        if other is None:  # no light was taken before they were all sent
-            other = pool.submit(started_after_sleep, 0.0)
-        last = taken[-1].work.result()
-        assert len(taken) == 8 and (other.result() < last) == (window is not None)
+        jobs = [SleepJob("field") for _ in range(8)]
+        for job in jobs:
+            fan.add(job)
+            assert len(fan.running) <= (window or 8)
+        assert sum(job.work is not None for job in jobs) == (window or 8)
+        taken = fan.ready(wait=True)
+        other = pool.submit(started_after_sleep, 0.0)
+        while fan.pending:
+            taken += fan.ready(wait=True)
+            assert len(fan.running) <= (window or 8)
+        last = jobs[-1].work.result()
+        assert taken == jobs and (other.result() < last) == (window is not None)
+
+
+def test_a_window_of_one_with_lights_waiting_for_their_fields_first_light():
+    """Lights of a new field wait for its first light, others are sent meanwhile (one
+    at a time); all come back in the order they were added."""
+    from reduxd.lightjob import FanOut
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        fan = FanOut(pool, reference=lambda key: None if key == "new" else "ref", config=None,
+                     durable=False, window=1)  # fmt: skip
+        jobs = [SleepJob(key) for key in ("new", "new", "old", "new", "old", "old")]
+        for job in jobs:
+            fan.add(job)
+        assert [job.work is not None for job in jobs] == [True] + [False] * 5
+        taken = []
+        while fan.pending:
+            taken += fan.ready(wait=True)
+            assert len(fan.running) <= 1
+    assert taken == jobs
