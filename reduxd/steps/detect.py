@@ -497,21 +497,37 @@ def vet_peaks(
     return ok
 
 
-def _segment_peaks(det, region, thresh, contrast, min_pixels, nlevels=32):
-    """Peaks of one connected region, split by multi-threshold deblending."""
+def _segment_peaks(det, region, thresh, contrast, min_pixels, nlevels=32, *, maxima=None):
+    """Peaks of one connected region, split by multi-threshold deblending.
+
+    ``maxima``: the region's local maxima (``det`` equal to its 3x3 maximum filter),
+    which only saves work: each part above a level holds one of them.
+    """
     values = det[region]
     peak = values.max()
     if peak <= thresh:
         return [np.unravel_index(np.argmax(np.where(region, det, -np.inf)), det.shape)], False
     levels = thresh * (peak / thresh) ** (np.arange(1, nlevels) / nlevels)
     min_flux = contrast * values.sum()
-    leaves = _split(det, region, levels, 0, min_flux, min_pixels)
+    if maxima is None:
+        maxima = (det == ndimage.maximum_filter(det, size=3)) & region
+    leaves = _split(det, region, levels, 0, min_flux, min_pixels, maxima)
     return leaves, len(leaves) > 1
 
 
-def _split(det, region, levels, start, min_flux, min_pixels):
+def _split(det, region, levels, start, min_flux, min_pixels, maxima):
+    """The leaves of ``region``: its parts at the first level where two or more are
+    strong, each split again above it; the region's highest pixel if none is.
+
+    A part above a level holds a local maximum of ``det`` above it (its highest
+    pixel), so a level with fewer than two of the region's ``maxima`` above it, and
+    every level above that one, has fewer than two parts: the search stops there.
+    """
     eight = np.ones((3, 3), bool)
+    tops = np.sort(det[maxima & region])[::-1]
     for k in range(start, levels.size):
+        if tops.size < 2 or not tops[1] > levels[k]:
+            break
         labels, n = ndimage.label(region & (det > levels[k]), structure=eight)
         if n < 2:
             continue
@@ -522,7 +538,8 @@ def _split(det, region, levels, start, min_flux, min_pixels):
         if strong.size >= 2:
             leaves = []
             for lab in strong:
-                leaves += _split(det, labels == lab, levels, k + 1, min_flux, min_pixels)
+                part = labels == lab
+                leaves += _split(det, part, levels, k + 1, min_flux, min_pixels, maxima)
             return leaves
     return [np.unravel_index(np.argmax(np.where(region, det, -np.inf)), det.shape)]
 
@@ -541,7 +558,8 @@ def _candidates(det, thresh, *, min_pixels, contrast):
         sub = det[sl]
         maxima = (sub == ndimage.maximum_filter(sub, size=3)) & region
         if np.count_nonzero(maxima) > 1:
-            leaves, split = _segment_peaks(sub, region, thresh, contrast, min_pixels)
+            leaves, split = _segment_peaks(sub, region, thresh, contrast, min_pixels,
+                                           maxima=maxima)  # fmt: skip
         else:
             leaves, split = (
                 [np.unravel_index(np.argmax(np.where(region, sub, -np.inf)), sub.shape)],
