@@ -160,7 +160,8 @@ class Curves:
             return
         args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
         if tables:  # the rows are here: only the building goes to the pool
-            work, args = build_tables, (self.config, str(self.outdir), tables)
+            packed = [(field, PackedTable(table)) for field, table in tables]
+            work, args = build_tables, (self.config, str(self.outdir), packed)
         elif final:  # in the batch's forked pool, whose workers log to the run's log
             work = rebuild_later
         else:
@@ -516,12 +517,75 @@ def _kept_part(lights):
 
 
 def build_tables(config, outdir, tables):
-    """Build light curves from ``[(field, table)]`` (in a pool worker), writing nothing;
-    returns ``(ensembles, states, None, unwritten)`` for :meth:`Curves._install`
-    (:meth:`Curves._send` sends ``unwritten``, the built curves, to :func:`write_built`)."""
+    """Build light curves from ``[(field, table)]`` (in a pool worker; a table may come
+    as a :class:`PackedTable`), writing nothing; returns ``(ensembles, states, None,
+    unwritten)`` for :meth:`Curves._install` (:meth:`Curves._send` sends ``unwritten``,
+    the built curves, to :func:`write_built`)."""
     curves = Curves(config, ledger=None, outdir=Path(outdir), clock=time.monotonic)
     curves.unwritten = []
+    tables = [(f, t.unpack() if isinstance(t, PackedTable) else t) for f, t in tables]
     return (*write_here(curves, tables), None, curves.unwritten)
+
+
+class PackedTable:
+    """A table as it is sent to a pool worker: a column whose rows come in runs of one
+    value (a light's file, time, exposure, place) is kept as its runs.
+
+    A crowded night's curve table holds each light's values once per star: for 142
+    lights of 800 stars, 47 MB to pickle, send and unpickle, 13 MB packed.
+    :meth:`unpack` gives the same table back (values bit for bit, units, formats,
+    descriptions, column order, meta).
+
+    Examples
+    --------
+    >>> t = Table({"file": ["a.fits"] * 8 + ["b.fits"] * 8, "x": np.arange(16.0)})
+    >>> packed = PackedTable(t)
+    >>> [name for _i, name, *_ in packed.runs], packed.runs[0][3].tolist()
+    (['file'], [8, 8])
+    >>> back = packed.unpack()
+    >>> back.colnames, list(back["file"]) == list(t["file"])
+    (['file', 'x'], True)
+    """
+
+    def __init__(self, table):
+        self.table = table.copy(copy_data=False)
+        self.runs = []  # (index, name, run values, run lengths, unit, description, format)
+        for index, name in enumerate(table.colnames):
+            column = table[name]
+            runs = _runs(np.asarray(column))
+            if runs is not None:
+                info = column.info
+                self.runs.append((index, name, *runs, info.unit, info.description, info.format))
+                self.table.remove_column(name)
+
+    def unpack(self):
+        """The table packed (this object's copy: unpack once)."""
+        table = self.table
+        for index, name, values, lengths, unit, description, form in self.runs:
+            table.add_column(np.repeat(values, lengths, axis=0), name=name, index=index)
+            info = table[name].info
+            info.unit, info.description, info.format = unit, description, form
+        self.runs = []
+        return table
+
+
+def _runs(values, most=0.25):
+    """``(values of the runs, their lengths)`` of an array's rows, equal bit for bit,
+    or None when there are more runs than ``most`` of the rows (not worth packing)."""
+    n = len(values)
+    if n < 2:
+        return None
+    size = values.dtype.itemsize * (values.size // n)
+    word = next(w for w in (8, 4, 2, 1) if size % w == 0)
+    rows = np.ascontiguousarray(values).view(f"u{word}").reshape(n, -1)
+    head = rows[: min(n, 1024)]  # most columns change from row to row: seen here
+    if np.count_nonzero((head[1:] != head[:-1]).any(axis=1)) + 1 > most * len(head):
+        return None
+    starts = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1)) + 1
+    if starts.size + 1 > most * n:
+        return None
+    starts = np.concatenate(([0], starts))
+    return values[starts], np.diff(np.append(starts, n))
 
 
 def rebuild_later(config, ledger_path, outdir, fields, upto):

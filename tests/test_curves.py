@@ -411,3 +411,44 @@ def test_a_rebuild_child_exits_when_the_daemon_is_killed(tmp_path):
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def per_light_table(n_lights=12, n_stars=50):
+    """A curve table as a batch keeps it: each light's values once per star."""
+    rng = np.random.default_rng(4)
+    per_light = np.repeat(np.arange(n_lights), n_stars)
+    t = Table(meta={"detector": [{"gain": 1.5}], "comments": ["kept"]})
+    t["file"] = np.array([f"night/light_{i:03d}.fits" for i in range(n_lights)])[per_light]
+    t["mjd"] = (60000.0 + np.arange(n_lights) / 1440.0)[per_light]
+    t["mjd"].info.unit = "d"
+    t["star_id"] = np.tile(np.arange(1, n_stars + 1), n_lights)
+    t["flux"] = rng.normal(1e4, 100, n_lights * n_stars)
+    t["flux"].info.description = "counts in the aperture"
+    t["ra_deg"] = np.full(len(t), np.nan)  # unknown everywhere: one run of NaN
+    zeros = np.zeros(n_lights)
+    zeros[5] = -0.0  # equal to 0.0, not the same bits: its own run
+    t["site_height"] = zeros[per_light]
+    t["radius_ap"] = np.tile([2.0, 4.0, 6.0], (len(t), 1))
+    t["radius_ap"].info.format = ".1f"
+    return t
+
+
+def test_a_packed_table_comes_back_the_same_and_smaller():
+    import pickle
+
+    table = per_light_table()
+    packed = curves.PackedTable(table)
+    assert [name for _i, name, *_ in packed.runs] == ["file", "mjd", "ra_deg", "site_height",
+                                                        "radius_ap"]  # fmt: skip
+    assert len(packed.runs[3][2]) == 3  # 0.0 (lights 0-4), -0.0 (5), 0.0 (6-11)
+    sent = pickle.dumps(packed)
+    assert len(sent) < len(pickle.dumps(table)) / 2
+    back = pickle.loads(sent).unpack()
+    assert back.colnames == table.colnames and back.meta == table.meta
+    for name in table.colnames:
+        a, b = table[name], back[name]
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), name
+        assert (a.dtype, a.shape, type(a)) == (b.dtype, b.shape, type(b)), name
+        assert (a.info.unit, a.info.description, a.info.format) == (
+            b.info.unit, b.info.description, b.info.format), name  # fmt: skip
+    assert curves.PackedTable(table[:1]).runs == []  # one row: nothing to pack
