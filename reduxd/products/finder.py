@@ -56,10 +56,9 @@ def _ensemble(path, _mtime_ns, _size):
 def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):
     """The finder chart as PNG bytes (``table``: star_id, x, y, mag_inst; 0-based x, y)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PatchCollection
+    from matplotlib.collections import PathCollection
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle
 
     image = np.asarray(image, dtype=np.float32)
     ny, nx = image.shape
@@ -86,8 +85,8 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     labels = place_labels(
         stars, radius=radius, char_width=0.62 * FONT_PX * scale, height=FONT_PX * scale
     )
-    circles = PatchCollection(
-        [Circle((x, y), radius) for _sid, x, y, _text in stars],
+    circles = PathCollection(
+        circle_paths([(x, y) for _sid, x, y, _text in stars], radius),
         facecolors="none",
         edgecolors=[COLOURS[role[sid]] for sid, *_ in stars],
         linewidths=[1.6 if role[sid] != "star" else 0.8 for sid, *_ in stars],
@@ -115,6 +114,27 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     return buf.getvalue()
 
 
+def circle_paths(centres, radius):
+    """The paths of ``Circle(c, radius)`` for each centre ``c``: matplotlib's unit
+    circle scaled by ``radius`` and moved to the centre, as a ``Circle`` patch's
+    transform moves it (the same vertices), without making the patches.
+
+    Examples
+    --------
+    >>> from matplotlib.patches import Circle
+    >>> path, = circle_paths([(3.5, -2.0)], 6.0)
+    >>> circle = Circle((3.5, -2.0), 6.0)
+    >>> bool((path.vertices == circle.get_transform().transform(circle.get_path().vertices)).all())
+    True
+    """
+    from matplotlib.path import Path
+
+    unit = Path.unit_circle()
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 1, 2)
+    vertices = unit.vertices * radius + centres
+    return [Path(v, unit.codes) for v in vertices]
+
+
 def _add_labels(ax, placed, **props):
     """``ax.text(x, y, text, color=colour, **props)`` for each ``(x, y, text, colour)``
     of ``placed``, drawn by one artist (:func:`_labels_artist`): the same pixels."""
@@ -127,23 +147,117 @@ def _add_labels(ax, placed, **props):
 @lru_cache(maxsize=1)
 def _labels_artist():
     """The class of :func:`_add_labels`' artist (matplotlib is imported on first use)."""
-    from matplotlib.text import Text
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.colors import to_rgba
+    from matplotlib.text import Text, _get_text_metrics_with_cache
 
     class Labels(Text):
         """Labels drawn in order by one ``Text``, moved, renamed and recoloured for each:
         the pixels of one ``Text`` per label (the same drawing code, in the same order:
-        the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort."""
+        the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort.
+
+        On Agg, a label of digits (a star ID) is drawn the way ``Text.draw`` draws a
+        single line (one ``renderer.draw_text`` at the line's place), with the parts
+        ``Text.draw`` would compute again for each label computed once: the place of
+        the line in its box (``Text._get_layout``: with the text left-aligned and not
+        rotated, a function of the line's height and descent only), the
+        graphics context (only the colour changes), the display positions (one
+        transform of all). Any other label is drawn by ``Text.draw``.
+        """
 
         def __init__(self, placed, **props):
             super().__init__(**props)
             self.placed = placed
 
         def draw(self, renderer):
-            for x, y, text, colour in self.placed:
-                self.set_position((x, y))
-                self.set_text(text)
-                self.set_color(colour)
-                super().draw(renderer)
+            if not self.get_visible():
+                return
+            quick = self._quick(renderer)
+            for i, (x, y, text, colour) in enumerate(self.placed):
+                if quick is not None and text.isascii() and text.isdigit():
+                    quick(i, text, colour)
+                else:
+                    self.set_position((x, y))
+                    self.set_text(text)
+                    self.set_color(colour)
+                    super().draw(renderer)
+            if quick is not None:
+                quick.close()
+
+        def _quick(self, renderer):
+            """A :class:`_Quick` drawer of this artist's plain labels, or None when
+            something but the text and colour would change how ``Text.draw`` draws."""
+            plain = (
+                isinstance(renderer, RendererAgg)
+                and renderer.flipy()
+                and self.get_rotation() == 0
+                and self.get_horizontalalignment() == "left"
+                and self._multialignment in (None, "left")
+                and not (self.get_usetex() or self.get_wrap() or self.get_path_effects())
+                and self._bbox_patch is None
+                and not self.get_rasterized()
+                and self.get_agg_filter() is None
+            )
+            return _Quick(self, renderer) if plain and self.placed else None
+
+    class _Quick:
+        """Draws one ``Labels``' plain labels as its ``Text.draw`` would, label by label."""
+
+        def __init__(self, labels, renderer):
+            self.labels, self.renderer = labels, renderer
+            labels._renderer = renderer
+            xy = np.array([(float(x), float(y)) for x, y, _t, _c in labels.placed])
+            self.positions = labels.get_transform().transform(xy)
+            self.canvash = renderer.get_canvas_width_height()[1]
+            self.prop = labels._fontproperties
+            self.dpi = labels.get_figure(root=True).dpi
+            self.chars = {}  # char -> (ascent, descent) as measured alone
+            self.offsets = {}  # (ascent, descent) of a line -> its place in the box
+            gc = self.gc = renderer.new_gc()
+            gc.set_alpha(labels.get_alpha())
+            gc.set_url(labels._url)
+            gc.set_antialiased(labels._antialiased)
+            gc.set_snap(labels.get_snap())
+            labels._set_gc_clip(gc)
+
+        def __call__(self, i, text, colour):
+            posx, posy = self.positions[i]
+            if not (math.isfinite(posx) and math.isfinite(posy)):
+                return  # Text.draw draws nothing there
+            renderer = self.renderer
+            renderer.open_group("text", self.labels.get_gid())
+            self.gc.set_foreground(to_rgba(colour), isRGBA=True)
+            x, y = self._offset(text)
+            x = x + posx
+            y = y + posy
+            y = self.canvash - y
+            renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
+                               mtext=self.labels)  # fmt: skip
+            renderer.close_group("text")
+
+        def _offset(self, text):
+            """The line's place in its box, as ``Text._get_layout`` finds it: measured
+            once per (ascent, descent) of a line, those of the union of its characters'
+            boxes (each digit's box is measured alone)."""
+            ascent = descent = -math.inf
+            for char in text:
+                a, d = self.chars.get(char) or self._measure(char)
+                ascent, descent = max(ascent, a), max(descent, d)
+            key = (ascent, descent)
+            if key not in self.offsets:
+                self.labels.set_text(text)
+                _bbox, info, _box = self.labels._get_layout(self.renderer)
+                self.offsets[key] = info[0][2]
+            return self.offsets[key]
+
+        def _measure(self, char):
+            _w, h, d = _get_text_metrics_with_cache(self.renderer, char, self.prop,
+                                                    ismath=False, dpi=self.dpi)  # fmt: skip
+            self.chars[char] = (h - d, d)
+            return self.chars[char]
+
+        def close(self):
+            self.gc.restore()
 
     return Labels
 
