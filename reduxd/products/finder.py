@@ -90,7 +90,7 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
         facecolors="none",
         edgecolors=[COLOURS[role[sid]] for sid, *_ in stars],
         linewidths=[1.6 if role[sid] != "star" else 0.8 for sid, *_ in stars],
-    )  # one artist for every circle: drawn in the same order, far faster than patches
+    )  # one artist for every circle (a Circle patch's path each): far faster than patches
     ax.add_collection(circles)
     placed = [(*labels[sid][:2], text, COLOURS[role[sid]])
               for sid, _x, _y, text in stars if sid in labels]  # fmt: skip
@@ -148,21 +148,16 @@ def _add_labels(ax, placed, **props):
 def _labels_artist():
     """The class of :func:`_add_labels`' artist (matplotlib is imported on first use)."""
     from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.colors import to_rgba
-    from matplotlib.text import Text, _get_text_metrics_with_cache
+    from matplotlib.text import Text
 
     class Labels(Text):
         """Labels drawn in order by one ``Text``, moved, renamed and recoloured for each:
         the pixels of one ``Text`` per label (the same drawing code, in the same order:
         the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort.
 
-        On Agg, a label of digits (a star ID) is drawn the way ``Text.draw`` draws a
-        single line (one ``renderer.draw_text`` at the line's place), with the parts
-        ``Text.draw`` would compute again for each label computed once: the place of
-        the line in its box (``Text._get_layout``: with the text left-aligned and not
-        rotated, a function of the line's height and descent only), the
-        graphics context (only the colour changes), the display positions (one
-        transform of all). Any other label is drawn by ``Text.draw``.
+        On Agg, with the text left-aligned and not rotated, a label of digits (a star
+        ID) is drawn by :class:`_QuickLabels` (the same pixels, without a
+        ``Text.draw`` each); any other label by ``Text.draw``.
         """
 
         def __init__(self, placed, **props):
@@ -175,7 +170,7 @@ def _labels_artist():
             quick = self._quick(renderer)
             for i, (x, y, text, colour) in enumerate(self.placed):
                 if quick is not None and text.isascii() and text.isdigit():
-                    quick(i, text, colour)
+                    quick.draw(i, text, colour)
                 else:
                     self.set_position((x, y))
                     self.set_text(text)
@@ -185,8 +180,8 @@ def _labels_artist():
                 quick.close()
 
         def _quick(self, renderer):
-            """A :class:`_Quick` drawer of this artist's plain labels, or None when
-            something but the text and colour would change how ``Text.draw`` draws."""
+            """A :class:`_QuickLabels` of this artist, or None when something but the
+            text and colour would change how ``Text.draw`` draws a label of digits."""
             plain = (
                 isinstance(renderer, RendererAgg)
                 and renderer.flipy()
@@ -198,68 +193,147 @@ def _labels_artist():
                 and not self.get_rasterized()
                 and self.get_agg_filter() is None
             )
-            return _Quick(self, renderer) if plain and self.placed else None
-
-    class _Quick:
-        """Draws one ``Labels``' plain labels as its ``Text.draw`` would, label by label."""
-
-        def __init__(self, labels, renderer):
-            self.labels, self.renderer = labels, renderer
-            labels._renderer = renderer
-            xy = np.array([(float(x), float(y)) for x, y, _t, _c in labels.placed])
-            self.positions = labels.get_transform().transform(xy)
-            self.canvash = renderer.get_canvas_width_height()[1]
-            self.prop = labels._fontproperties
-            self.dpi = labels.get_figure(root=True).dpi
-            self.chars = {}  # char -> (ascent, descent) as measured alone
-            self.offsets = {}  # (ascent, descent) of a line -> its place in the box
-            gc = self.gc = renderer.new_gc()
-            gc.set_alpha(labels.get_alpha())
-            gc.set_url(labels._url)
-            gc.set_antialiased(labels._antialiased)
-            gc.set_snap(labels.get_snap())
-            labels._set_gc_clip(gc)
-
-        def __call__(self, i, text, colour):
-            posx, posy = self.positions[i]
-            if not (math.isfinite(posx) and math.isfinite(posy)):
-                return  # Text.draw draws nothing there
-            renderer = self.renderer
-            renderer.open_group("text", self.labels.get_gid())
-            self.gc.set_foreground(to_rgba(colour), isRGBA=True)
-            x, y = self._offset(text)
-            x = x + posx
-            y = y + posy
-            y = self.canvash - y
-            renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
-                               mtext=self.labels)  # fmt: skip
-            renderer.close_group("text")
-
-        def _offset(self, text):
-            """The line's place in its box, as ``Text._get_layout`` finds it: measured
-            once per (ascent, descent) of a line, those of the union of its characters'
-            boxes (each digit's box is measured alone)."""
-            ascent = descent = -math.inf
-            for char in text:
-                a, d = self.chars.get(char) or self._measure(char)
-                ascent, descent = max(ascent, a), max(descent, d)
-            key = (ascent, descent)
-            if key not in self.offsets:
-                self.labels.set_text(text)
-                _bbox, info, _box = self.labels._get_layout(self.renderer)
-                self.offsets[key] = info[0][2]
-            return self.offsets[key]
-
-        def _measure(self, char):
-            _w, h, d = _get_text_metrics_with_cache(self.renderer, char, self.prop,
-                                                    ismath=False, dpi=self.dpi)  # fmt: skip
-            self.chars[char] = (h - d, d)
-            return self.chars[char]
-
-        def close(self):
-            self.gc.restore()
+            return _QuickLabels(self, renderer) if plain and self.placed else None
 
     return Labels
+
+
+class _QuickLabels:
+    """Draws a ``Labels``' labels of digits as ``Text.draw`` would, each with what
+    ``Text.draw`` computes again for every label computed once per chart: the place
+    of the line in its box (``Text._get_layout``: for a single left-aligned, unrotated
+    line, a function of the line's height and descent only), the graphics context
+    (only the colour changes), the display positions (one transform of all), and on
+    matplotlib >= 3.11 the glyphs (:class:`_DigitShaper`); then the renderer's own
+    text drawing (one ``open_group``, ``draw_text``, ``close_group`` a label).
+    """
+
+    def __init__(self, labels, renderer):
+        self.labels, self.renderer = labels, renderer
+        labels._renderer = renderer
+        xy = np.array([(float(x), float(y)) for x, y, _t, _c in labels.placed])
+        self.positions = labels.get_transform().transform(xy)
+        self.canvash = renderer.get_canvas_width_height()[1]
+        self.prop = labels.get_fontproperties()
+        self.chars = {}  # char -> (ascent, descent) as measured alone
+        self.offsets = {}  # (ascent, descent) of a line -> its place in the box
+        self.shaper = _DigitShaper.of(labels, renderer)
+        gc = self.gc = renderer.new_gc()
+        gc.set_alpha(labels.get_alpha())
+        gc.set_url(labels.get_url())
+        gc.set_antialiased(labels._antialiased)  # as Text.draw sets them
+        gc.set_snap(labels.get_snap())
+        labels._set_gc_clip(gc)
+
+    def draw(self, i, text, colour):
+        """Draw label ``i`` of the artist's ``placed``, ``text`` in ``colour``."""
+        from matplotlib.colors import to_rgba
+
+        posx, posy = self.positions[i]
+        if not (math.isfinite(posx) and math.isfinite(posy)):
+            return  # Text.draw draws nothing there
+        renderer = self.renderer
+        renderer.open_group("text", self.labels.get_gid())
+        self.gc.set_foreground(to_rgba(colour), isRGBA=True)
+        x, y = self._offset(text)
+        x = x + posx
+        y = y + posy
+        y = self.canvash - y
+        glyphs = self.shaper.glyphs(text) if self.shaper is not None else None
+        if glyphs is None:
+            renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
+                               mtext=self.labels)  # fmt: skip
+        else:  # what draw_text draws, from the glyphs it lays out
+            renderer._draw_text_glyphs_and_boxes(self.gc, x, y, 0.0, glyphs, [])
+        renderer.close_group("text")
+
+    def _offset(self, text):
+        """The line's place in its box, as ``Text._get_layout`` finds it: found once
+        per (ascent, descent) of a line, those of the union of its characters' boxes
+        (each character's box measured alone)."""
+        ascent = descent = -math.inf
+        for char in text:
+            a, d = self.chars[char] if char in self.chars else self._measure(char)
+            ascent, descent = max(ascent, a), max(descent, d)
+        key = (ascent, descent)
+        if key not in self.offsets:
+            self.labels.set_text(text)
+            _bbox, info, _box = self.labels._get_layout(self.renderer)
+            self.offsets[key] = info[0][2]
+        return self.offsets[key]
+
+    def _measure(self, char):
+        from matplotlib.text import _get_text_metrics_with_cache
+
+        _w, h, d = _get_text_metrics_with_cache(self.renderer, char, self.prop, ismath=False,
+                                                dpi=self.labels.figure.dpi)  # fmt: skip
+        self.chars[char] = (h - d, d)
+        return self.chars[char]
+
+    def close(self):
+        self.gc.restore()
+
+
+class _DigitShaper:
+    """The glyphs ``RendererAgg.draw_text`` (matplotlib >= 3.11) draws for a line of
+    digits, ``(font, size, glyph, 0, 1, x, y)`` each, with ``FT2Font._layout`` called
+    once per character and once per pair of characters rather than once per label:
+    each glyph as laid out alone, to the right of the one before it by the step
+    between the two as laid out together."""
+
+    def __init__(self, labels, renderer):
+        from matplotlib.backends.backend_agg import get_hinting_flag
+
+        prop = labels.get_fontproperties()
+        self.font = lambda: renderer._prepare_font(prop)  # as draw_text gets it
+        self.size = prop.get_size_in_points()
+        self.layout_kw = dict(flags=get_hinting_flag(), features=labels.get_fontfeatures(),
+                              language=labels.get_language())  # fmt: skip
+        self.alone = {}  # char -> (font, glyph index, x, y); None: not one glyph
+        self.steps = {}  # pair -> x of its second glyph minus its first's; None: not two
+
+    @classmethod
+    def of(cls, labels, renderer):
+        """The shaper of ``labels`` on ``renderer``; None where ``draw_text`` is not the
+        one this mimics (matplotlib < 3.11)."""
+        if not hasattr(renderer, "_draw_text_glyphs_and_boxes"):
+            return None
+        if not hasattr(renderer._prepare_font(labels.get_fontproperties()), "_layout"):
+            return None
+        return cls(labels, renderer)
+
+    def glyphs(self, text):
+        """``text``'s glyphs as ``draw_text`` lays them out; None if not found by pairs."""
+        glyphs = []
+        for k, char in enumerate(text):
+            glyph = self.alone[char] if char in self.alone else self._alone(char)
+            if glyph is None:
+                return None
+            font, index, x, y = glyph
+            if k:
+                pair = text[k - 1 : k + 1]
+                step = self.steps[pair] if pair in self.steps else self._step(pair)
+                if step is None:
+                    return None
+                x = glyphs[-1][5] + step
+            glyphs.append((font, self.size, index, 0, 1, x, y))
+        return glyphs
+
+    def _layout(self, text):
+        return self.font()._layout(text, **self.layout_kw)
+
+    def _alone(self, char):
+        items = self._layout(char)
+        item = items[0] if len(items) == 1 else None
+        self.alone[char] = None if item is None else (
+            item.ft_object, item.glyph_index, item.x, item.y
+        )  # fmt: skip
+        return self.alone[char]
+
+    def _step(self, pair):
+        items = self._layout(pair)
+        self.steps[pair] = items[1].x - items[0].x if len(items) == 2 else None
+        return self.steps[pair]
 
 
 def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(), title="",
