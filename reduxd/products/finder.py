@@ -8,6 +8,7 @@ out; the target's and comparisons' always are placed first).
 """
 
 import io
+import itertools
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -277,9 +278,9 @@ class _QuickLabels:
 class _DigitShaper:
     """The glyphs ``RendererAgg.draw_text`` (matplotlib >= 3.11) draws for a line of
     digits, ``(font, size, glyph, 0, 1, x, y)`` each, with ``FT2Font._layout`` called
-    once per character and once per pair of characters rather than once per label:
+    once per character and once for all pairs of digits rather than once per label:
     each glyph as laid out alone, to the right of the one before it by the step
-    between the two as laid out together."""
+    between the two as laid out in a row of every pair."""
 
     def __init__(self, labels, renderer):
         from matplotlib.backends.backend_agg import get_hinting_flag
@@ -291,6 +292,11 @@ class _DigitShaper:
                               language=labels.get_language())  # fmt: skip
         self.alone = {}  # char -> (font, glyph index, x, y); None: not one glyph
         self.steps = {}  # pair -> x of its second glyph minus its first's; None: not two
+        every_pair = "".join(f"{n:02d}" for n in range(100))  # each pair of digits in a row
+        items = self._layout(every_pair)
+        if len(items) == len(every_pair):  # one layout for all, rather than one a pair
+            for k, (first, second) in enumerate(itertools.pairwise(items)):
+                self.steps.setdefault(every_pair[k : k + 2], second.x - first.x)
 
     @classmethod
     def of(cls, labels, renderer):
