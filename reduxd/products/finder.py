@@ -302,7 +302,8 @@ class _DigitShaper:
     def of(cls, labels, renderer):
         """The shaper of ``labels`` on ``renderer``; None where ``draw_text`` is not the
         one this mimics (matplotlib < 3.11)."""
-        if not hasattr(renderer, "_draw_text_glyphs_and_boxes"):
+        if not (hasattr(renderer, "_draw_text_glyphs_and_boxes")
+                and hasattr(labels, "get_fontfeatures")):  # fmt: skip
             return None
         if not hasattr(renderer._prepare_font(labels.get_fontproperties()), "_layout"):
             return None
