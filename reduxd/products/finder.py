@@ -8,6 +8,7 @@ out; the target's and comparisons' always are placed first).
 """
 
 import io
+import itertools
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -56,10 +57,9 @@ def _ensemble(path, _mtime_ns, _size):
 def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title=""):
     """The finder chart as PNG bytes (``table``: star_id, x, y, mag_inst; 0-based x, y)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PatchCollection
+    from matplotlib.collections import PathCollection
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle
 
     image = np.asarray(image, dtype=np.float32)
     ny, nx = image.shape
@@ -86,12 +86,12 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     labels = place_labels(
         stars, radius=radius, char_width=0.62 * FONT_PX * scale, height=FONT_PX * scale
     )
-    circles = PatchCollection(
-        [Circle((x, y), radius) for _sid, x, y, _text in stars],
+    circles = PathCollection(
+        circle_paths([(x, y) for _sid, x, y, _text in stars], radius),
         facecolors="none",
         edgecolors=[COLOURS[role[sid]] for sid, *_ in stars],
         linewidths=[1.6 if role[sid] != "star" else 0.8 for sid, *_ in stars],
-    )  # one artist for every circle: drawn in the same order, far faster than patches
+    )  # one artist for every circle (a Circle patch's path each): far faster than patches
     ax.add_collection(circles)
     placed = [(*labels[sid][:2], text, COLOURS[role[sid]])
               for sid, _x, _y, text in stars if sid in labels]  # fmt: skip
@@ -115,6 +115,27 @@ def finder_png(image, table, *, radius, target_id=None, comparison_ids=(), title
     return buf.getvalue()
 
 
+def circle_paths(centres, radius):
+    """The paths of ``Circle(c, radius)`` for each centre ``c``: matplotlib's unit
+    circle scaled by ``radius`` and moved to the centre, as a ``Circle`` patch's
+    transform moves it (the same vertices), without making the patches.
+
+    Examples
+    --------
+    >>> from matplotlib.patches import Circle
+    >>> path, = circle_paths([(3.5, -2.0)], 6.0)
+    >>> circle = Circle((3.5, -2.0), 6.0)
+    >>> bool((path.vertices == circle.get_transform().transform(circle.get_path().vertices)).all())
+    True
+    """
+    from matplotlib.path import Path
+
+    unit = Path.unit_circle()
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 1, 2)
+    vertices = unit.vertices * radius + centres
+    return [Path(v, unit.codes) for v in vertices]
+
+
 def _add_labels(ax, placed, **props):
     """``ax.text(x, y, text, color=colour, **props)`` for each ``(x, y, text, colour)``
     of ``placed``, drawn by one artist (:func:`_labels_artist`): the same pixels."""
@@ -127,25 +148,199 @@ def _add_labels(ax, placed, **props):
 @lru_cache(maxsize=1)
 def _labels_artist():
     """The class of :func:`_add_labels`' artist (matplotlib is imported on first use)."""
+    from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.text import Text
 
     class Labels(Text):
         """Labels drawn in order by one ``Text``, moved, renamed and recoloured for each:
         the pixels of one ``Text`` per label (the same drawing code, in the same order:
-        the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort."""
+        the labels' zorder is a ``Text``'s), without hundreds of artists to make and sort.
+
+        On Agg, with the text left-aligned and not rotated, a label of digits (a star
+        ID) is drawn by :class:`_QuickLabels` (the same pixels, without a
+        ``Text.draw`` each); any other label by ``Text.draw``.
+        """
 
         def __init__(self, placed, **props):
             super().__init__(**props)
             self.placed = placed
 
         def draw(self, renderer):
-            for x, y, text, colour in self.placed:
-                self.set_position((x, y))
-                self.set_text(text)
-                self.set_color(colour)
-                super().draw(renderer)
+            if not self.get_visible():
+                return
+            quick = self._quick(renderer)
+            for i, (x, y, text, colour) in enumerate(self.placed):
+                if quick is not None and text.isascii() and text.isdigit():
+                    quick.draw(i, text, colour)
+                else:
+                    self.set_position((x, y))
+                    self.set_text(text)
+                    self.set_color(colour)
+                    super().draw(renderer)
+            if quick is not None:
+                quick.close()
+
+        def _quick(self, renderer):
+            """A :class:`_QuickLabels` of this artist, or None when something but the
+            text and colour would change how ``Text.draw`` draws a label of digits."""
+            plain = (
+                isinstance(renderer, RendererAgg)
+                and renderer.flipy()
+                and self.get_rotation() == 0
+                and self.get_horizontalalignment() == "left"
+                and self._multialignment in (None, "left")
+                and not (self.get_usetex() or self.get_wrap() or self.get_path_effects())
+                and self._bbox_patch is None
+                and not self.get_rasterized()
+                and self.get_agg_filter() is None
+            )
+            return _QuickLabels(self, renderer) if plain and self.placed else None
 
     return Labels
+
+
+class _QuickLabels:
+    """Draws a ``Labels``' labels of digits as ``Text.draw`` would, each with what
+    ``Text.draw`` computes again for every label computed once per chart: the place
+    of the line in its box (``Text._get_layout``: for a single left-aligned, unrotated
+    line, a function of the line's height and descent only), the graphics context
+    (only the colour changes), the display positions (one transform of all), and on
+    matplotlib >= 3.11 the glyphs (:class:`_DigitShaper`); then the renderer's own
+    text drawing (one ``open_group``, ``draw_text``, ``close_group`` a label).
+    """
+
+    def __init__(self, labels, renderer):
+        self.labels, self.renderer = labels, renderer
+        labels._renderer = renderer
+        xy = np.array([(float(x), float(y)) for x, y, _t, _c in labels.placed])
+        self.positions = labels.get_transform().transform(xy)
+        self.canvash = renderer.get_canvas_width_height()[1]
+        self.prop = labels.get_fontproperties()
+        self.chars = {}  # char -> (ascent, descent) as measured alone
+        self.offsets = {}  # (ascent, descent) of a line -> its place in the box
+        self.shaper = _DigitShaper.of(labels, renderer)
+        gc = self.gc = renderer.new_gc()
+        gc.set_alpha(labels.get_alpha())
+        gc.set_url(labels.get_url())
+        gc.set_antialiased(labels._antialiased)  # as Text.draw sets them
+        gc.set_snap(labels.get_snap())
+        labels._set_gc_clip(gc)
+
+    def draw(self, i, text, colour):
+        """Draw label ``i`` of the artist's ``placed``, ``text`` in ``colour``."""
+        from matplotlib.colors import to_rgba
+
+        posx, posy = self.positions[i]
+        if not (math.isfinite(posx) and math.isfinite(posy)):
+            return  # Text.draw draws nothing there
+        renderer = self.renderer
+        renderer.open_group("text", self.labels.get_gid())
+        self.gc.set_foreground(to_rgba(colour), isRGBA=True)
+        x, y = self._offset(text)
+        x = x + posx
+        y = y + posy
+        y = self.canvash - y
+        glyphs = self.shaper.glyphs(text) if self.shaper is not None else None
+        if glyphs is None:
+            renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
+                               mtext=self.labels)  # fmt: skip
+        else:  # what draw_text draws, from the glyphs it lays out
+            renderer._draw_text_glyphs_and_boxes(self.gc, x, y, 0.0, glyphs, [])
+        renderer.close_group("text")
+
+    def _offset(self, text):
+        """The line's place in its box, as ``Text._get_layout`` finds it: found once
+        per (ascent, descent) of a line, those of the union of its characters' boxes
+        (each character's box measured alone)."""
+        ascent = descent = -math.inf
+        for char in text:
+            a, d = self.chars[char] if char in self.chars else self._measure(char)
+            ascent, descent = max(ascent, a), max(descent, d)
+        key = (ascent, descent)
+        if key not in self.offsets:
+            self.labels.set_text(text)
+            _bbox, info, _box = self.labels._get_layout(self.renderer)
+            self.offsets[key] = info[0][2]
+        return self.offsets[key]
+
+    def _measure(self, char):
+        from matplotlib.text import _get_text_metrics_with_cache
+
+        _w, h, d = _get_text_metrics_with_cache(self.renderer, char, self.prop, ismath=False,
+                                                dpi=self.labels.figure.dpi)  # fmt: skip
+        self.chars[char] = (h - d, d)
+        return self.chars[char]
+
+    def close(self):
+        self.gc.restore()
+
+
+class _DigitShaper:
+    """The glyphs ``RendererAgg.draw_text`` (matplotlib >= 3.11) draws for a line of
+    digits, ``(font, size, glyph, 0, 1, x, y)`` each, with ``FT2Font._layout`` called
+    once per character and once for all pairs of digits rather than once per label:
+    each glyph as laid out alone, to the right of the one before it by the step
+    between the two as laid out in a row of every pair."""
+
+    def __init__(self, labels, renderer):
+        from matplotlib.backends.backend_agg import get_hinting_flag
+
+        prop = labels.get_fontproperties()
+        self.font = lambda: renderer._prepare_font(prop)  # as draw_text gets it
+        self.size = prop.get_size_in_points()
+        self.layout_kw = dict(flags=get_hinting_flag(), features=labels.get_fontfeatures(),
+                              language=labels.get_language())  # fmt: skip
+        self.alone = {}  # char -> (font, glyph index, x, y); None: not one glyph
+        self.steps = {}  # pair -> x of its second glyph minus its first's; None: not two
+        every_pair = "".join(f"{n:02d}" for n in range(100))  # each pair of digits in a row
+        items = self._layout(every_pair)
+        if len(items) == len(every_pair):  # one layout for all, rather than one a pair
+            for k, (first, second) in enumerate(itertools.pairwise(items)):
+                self.steps.setdefault(every_pair[k : k + 2], second.x - first.x)
+
+    @classmethod
+    def of(cls, labels, renderer):
+        """The shaper of ``labels`` on ``renderer``; None where ``draw_text`` is not the
+        one this mimics (matplotlib < 3.11)."""
+        if not (hasattr(renderer, "_draw_text_glyphs_and_boxes")
+                and hasattr(labels, "get_fontfeatures")):  # fmt: skip
+            return None
+        if not hasattr(renderer._prepare_font(labels.get_fontproperties()), "_layout"):
+            return None
+        return cls(labels, renderer)
+
+    def glyphs(self, text):
+        """``text``'s glyphs as ``draw_text`` lays them out; None if not found by pairs."""
+        glyphs = []
+        for k, char in enumerate(text):
+            glyph = self.alone[char] if char in self.alone else self._alone(char)
+            if glyph is None:
+                return None
+            font, index, x, y = glyph
+            if k:
+                pair = text[k - 1 : k + 1]
+                step = self.steps[pair] if pair in self.steps else self._step(pair)
+                if step is None:
+                    return None
+                x = glyphs[-1][5] + step
+            glyphs.append((font, self.size, index, 0, 1, x, y))
+        return glyphs
+
+    def _layout(self, text):
+        return self.font()._layout(text, **self.layout_kw)
+
+    def _alone(self, char):
+        items = self._layout(char)
+        item = items[0] if len(items) == 1 else None
+        self.alone[char] = None if item is None else (
+            item.ft_object, item.glyph_index, item.x, item.y
+        )  # fmt: skip
+        return self.alone[char]
+
+    def _step(self, pair):
+        items = self._layout(pair)
+        self.steps[pair] = items[1].x - items[0].x if len(items) == 2 else None
+        return self.steps[pair]
 
 
 def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(), title="",

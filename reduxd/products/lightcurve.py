@@ -1516,14 +1516,26 @@ def plot_lightcurve(lc, *, title=""):
     """Return PNG bytes: the target's dmag (if any) and the check stars, magnitudes inverted.
 
     Flagged target points are drawn as open grey circles. Check stars are shown
-    relative to their median, offset for clarity.
+    relative to their median, offset for clarity (:func:`lightcurve_figure`).
+    The bytes of ``savefig(format="png", dpi=100)``, drawn once: ``savefig`` draws a
+    figure with a layout engine twice (a dry draw that lays it out, then the
+    drawing), the canvas lays it out as it draws.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(lightcurve_figure(lc, title=title)).print_png(buf)
+    return buf.getvalue()
+
+
+def lightcurve_figure(lc, *, title=""):
+    """The figure :func:`plot_lightcurve` draws (8 in wide, dpi 100, constrained layout)."""
     has_target = "dmag" in lc.colnames
     checks = [n for n in lc.colnames if re.fullmatch(r"check_-?\d+", n)]
     panels = int(has_target) + int(bool(checks)) or 1
     from matplotlib.figure import Figure  # imported on first plot: ~0.5 s at start-up otherwise
 
-    fig = Figure(figsize=(8.0, 3.2 * panels + 0.6), layout="constrained")
+    fig = Figure(figsize=(8.0, 3.2 * panels + 0.6), dpi=100, layout="constrained")
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     mjd = np.asarray(lc["mjd"], dtype=np.float64)
     origin = math.floor(np.nanmin(mjd)) if len(mjd) and np.isfinite(mjd).any() else 0
@@ -1563,6 +1575,4 @@ def plot_lightcurve(lc, *, title=""):
     axes[-1].set_xlabel(f"MJD − {origin}")
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return fig
