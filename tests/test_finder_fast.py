@@ -224,38 +224,3 @@ def test_circle_paths_are_the_circle_patches_paths(radius):
         assert path.should_simplify == expected.should_simplify
         assert path.simplify_threshold == expected.simplify_threshold
     assert finder.circle_paths([], radius) == []
-
-
-@pytest.mark.parametrize(
-    ("fontsize", "dpi", "hinting"),
-    [(8, 100, "default"), (11.3, 100, "no_hinting"), (30, 72, "force_autohint")],
-)
-def test_a_line_of_digits_has_the_glyphs_draw_text_lays_out(fontsize, dpi, hinting):
-    """Glyphs laid out once per character and for all pairs (in a row, or one pair at a
-    time) are those ``FT2Font._layout`` lays out for the whole line (every string of 1-3
-    digits, 300 of 4-7 digits)."""
-    import matplotlib as mpl
-    from matplotlib.backends.backend_agg import FigureCanvasAgg, get_hinting_flag
-    from matplotlib.figure import Figure
-
-    with mpl.rc_context({"text.hinting": hinting}):
-        fig = Figure(dpi=dpi)
-        renderer = FigureCanvasAgg(fig).get_renderer()
-        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-        labels = finder._labels_artist()([(1.0, 1.0, "1", "gold")], transform=ax.transData,
-                                         fontsize=fontsize, ha="left", va="bottom")  # fmt: skip
-        ax.add_artist(labels)
-        shaper = labels._quick(renderer).shaper
-        if shaper is None:
-            pytest.skip("matplotlib < 3.11: labels are drawn by renderer.draw_text")
-        rng = np.random.default_rng(int(fontsize * dpi))
-        texts = ["".join(p) for n in (1, 2, 3) for p in itertools.product("0123456789", repeat=n)]
-        texts += [str(v) for v in rng.integers(1000, 10_000_000, 300)]
-        prop = labels.get_fontproperties()
-        for k, text in enumerate(texts):
-            items = renderer._prepare_font(prop)._layout(text, flags=get_hinting_flag())
-            expected = [(i.ft_object, prop.get_size_in_points(), i.glyph_index, 0, 1, i.x, i.y)
-                        for i in items]  # fmt: skip
-            assert shaper.glyphs(text) == expected, text
-            if k == 500:
-                shaper.steps.clear()  # the rest by pairs laid out one by one

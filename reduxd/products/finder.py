@@ -8,7 +8,6 @@ out; the target's and comparisons' always are placed first).
 """
 
 import io
-import itertools
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -204,9 +203,9 @@ class _QuickLabels:
     ``Text.draw`` computes again for every label computed once per chart: the place
     of the line in its box (``Text._get_layout``: for a single left-aligned, unrotated
     line, a function of the line's height and descent only), the graphics context
-    (only the colour changes), the display positions (one transform of all), and on
-    matplotlib >= 3.11 the glyphs (:class:`_DigitShaper`); then the renderer's own
-    text drawing (one ``open_group``, ``draw_text``, ``close_group`` a label).
+    (only the colour changes), the display positions (one transform of all); then the
+    renderer's own text drawing (one ``open_group``, ``draw_text``, ``close_group`` a
+    label).
     """
 
     def __init__(self, labels, renderer):
@@ -218,7 +217,6 @@ class _QuickLabels:
         self.prop = labels.get_fontproperties()
         self.chars = {}  # char -> (ascent, descent) as measured alone
         self.offsets = {}  # (ascent, descent) of a line -> its place in the box
-        self.shaper = _DigitShaper.of(labels, renderer)
         gc = self.gc = renderer.new_gc()
         gc.set_alpha(labels.get_alpha())
         gc.set_url(labels.get_url())
@@ -240,12 +238,8 @@ class _QuickLabels:
         x = x + posx
         y = y + posy
         y = self.canvash - y
-        glyphs = self.shaper.glyphs(text) if self.shaper is not None else None
-        if glyphs is None:
-            renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
-                               mtext=self.labels)  # fmt: skip
-        else:  # what draw_text draws, from the glyphs it lays out
-            renderer._draw_text_glyphs_and_boxes(self.gc, x, y, 0.0, glyphs, [])
+        renderer.draw_text(self.gc, x, y, text, self.prop, 0.0, ismath=False,
+                           mtext=self.labels)  # fmt: skip
         renderer.close_group("text")
 
     def _offset(self, text):
@@ -273,74 +267,6 @@ class _QuickLabels:
 
     def close(self):
         self.gc.restore()
-
-
-class _DigitShaper:
-    """The glyphs ``RendererAgg.draw_text`` (matplotlib >= 3.11) draws for a line of
-    digits, ``(font, size, glyph, 0, 1, x, y)`` each, with ``FT2Font._layout`` called
-    once per character and once for all pairs of digits rather than once per label:
-    each glyph as laid out alone, to the right of the one before it by the step
-    between the two as laid out in a row of every pair."""
-
-    def __init__(self, labels, renderer):
-        from matplotlib.backends.backend_agg import get_hinting_flag
-
-        prop = labels.get_fontproperties()
-        self.font = lambda: renderer._prepare_font(prop)  # as draw_text gets it
-        self.size = prop.get_size_in_points()
-        self.layout_kw = dict(flags=get_hinting_flag(), features=labels.get_fontfeatures(),
-                              language=labels.get_language())  # fmt: skip
-        self.alone = {}  # char -> (font, glyph index, x, y); None: not one glyph
-        self.steps = {}  # pair -> x of its second glyph minus its first's; None: not two
-        every_pair = "".join(f"{n:02d}" for n in range(100))  # each pair of digits in a row
-        items = self._layout(every_pair)
-        if len(items) == len(every_pair):  # one layout for all, rather than one a pair
-            for k, (first, second) in enumerate(itertools.pairwise(items)):
-                self.steps.setdefault(every_pair[k : k + 2], second.x - first.x)
-
-    @classmethod
-    def of(cls, labels, renderer):
-        """The shaper of ``labels`` on ``renderer``; None where ``draw_text`` is not the
-        one this mimics (matplotlib < 3.11)."""
-        if not (hasattr(renderer, "_draw_text_glyphs_and_boxes")
-                and hasattr(labels, "get_fontfeatures")):  # fmt: skip
-            return None
-        if not hasattr(renderer._prepare_font(labels.get_fontproperties()), "_layout"):
-            return None
-        return cls(labels, renderer)
-
-    def glyphs(self, text):
-        """``text``'s glyphs as ``draw_text`` lays them out; None if not found by pairs."""
-        glyphs = []
-        for k, char in enumerate(text):
-            glyph = self.alone[char] if char in self.alone else self._alone(char)
-            if glyph is None:
-                return None
-            font, index, x, y = glyph
-            if k:
-                pair = text[k - 1 : k + 1]
-                step = self.steps[pair] if pair in self.steps else self._step(pair)
-                if step is None:
-                    return None
-                x = glyphs[-1][5] + step
-            glyphs.append((font, self.size, index, 0, 1, x, y))
-        return glyphs
-
-    def _layout(self, text):
-        return self.font()._layout(text, **self.layout_kw)
-
-    def _alone(self, char):
-        items = self._layout(char)
-        item = items[0] if len(items) == 1 else None
-        self.alone[char] = None if item is None else (
-            item.ft_object, item.glyph_index, item.x, item.y
-        )  # fmt: skip
-        return self.alone[char]
-
-    def _step(self, pair):
-        items = self._layout(pair)
-        self.steps[pair] = items[1].x - items[0].x if len(items) == 2 else None
-        return self.steps[pair]
 
 
 def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(), title="",
