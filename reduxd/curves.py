@@ -64,7 +64,7 @@ class Curves:
         self.kept = None  # KeptRows: the rows committed by this process (a batch)
         self.unwritten = None  # [(object, filter, curve)]: built, files written later
         self.final_pool = None  # the batch's pool: builds the final curves, then writes them
-        self.writing = None  # future of the pool job writing the final curves' files
+        self.writing = []  # futures of the pool jobs writing the final curves' files
         self.sender = None  # thread: sends the final curves' files to the pool once built
         self.marks = {}  # ECSV path -> (target_id, comparison_ids) of its curve's final build
 
@@ -179,12 +179,14 @@ class Curves:
         return self.pool
 
     def _send(self, future):
-        """(A thread) Once the final curves are built, send their files to the pool."""
+        """(A thread) Once the final curves are built, send their files to the pool: the
+        tables and the plots in two jobs, side by side."""
         try:
             unwritten = future.result()[3]
             if unwritten:
                 args = (str(self.outdir), self.config.output.save, unwritten)
-                self.writing = self.final_pool.submit(write_built, *args)
+                self.writing = [self.final_pool.submit(write_built, *args, parts=(part,))
+                                for part in ("plot", "tables")]  # fmt: skip
         except Exception:  # the build failed (said by _land) or the pool is gone
             return
 
@@ -200,10 +202,10 @@ class Curves:
         """Wait for a rebuild in the child and for the writing of its files, then stop
         the child."""
         self._land(wait=True)
-        writing, self.writing = self.writing, None
-        if writing is not None:
+        writing, self.writing = self.writing, []
+        for job in writing:
             try:
-                writing.result()
+                job.result()
             except Exception as exc:  # the worker died: the files were not all written
                 log.warning("lightcurve_not_written", reason=str(exc))
         self.final_pool = None
@@ -595,12 +597,13 @@ def rebuild_later(config, ledger_path, outdir, fields, upto):
     return ensembles, states, None, later
 
 
-def write_built(outdir, save, unwritten):
-    """Write the files of curves built by :func:`build_tables` or :func:`rebuild_later`
-    (``[(object, filter, curve)]``), in a pool worker."""
+def write_built(outdir, save, unwritten, parts=lightcurve.CURVE_FILES):
+    """Write the files (``parts`` of them, see :func:`lightcurve.write_built`) of curves
+    built by :func:`build_tables` or :func:`rebuild_later` (``[(object, filter, curve)]``),
+    in a pool worker."""
     for obj, filt, lc in unwritten:
         try:
-            lightcurve.write_built(outdir, lc, object=obj, filter=filt, save=save)
+            lightcurve.write_built(outdir, lc, object=obj, filter=filt, save=save, parts=parts)
         except Exception as exc:
             log.warning("lightcurve_not_written", object=obj, filter=filt, reason=str(exc))
 

@@ -1368,22 +1368,28 @@ def write_lightcurve(
     return write_built(outdir, lc, object=object, filter=filter, save=save, files=files)
 
 
-def write_built(outdir, lc, *, object, filter, save="", files=None):
-    """Write the CSV, ECSV and PNG of a light curve built by :func:`write_lightcurve`.
+CURVE_FILES = ("tables", "plot")  # what write_built writes: the CSV and ECSV, the PNG
 
-    ``files`` as in :func:`write_lightcurve`. Returns ``[csv, ecsv, png]``.
+
+def write_built(outdir, lc, *, object, filter, save="", files=None, parts=CURVE_FILES):
+    """Write the CSV, ECSV and PNG of a light curve built by :func:`write_lightcurve`
+    (``parts``: ``"tables"`` for the CSV and ECSV, ``"plot"`` for the PNG).
+
+    ``files`` as in :func:`write_lightcurve`. Returns the paths, of ``[csv, ecsv, png]``.
     """
     csv_path, ecsv_path, png_path = lightcurve_paths(
         outdir, object=object, filter=filter, save=save
     )
-    csv_bytes, ecsv_bytes = _table_bytes(lc)
-    png = plot_lightcurve(lc, title=f"{object}  {filter}")
-    payloads = {csv_path: csv_bytes, ecsv_path: ecsv_bytes, png_path: png}
+    payloads = {}
+    if "tables" in parts:
+        payloads[csv_path], payloads[ecsv_path] = _table_bytes(lc)
+    if "plot" in parts:
+        payloads[png_path] = plot_lightcurve(lc, title=f"{object}  {filter}")
     if files is not None:
         files.update(payloads)
     else:
         write_files(payloads)
-    return [csv_path, ecsv_path, png_path]
+    return list(payloads)
 
 
 def write_files(payloads):
