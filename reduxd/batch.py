@@ -427,10 +427,11 @@ def run(args):
         executors.start_workers(pool)  # forked before the next thread can hold an import lock
         Preload(TAIL_MODULES)
         early = _early_runs(pipeline, pool, len(lights))
+        window = WINDOW_PER_JOB * args.jobs if early is not None else None
+        committed = early.offer if early is not None else None
         outcomes += pipeline.handle_many(
-            lights, pool=pool, progress=progress, committed=early and early.offer,
-            window=early and WINDOW_PER_JOB * max(args.jobs, 1),
-        )  # fmt: skip
+            lights, pool=pool, progress=progress, committed=committed, window=window
+        )
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
         stacked = _stacks_and_curves(pipeline, pool, early)
