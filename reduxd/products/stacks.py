@@ -220,10 +220,10 @@ class EarlyRuns:
     :meth:`offer` each light's outcome as it is committed (in order): every
     ``CHUNK`` reduced lights of a group are a run, sent to ``pool`` at once.
     :func:`start_stacks` takes a job whose run is exactly one it cuts (the same
-    lights and offsets, in the same order), so the stack is the same as without;
-    :meth:`cancel` drops the others. Off (nothing sent) without a pool, or when
-    a group could be long enough for its runs to be longer than ``CHUNK``
-    (:func:`chunk_size` of ``n_lights``, the batch's number of lights).
+    lights, offsets and reduction versions, in the same order), so the stack is the
+    same as without; :meth:`cancel` drops the others. Off (nothing sent) without a
+    pool, or when a group could be long enough for its runs to be longer than
+    ``CHUNK`` (:func:`chunk_size` of ``n_lights``, the batch's number of lights).
 
     Examples
     --------
@@ -234,8 +234,8 @@ class EarlyRuns:
     def __init__(self, outdir, pool, *, n_lights, max_bytes, rules=None):
         self.outdir, self.pool, self.max_bytes, self.rules = Path(outdir), pool, max_bytes, rules
         self.on = pool is not None and chunk_size(n_lights) == CHUNK
-        self.lights = defaultdict(list)  # group -> [(path, dx, dy)] not yet in a run
-        self.jobs = {}  # tuple of a run's items -> its job
+        self.lights = defaultdict(list)  # group -> [((path, dx, dy), version)] not in a run
+        self.jobs = {}  # (a run's items, their versions) -> its job
 
     def offer(self, outcome):
         """Note a committed light (an ``Outcome``); send its group's run when full."""
