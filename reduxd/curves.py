@@ -185,8 +185,9 @@ class Curves:
             unwritten = future.result()[3]
             if unwritten:
                 args = (str(self.outdir), self.config.output.save, unwritten)
+                parts = sorted(lightcurve.CURVE_FILES, key=lambda p: p != "plot")  # longest first
                 self.writing = [self.final_pool.submit(write_built, *args, parts=(part,))
-                                for part in ("plot", "tables")]  # fmt: skip
+                                for part in parts]  # fmt: skip
         except Exception:  # the build failed (said by _land) or the pool is gone
             return
 
