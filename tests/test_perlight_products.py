@@ -41,10 +41,12 @@ def test_display_grey_masked_as_the_enlarged_frame_then_masked(shape):
     expected = quicklook._grey_levels(data if factor == 1 else image, zoom=zoom)
     expected = expected.repeat(zoom, 0).repeat(zoom, 1)
     expected[quicklook._display_mask(mask, scale)] = quicklook.MASKED
-    grey, got_scale = quicklook._display_grey(data, mask)
+    grey, got_zoom, got_scale = quicklook._display_grey(data, mask)
+    grey = quicklook._enlarged(grey, got_zoom)
     assert got_scale == scale
     assert np.array_equal(grey, expected)
-    plain, _ = quicklook._display_grey(data)
+    plain, plain_zoom, _ = quicklook._display_grey(data)
+    plain = quicklook._enlarged(plain, plain_zoom)
     shown = ~quicklook._display_mask(mask, scale)
     assert np.array_equal(plain[shown], grey[shown])
 

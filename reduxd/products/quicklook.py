@@ -73,17 +73,11 @@ def _display(data):
 
 
 def _display_grey(data, mask=None):
-    """The frame as shown, in grey levels (:func:`_grey_levels` of :func:`_display`), its
-    masked pixels (``mask`` non-zero) in MASKED, and its scale. A small frame is turned
-    into grey levels and masked before it is enlarged: the same pixels, a fraction of
-    the work."""
-    grey, zoom, scale = _display_grey_unzoomed(data, mask)
-    return (_enlarged(grey, zoom) if zoom > 1 else grey), scale
-
-
-def _display_grey_unzoomed(data, mask=None):
-    """``(grey, zoom, scale)``: :func:`_display_grey` is ``grey`` enlarged ``zoom``
-    times (:func:`_enlarged`)."""
+    """``(grey, zoom, scale)``: the frame as shown is ``grey`` enlarged ``zoom`` times
+    (:func:`_enlarged`): grey levels (:func:`_grey_levels` of :func:`_display`), its
+    masked pixels (``mask`` non-zero) in MASKED; ``scale`` is display pixels per frame
+    pixel. A small frame is turned into grey levels and masked before it is enlarged:
+    the same pixels, a fraction of the work."""
     masked = mask is not None and np.any(mask)
     factor = max(1, int(np.ceil(max(data.shape) / MAX_SIDE)))
     zoom = max(1, -(-MIN_WIDTH // data.shape[1])) if factor == 1 else 1
@@ -195,7 +189,7 @@ def write_quicklook(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    grey, zoom, scale = _display_grey_unzoomed(data, mask)
+    grey, zoom, scale = _display_grey(data, mask)
     height, width = grey.shape[0] * zoom + TITLE_HEIGHT, grey.shape[1] * zoom
     canvas = np.empty((height, width), dtype=np.uint8)
     canvas[:TITLE_HEIGHT] = WHITE
