@@ -36,7 +36,8 @@ from astropy.table import Table
 from reduxd.errors import ReduxdError
 from reduxd.lightrows import LightRows
 from reduxd.log import configure_logging, get_logger
-from reduxd.products import lightcurve, tables
+from reduxd.products import lightcurve
+from reduxd.products.tables import columns_to_table
 from reduxd.store import Ledger
 
 log = get_logger("reduxd.pipeline")
@@ -185,9 +186,8 @@ class Curves:
             unwritten = future.result()[3]
             if unwritten:
                 args = (str(self.outdir), self.config.output.save, unwritten)
-                parts = sorted(lightcurve.CURVE_FILES, key=lambda p: p != "plot")  # longest first
                 self.writing = [self.final_pool.submit(write_built, *args, parts=(part,))
-                                for part in parts]  # fmt: skip
+                                for part in lightcurve.CURVE_FILES]  # fmt: skip
         except Exception:  # the build failed (said by _land) or the pool is gone
             return
 
@@ -372,7 +372,7 @@ def light_part(lights, columns):
             return np.repeat(texts.astype(f"U{width}"), lengths)
         return np.concatenate([light.array(name, dtype) for light in lights])
 
-    part = tables.columns_to_table(joined, columns=columns)
+    part = columns_to_table(joined, columns=columns)
     if all("pointing" in light.order and "site" in light.order for light in lights):
         frames = [np.asarray(lightcurve.row_place(light.shared), np.float64) for light in lights]
         place = np.concatenate([np.broadcast_to(frame, (n, 5))

@@ -1368,7 +1368,7 @@ def write_lightcurve(
     return write_built(outdir, lc, object=object, filter=filter, save=save, files=files)
 
 
-CURVE_FILES = ("tables", "plot")  # what write_built writes: the CSV and ECSV, the PNG
+CURVE_FILES = ("plot", "tables")  # what write_built writes: the PNG (the longer), CSV + ECSV
 
 
 def write_built(outdir, lc, *, object, filter, save="", files=None, parts=CURVE_FILES):
