@@ -6,7 +6,7 @@ import importlib
 import sqlite3
 import sys
 
-from reduxd import __version__, heap
+from reduxd import __version__, blas, heap  # noqa: F401 (blas: before numpy loads)
 from reduxd.errors import ConfigError, OutputUnavailable, is_transient
 from reduxd.lock import LedgerInUse
 from reduxd.log import get_logger

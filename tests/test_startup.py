@@ -1,7 +1,10 @@
 """What ``reduxd reduce`` imports before its first frame (on a batch's critical path)."""
 
+import os
 import subprocess
 import sys
+
+from reduxd import blas
 
 
 def _modules_after(code):
@@ -26,3 +29,32 @@ def test_photutils_is_imported_when_a_fallback_needs_it():
         "phot_columns.aperture_sums(np.ones((9, 9)), [4.0], [4.0], 2.0)"
     )
     assert "photutils.aperture" in _modules_after(code)
+
+
+def _blas_seen(env_value=None):
+    """``OPENBLAS_NUM_THREADS`` and the thread count of a process that imported the
+    command line and then numpy, with the variable unset or set to ``env_value``."""
+    env = {k: v for k, v in os.environ.items() if k != blas.THREADS_VARIABLE}
+    if env_value is not None:
+        env[blas.THREADS_VARIABLE] = env_value
+    script = (
+        "import os, reduxd.cli, numpy; "
+        f"print(os.environ[{blas.THREADS_VARIABLE!r}], len(os.listdir('/proc/self/task')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    value, threads = out.stdout.split()
+    return value, int(threads)
+
+
+def test_the_command_line_loads_numpy_with_one_blas_thread():
+    # OpenBLAS starts a spinning thread per core when numpy loads: the variable must be
+    # set before that, i.e. by the command line's first imports (reduxd.blas)
+    assert _blas_seen() == ("1", 1)
+
+
+def test_an_admins_blas_threads_are_kept():
+    value, threads = _blas_seen("2")
+    assert value == "2"
+    assert threads == (2 if (os.cpu_count() or 1) >= 2 else 1)
