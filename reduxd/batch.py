@@ -225,16 +225,18 @@ def unreadable_names(found):
     return good, bad
 
 
-def sort_frames(found, config, *, nights=None):
+def sort_frames(found, config, *, nights=None, infos=None):
     """Split into calibration frames and lights (lights in time order), by header only.
 
-    ``nights``, a dict, receives ``{path: night}`` of each light.
+    ``nights``, a dict, receives ``{path: night}`` of each light; ``infos``, a dict,
+    ``{path: FrameInfo}`` of each light (as the pipeline classifies it: the path
+    relative to its root, in posix form), so that it need not read them again.
     """
     cal, lights = [], []
     for root, path in found:
         try:
             layout = probe(path, max_bytes=config.reading.max_bytes)
-            info = classify(layout.header, path.relative_to(root), config.classify)
+            info = classify(layout.header, path.relative_to(root).as_posix(), config.classify)
         except (FrameIncomplete, FrameRejected):
             cal.append((root, path, None))  # the pipeline records why
             continue
@@ -242,6 +244,8 @@ def sort_frames(found, config, *, nights=None):
             lights.append((info.date_obs.timestamp() if info.date_obs else 0.0, root, path))
             if nights is not None:
                 nights[path] = info.night(config.site.utc_offset_hours)
+            if infos is not None:
+                infos[path] = info
         else:
             cal.append((root, path, info))
     lights.sort(key=lambda item: (item[0], str(item[2])))
@@ -379,8 +383,8 @@ def run(args):
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
-    light_nights = {}
-    cal, lights = sort_frames(found, config, nights=light_nights)
+    light_nights, light_infos = {}, {}
+    cal, lights = sort_frames(found, config, nights=light_nights, infos=light_infos)
     plans, night_of = plan_nights(
         cal, lights, utc_offset_hours=config.site.utc_offset_hours, night_of_light=light_nights
     )
@@ -430,8 +434,9 @@ def run(args):
         window = WINDOW_PER_JOB * args.jobs if early is not None else None
         committed = early.offer if early is not None else None
         outcomes += pipeline.handle_many(
-            lights, pool=pool, progress=progress, committed=committed, window=window
-        )
+            lights, pool=pool, progress=progress, committed=committed, window=window,
+            infos=light_infos,
+        )  # fmt: skip
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
         stacked = _stacks_and_curves(pipeline, pool, early)

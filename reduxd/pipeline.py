@@ -168,18 +168,22 @@ class Pipeline:
                 out.append(self._process(row, row.path, row.relpath, again=True))
         return out
 
-    def handle_many(self, items, *, pool=None, progress=None, committed=None, window=None):
+    def handle_many(
+        self, items, *, pool=None, progress=None, committed=None, window=None, infos=None
+    ):
         """Reduce lights ``[(root, path)]`` in ``pool`` (see :class:`~reduxd.lightjob.FanOut`);
         return their outcomes. Results are committed in order as they come; star IDs of
         new stars are given at commit time, so any number of workers gives the same tables.
         ``committed(outcome)`` is called with each outcome of a job sent to the pool, in
         order; at most ``window`` lights are in the pool and not done (None: no limit).
+        ``infos``: ``{path: FrameInfo}`` of lights already classified from their headers
+        (:func:`reduxd.batch.sort_frames`), not read again.
         """
         fan = FanOut(pool, reference=self.fields.reference, config=self.config,
                      durable=self.durable, window=window)  # fmt: skip
         outcomes = []
         for root, path in items:
-            job = self._prepare(Path(root), Path(path))
+            job = self._prepare(Path(root), Path(path), (infos or {}).get(path))
             if isinstance(job, Outcome):
                 outcomes.append(_tick_progress(job, progress))
                 continue
@@ -295,14 +299,15 @@ class Pipeline:
             committed(outcome)
         return _tick_progress(outcome, progress)
 
-    def _prepare(self, root, path):
-        """The LightJob of one light, from its header only; an Outcome if not to reduce."""
+    def _prepare(self, root, path, info=None):
+        """The LightJob of one light, from its header only (``info``: already classified);
+        an Outcome if not to reduce."""
         rel = path.relative_to(root).as_posix()
         st = path.stat()
         row = self.ledger.observe(str(root), rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
         if row.state not in PENDING or self._outside(path, root):
             return self.handle(path, root)
-        info = header_info(row, self.config)
+        info = info if info is not None else header_info(row, self.config)
         if info is None or info.kind != "light" or self.calibrations.is_excluded(info.filter):
             return self._process(row, path, rel)
         try:

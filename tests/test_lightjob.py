@@ -7,6 +7,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
+from reduxd import pipeline as pipeline_module
+from reduxd.batch import sort_frames
+from reduxd.calsets import header_info
 from reduxd.config import load_config
 from reduxd.executors import InProcess
 from reduxd.pipeline import Pipeline
@@ -142,3 +145,28 @@ def test_a_window_of_one_with_lights_waiting_for_their_fields_first_light():
             taken += fan.ready(wait=True)
             assert len(fan.running) <= 1
     assert taken == jobs
+
+
+def test_lights_sorted_from_their_headers_are_not_read_again(tmp_path, light, monkeypatch):
+    # reduxd reduce classifies every light while sorting the night (sort_frames): the
+    # pipeline takes that FrameInfo, the same as its own reading of the header gives
+    night, raw = light
+    root = tmp_path / "raw"
+    path = root / raw.relative_to(night)
+    path.parent.mkdir(parents=True)
+    shutil.copy2(raw, path)
+    config = _config(tmp_path, root)
+    infos = {}
+    _cal, lights = sort_frames([(root, path)], config, infos=infos)
+    assert lights == [(root, path)]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger)
+        row = ledger.observe(str(root), path.relative_to(root).as_posix(), size=1, mtime_ns=1)
+        assert infos[path] == header_info(row, config)
+
+        def read_again(*_args):
+            raise AssertionError("header read again")
+
+        monkeypatch.setattr(pipeline_module, "header_info", read_again)
+        (outcome,) = pipeline.handle_many([(root, path)], pool=InProcess(), infos=infos)
+    assert outcome.status == "reduced"
