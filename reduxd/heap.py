@@ -29,6 +29,17 @@ def program_start():
     gc.disable()
 
 
+def in_program():
+    """Whether this process is the ``reduxd`` program (or a worker forked from it).
+
+    Examples
+    --------
+    >>> in_program()  # a test, or a library user's process
+    False
+    """
+    return _program
+
+
 def settle(*, collect=True):
     """In the program: free the garbage cycles there are (``collect``), freeze every object
     left and turn the collector on; return how many objects are frozen in all (0 outside the

@@ -228,3 +228,20 @@ def test_clean_header_makes_writing_safe(tmp_path, freeze):
     assert fits.getheader(out)["BITPIX"] == -32
     assert not list((tmp_path / "out").glob(".*tmp"))
     assert_valid(out)
+
+
+def test_settled_card_settings_read_the_same_values(monkeypatch):
+    from astropy.io.fits import card as fits_card
+
+    real = fits_card.conf
+    monkeypatch.setattr(fits_card, "conf", real)  # restored after the test
+    image = "OBJECT  = 'pg2213  '           / name with trailing blanks".ljust(80)
+    before = fits.Card.fromstring(image).value
+    with real.set_temp("strip_header_whitespace", False):
+        settled = fitsio.settle_card_settings()
+        assert settled == {"strip_header_whitespace": False,
+                           "enable_record_valued_keyword_cards": True}  # fmt: skip
+        assert fits.Card.fromstring(image).value == "pg2213  "  # as set when settled
+    assert fits_card.conf.extension_name_case_sensitive == real.extension_name_case_sensitive
+    assert fitsio.settle_card_settings()["strip_header_whitespace"] is True  # read again
+    assert fits.Card.fromstring(image).value == before == "pg2213"

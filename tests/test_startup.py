@@ -58,3 +58,18 @@ def test_an_admins_blas_threads_are_kept():
     value, threads = _blas_seen("2")
     assert value == "2"
     assert threads == (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
+def test_the_program_reads_astropys_card_settings_once():
+    # as the reduxd program: heap.program_start() before the command's modules import
+    script = (
+        "from reduxd import heap; heap.program_start(); "
+        "from reduxd import fitsio; from astropy.io.fits import card; "
+        "print(type(card.conf).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["SettledConf"]
+    # a library user's (or a test's) process keeps astropy's own lookups
+    script = script.split("; ", 2)[2]  # no program_start
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Conf"]
