@@ -5,6 +5,7 @@ clearly better one (a gain within the noise of the estimate is not a gain).
 """
 
 import numpy as np
+import pytest
 
 from reduxd.products import lightcurve as lcmod
 
@@ -45,3 +46,27 @@ def test_main_radius_kept_unless_another_is_clearly_better():
     lc = lcmod.build_lightcurve(_rows(clearly, n_frames=100, seed=4, radii=radii), target=[1.0])
     assert lc.meta["aperture"]["radius_px"] == 4.0
     assert lcmod.radius_margin(80) > 0.25 and lcmod.radius_margin(142) < 0.2
+
+
+def test_flag_summary_counts_each_flag_in_measured_frames_most_frequent_first():
+    flags = np.array([0, 1, 1 | 4, lcmod.MISSING, 32, 1 | 32, 33, lcmod.MISSING, 4], np.int64)
+    # SATURATED in 4 frames, BLEND in 3, BAD_PIXEL in 2, not measured in 2: the top three
+    assert lcmod._flag_summary(flags) == "SATURATED in 4, BLEND in 3, BAD_PIXEL in 2"
+    assert lcmod._flag_summary(np.array([lcmod.MISSING, 0], np.int64)) == "not measured in 1"
+    assert lcmod._flag_summary(np.zeros(3, np.int64)) == ""
+
+
+def test_a_grids_usable_frames_are_made_once_and_cannot_be_changed():
+    rate = np.array([[1.0, np.nan, 2.0], [-1.0, 3.0, 4.0]])
+    grid = lcmod._Grid(
+        files=np.array(["a", "b"]), date_obs=np.array(["", ""]), mjd=np.array([1.0, 2.0]),
+        star_ids=np.array([1, 2, 3]), present=np.array([[True, True, True], [True, True, False]]),
+        rate=rate, rate_err=np.ones((2, 3)),
+        flags=np.array([[0, 0, int(lcmod.Flag.LOW_SNR)], [0, int(lcmod.Flag.BLEND), 0]]),
+        x=np.zeros((2, 3)), y=np.zeros((2, 3)), radius=np.ones(2),
+    )  # fmt: skip
+    # LOW_SNR is harmless; NaN and negative rates, BLEND and absent stars are not usable
+    assert grid.usable.tolist() == [[True, False, True], [False, False, False]]
+    assert grid.usable is grid.usable
+    with pytest.raises(ValueError):
+        grid.usable[0, 0] = False

@@ -58,6 +58,7 @@ during a night the choice (and the dmag zero point) may change; configure
 """
 
 import csv
+import functools
 import io
 import math
 import re
@@ -123,6 +124,22 @@ class _Grid:
             )
             for k in range(self.rate_ap.shape[2])
         ]
+
+    @functools.cached_property
+    def usable(self):
+        """(nf, ns) bool, read-only: measured, no harmful flag (:data:`HARMLESS`), positive
+        rate with a finite error. Made once per grid: choosing an ensemble asks ~60 times."""
+        with np.errstate(invalid="ignore"):
+            out = (
+                self.present
+                & ((self.flags & ~HARMLESS) == 0)
+                & (self.flags >= 0)
+                & np.isfinite(self.rate)
+                & (self.rate > 0)
+                & np.isfinite(self.rate_err)
+            )
+        out.flags.writeable = False
+        return out
 
     def column(self, star_id):
         index = np.searchsorted(self.star_ids, star_id)
@@ -310,19 +327,6 @@ def _grid(table):
 HARMLESS = int(Flag.LOW_SNR)
 
 
-def _usable(grid):
-    """(nf, ns) bool: measured, no harmful flag, positive flux with a finite error."""
-    with np.errstate(invalid="ignore"):
-        return (
-            grid.present
-            & ((grid.flags & ~HARMLESS) == 0)
-            & (grid.flags >= 0)
-            & np.isfinite(grid.rate)
-            & (grid.rate > 0)
-            & np.isfinite(grid.rate_err)
-        )
-
-
 def resolve_star(table, spec, *, radius=5.0):
     """Return the star_id named by a config spec ``[star_id]`` or ``[x, y]``.
 
@@ -432,7 +436,7 @@ def _rel(grid, columns, ref=None):
 
     ``ref``: those medians given (a frozen ensemble, :func:`append_lightcurve`).
     """
-    use = _usable(grid)[:, columns]
+    use = grid.usable[:, columns]
     rate = grid.rate[:, columns]
     if ref is None:
         ref = column_medians(rate, use)
@@ -570,13 +574,14 @@ class Ensemble:
     aperture: int = 0  # index of the radius in the rows' multi-aperture columns
 
 
+_FLAG_BITS = np.array([int(bit) for bit in Flag], dtype=np.int64)
+
+
 def _flag_summary(flags):
     """Text naming the flags that make a star unusable in its frames, most frequent first."""
-    counts = {}
-    for bit in Flag:
-        n = int(np.sum((flags >= 0) & ((flags & int(bit)) != 0)))
-        if n:
-            counts[bit.name] = n
+    measured = flags[flags >= 0]
+    per_bit = np.count_nonzero(measured[:, None] & _FLAG_BITS, axis=0)
+    counts = {bit.name: int(n) for bit, n in zip(Flag, per_bit, strict=True) if n}
     missing = int(np.sum(flags == MISSING))
     if missing:
         counts["not measured"] = missing
@@ -587,7 +592,7 @@ def _flag_summary(flags):
 def _candidates(grid, allowed, coverage):
     """Columns usable in at least ``coverage`` of the frames and never saturated; reasons."""
     nf = len(grid.files)
-    usable = _usable(grid)
+    usable = grid.usable
     frac = usable.mean(axis=0)
     saturated = ((grid.flags >= 0) & ((grid.flags & int(Flag.SATURATED)) != 0)).sum(axis=0)
     allowed = [j for j in allowed if frac[j] > 0]
@@ -612,8 +617,8 @@ def _by_brightness(grid, cands, target_col, size):
     """The ``size`` candidates to test: near the target's brightness (-3 to +1.5 mag) first."""
     _, rel_err, use, ref = _rel(grid, cands)
     precision = 1.0 / np.sqrt(np.maximum(_weights(rel_err, use), 1e-300))
-    if target_col is not None and _usable(grid)[:, target_col].any():
-        t_ref = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
+    if target_col is not None and grid.usable[:, target_col].any():
+        t_ref = np.median(grid.rate[grid.usable[:, target_col], target_col])
         delta = -2.5 * np.log10(ref / t_ref)
         near = (delta >= -3.0) & (delta <= 1.5)
         key = np.where(near, precision, 1e6 + np.abs(delta))
@@ -881,7 +886,7 @@ def _add_checks(table, grid, comparison_ids, frozen=None):
             stats = {key: np.delete(np.asarray(frozen[key]), k) for key in ("ref", "typical")}
         check_weights[str(cid)] = [float(v) for v in weights]
         rate, rate_err, _ = _ensemble(grid, others, weights, stats)
-        own = _usable(grid)[:, col]
+        own = grid.usable[:, col]
         star, star_err = _to_mag(np.where(own, grid.rate[:, col], np.nan), grid.rate_err[:, col])
         ens, ens_err = _to_mag(rate, rate_err)
         _add(table, f"check_{cid}", star - ens, "mag", f"comparison {cid} minus the others")
@@ -1157,9 +1162,9 @@ def ensemble_scatter(grid, ensemble, *, target_col=None):
     if not np.all(np.isfinite(var)):
         return math.inf
     total = float(1.0 / np.sum(1.0 / var))
-    if target_col is not None and _usable(grid)[:, target_col].any():
+    if target_col is not None and grid.usable[:, target_col].any():
         _, _, _, ref = _rel(grid, columns)
-        level = np.median(grid.rate[_usable(grid)[:, target_col], target_col])
+        level = np.median(grid.rate[grid.usable[:, target_col], target_col])
         k = int(np.argmin(np.abs(np.log(ref / level))))
         rest = np.delete(var, k)
         total = float(var[k] + 1.0 / np.sum(1.0 / rest))
