@@ -5,6 +5,7 @@ import pytest
 from astropy.table import Table
 from matplotlib.image import imread
 
+from reduxd.products import quicklook
 from reduxd.products.quicklook import write_profile_plot, write_quicklook
 from reduxd.steps.photometry import PhotParams, photometer
 from reduxd.synth import add_ccd_noise, render_stars
@@ -171,3 +172,20 @@ def test_block_means_are_numpys_float32_sums_bit_for_bit():
             assert got.dtype == np.float32 and got.shape == want.shape
             assert got.tobytes() == want.tobytes()
             assert finite == bool(np.isfinite(want).all()) == (bad is None)
+
+
+@pytest.mark.parametrize("shape, zoom", [((500, 650), 2), ((1104, 1608), 1), ((37, 53), 1)])
+@pytest.mark.parametrize("nan", [False, True])
+def test_zscale_samples_the_same_values_as_astropy_from_the_whole_grid(shape, zoom, nan):
+    from astropy.visualization import ZScaleInterval
+
+    rng = np.random.default_rng(7)
+    image = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    image[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = 3e4  # stars
+    if nan:
+        image[3:9, :] = np.nan
+    rows, cols = (np.arange(0, n * zoom, max(1, n * zoom // 256)) // zoom for n in shape)
+    grid = image[np.ix_(rows, cols)]
+    grid = grid[np.isfinite(grid)]
+    sample = quicklook._zscale_sample(image, rows, cols)
+    assert ZScaleInterval().get_limits(sample) == ZScaleInterval().get_limits(grid)
