@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reduxd import rowtext
-from reduxd.products import labels, tables
+from reduxd.products import _rowtext, labels, tables
 from reduxd.schema import NAMES
 from reduxd.store import _dumps
 
@@ -197,3 +197,20 @@ def test_labels_placed_by_the_grid_search_as_one_star_at_a_time(seed):
     assert got == first_fit_loop(stars, **kw)
     assert list(got) == sorted(got)  # in placing order
     assert 0 < len(got) < n
+
+
+def test_compiled_row_text_is_what_percent_formatting_writes():
+    # the kernel calls the function behind Python's "%": the same text for any value
+    rng = np.random.default_rng(3)
+    special = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e300, -1e-300, 5e-324, 0.5, 2.5,
+               1234567.5, 0.0001234565, 9.9999995, -13.4380001]  # fmt: skip
+    floats = np.r_[special, rng.normal(0, 1e4, 200), 10.0 ** rng.uniform(-12, 12, 200)]
+    ints = rng.integers(-(2**62), 2**62, floats.size)
+    ints[:3] = [0, -1, 2**63 - 1]
+    specs = ["%d", "%.3f", "%.8f", "%.6g", "%d"]
+    columns = [ints, floats, floats[::-1].copy(), floats * 3.3, ints // 7]
+    out, codes, precisions = tables._kernel_columns(specs, columns)
+    lists = [c.tolist() for c in columns]
+    expected = "\n".join(",".join(specs) % row for row in zip(*lists, strict=True))
+    assert _rowtext.format_rows(out, codes, precisions, ",") == expected
+    assert _rowtext.format_rows([], b"", [], ",") == ""

@@ -22,6 +22,7 @@ from astropy.table import Table
 
 from reduxd.files import atomic_write
 from reduxd.lightrows import LightRows
+from reduxd.products._rowtext import format_rows
 from reduxd.rowtext import shared_value
 from reduxd.schema import NAMES, PHOT_COLUMNS
 
@@ -123,14 +124,16 @@ def row_line_pair(rows):
     names = [NAMES[i] for i in own]
     if light:
         specs = [_array_spec(name, rows.columns[name]) for name in names]
-        columns = [rows.columns[name].tolist() for name in names]
     else:
         columns = [[r[name] for r in rows] for name in names]
         specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
     if None in specs:
         return row_lines(rows, ","), row_lines(rows, " ")
-    pattern = ",".join(specs)
-    text = "\n".join([pattern % values for values in zip(*columns, strict=True)])
+    if light:  # compiled: the text of ``%`` (see _rowtext.format_rows)
+        text = format_rows(*_kernel_columns(specs, [rows.columns[name] for name in names]), ",")
+    else:
+        pattern = ",".join(specs)
+        text = "\n".join([pattern % values for values in zip(*columns, strict=True)])
     first = rows[0]
     head, tail = NAMES[: own[0]], NAMES[own[-1] + 1 :]
 
@@ -150,6 +153,19 @@ def _spec(name, column):
     if kinds == {float} and not column.count(math.inf) and not column.count(-math.inf):
         return "%" + _FLOAT_FORMAT.get(name, ".6g")
     return None
+
+
+def _kernel_columns(specs, columns):
+    """``(columns, codes, precisions)`` for :func:`format_rows` from ``%`` specs (``%d``,
+    ``%.6g``, ``%.3f``): int64 and float64 C-contiguous columns, as ``tolist`` reads them."""
+    codes, precisions, out = bytearray(), [], []
+    for spec, values in zip(specs, columns, strict=True):
+        code = spec[-1]
+        codes.append(ord(code))
+        precisions.append(int(spec[2:-1]) if code != "d" else 0)
+        dtype = np.int64 if code == "d" else np.float64
+        out.append(np.ascontiguousarray(values, dtype=dtype))
+    return out, bytes(codes), precisions
 
 
 def _array_spec(name, values):
