@@ -45,6 +45,7 @@ from reduxd.log import configure_logging, get_logger
 from reduxd.nightplan import NightProgress, plan_nights
 from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import WAITING, Outcome, Pipeline
+from reduxd.products import tables
 from reduxd.readahead import ReadAhead
 from reduxd.reduce import LIGHT_MODULES, read_light
 from reduxd.runplan import run_plan, unused_flags
@@ -59,7 +60,9 @@ LATER_MODULES = (
 )
 # The plots' modules: imported by this process while the lights run (workers that
 # plot import them then); before the fork they would cost ~0.3 s with no core to spare.
-TAIL_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+# First the photometry table's ECSV header (astropy's YAML, ~0.07 s, cached), which the
+# first commit writes: made while the field's first light is measured and a core waits.
+TAIL_PRELOAD = (tables.ecsv_header, "matplotlib.figure", "matplotlib.backends.backend_agg")
 # Lights in the pool per job while stacks' runs are started early: a run waits for
 # at most this many lights per worker before it starts.
 WINDOW_PER_JOB = 4
@@ -429,7 +432,7 @@ def run(args):
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
         pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
         executors.start_workers(pool)  # forked before the next thread can hold an import lock
-        Preload(TAIL_MODULES)
+        Preload(TAIL_PRELOAD)
         early = _early_runs(pipeline, pool, len(lights))
         window = WINDOW_PER_JOB * args.jobs if early is not None else None
         committed = early.offer if early is not None else None
@@ -629,7 +632,8 @@ class Preload:
     plotting and the stacks (about half a second of imports) load while the
     calibration frames are read and checksummed (and, without a process pool,
     while the masters are combined). The overlap is partial: imports hold the
-    GIL, the reading and the checksums release it.
+    GIL, the reading and the checksums release it. ``names`` may hold functions
+    too (called with no argument: a cached value made ahead).
     """
 
     def __init__(self, names):
@@ -640,7 +644,7 @@ class Preload:
     def _run(names):
         for name in names:
             try:
-                importlib.import_module(name)
+                name() if callable(name) else importlib.import_module(name)
             except Exception:  # the import where the module is used reports it
                 return
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from reduxd import blas
+from reduxd.products import tables
 
 
 def _modules_after(code):
@@ -73,3 +74,13 @@ def test_the_program_reads_astropys_card_settings_once():
     script = script.split("; ", 2)[2]  # no program_start
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["Conf"]
+
+
+def test_preload_calls_the_functions_it_is_given_and_imports_the_modules():
+    from reduxd.batch import TAIL_PRELOAD, Preload
+
+    called = []
+    sys.modules.pop("tabnanny", None)
+    Preload((lambda: called.append(1), "tabnanny")).join()
+    assert called == [1] and "tabnanny" in sys.modules
+    assert TAIL_PRELOAD[0] is tables.ecsv_header  # made while the first light is measured

@@ -202,7 +202,8 @@ def _lines(fields, delimiter):
 
 
 @functools.cache  # astropy's YAML header costs ~70 ms; it was built for every append
-def _ecsv_header():
+def ecsv_header():
+    """The photometry table's ECSV header (astropy's YAML), made once per process."""
     buf = io.StringIO()
     empty_table().write(buf, format="ascii.ecsv")
     return buf.getvalue()
@@ -230,7 +231,7 @@ def append_rows(outdir, rows, *, save="", durable=True):
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     header, (lines, ecsv_lines) = ",".join(NAMES) + "\n", row_line_pair(rows)
     _append(csv_path, header, lines, durable=durable)
-    _append(ecsv_path, _ecsv_header(), ecsv_lines, durable=durable)
+    _append(ecsv_path, ecsv_header(), ecsv_lines, durable=durable)
     _append(current_path(outdir, save), header, lines, durable=durable)
     return csv_path, ecsv_path
 
@@ -303,7 +304,7 @@ def rewrite_rows(outdir, rows, *, save=""):
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     fields = _fields(rows)
     _replace(csv_path, ",".join(NAMES) + "\n" + _lines(fields, ","))
-    _replace(ecsv_path, _ecsv_header() + _lines(fields, " "))
+    _replace(ecsv_path, ecsv_header() + _lines(fields, " "))
     current = _fields([r for r in rows if r.get("current", 1)])
     _replace(current_path(outdir, save), ",".join(NAMES) + "\n" + _lines(current, ","))
     return csv_path, ecsv_path
