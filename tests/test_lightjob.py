@@ -46,14 +46,19 @@ def _reduce(pipeline, path, root, how):
     return outcome
 
 
-@pytest.mark.parametrize("how", ["handle", "in-process", "process-pool"])
-def test_a_failed_product_write_fails_the_light_on_every_path(tmp_path, light, how):
+def _copied(tmp_path, light):
+    """``(root, path, config)``: the light copied under ``tmp_path / "raw"``, its config."""
     night, raw = light
     root = tmp_path / "raw"
     path = root / raw.relative_to(night)
     path.parent.mkdir(parents=True)
     shutil.copy2(raw, path)
-    config = _config(tmp_path, root)
+    return root, path, _config(tmp_path, root)
+
+
+@pytest.mark.parametrize("how", ["handle", "in-process", "process-pool"])
+def test_a_failed_product_write_fails_the_light_on_every_path(tmp_path, light, how):
+    root, path, config = _copied(tmp_path, light)
     (tmp_path / "out").mkdir()
     blocker = tmp_path / "out" / "reduced"
     blocker.write_text("a file where the folder should be")
@@ -150,12 +155,7 @@ def test_a_window_of_one_with_lights_waiting_for_their_fields_first_light():
 def test_lights_sorted_from_their_headers_are_not_read_again(tmp_path, light, monkeypatch):
     # reduxd reduce classifies every light while sorting the night (sort_frames): the
     # pipeline takes that FrameInfo, the same as its own reading of the header gives
-    night, raw = light
-    root = tmp_path / "raw"
-    path = root / raw.relative_to(night)
-    path.parent.mkdir(parents=True)
-    shutil.copy2(raw, path)
-    config = _config(tmp_path, root)
+    root, path, config = _copied(tmp_path, light)
     infos = {}
     _cal, lights = sort_frames([(root, path)], config, infos=infos)
     assert lights == [(root, path)]
