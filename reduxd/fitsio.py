@@ -60,6 +60,8 @@ class SettledConf:
             setattr(self, name, getattr(conf, name))
 
     def __getattr__(self, name):
+        if name == "_conf":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self._conf, name)
 
 

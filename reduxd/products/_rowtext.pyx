@@ -55,7 +55,7 @@ def format_rows(list columns, bytes codes, list precisions, str delimiter):
                 data[j] = &floats[0]
                 held.append(floats)
             prec[j] = precisions[j]
-        # at most 24 characters a number (%.8f of a huge value: up to ~320, see below)
+        # ~10 characters a number; a row gets room for its longest (%.8f of 1e308: 318)
         out = bytearray(n * m * 32)
         buf = out
         for i in range(n):
