@@ -228,12 +228,12 @@ def unreadable_names(found):
     return good, bad
 
 
-def sort_frames(found, config, *, nights=None, infos=None):
+def sort_frames(found, config, *, infos=None):
     """Split into calibration frames and lights (lights in time order), by header only.
 
-    ``nights``, a dict, receives ``{path: night}`` of each light; ``infos``, a dict,
-    ``{path: FrameInfo}`` of each light (as the pipeline classifies it: the path
-    relative to its root, in posix form), so that it need not read them again.
+    ``infos``, a dict, receives ``{path: FrameInfo}`` of each light (as the pipeline
+    classifies it: the path relative to its root, in posix form), so that neither the
+    pipeline nor the night plan reads them again.
     """
     cal, lights = [], []
     for root, path in found:
@@ -245,8 +245,6 @@ def sort_frames(found, config, *, nights=None, infos=None):
             continue
         if info.kind == "light":
             lights.append((info.date_obs.timestamp() if info.date_obs else 0.0, root, path))
-            if nights is not None:
-                nights[path] = info.night(config.site.utc_offset_hours)
             if infos is not None:
                 infos[path] = info
         else:
@@ -386,11 +384,11 @@ def run(args):
     found, bad_names = unreadable_names(found)
     for bad in bad_names:
         log.error("frame_quarantined", file=bad["file"], reason=bad["reason"])
-    light_nights, light_infos = {}, {}
-    cal, lights = sort_frames(found, config, nights=light_nights, infos=light_infos)
-    plans, night_of = plan_nights(
-        cal, lights, utc_offset_hours=config.site.utc_offset_hours, night_of_light=light_nights
-    )
+    light_infos = {}
+    cal, lights = sort_frames(found, config, infos=light_infos)
+    offset = config.site.utc_offset_hours
+    light_nights = {path: info.night(offset) for path, info in light_infos.items()}
+    plans, night_of = plan_nights(cal, lights, utc_offset_hours=offset, night_of_light=light_nights)
     try:  # ledger trouble is named, with advice, by the command line (exit 4)
         Path(config.paths.state_file).parent.mkdir(parents=True, exist_ok=True)
         held = lock.acquire(config.paths.state_file, command="reduce")

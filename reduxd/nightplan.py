@@ -42,7 +42,7 @@ def plan_nights(cal, lights, *, utc_offset_hours, night_of_light):
     utc_offset_hours : float
         The site's offset (a night is the local date of its evening).
     night_of_light : dict
-        ``{path: night}`` of the lights, filled by ``sort_frames``.
+        ``{path: night}`` of the lights (from the FrameInfo that ``sort_frames`` gives).
     """
     plans, night_of = {}, {}
 

@@ -31,7 +31,6 @@ def format_rows(list columns, bytes codes, list precisions, str delimiter):
     cdef char sep = ord(delimiter)
     cdef const void** data = <const void**>PyMem_Malloc(m * sizeof(void*))
     cdef int* prec = <int*>PyMem_Malloc(m * sizeof(int))
-    cdef list held = []  # the columns' buffers, kept alive while read
     cdef const long long[::1] ints
     cdef const double[::1] floats
     cdef char* text
@@ -48,12 +47,10 @@ def format_rows(list columns, bytes codes, list precisions, str delimiter):
                 raise ValueError("format_rows: the columns differ in length")
             if code[j] == b"d":
                 ints = columns[j]
-                data[j] = &ints[0]
-                held.append(ints)
+                data[j] = &ints[0]  # alive: ``columns`` holds the arrays
             else:
                 floats = columns[j]
                 data[j] = &floats[0]
-                held.append(floats)
             prec[j] = precisions[j]
         # ~10 characters a number; a row gets room for its longest (%.8f of 1e308: 318)
         out = bytearray(n * m * 32)

@@ -123,14 +123,15 @@ def row_line_pair(rows):
         return row_lines(rows, ","), row_lines(rows, " ")
     names = [NAMES[i] for i in own]
     if light:
-        specs = [_array_spec(name, rows.columns[name]) for name in names]
+        columns = [rows.columns[name] for name in names]
+        specs = [_array_spec(name, column) for name, column in zip(names, columns, strict=True)]
     else:
         columns = [[r[name] for r in rows] for name in names]
         specs = [_spec(name, column) for name, column in zip(names, columns, strict=True)]
     if None in specs:
         return row_lines(rows, ","), row_lines(rows, " ")
     if light:  # compiled: the text of ``%`` (see _rowtext.format_rows)
-        text = format_rows(*_kernel_columns(specs, [rows.columns[name] for name in names]), ",")
+        text = format_rows(*_kernel_columns(specs, columns), ",")
     else:
         pattern = ",".join(specs)
         text = "\n".join([pattern % values for values in zip(*columns, strict=True)])
