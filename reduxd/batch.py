@@ -58,8 +58,9 @@ LATER_MODULES = (
     *LIGHT_MODULES,
     "reduxd.products.stacks",
 )
-# The plots' modules: imported by this process while the lights run (workers that
-# plot import them then); before the fork they would cost ~0.3 s with no core to spare.
+# The plots' modules: imported by this process while the lights run (the process that
+# plots the curves is forked from it at the end); before the pool's fork they would cost
+# ~0.3 s with no core to spare.
 # First the photometry table's ECSV header (astropy's YAML, ~0.07 s, cached), which the
 # first commit writes: made while the field's first light is measured and a core waits.
 TAIL_PRELOAD = (tables.ecsv_header, "matplotlib.figure", "matplotlib.backends.backend_agg")
@@ -430,7 +431,7 @@ def run(args):
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
         pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
         executors.start_workers(pool)  # forked before the next thread can hold an import lock
-        Preload(TAIL_PRELOAD)
+        tail = Preload(TAIL_PRELOAD)
         early = _early_runs(pipeline, pool, len(lights))
         window = WINDOW_PER_JOB * args.jobs if early is not None else None
         committed = early.offer if early is not None else None
@@ -440,6 +441,7 @@ def run(args):
         )  # fmt: skip
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
+        tail.join()  # before the plots' process is forked (see _stacks_and_curves)
         stacked = _stacks_and_curves(pipeline, pool, early)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
@@ -600,9 +602,10 @@ def _early_runs(pipeline, pool, n_lights):
 def _stacks_and_curves(pipeline, pool, early=None):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
-    With a local process pool the light curves are built in one worker while the
-    others stack (the runs not started while the lights were reduced, ``early``);
-    once built, a worker writes their files (tables, plots) while this process
+    With a local process pool the light curves are built here from the rows kept
+    while the workers stack (the runs not started while the lights were reduced,
+    ``early``); then a worker writes their tables and a process forked now their
+    plots (it has matplotlib, loaded here while the lights ran), while this process
     measures and writes the stacks and draws their finder charts, which mark the
     curves' comparisons. Dask workers may not see the ledger: not there.
     """
@@ -610,16 +613,17 @@ def _stacks_and_curves(pipeline, pool, early=None):
 
     local = pool if isinstance(pool, ProcessPoolExecutor) else None
     curves = pipeline.lightcurves
-    pipeline.update_curves(pool=local)
-    try:
-        if not pipeline.config.output.stack:
-            return []
-        pending = stacks.start_stacks(pipeline, pool, early=early)
-        return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
-    finally:
-        curves.close()
-        if early is not None:
-            early.cancel()
+    with executors.forked_later(local) as plots:  # matplotlib is here (TAIL_PRELOAD)
+        pipeline.update_curves(pool=local, plots=plots)
+        try:
+            if not pipeline.config.output.stack:
+                return []
+            pending = stacks.start_stacks(pipeline, pool, early=early)
+            return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
+        finally:
+            curves.close()
+            if early is not None:
+                early.cancel()
 
 
 class Preload:

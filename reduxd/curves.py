@@ -65,6 +65,7 @@ class Curves:
         self.kept = None  # KeptRows: the rows committed by this process (a batch)
         self.unwritten = None  # [(object, filter, curve)]: built, files written later
         self.final_pool = None  # the batch's pool: builds the final curves, then writes them
+        self.plots = None  # the pool that plots the final curves (default: final_pool)
         self.writing = []  # futures of the pool jobs writing the final curves' files
         self.sender = None  # thread: sends the final curves' files to the pool once built
         self.marks = {}  # ECSV path -> (target_id, comparison_ids) of its curve's final build
@@ -126,7 +127,7 @@ class Curves:
             log.warning("lightcurve_not_appended", object=field[0], reason=str(exc))
             return False
 
-    def update(self, *, min_interval=0.0, final=True, pool=None):
+    def update(self, *, min_interval=0.0, final=True, pool=None, plots=None):
         """Rewrite the light curves of fields that got new rows.
 
         ``min_interval`` (s) spaces the rebuilds of fields that have a curve; a
@@ -135,13 +136,17 @@ class Curves:
 
         ``final`` (the end of a batch, a stop): curves that were appended to since
         their last build are rebuilt too, so they end on the whole night's ensemble,
-        here and now, or in ``pool`` (the batch's forked process pool: it runs
-        beside the stacks): a job builds them and, as soon as it is done, another
-        writes their files (:meth:`_send`) while their ensembles (:meth:`marked`) are
-        already known here; :meth:`close` waits for it. Otherwise (the daemon's tick)
-        the rebuild goes to a child process and lands at a later call.
+        here and now, or with ``pool`` (the batch's forked process pool: it runs
+        beside the stacks) their files are written there while their ensembles
+        (:meth:`marked`) are already known here; :meth:`close` waits for them. The
+        curves whose rows this process kept (:meth:`keep_rows`) are built here; the
+        others in the pool, their files sent once they are built (:meth:`_send`).
+        ``plots``: a pool for the plots instead of ``pool`` (one forked after this
+        process imported matplotlib). Otherwise (the daemon's tick) the rebuild goes to
+        a child process and lands at a later call.
         """
         self._land(wait=final)
+        self.plots = plots
         if final:
             appended = [f for f, state in self.states.items() if state and state.get("appended")]
             self.dirty.update(appended)
@@ -159,15 +164,17 @@ class Curves:
             self._install(built)
             self._close_pool()
             return
+        self.final_pool, self.marks = (pool if final else None), {}
+        if tables:  # the rows are here: built here (no table to send), files in the pool
+            built = build_tables(self.config, str(self.outdir), tables)
+            self._install(built)
+            self._write_later(built[3])
+            return
         args = (self.config, str(self.ledger.path), str(self.outdir), fields, upto)
-        if tables:  # the rows are here: only the building goes to the pool
-            packed = [(field, PackedTable(table)) for field, table in tables]
-            work, args = build_tables, (self.config, str(self.outdir), packed)
-        elif final:  # in the batch's forked pool, whose workers log to the run's log
+        if final:  # in the batch's forked pool, whose workers log to the run's log
             work = rebuild_later
         else:
             work, pool = rebuild, self._child()
-        self.final_pool, self.marks = (pool if final else None), {}
         self.running = (pool.submit(work, *args), set(fields))
         if final:  # the files are written as soon as the curves are built, whatever runs here
             self.sender = threading.Thread(target=self._send, args=(self.running[0],), daemon=True)
@@ -183,13 +190,20 @@ class Curves:
         """(A thread) Once the final curves are built, send their files to the pool: the
         tables and the plots in two jobs, side by side."""
         try:
-            unwritten = future.result()[3]
-            if unwritten:
-                args = (str(self.outdir), self.config.output.save, unwritten)
-                self.writing = [self.final_pool.submit(write_built, *args, parts=(part,))
-                                for part in lightcurve.CURVE_FILES]  # fmt: skip
+            self._write_later(future.result()[3])
         except Exception:  # the build failed (said by _land) or the pool is gone
             return
+
+    def _write_later(self, unwritten):
+        """Send the files of the final curves built (``unwritten``) to the pools: the
+        tables and the plots in two jobs, side by side."""
+        if unwritten:
+            args = (str(self.outdir), self.config.output.save, unwritten)
+            pools = {"plot": self.plots or self.final_pool}
+            self.writing = [
+                pools.get(part, self.final_pool).submit(write_built, *args, parts=(part,))
+                for part in lightcurve.CURVE_FILES
+            ]
 
     def marked(self, ecsv_path):
         """``(target_id, comparison_ids)`` that the light curve ``ecsv_path`` names once
@@ -209,7 +223,7 @@ class Curves:
                 job.result()
             except Exception as exc:  # the worker died: the files were not all written
                 log.warning("lightcurve_not_written", reason=str(exc))
-        self.final_pool = None
+        self.final_pool = self.plots = None
         self._close_pool()
 
     def _close_pool(self):
@@ -246,7 +260,7 @@ class Curves:
 
     def _install(self, built):
         """Take a rebuild's ``(ensembles, states[, files[, unwritten]])``; write the files a
-        child made; mark the curves a batch's pool built (:meth:`_send` writes them)."""
+        child made; mark the curves built for a batch's pool (:meth:`_write_later`)."""
         ensembles, states, files, unwritten = (*built, None, None)[:4]
         if files:
             lightcurve.write_files(files)
@@ -520,75 +534,12 @@ def _kept_part(lights):
 
 
 def build_tables(config, outdir, tables):
-    """Build light curves from ``[(field, table)]`` (in a pool worker; a table may come
-    as a :class:`PackedTable`), writing nothing; returns ``(ensembles, states, None,
-    unwritten)`` for :meth:`Curves._install` (:meth:`Curves._send` sends ``unwritten``,
-    the built curves, to :func:`write_built`)."""
+    """Build light curves from ``[(field, table)]``, writing nothing; returns
+    ``(ensembles, states, None, unwritten)`` for :meth:`Curves._install`, which sends
+    ``unwritten``, the built curves, to :func:`write_built` in the batch's pool."""
     curves = Curves(config, ledger=None, outdir=Path(outdir), clock=time.monotonic)
     curves.unwritten = []
-    tables = [(f, t.unpack() if isinstance(t, PackedTable) else t) for f, t in tables]
     return (*write_here(curves, tables), None, curves.unwritten)
-
-
-class PackedTable:
-    """A table as it is sent to a pool worker: a column whose rows come in runs of one
-    value (a light's file, time, exposure, place) is kept as its runs.
-
-    A crowded night's curve table holds each light's values once per star: for 142
-    lights of 800 stars, 47 MB to pickle, send and unpickle, 13 MB packed.
-    :meth:`unpack` gives the same table back (values bit for bit, units, formats,
-    descriptions, column order, meta).
-
-    Examples
-    --------
-    >>> t = Table({"file": ["a.fits"] * 8 + ["b.fits"] * 8, "x": np.arange(16.0)})
-    >>> packed = PackedTable(t)
-    >>> [name for _i, name, *_ in packed.runs], packed.runs[0][3].tolist()
-    (['file'], [8, 8])
-    >>> back = packed.unpack()
-    >>> back.colnames, list(back["file"]) == list(t["file"])
-    (['file', 'x'], True)
-    """
-
-    def __init__(self, table):
-        self.table = table.copy(copy_data=False)
-        self.runs = []  # (index, name, run values, run lengths, unit, description, format)
-        for index, name in enumerate(table.colnames):
-            column = table[name]
-            runs = _runs(np.asarray(column))
-            if runs is not None:
-                info = column.info
-                self.runs.append((index, name, *runs, info.unit, info.description, info.format))
-                self.table.remove_column(name)
-
-    def unpack(self):
-        """The table packed (this object's copy: unpack once)."""
-        table = self.table
-        for index, name, values, lengths, unit, description, form in self.runs:
-            table.add_column(np.repeat(values, lengths, axis=0), name=name, index=index)
-            info = table[name].info
-            info.unit, info.description, info.format = unit, description, form
-        self.runs = []
-        return table
-
-
-def _runs(values, most=0.25):
-    """``(values of the runs, their lengths)`` of an array's rows, equal bit for bit,
-    or None when there are more runs than ``most`` of the rows (not worth packing)."""
-    n = len(values)
-    if n < 2:
-        return None
-    size = values.dtype.itemsize * (values.size // n)
-    word = next(w for w in (8, 4, 2, 1) if size % w == 0)
-    rows = np.ascontiguousarray(values).view(f"u{word}").reshape(n, -1)
-    head = rows[: min(n, 1024)]  # most columns change from row to row: seen here
-    if np.count_nonzero((head[1:] != head[:-1]).any(axis=1)) + 1 > most * len(head):
-        return None
-    starts = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1)) + 1
-    if starts.size + 1 > most * n:
-        return None
-    starts = np.concatenate(([0], starts))
-    return values[starts], np.diff(np.append(starts, n))
 
 
 def rebuild_later(config, ledger_path, outdir, fields, upto):

@@ -25,6 +25,7 @@ the executor opens).
 import contextlib
 import dataclasses
 import importlib
+import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -99,6 +100,26 @@ def start_workers(pool):
     """
     if isinstance(pool, ProcessPoolExecutor):
         pool.submit(os.getpid).result()
+
+
+@contextlib.contextmanager
+def forked_later(pool):
+    """A one-process pool forked from this process at its first task, for a local process
+    pool ``pool`` (else None): its worker has the modules this process imported by then,
+    which the pool's workers, forked earlier, would import again (matplotlib for a
+    plot, about 0.25 s).
+
+    Examples
+    --------
+    >>> with forked_later(None) as later:
+    ...     later is None
+    True
+    """
+    if not isinstance(pool, ProcessPoolExecutor):
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as later:
+        yield later
 
 
 def require(kind, scheduler=None):

@@ -112,8 +112,8 @@ class Pipeline:
         """The field reference of ``key`` now (None before its first light)."""
         return self.fields.reference(key)
 
-    def update_curves(self, *, min_interval=0.0, final=True, pool=None):
-        self.lightcurves.update(min_interval=min_interval, final=final, pool=pool)
+    def update_curves(self, *, min_interval=0.0, final=True, pool=None, plots=None):
+        self.lightcurves.update(min_interval=min_interval, final=final, pool=pool, plots=plots)
 
     # -- entry points ------------------------------------------------------------
 
