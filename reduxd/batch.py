@@ -602,24 +602,23 @@ def _early_runs(pipeline, pool, n_lights):
 def _stacks_and_curves(pipeline, pool, early=None):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
-    With a local process pool the light curves are built here from the rows kept
-    while the workers stack (the runs not started while the lights were reduced,
-    ``early``); then a worker writes their tables and a process forked now their
-    plots (it has matplotlib, loaded here while the lights ran), while this process
-    measures and writes the stacks and draws their finder charts, which mark the
-    curves' comparisons. Dask workers may not see the ledger: not there.
+    With a local process pool the stacks' last runs (those not started while the
+    lights were reduced, ``early``) go to the workers first; the light curves are
+    built here from the rows kept meanwhile; then a worker writes their tables and a
+    process forked now their plots (it has matplotlib, loaded here while the lights
+    ran), while this process measures and writes the stacks and draws their finder
+    charts, which mark the curves' comparisons. Dask workers may not see the ledger: not there.
     """
     from reduxd.products import stacks  # see LATER_MODULES
 
     local = pool if isinstance(pool, ProcessPoolExecutor) else None
     curves = pipeline.lightcurves
+    stack = pipeline.config.output.stack
     with executors.forked_later(local) as plots:  # matplotlib is here (TAIL_PRELOAD)
-        pipeline.update_curves(pool=local, plots=plots)
         try:
-            if not pipeline.config.output.stack:
-                return []
-            pending = stacks.start_stacks(pipeline, pool, early=early)
-            return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked)
+            pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
+            pipeline.update_curves(pool=local, plots=plots)  # while the workers stack
+            return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked) if stack else []
         finally:
             curves.close()
             if early is not None:

@@ -425,3 +425,32 @@ def test_append_lightcurve_adds_frames_against_the_frozen_ensemble(tmp_path):
     late = [r for r in rows if r["file"] == frames[5]]  # older than the last row: rebuild
     assert not lcmod.append_lightcurve(tmp_path, late, frozen, object="M 31", filter="V")
     assert csv_path.read_bytes() == after
+
+
+def test_the_ensemble_of_a_curve_is_read_from_its_header_once_while_frames_are_appended(
+    tmp_path,
+):
+    """What a light's finder chart marks (the daemon asks for every light): the curve's
+    target and comparisons, as the whole ECSV gives them; appending frames leaves the
+    header as it was, so it is not parsed again; a rebuild on other comparisons is read
+    anew."""
+    from reduxd.products import finder
+
+    rows = [r for r in make_rows() if r["current"] == 1]
+    frames = sorted({r["file"] for r in rows})
+    first = [r for r in rows if r["file"] in frames[:20]]
+    kept, common = {}, dict(object="M 31", filter="V", target=[TARGET])
+    _csv, ecsv_path, _ = lcmod.write_lightcurve(tmp_path, first, keep=kept, **common)
+    whole = lcmod.ensemble_ids(Table.read(ecsv_path, format="ascii.ecsv").meta)
+    assert whole[0] == TARGET and len(whole[1]) >= 2
+    assert finder.read_ensemble(ecsv_path) == whole
+    parsed = finder._ensemble.cache_info().misses
+    frozen = lcmod.frozen_of(kept["lightcurve"])
+    for name in frames[20:]:
+        frame = [r for r in rows if r["file"] == name]
+        assert lcmod.append_lightcurve(tmp_path, frame, frozen, object="M 31", filter="V")
+        assert finder.read_ensemble(ecsv_path) == whole
+    assert finder._ensemble.cache_info().misses == parsed
+    lcmod.write_lightcurve(tmp_path, rows, comparisons=[[c] for c in COMPS[:2]], **common)
+    assert finder.read_ensemble(ecsv_path) == (TARGET, tuple(COMPS[:2]))
+    assert finder.read_ensemble(tmp_path / "none.ecsv") == (None, [])

@@ -33,21 +33,49 @@ def finder_path(outdir, *, save, obj, filt, gain, exptime):
 def read_ensemble(ecsv_path):
     """``(target_id, comparison_ids)`` from a light curve's ECSV meta; ``(None, [])`` if none.
 
-    Cached per file version (path, mtime, size): the daemon asks for every light.
+    Only the file's header is read (its YAML, then the column names), and the answer
+    is cached by that header: the daemon asks for every light, and appending a
+    light's row leaves the header, and so the ensemble, as it was (parsing the header
+    takes about 50 ms, reading the whole table more as the night grows).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from astropy.table import Table
+    >>> path = Path(tempfile.mkdtemp()) / "lc.ecsv"
+    >>> t = Table({"mjd": [1.0]}, meta={"target_id": 3, "comparison_ids": [5, 7]})
+    >>> t.write(path, format="ascii.ecsv")
+    >>> read_ensemble(path)
+    (3, (5, 7))
+    >>> with open(path, "a") as fh:
+    ...     _ = fh.write("2.0\\n")
+    >>> read_ensemble(path), _ensemble.cache_info().hits > 0
+    ((3, (5, 7)), True)
     """
     try:
-        st = Path(ecsv_path).stat()
-    except OSError:
+        header = _header_text(ecsv_path)
+    except (OSError, UnicodeDecodeError):
         return None, []
-    return _ensemble(str(ecsv_path), st.st_mtime_ns, st.st_size)
+    return _ensemble(header)
+
+
+def _header_text(path):
+    """An ECSV file's comment lines and the line of column names after them."""
+    lines = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            lines.append(line)
+            if not line.startswith("#"):
+                break
+    return "".join(lines)
 
 
 @lru_cache(maxsize=16)
-def _ensemble(path, _mtime_ns, _size):
+def _ensemble(header):
     from astropy.table import Table
 
     try:
-        meta = Table.read(path, format="ascii.ecsv").meta
+        meta = Table.read(header, format="ascii.ecsv").meta  # a table of no rows
     except (OSError, ValueError):
         return None, []
     return ensemble_ids(meta)
