@@ -54,6 +54,17 @@ STATES = (
 )  # fmt: skip
 PENDING = ("seen", "waiting", "incomplete")  # states of frames to be picked up again
 
+# the frames' indexes: made with the table, and on opening a ledger of an earlier version
+FRAME_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS frames_state ON frames (state)",
+    "CREATE INDEX IF NOT EXISTS frames_night ON frames (night, kind)",
+    "CREATE INDEX IF NOT EXISTS frames_checksum ON frames (checksum)",  # duplicate_of
+)
+# duplicate_of: the first done, measured light with a checksum (found by frames_checksum)
+DUPLICATE = (
+    "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
+    " AND json_extract(info, '$.excluded') IS NULL ORDER BY id LIMIT 1"
+)
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE frames (
@@ -77,8 +88,6 @@ CREATE TABLE frames (
     latency REAL,              -- seconds from file mtime to done
     UNIQUE (root, relpath)
 );
-CREATE INDEX frames_state ON frames (state);
-CREATE INDEX frames_night ON frames (night, kind);
 CREATE TABLE masters (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -367,6 +376,7 @@ class Ledger:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         self._check_version()
         _migrate(db)
+        _index_frames(db)
 
     def _check_version(self):
         version = self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
@@ -576,11 +586,7 @@ class Ledger:
 
     def duplicate_of(self, frame_id: int, checksum: str) -> FrameRow | None:
         """The first done, measured light with this checksum, other than ``frame_id``."""
-        rows = self._select(
-            "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
-            " AND json_extract(info, '$.excluded') IS NULL ORDER BY id LIMIT 1",
-            (checksum, frame_id),
-        )
+        rows = self._select(DUPLICATE, (checksum, frame_id))
         return rows[0] if rows else None
 
     def pending(self) -> list[FrameRow]:
@@ -935,6 +941,17 @@ def _migrate(db):
         db.execute("PRAGMA foreign_keys = ON")
 
 
+def _index_frames(db):
+    """Make the frames' indexes a ledger lacks (one made by an earlier version); when it has
+    them all, nothing is written."""
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = [sql for sql in FRAME_INDEXES if sql.split()[5] not in names]
+    if missing:
+        with _Transaction(db):
+            for sql in missing:
+                db.execute(sql)
+
+
 def _light_rows_sql():
     return re.search(r"CREATE TABLE light_rows \(.*?\n\);", _SCHEMA, re.S).group(0)
 
@@ -981,8 +998,8 @@ def _rebuild_frames(db):
     db.execute(f"INSERT INTO frames_new ({kept}, state) SELECT {kept}, {state} FROM frames")
     db.execute("DROP TABLE frames")
     db.execute("ALTER TABLE frames_new RENAME TO frames")
-    db.execute("CREATE INDEX frames_state ON frames (state)")
-    db.execute("CREATE INDEX frames_night ON frames (night, kind)")
+    for index in FRAME_INDEXES:
+        db.execute(index)
 
 
 def _state_sql(columns):

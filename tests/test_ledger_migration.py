@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reduxd.store import Ledger, LedgerError
+from reduxd.store import DUPLICATE, Ledger, LedgerError
 
 DATA = Path(__file__).parent / "data"
 STATES = {
@@ -111,3 +111,28 @@ def test_a_read_only_reader_of_an_old_ledger_sees_the_states_without_migrating(t
         assert [r.relpath for r in ledger.frames(state="waiting")] == ["m51/light_1.fits"]
     with sqlite3.connect(path) as db:  # never migrated by a reader
         assert db.execute("SELECT sql FROM sqlite_master").fetchall() == schema
+
+
+def _indexes(path):
+    with sqlite3.connect(path) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+@pytest.mark.parametrize("name", ["ledger_main_6aa1e13.sqlite", "ledger_main_f55142a.sqlite", None])
+def test_frames_are_found_by_checksum_through_an_index_in_every_ledger(tmp_path, name):
+    """A light's copy is looked for by checksum (``duplicate_of``, twice a light): through an
+    index, so the look-up does not grow with a ledger that holds months of frames. A ledger
+    made without the index (an earlier version's) gets it when opened."""
+    path = _copy(tmp_path, name) if name else tmp_path / "reduxd.sqlite"
+    if name is None:
+        Ledger(path).close()
+        with sqlite3.connect(path) as db:
+            db.execute("DROP INDEX frames_checksum")  # as this version's schema was before
+    assert "frames_checksum" not in _indexes(path)
+    with Ledger(path) as ledger:
+        plan = ledger._db.execute(
+            f"EXPLAIN QUERY PLAN SELECT * FROM frames {DUPLICATE}", ("0" * 40, 1)
+        ).fetchall()
+        assert ledger.duplicate_of(1, "0" * 40) is None
+    assert any("frames_checksum" in row[-1] for row in plan), plan
+    assert {"frames_state", "frames_night", "frames_checksum"} <= _indexes(path)

@@ -10,7 +10,6 @@ out; the target's and comparisons' always are placed first).
 import io
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from astropy.visualization import ZScaleInterval
@@ -41,6 +40,7 @@ def read_ensemble(ecsv_path):
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> from astropy.table import Table
     >>> path = Path(tempfile.mkdtemp()) / "lc.ecsv"
     >>> t = Table({"mjd": [1.0]}, meta={"target_id": 3, "comparison_ids": [5, 7]})
