@@ -54,7 +54,7 @@ STATES = (
 )  # fmt: skip
 PENDING = ("seen", "waiting", "incomplete")  # states of frames to be picked up again
 
-# the frames' indexes: made with the table, and on opening a ledger of an earlier version
+# the frames' indexes, made when a ledger is opened without them (new, or an earlier version's)
 FRAME_INDEXES = (
     "CREATE INDEX IF NOT EXISTS frames_state ON frames (state)",
     "CREATE INDEX IF NOT EXISTS frames_night ON frames (night, kind)",
