@@ -271,16 +271,20 @@ def small_disk(tmp_path):
 
 
 def fill(folder):
-    """Write a ballast file until the disk is full; return it."""
+    """Write a ballast file until the disk is full, to the last page; return it.
+
+    Unbuffered: a buffered file keeps what a short write left over, and flushing it at
+    close raises ENOSPC again (the free space is rarely whole megabytes).
+    """
     ballast = folder / "ballast.bin"
-    chunk = b"\0" * (1 << 20)
-    with open(ballast, "wb") as fh:
-        try:
-            while True:
-                fh.write(chunk)
-                fh.flush()
-        except OSError:
-            pass
+    with open(ballast, "wb", buffering=0) as fh:
+        for size in (1 << 20, 1 << 12):
+            chunk = b"\0" * size
+            try:
+                while fh.write(chunk):
+                    pass
+            except OSError:
+                pass
     return ballast
 
 
