@@ -54,12 +54,13 @@ STATES = (
 )  # fmt: skip
 PENDING = ("seen", "waiting", "incomplete")  # states of frames to be picked up again
 
-# the frames' indexes, made when a ledger is opened without them (new, or an earlier version's)
-FRAME_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS frames_state ON frames (state)",
-    "CREATE INDEX IF NOT EXISTS frames_night ON frames (night, kind)",
-    "CREATE INDEX IF NOT EXISTS frames_checksum ON frames (checksum)",  # duplicate_of
-)
+# the frames' indexes (name: columns), made when a ledger is opened without them (new, or
+# an earlier version's)
+FRAME_INDEXES = {
+    "frames_state": "state",
+    "frames_night": "night, kind",
+    "frames_checksum": "checksum",  # duplicate_of
+}
 # duplicate_of: the first done, measured light with a checksum (found by frames_checksum)
 DUPLICATE = (
     "WHERE checksum = ? AND id != ? AND kind = 'light' AND state = 'done'"
@@ -945,11 +946,15 @@ def _index_frames(db):
     """Make the frames' indexes a ledger lacks (one made by an earlier version); when it has
     them all, nothing is written."""
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    missing = [sql for sql in FRAME_INDEXES if sql.split()[5] not in names]
+    missing = [name for name in FRAME_INDEXES if name not in names]
     if missing:
         with _Transaction(db):
-            for sql in missing:
-                db.execute(sql)
+            _make_indexes(db, missing)
+
+
+def _make_indexes(db, names):
+    for name in names:
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON frames ({FRAME_INDEXES[name]})")
 
 
 def _light_rows_sql():
@@ -998,8 +1003,7 @@ def _rebuild_frames(db):
     db.execute(f"INSERT INTO frames_new ({kept}, state) SELECT {kept}, {state} FROM frames")
     db.execute("DROP TABLE frames")
     db.execute("ALTER TABLE frames_new RENAME TO frames")
-    for index in FRAME_INDEXES:
-        db.execute(index)
+    _make_indexes(db, FRAME_INDEXES)
 
 
 def _state_sql(columns):
