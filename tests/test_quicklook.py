@@ -78,30 +78,28 @@ def test_grey_levels_are_a_monotonic_zscale_asinh_stretch():
     assert np.abs(_ASINH_LUT - expected).max() <= 0.5 + 1e-9
 
 
-def test_stack_finder_png_has_the_pixels_of_the_default_compression(tmp_path, monkeypatch):
-    """The finder chart is written at zlib level 1: the same image as at matplotlib's default."""
-    import io
+def test_stack_finder_chart_marks_the_ensemble_and_labels_star_ids(tmp_path):
+    """A stack's finder chart is drawn as a light's: the target magenta, the comparisons
+    blue, pixels no light covered red; each star labelled with its ID alone."""
+    from PIL import Image
 
-    from matplotlib.figure import Figure
-
-    from reduxd.products.finder import finder_png
+    from reduxd.products.finder import write_finder
 
     data = frame()
+    uncovered = np.zeros(data.shape, bool)
+    uncovered[:, :10] = True
     table = Table({"star_id": [1, 2, 3], "x": [50.0, 150.0, 250.0], "y": [100.0] * 3,
-                   "mag_inst": [-8.0, -9.0, -7.0]})  # fmt: skip
-    fast = finder_png(data, table, radius=6.0, target_id=1, comparison_ids=[2], title="t")
-    levels = []
-    savefig = Figure.savefig
-
-    def default_level(self, *args, **kwargs):  # what matplotlib writes without pil_kwargs
-        levels.append(kwargs.pop("pil_kwargs", None))
-        return savefig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", default_level)
-    default = finder_png(data, table, radius=6.0, target_id=1, comparison_ids=[2], title="t")
-    assert levels == [{"compress_level": 1}]
-    assert fast != default
-    np.testing.assert_array_equal(imread(io.BytesIO(fast)), imread(io.BytesIO(default)))
+                   "mag_inst": [-8.0, -9.0, -7.0], "flags": [0, 0, 0]})  # fmt: skip
+    out = write_finder(tmp_path / "f.png", data, table, radius=6.0, target_id=1,
+                       comparison_ids=[2], title="t", mask=uncovered)  # fmt: skip
+    image = np.asarray(Image.open(out))[quicklook.TITLE_HEIGHT :]  # below the colour key
+    assert (image == quicklook.TARGET).sum() > 50  # star 1's circle and label
+    assert (image == quicklook.COMPARISON).sum() > 50  # star 2's
+    assert (image == quicklook.MASKED).sum() >= 10 * image.shape[0]  # the uncovered columns
+    *_, labels = quicklook._chart_stars(table, 1.0, 200, {2: "comparison"}, magnitudes=False)
+    assert labels == ["2", "1", "3"]  # the comparison first, then the brightest: IDs alone
+    *_, labels = quicklook._chart_stars(table, 1.0, 200, {2: "comparison"})
+    assert labels == ["2 -9.00", "1 -8.00", "3 -7.00"]  # a light's chart: with magnitudes
 
 
 def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():

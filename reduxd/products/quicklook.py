@@ -148,8 +148,9 @@ def _default_radius(table, scale):
 
 
 def write_quicklook(
-    path, data, table, *, title="", mask=None, radius=None, roles=None, durable=True
-):
+    path, data, table, *, title="", mask=None, radius=None, roles=None, magnitudes=True,
+    durable=True,
+):  # fmt: skip
     """Write a finder chart PNG: the frame (zscale, asinh), each star circled and labelled.
 
     Parameters
@@ -171,6 +172,9 @@ def write_quicklook(
         ``star_id -> 'target' | 'comparison'``: drawn in their colours and labelled
         first. Labels never overlap each other or a circle; one that fits nowhere
         is left out.
+    magnitudes : bool
+        Label each star with its ID and magnitude (default), or with its ID alone
+        (a stack's chart: more labels fit).
     durable : bool
         Fsync before returning (see :func:`reduxd.files.atomic_write`).
 
@@ -196,7 +200,7 @@ def write_quicklook(
     _enlarged(grey[::-1], zoom, out=canvas[TITLE_HEIGHT:])  # row 0 of the frame at the bottom
     r = (radius or _default_radius(table, scale)) * scale
     top = height - 1
-    x, y, colours, texts = _chart_stars(table, scale, top, roles or {})
+    x, y, colours, texts = _chart_stars(table, scale, top, roles or {}, magnitudes=magnitudes)
     glyphs = _glyphs()
     labels = place_labels(
         list(zip(range(len(texts)), x, y, texts, strict=True)),
@@ -304,10 +308,11 @@ def _display_mask(mask, scale):
     return bad.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else bad
 
 
-def _chart_stars(table, scale, top, roles):
+def _chart_stars(table, scale, top, roles, *, magnitudes=True):
     """``(x, y, colour, label)`` lists of the stars in canvas coordinates, in labelling
     order: the target, the comparisons, then the others brightest first (a star without
-    a finite magnitude last; a stable sort, so ties keep the table's order)."""
+    a finite magnitude last; a stable sort, so ties keep the table's order). A label is
+    the star's ID and magnitude, or with ``magnitudes=False`` its ID."""
     if len(table) == 0:
         return [], [], [], []
     colour_of = {"target": TARGET, "comparison": COMPARISON}
@@ -324,7 +329,7 @@ def _chart_stars(table, scale, top, roles):
     finite = np.isfinite(mags)
     order = np.lexsort((np.where(finite, mags, np.inf), rank))  # stable
     labels = [
-        f"{sid} {mag:.2f}" if ok else f"{sid}"
+        f"{sid} {mag:.2f}" if ok and magnitudes else f"{sid}"
         for sid, mag, ok in zip(
             ids[order].tolist(), mags[order].tolist(), finite[order].tolist(), strict=True
         )

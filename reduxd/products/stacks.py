@@ -386,7 +386,8 @@ def _write_stack(pipeline, group, acc, *, ensembles=None):
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
     title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"
     write_finder(finder, mean, phot.table, radius=radius, target_id=target_id,
-                 comparison_ids=comparison_ids, title=title, durable=pipeline.durable)  # fmt: skip
+                 comparison_ids=comparison_ids, title=title, mask=count == 0,
+                 durable=pipeline.durable)  # fmt: skip
     log.info(
         "stack_written",
         file=str(path),
