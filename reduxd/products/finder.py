@@ -1,16 +1,18 @@
 """Finder charts of stacks, named like the old script's ``finder_<save>_....png``.
 
-The stacked light as a light's chart is drawn (:func:`reduxd.products.quicklook.
+The stack is drawn as a light's chart is (:func:`reduxd.products.quicklook.
 write_quicklook`: zscale and asinh, each measured star circled with its aperture,
-labels that never overlap, a colour key), the target in magenta and the comparison
-ensemble in blue (as chosen for the light curve of the same object and filter),
-each star labelled with its ID alone (the target's and comparisons' first).
+labels that never overlap, a colour key), with the target in magenta and the
+comparison ensemble in blue (as chosen for the light curve of the same object and
+filter), and each star labelled with its ID alone (the target's and comparisons'
+first). The IDs are those of the photometry table and the light curves.
 """
 
 from functools import lru_cache
 
 from reduxd.products.lightcurve import ensemble_ids
 from reduxd.products.naming import gain_label, titled, value_word
+from reduxd.products.quicklook import write_quicklook
 
 
 def finder_path(outdir, *, save, obj, filt, gain, exptime):
@@ -92,8 +94,6 @@ def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
-    from reduxd.products.quicklook import write_quicklook  # see reduxd.reduce.LIGHT_MODULES
-
     roles = dict.fromkeys((int(c) for c in comparison_ids), "comparison")
     if target_id is not None:
         roles[int(target_id)] = "target"
