@@ -31,7 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import Column, Table
 
 from reduxd.errors import ReduxdError
 from reduxd.lightrows import LightRows
@@ -458,11 +458,13 @@ def join_parts(parts):
 
 def _joined(parts, names):
     """The parts' rows in one table: a column at a time, each part's copy dropped as it
-    is joined (``vstack`` held the parts and the whole at once: twice the memory)."""
+    is joined (``vstack`` held the parts and the whole at once: twice the memory). The
+    joined values become the column without another copy."""
     table = Table(meta=dict(parts[0].meta))
     for name in names:
         first = parts[0][name]
-        table[name] = np.concatenate([np.asarray(p[name]) for p in parts])
+        joined = np.concatenate([np.asarray(p[name]) for p in parts])
+        table.add_column(Column(joined, name=name, copy=False), copy=False)
         table[name].info.unit = first.info.unit
         table[name].info.description = first.info.description
         table[name].info.format = first.info.format

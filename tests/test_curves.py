@@ -101,6 +101,22 @@ def test_field_table_built_in_chunks_equals_the_whole(tmp_path):
     assert field_table(iter(rows), chunk=7).colnames == lightcurve.field_table(rows).colnames
 
 
+def test_joined_columns_are_the_joined_arrays_not_copies_of_them(tmp_path, monkeypatch):
+    """Joining a curve's parts (the batch's last step, each rebuild) copies a column once:
+    the table holds the array the parts were joined into, not a copy of it (a second copy
+    of every column, on the batch's critical path)."""
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = [row for i in range(4) for row in _field_frame(ledger, i, np.random.default_rng(3))]
+    joined, concatenate = [], np.concatenate
+    monkeypatch.setattr(
+        np, "concatenate", lambda *a, **k: joined.append(concatenate(*a, **k)) or joined[-1]
+    )
+    table = field_table(iter(rows), chunk=7)
+    assert len(table) == len(rows) and len(table.colnames) > 10
+    for name in table.colnames:
+        assert any(np.shares_memory(np.asarray(table[name]), j) for j in joined), name
+
+
 def test_final_rebuild_in_a_batch_pool_gives_the_curve_of_an_inline_rebuild(tmp_path):
     """``reduxd reduce --jobs N`` rebuilds the curves in a worker (beside the stacks):
     nothing is installed until ``close``; the files are those of a rebuild here."""
