@@ -100,6 +100,9 @@ def test_stack_finder_chart_marks_the_ensemble_and_labels_star_ids(tmp_path):
     assert labels == ["2", "1", "3"]  # the comparison first, then the brightest: IDs alone
     *_, labels = quicklook._chart_stars(table, 1.0, 200, {2: "comparison"})
     assert labels == ["2 -9.00", "1 -8.00", "3 -7.00"]  # a light's chart: with magnitudes
+    table["x"][0], table["y"][2] = np.nan, np.inf  # no place on the chart: left out
+    write_finder(tmp_path / "g.png", data, table, radius=6.0, target_id=1, comparison_ids=[2])
+    assert quicklook._chart_stars(table, 1.0, 200, {}, magnitudes=False)[3] == ["2"]
 
 
 def test_rings_are_the_pixels_of_pillow_ellipses_drawn_one_by_one():

@@ -311,8 +311,9 @@ def _display_mask(mask, scale):
 def _chart_stars(table, scale, top, roles, *, magnitudes=True):
     """``(x, y, colour, label)`` lists of the stars in canvas coordinates, in labelling
     order: the target, the comparisons, then the others brightest first (a star without
-    a finite magnitude last; a stable sort, so ties keep the table's order). A label is
-    the star's ID and magnitude, or with ``magnitudes=False`` its ID."""
+    a finite magnitude last; a stable sort, so ties keep the table's order); a star
+    without a finite position is left out. A label is the star's ID and magnitude, or
+    with ``magnitudes=False`` its ID."""
     if len(table) == 0:
         return [], [], [], []
     colour_of = {"target": TARGET, "comparison": COMPARISON}
@@ -328,6 +329,7 @@ def _chart_stars(table, scale, top, roles, *, magnitudes=True):
     rank = np.where(colours == TARGET, 0, np.where(colours == COMPARISON, 1, 2))
     finite = np.isfinite(mags)
     order = np.lexsort((np.where(finite, mags, np.inf), rank))  # stable
+    order = order[np.isfinite(x[order]) & np.isfinite(y[order])]
     labels = [
         f"{sid} {mag:.2f}" if ok and magnitudes else f"{sid}"
         for sid, mag, ok in zip(
