@@ -406,18 +406,14 @@ def write_products(outdir, rel, result, output, *, durable=True):
 
 def chart_roles(outdir, rows, save):
     """``star_id -> role`` of the field's light-curve target and comparisons (as last written)."""
-    from reduxd.products.finder import read_ensemble
+    from reduxd.products import finder
     from reduxd.products.lightcurve import lightcurve_paths
 
     if not rows:
         return {}
     obj, filt = rows[0]["object"], rows[0]["filter"]
     _csv, ecsv, _png = lightcurve_paths(outdir, object=obj, filter=filt, save=save)
-    target_id, comparison_ids = read_ensemble(ecsv)
-    roles = dict.fromkeys(comparison_ids, "comparison")
-    if target_id is not None:
-        roles[target_id] = "target"
-    return roles
+    return finder.chart_roles(*finder.read_ensemble(ecsv))
 
 
 _WORKER_CACHE = MasterCache()

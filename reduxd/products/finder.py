@@ -94,8 +94,19 @@ def write_finder(path, image, table, *, radius, target_id=None, comparison_ids=(
     ...     out.read_bytes()[:4] == b"\\x89PNG"
     True
     """
+    roles = chart_roles(target_id, comparison_ids)
+    return write_quicklook(path, image, table, title=title, mask=mask, radius=radius,
+                           roles=roles, magnitudes=False, durable=durable)  # fmt: skip
+
+
+def chart_roles(target_id, comparison_ids):
+    """``star_id -> 'target' | 'comparison'`` of a light curve's ensemble, as a chart
+    draws them (:func:`reduxd.products.quicklook.write_quicklook`'s ``roles``).
+
+    >>> chart_roles(3, (5, 7))
+    {5: 'comparison', 7: 'comparison', 3: 'target'}
+    """
     roles = dict.fromkeys((int(c) for c in comparison_ids), "comparison")
     if target_id is not None:
         roles[int(target_id)] = "target"
-    return write_quicklook(path, image, table, title=title, mask=mask, radius=radius,
-                           roles=roles, magnitudes=False, durable=durable)  # fmt: skip
+    return roles
