@@ -24,7 +24,6 @@ next start.
 """
 
 import contextlib
-import importlib
 import math
 import os
 import queue
@@ -40,7 +39,7 @@ from reduxd.log import configure_logging, get_logger
 from reduxd.memory import release_free_memory
 from reduxd.outcomes import recover_interrupted
 from reduxd.pipeline import Pipeline
-from reduxd.reduce import LIGHT_MODULES
+from reduxd.reduce import load_light_modules
 from reduxd.runplan import run_plan
 from reduxd.store import PENDING, Ledger, ledger_error
 from reduxd.watch.stability import StabilityTracker, file_signature
@@ -175,8 +174,7 @@ class Service:
 
     def _serve(self, ledger):
         w = self.config.watch
-        for name in LIGHT_MODULES:  # now, not on the first light (its latency)
-            importlib.import_module(name)
+        load_light_modules()  # now, not on the first light (its latency)
         recover_interrupted(ledger, max_tries=w.max_tries)
         pipeline = Pipeline(
             self.config,

@@ -5,11 +5,13 @@ and in the batch command's worker processes. A light is read once; masters come
 from a small in-process cache keyed by path and checksum.
 
 Photometry, finder charts and times are imported on first use (``LIGHT_MODULES``,
-about a second): a process busy with calibration frames does not wait for them,
-and ``reduxd reduce`` imports them in a thread while it combines the masters.
+about a second; :func:`load_light_modules`): a process busy with calibration frames
+does not wait for them, and ``reduxd reduce`` imports them in a thread while it
+reads the calibration frames.
 """
 
 import dataclasses
+import importlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -105,8 +107,20 @@ class LightResult:
 LIGHT_MODULES = (
     "reduxd.steps.photometry",
     "reduxd.products.quicklook",
+    "reduxd.steps.times",
     "astropy.time",
 )
+
+
+def load_light_modules():
+    """Import ``LIGHT_MODULES`` and make the finder chart's per-process caches
+    (:func:`reduxd.products.quicklook.prepare`), so that neither the first light nor
+    a worker forked after this waits for them."""
+    for name in LIGHT_MODULES:
+        importlib.import_module(name)
+    from reduxd.products import quicklook
+
+    quicklook.prepare()
 
 
 class MasterCache:

@@ -18,10 +18,12 @@ from reduxd.simulate import NightSpec, simulate_night
 PROGRAM = """
 import gc, json, os, sys
 from reduxd import cli
+from reduxd.products import lightcurve
 from reduxd.steps import masters
 
 out = sys.argv.pop(1)
 build_parser, make_bias = cli.build_parser, masters.make_bias
+plot_lightcurve = lightcurve.plot_lightcurve
 
 def note(**seen):
     with open(out, "a") as fh:
@@ -32,10 +34,17 @@ def probed_parser(*a, **k):
     return build_parser(*a, **k)
 
 def probed_bias(*a, **k):
-    note(worker=os.getpid(), frozen=gc.get_freeze_count(), collector=gc.isenabled())
+    note(worker=os.getpid(), frozen=gc.get_freeze_count(), collector=gc.isenabled(),
+         young=gc.get_threshold()[0])
     return make_bias(*a, **k)
 
+def probed_plot(*a, **k):
+    from matplotlib.figure import Figure
+    note(plotter=os.getpid(), figure_walked=any(o is Figure for o in gc.get_objects()))
+    return plot_lightcurve(*a, **k)
+
 cli.build_parser, masters.make_bias = probed_parser, probed_bias
+lightcurve.plot_lightcurve = probed_plot
 sys.argv = ["reduxd", *sys.argv[1:]]
 sys.exit(cli.main())
 """
@@ -62,6 +71,11 @@ def test_workers_are_forked_with_the_imported_modules_frozen(tmp_path, night):
     assert len(workers) == 1 and workers[0]["worker"] != notes[0]["main"]  # the bias, in a worker
     assert workers[0]["frozen"] > 50_000  # numpy, astropy, scipy... not walked again
     assert workers[0]["collector"] is True
+    assert workers[0]["young"] == heap.YOUNG_THRESHOLD
+    # the plots' process is forked at the end, from a coordinator that imported matplotlib
+    # while the lights ran: frozen there too (a collection there would walk it)
+    plotters = [n for n in notes if "plotter" in n]
+    assert plotters and not any(n["figure_walked"] for n in plotters)
 
 
 def test_a_process_calling_main_with_arguments_keeps_its_collector():

@@ -1,5 +1,8 @@
 """Quicklook PNGs: finder chart and radial-profile plot, written atomically."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -190,3 +193,47 @@ def test_zscale_samples_the_same_values_as_astropy_from_the_whole_grid(shape, zo
     grid = grid[np.isfinite(grid)]
     sample = quicklook._zscale_sample(image, rows, cols)
     assert ZScaleInterval().get_limits(sample) == ZScaleInterval().get_limits(grid)
+
+
+def _zscale_inputs():
+    rng = np.random.default_rng(11)
+    sky = rng.normal(100.0, 5.0, 5000).astype(np.float32)
+    stars = sky.copy()
+    stars[rng.integers(0, sky.size, 300)] = rng.uniform(1e3, 6e4, 300).astype(np.float32)
+    holes = stars.astype(np.float64)
+    holes[::7] = np.nan
+    holes[::11] = np.inf
+    return {
+        "sky": sky,
+        "sky with stars": stars,
+        "NaN and inf": holes,
+        "quantised": rng.integers(98, 103, 2000).astype(np.uint16),
+        "constant": np.full(400, 7.0),
+        "few": np.array([3.0, 1.0, 2.0, 50.0]),
+        "one": np.array([5.0]),
+        "a ramp": np.arange(1e4) ** 1.5,
+        "half saturated": np.r_[rng.normal(500.0, 20.0, 600), np.full(600, 65535.0)],
+    }
+
+
+@pytest.mark.parametrize("name", list(_zscale_inputs()))
+def test_zscale_limits_are_astropys(name):
+    from astropy.visualization import ZScaleInterval
+
+    values = _zscale_inputs()[name]
+    kept = values.copy()
+    assert quicklook.zscale_limits(values) == ZScaleInterval().get_limits(values)
+    assert np.array_equal(values, kept, equal_nan=True)  # the input is not sorted in place
+
+
+def test_a_light_chart_does_not_import_matplotlib(tmp_path):
+    code = (
+        "import sys, numpy as np; from astropy.table import Table;"
+        "from reduxd.products.quicklook import write_quicklook;"
+        "t = Table({'star_id': [1], 'x': [20.0], 'y': [30.0], 'mag_inst': [-7.5], 'flags': [0]});"
+        "write_quicklook(sys.argv[1], np.random.rand(64, 64), t);"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q.png")],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"

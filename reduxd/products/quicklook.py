@@ -8,7 +8,6 @@ Pillow comes with matplotlib (a dependency of it), so nothing is added.
 """
 
 import numpy as np
-from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
 
 from reduxd.files import atomic_write
@@ -358,19 +357,66 @@ def _grey_levels(image, *, zoom=1):
     sample = _zscale_sample(image, rows, cols)
     if sample.size == 0:
         return np.zeros(image.shape, np.uint8)
-    lo, hi = ZScaleInterval(n_samples=ZSCALE_SAMPLES).get_limits(sample)
+    lo, hi = zscale_limits(sample)
     return stretched(image, np.float32(lo), np.float32((LUT_SIZE - 1) / max(hi - lo, 1e-12)))
 
 
 ZSCALE_SAMPLES = 1000  # astropy's default
 
 
+def zscale_limits(values, *, n_samples=ZSCALE_SAMPLES, contrast=0.25, max_reject=0.5,
+                  min_npixels=5, krej=2.5, max_iterations=5):  # fmt: skip
+    """IRAF's zscale display limits ``(vmin, vmax)`` of the finite ``values``.
+
+    The algorithm and numbers of astropy's ``ZScaleInterval.get_limits`` (its
+    defaults, the same numpy calls: the same limits), written here because
+    ``astropy.visualization`` imports matplotlib (0.13 s), which a light's chart
+    does not use. Adapted from astropy (BSD-3-Clause, Copyright (c) Astropy
+    Developers).
+
+    Examples
+    --------
+    >>> from astropy.visualization import ZScaleInterval
+    >>> values = np.random.default_rng(1).normal(100.0, 5.0, 3000)
+    >>> zscale_limits(values) == ZScaleInterval().get_limits(values)
+    True
+    """
+    values = np.asarray(values).ravel()
+    values = values[np.isfinite(values)]
+    stride = int(max(1.0, values.size / n_samples))
+    samples = values[::stride][:n_samples]
+    samples.sort()
+    npix = len(samples)
+    vmin, vmax = samples[0], samples[-1]
+    minpix = max(min_npixels, int(npix * max_reject))
+    x = np.arange(npix)
+    ngoodpix, last_ngoodpix = npix, npix + 1
+    badpix = np.zeros(npix, dtype=bool)
+    kernel = np.ones(max(1, int(npix * 0.01)), dtype=bool)  # grows the rejected runs
+    for _ in range(max_iterations):
+        if ngoodpix >= last_ngoodpix or ngoodpix < minpix:
+            break
+        fit = np.polyfit(x, samples, deg=1, w=(~badpix).astype(int))
+        flat = samples - np.poly1d(fit)(x)
+        threshold = krej * flat[~badpix].std()
+        badpix[(flat < -threshold) | (flat > threshold)] = True
+        badpix = np.convolve(badpix, kernel, mode="same")
+        last_ngoodpix, ngoodpix = ngoodpix, np.sum(~badpix)
+    if ngoodpix >= minpix:
+        slope = fit[0] / contrast if contrast > 0 else fit[0]
+        center_pixel = (npix - 1) // 2
+        median = np.median(samples)
+        vmin = max(vmin, median - (center_pixel - 1) * slope)
+        vmax = min(vmax, median + (npix - center_pixel) * slope)
+    return vmin, vmax
+
+
 def _zscale_sample(image, rows, cols):
-    """The finite values of ``image[np.ix_(rows, cols)]`` as ``ZScaleInterval`` samples
+    """The finite values of ``image[np.ix_(rows, cols)]`` as :func:`zscale_limits` samples
     them: every ``stride``-th of the flattened grid, at most :data:`ZSCALE_SAMPLES`. An
     image with no NaN or inf gives those values picked from it directly (the same
     values, in the same order, without the ~90,000-value grid); otherwise the grid's
-    finite values, which ``ZScaleInterval`` then samples itself.
+    finite values, which :func:`zscale_limits` then samples itself.
 
     Examples
     --------
@@ -385,7 +431,7 @@ def _zscale_sample(image, rows, cols):
         sample = image[np.ix_(rows, cols)]
         return sample[np.isfinite(sample)]
     size = rows.size * cols.size
-    stride = int(max(1.0, size / ZSCALE_SAMPLES))  # as ZScaleInterval.get_limits
+    stride = int(max(1.0, size / ZSCALE_SAMPLES))  # as zscale_limits
     k = np.arange(0, size, stride)[:ZSCALE_SAMPLES]
     return image[rows[k // cols.size], cols[k % cols.size]]
 
@@ -523,6 +569,20 @@ class Glyphs:
 
 
 _GLYPHS = None
+
+
+def prepare():
+    """Make this process's glyphs and load Pillow's image writers (about 20 ms, done once
+    in a process; a worker forked after it inherits them).
+
+    Examples
+    --------
+    >>> prepare()
+    >>> _GLYPHS._ascii is not None
+    True
+    """
+    Image.preinit()  # what the first save would import
+    _glyphs()._ascii_table()
 
 
 def _glyphs():
