@@ -10,6 +10,7 @@ with the bad-pixel mask of its dark current and flat, cached).
 
 import dataclasses
 import math
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class Calibrations:
         self._bpm = {}
         self._detectors = {}
         self._skips_logged = set()
+        self._read = {}  # frame id: (layout with its SHA-1, file mtime) as its ingest read it
         self.restore_sets()
 
     # -- policy ------------------------------------------------------------------
@@ -174,6 +176,7 @@ class Calibrations:
         meta = FrameMeta(set=repr(key), exptime=info.exptime, filter=info.filter)
         self.ledger.finish(row.id, kind=info.kind, checksum=raw.checksum, night=night, info=meta)
         cal_set = self._add_to_set(row.id, path, info, night)
+        self._read[row.id] = (dataclasses.replace(raw.layout, sha1=raw.checksum), row.mtime_ns)
         getattr(log, self.calibration_level)(
             "calibration_frame",
             file=rel,
@@ -246,6 +249,8 @@ class Calibrations:
             if records is not None:
                 del self.sets[key]
                 built.extend(records)
+                for frame_id, _path, _info in cal_set.members:
+                    self._read.pop(frame_id, None)
             if pool is not None and 1 not in stages and self._flats_need_none_of(order[i + 1 :]):
                 stages.add(1)  # the flats start beside the darks they do not use
                 started.update(self._start([k for k in order if POOL_STAGE[k[0]] == 1], pool))
@@ -344,11 +349,19 @@ class Calibrations:
         return [*results, steps_masters.make_dark_current(results[0], bias)]
 
     def _layouts(self, cal_set):
-        max_bytes = self.config.reading.max_bytes
-        return [
-            (info, dataclasses.replace(probe(path, max_bytes=max_bytes), sha1=self._sha1(fid)))
-            for fid, path, info in cal_set.members
-        ]
+        return [(info, self._layout(fid, path)) for fid, path, info in cal_set.members]
+
+    def _layout(self, frame_id, path):
+        """A member's layout and SHA-1: as its ingest read them while the file keeps its size
+        and time; else probed again, with the checksum the ledger took."""
+        read = self._read.get(frame_id)
+        if read is not None:
+            layout, mtime_ns = read
+            st = os.stat(path)
+            if (st.st_size, st.st_mtime_ns) == (layout.file_size, mtime_ns):
+                return layout
+        layout = probe(path, max_bytes=self.config.reading.max_bytes)
+        return dataclasses.replace(layout, sha1=self._sha1(frame_id))
 
     def _sha1(self, frame_id):
         """The checksum the ledger took when the frame was read (None: not known)."""

@@ -255,7 +255,11 @@ def probe(path, *, max_bytes):
     FrameRejected
         The file is not a usable 2-D FITS image (quarantine).
     """
-    path = Path(path)
+    return _probe(Path(path), max_bytes=max_bytes)[0]
+
+
+def _probe(path, *, max_bytes):
+    """:func:`probe`'s layout and the bytes it was read from (the file's first bytes)."""
     try:
         file_size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -264,18 +268,18 @@ def probe(path, *, max_bytes):
                 return _probe_large(fh, buf, path, max_bytes=max_bytes, file_size=file_size)
     except OSError as exc:
         raise FrameIncomplete(path, f"cannot read: {exc.strerror or exc}") from exc
-    return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size)
+    return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size), buf
 
 
 def _probe_large(fh, buf, path, *, max_bytes, file_size):
     try:
-        return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size)
+        return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size), buf
     except FrameIncomplete:
         # Headers of later HDUs lie beyond the first bytes read: read more, within a bound
         # (a crafted 'SIMPLE' followed by gigabytes without END must not be read whole).
         fh.seek(0)
         buf = fh.read(min(file_size, PROBE_MAX_BYTES))
-        return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size)
+        return _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=file_size), buf
 
 
 def _to_float32(raw, layout):
@@ -321,13 +325,16 @@ def read_frame(path, *, max_bytes):
             raise FrameRejected(path, f"file is {file_size} bytes, over the limit {max_bytes}")
     except OSError as exc:
         raise FrameIncomplete(path, f"cannot read: {exc.strerror or exc}") from exc
-    probe(path, max_bytes=max_bytes)  # signature, header and sizes before any data is read
+    # signature, header and sizes before any data is read
+    layout, head = _probe(path, max_bytes=max_bytes)
     try:
         with open(path, "rb") as fh:
             buf = fh.read()
     except OSError as exc:
         raise FrameIncomplete(path, f"cannot read: {exc.strerror or exc}") from exc
-    layout = _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=len(buf))
+    end = layout.data_offset
+    if len(buf) != layout.file_size or buf[:end] != head[:end]:  # changed since: parse again
+        layout = _layout_from_buffer(buf, path, max_bytes=max_bytes, file_size=len(buf))
     checksum = hashlib.sha1(buf).hexdigest()
     if layout.compressed:
         return RawFrame(_read_compressed(path, layout), layout.header, layout, checksum)

@@ -128,3 +128,31 @@ def test_masters_built_are_served_from_memory_here_and_in_forked_workers(tmp_pat
         with ProcessPoolExecutor(max_workers=1) as pool:
             sums = list(pool.map(_cached_sum, records))
     assert sums == [float(expected[r.path].sum(dtype=np.float64)) for r in records]
+
+
+def test_a_build_reads_its_frames_layouts_from_their_ingest_unless_a_file_changed(
+    tmp_path, night, monkeypatch
+):
+    from reduxd import calsets
+
+    frames = tmp_path / "night"
+    shutil.copytree(night / "calibration", frames / "calibration")
+    out = tmp_path / "out"
+    config = load_config(None, {"paths": {"data": [str(frames)], "outdir": str(out)}})
+    probed = []
+    probe = calsets.probe
+    monkeypatch.setattr(calsets, "probe", lambda path, **k: probed.append(path) or probe(path, **k))
+    paths = sorted((frames / "calibration").rglob("*.fits"))
+    biases = [p for p in paths if "bias" in str(p.relative_to(frames))]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        pipeline = Pipeline(config, ledger=ledger, durable=False)
+        for path in paths:
+            assert pipeline.handle(path, frames).status == "ingested"
+        changed = biases[0]
+        with fits.open(changed) as hdul:  # the same frame, written again after its ingest
+            data, header = hdul[0].data.copy(), hdul[0].header.copy()
+        header["HISTORY"] = "written again"
+        fits.PrimaryHDU(data, header).writeto(changed, overwrite=True)
+        pipeline.flush()
+        assert ledger.masters()
+    assert probed == [str(changed)]

@@ -192,6 +192,25 @@ def test_pixels_are_converted_once_and_only_when_used(tmp_path, freeze):
     np.testing.assert_array_equal(again.data, data)
 
 
+def test_a_read_frame_parses_its_header_once_unless_the_file_changed(tmp_path, monkeypatch):
+    path, data = _image(tmp_path, OBJECT="first")
+    parsed = []
+    parse = fitsio._parse_header
+    monkeypatch.setattr(fitsio, "_parse_header", lambda *a: parsed.append(1) or parse(*a))
+    frame = fitsio.read_frame(path, max_bytes=MAX_BYTES)
+    assert frame.header["OBJECT"] == "first" and len(parsed) == 1  # the probe's
+    # the file rewritten (same size, another header) between the probe and the read
+    probed = fitsio._probe(path, max_bytes=MAX_BYTES)
+    fits.PrimaryHDU(data, fits.Header({"OBJECT": "other", "EXPTIME": 10.0})).writeto(
+        path, overwrite=True
+    )
+    assert path.stat().st_size == probed[0].file_size
+    monkeypatch.setattr(fitsio, "_probe", lambda *a, **k: probed)
+    frame = fitsio.read_frame(path, max_bytes=MAX_BYTES)
+    assert frame.header["OBJECT"] == "other"
+    assert frame.checksum == hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def test_exptime_as_string_is_accepted(tmp_path, freeze):
     path, _ = _image(tmp_path, EXPTIME="30.0")
     freeze(path)

@@ -546,31 +546,37 @@ def _split(det, region, levels, start, min_flux, min_pixels, maxima):
 
 def _candidates(det, thresh, *, min_pixels, contrast):
     """Integer peaks of the detection image, whether each came from a split region,
-    and the diameter of the region (pixels)."""
-    labels, _ = ndimage.label(det > thresh, structure=np.ones((3, 3), bool))
-    xs, ys, blend, size = [], [], [], []
-    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        region = labels[sl] == lab
-        if np.count_nonzero(region) < min_pixels:
-            continue
-        sub = det[sl]
-        maxima = (sub == ndimage.maximum_filter(sub, size=3)) & region
-        if np.count_nonzero(maxima) > 1:
-            leaves, split = _segment_peaks(sub, region, thresh, contrast, min_pixels,
-                                           maxima=maxima)  # fmt: skip
-        else:
-            leaves, split = (
-                [np.unravel_index(np.argmax(np.where(region, sub, -np.inf)), sub.shape)],
-                False,
-            )
-        for jy, jx in leaves:
-            ys.append(sl[0].start + jy)
-            xs.append(sl[1].start + jx)
-            blend.append(split)
-            size.append(2 * np.sqrt(np.count_nonzero(region) / np.pi))
-    return np.array(xs, int), np.array(ys, int), np.array(blend, bool), np.array(size)
+    and the diameter of the region (pixels), region by region in label order.
+
+    A region's local maxima are its pixels equal to their 3x3 maximum in ``det``
+    (its neighbours outside it are at most ``thresh``, below all of its pixels).
+    A region with one is one peak there, found for all such regions at once; one
+    with more is split by :func:`_segment_peaks`.
+    """
+    labels, n = ndimage.label(det > thresh, structure=np.ones((3, 3), bool))
+    npix = np.bincount(labels.ravel(), minlength=n + 1)
+    peak = (det == ndimage.maximum_filter(det, size=3)) & (labels > 0)
+    py, px = np.nonzero(peak)
+    owner = labels[py, px]
+    kept = npix >= min_pixels
+    kept[0] = False
+    npeaks = np.bincount(owner, minlength=n + 1)
+    one = (kept & (npeaks == 1))[owner]
+    lab, ys, xs, blend = [owner[one]], [py[one]], [px[one]], [np.zeros(one.sum(), bool)]
+    slices = ndimage.find_objects(labels)
+    for k in np.flatnonzero(kept & (npeaks > 1)).tolist():
+        sl = slices[k - 1]
+        region = labels[sl] == k
+        leaves, split = _segment_peaks(det[sl], region, thresh, contrast, min_pixels,
+                                       maxima=peak[sl] & region)  # fmt: skip
+        lab.append(np.full(len(leaves), k))
+        ys.append(np.array([sl[0].start + jy for jy, _ in leaves], dtype=np.intp))
+        xs.append(np.array([sl[1].start + jx for _, jx in leaves], dtype=np.intp))
+        blend.append(np.full(len(leaves), split))
+    lab = np.concatenate(lab)
+    order = np.argsort(lab, kind="stable")
+    x, y, blend = (np.concatenate(v)[order] for v in (xs, ys, blend))
+    return x.astype(int), y.astype(int), blend, 2 * np.sqrt(npix[lab[order]] / np.pi)
 
 
 def measure_frame_fwhm(resid, *, noise, mask=None, n=30, binning=4):
