@@ -607,11 +607,12 @@ def _stacks_and_curves(pipeline, pool, early=None):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
     With a local process pool the stacks' last runs (those not started while the
-    lights were reduced, ``early``) go to the workers first; the light curves are
-    built here from the rows kept meanwhile; then a worker writes their tables and a
-    process forked now their plots (it has matplotlib, loaded here while the lights
-    ran), while this process measures and writes the stacks and draws their finder
-    charts, which mark the curves' comparisons. Dask workers may not see the ledger: not there.
+    lights were reduced, ``early``) go to the workers first, then each stack, its
+    runs merged, is measured and written by a worker while the light curves are
+    built here from the rows kept meanwhile; then a worker writes the curves' tables
+    and a process forked now their plots (it has matplotlib, loaded here while the
+    lights ran), while this process draws the stacks' finder charts, which mark the
+    curves' comparisons. Dask workers may not see the ledger: not there.
     """
     from reduxd.products import stacks  # see LATER_MODULES
 
@@ -621,7 +622,9 @@ def _stacks_and_curves(pipeline, pool, early=None):
     with executors.forked_later(local) as plots:  # matplotlib is here (TAIL_PRELOAD)
         try:
             pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
-            pipeline.update_curves(pool=local, plots=plots)  # while the workers stack
+            if stack:  # measured and written by the workers while the curves are built here
+                stacks.measure_stacks(pipeline, pending, pool=local)
+            pipeline.update_curves(pool=local, plots=plots)
             return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked) if stack else []
         finally:
             curves.close()

@@ -140,6 +140,9 @@ class _Group:
     signature: str
     chunks: list = dataclasses.field(default_factory=list)
     unchanged: bool = False
+    acc: object = None  # its runs merged (StackAccumulator), once measure_stacks ran
+    measured: object = None  # StackMeasured, or its future
+    error: object = None  # what stopped measure_stacks at this group
 
 
 @dataclasses.dataclass
@@ -321,8 +324,45 @@ def start_stacks(pipeline, pool=None, *, early=None):
     return PendingStacks(groups, max_bytes, rules)
 
 
+def measure_stacks(pipeline, pending, pool=None):
+    """Merge each stack's runs (waiting for them) and measure and write it: its FITS and
+    photometry table, in ``pool`` when given (a process pool, while the caller goes on).
+
+    :func:`finish_stacks` then draws the finder charts, which mark the light curves'
+    comparisons. An error (an unreadable light) stops here and is raised by
+    :func:`finish_stacks` at its group, as if it had happened there.
+    """
+    for group in pending.groups:
+        if group.unchanged or group.acc is not None:
+            continue
+        try:
+            group.acc, spans = _merged(group, pending)
+        except Exception as exc:
+            group.error = exc
+            return
+        if group.acc.n_frames == 0:
+            continue
+        header = add_cards(group.header, span_cards(spans))
+        args = (group.path, header, group.acc, group.params, group.key, group.signature,
+                pipeline.reference(group.key[0]), pipeline.durable)  # fmt: skip
+        group.measured = pool.submit(write_stack, *args) if pool else write_stack(*args)
+
+
+def _merged(group, pending):
+    """The group's runs merged in frame order, whoever computed them (each freed once
+    merged), and the lights' ``(start, end, mid)`` times."""
+    acc, spans = StackAccumulator(), []
+    chunks, group.chunks = group.chunks, []
+    while chunks:
+        run = _chunk_result(chunks.pop(0), pending.max_bytes, pending.rules)
+        acc.merge(run.acc)
+        spans += run.spans
+    return acc, spans
+
+
 def finish_stacks(pipeline, pending, *, ensembles=None):
-    """Combine the chunks started by :func:`start_stacks`, measure and write each stack.
+    """Combine the chunks started by :func:`start_stacks`, measure and write each stack
+    (unless :func:`measure_stacks` did) and draw its finder chart.
 
     Writes one stacked FITS and its photometry CSV per group; returns the FITS
     paths (up to date ones included), in group order. Waits for the pool's jobs;
@@ -332,21 +372,19 @@ def finish_stacks(pipeline, pending, *, ensembles=None):
     written), or when it returns None (or is not given) they are read from that
     ECSV.
     """
+    measure_stacks(pipeline, pending)
     out = []
     for group in pending.groups:
+        if group.error is not None:
+            raise group.error
         if group.unchanged:
             out.append(group.path)
             continue
-        acc, spans = StackAccumulator(), []
-        chunks, group.chunks = group.chunks, []
-        while chunks:  # in frame order, whoever computed them; each freed once merged
-            run = _chunk_result(chunks.pop(0), pending.max_bytes, pending.rules)
-            acc.merge(run.acc)
-            spans += run.spans
-        if acc.n_frames == 0:
+        if group.measured is None:  # no light in it
             continue
-        group.header = add_cards(group.header, span_cards(spans))
-        _write_stack(pipeline, group, acc, ensembles=ensembles)
+        measured = group.measured
+        measured = measured.result() if isinstance(measured, Future) else measured
+        _write_finder(pipeline, group, measured, ensembles=ensembles)
         out.append(group.path)
     return out
 
@@ -362,38 +400,54 @@ def write_stacks(pipeline, pool=None):
     return finish_stacks(pipeline, start_stacks(pipeline, pool))
 
 
-def _write_stack(pipeline, group, acc, *, ensembles=None):
-    obj, filt, gain, exptime = group.key
-    path, base = group.path, group.params
+@dataclasses.dataclass
+class StackMeasured:
+    """A stack written by :func:`write_stack`: its stars (``PhotResult.table``) and radius."""
+
+    table: object
+    radius: float
+
+
+def write_stack(path, header, acc, params, key, signature, reference, durable):
+    """Measure the stack ``acc`` (a StackAccumulator) of group ``key`` (object, filter,
+    gain, exposure) and write its FITS (``header`` plus the stack's and photometry's
+    cards) and photometry table; return :class:`StackMeasured`.
+
+    Module level and with plain arguments: a worker process runs it."""
+    obj, filt, gain, exptime = key
     mean, count, cards = acc.result()
     phot = stack_photometry(
-        mean, count, n_frames=acc.n_frames, exptime=exptime, params=base,
-        reference=pipeline.reference(obj),
-    )  # fmt: skip
-    cards = [*cards, *phot.cards, ("RDXSTSIG", group.signature, "sha1 of the inputs")]
-    hdr = add_cards(group.header.copy(), cards)
-    hdus = [(mean, hdr, None), (count, None, "COUNT")]
-    write_images_atomic(path, hdus, durable=pipeline.durable)
+        mean, count, n_frames=acc.n_frames, exptime=exptime, params=params, reference=reference
+    )
+    cards = [*cards, *phot.cards, ("RDXSTSIG", signature, "sha1 of the inputs")]
+    hdr = add_cards(header.copy(), cards)
+    write_images_atomic(path, [(mean, hdr, None), (count, None, "COUNT")], durable=durable)
+    radius = dict((k, v) for k, v, _ in phot.cards).get("PHOTRAD", params.radius)
     meta = {"object": obj, "filter": filt, "gain": gain, "exptime": exptime}
-    radius = dict((k, v) for k, v, _ in phot.cards).get("PHOTRAD", base.radius)
     write_stack_photometry(
         photometry_path(path), phot.table, nframes=acc.n_frames, radius=radius, **meta
     )
+    return StackMeasured(phot.table, radius)
+
+
+def _write_finder(pipeline, group, measured, *, ensembles=None):
+    obj, filt, gain, exptime = group.key
+    mean, count, _cards = group.acc.result()
     save = pipeline.config.output.save
     _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
     marks = ensembles(ecsv) if ensembles is not None else None
     target_id, comparison_ids = marks if marks is not None else read_ensemble(ecsv)
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
-    title = f"{obj} {filt}: stack of {acc.n_frames} lights ({path.name})"
-    write_finder(finder, mean, phot.table, radius=radius, target_id=target_id,
+    title = f"{obj} {filt}: stack of {group.acc.n_frames} lights ({group.path.name})"
+    write_finder(finder, mean, measured.table, radius=measured.radius, target_id=target_id,
                  comparison_ids=comparison_ids, title=title, mask=count == 0,
                  durable=pipeline.durable)  # fmt: skip
     log.info(
         "stack_written",
-        file=str(path),
+        file=str(group.path),
         finder=str(finder),
-        nframes=acc.n_frames,
-        n_stars=len(phot.table),
+        nframes=group.acc.n_frames,
+        n_stars=len(measured.table),
     )
 
 
