@@ -578,7 +578,7 @@ def prepare():
     Examples
     --------
     >>> prepare()
-    >>> _GLYPHS._ascii is not None
+    >>> _glyphs()._ascii is not None
     True
     """
     Image.preinit()  # what the first save would import
