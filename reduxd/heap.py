@@ -22,8 +22,8 @@ import gc
 _program = False
 # Allocations between two collections of the youngest objects (Python's default: 700).
 # A batch's coordinator holds big lists (rows, table text) for a moment at each light and
-# a collection walks them: in a 142-light run, 200 collections took 0.14 s of its CPU at
-# 700, 67 took 0.06 s at 10,000.
+# a collection walks them: in a 142-light run about 200 collections took 0.14-0.18 s of its
+# CPU at 700, 60-67 took 0.04-0.06 s at 10,000.
 YOUNG_THRESHOLD = 10_000
 
 
