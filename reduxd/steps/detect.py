@@ -30,7 +30,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from reduxd import maskbits
-from reduxd.steps import _centroid
+from reduxd.steps import _centroid, _deblend
 from reduxd.steps.combine import median_in_place
 from reduxd.steps.sky import background_map, flat_take, row_order
 
@@ -522,26 +522,20 @@ def _split(det, region, levels, start, min_flux, min_pixels, maxima):
     A part above a level holds a local maximum of ``det`` above it (its highest
     pixel), so a level with fewer than two of the region's ``maxima`` above it, and
     every level above that one, has fewer than two parts: the search stops there.
+    The search is compiled (:func:`reduxd.steps._deblend.split`): the parts
+    ``scipy.ndimage.label`` and ``sum_labels`` give, without their cost per level.
     """
-    eight = np.ones((3, 3), bool)
-    tops = np.sort(det[maxima & region])[::-1]
-    for k in range(start, levels.size):
-        if tops.size < 2 or not tops[1] > levels[k]:
-            break
-        labels, n = ndimage.label(region & (det > levels[k]), structure=eight)
-        if n < 2:
-            continue
-        index = np.arange(1, n + 1)
-        npix = ndimage.sum_labels(np.ones_like(det), labels, index)
-        flux = ndimage.sum_labels(det, labels, index)
-        strong = index[(npix >= min_pixels) & (flux >= min_flux)]
-        if strong.size >= 2:
-            leaves = []
-            for lab in strong:
-                part = labels == lab
-                leaves += _split(det, part, levels, k + 1, min_flux, min_pixels, maxima)
-            return leaves
-    return [np.unravel_index(np.argmax(np.where(region, det, -np.inf)), det.shape)]
+    if det.dtype not in (np.float32, np.float64):
+        det = det.astype(np.float64)
+    return _deblend.split(
+        np.ascontiguousarray(det),
+        np.ascontiguousarray(region, dtype=bool).view(np.uint8),
+        np.ascontiguousarray(levels, dtype=np.float64),
+        start,
+        float(min_flux),
+        float(min_pixels),
+        np.ascontiguousarray(maxima, dtype=bool).view(np.uint8),
+    )
 
 
 def _candidates(det, thresh, *, min_pixels, contrast):
