@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -622,6 +623,8 @@ def _stacks_and_curves(pipeline, pool, early=None):
     with executors.forked_later(local) as plots:  # matplotlib is here (TAIL_PRELOAD)
         try:
             pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
+            if plots is not None:  # forked now, while the last runs are summed, not after
+                plots.submit(os.getpid)  # the curves are built
             if stack:  # measured and written by the workers while the curves are built here
                 stacks.measure_stacks(pipeline, pending, pool=local)
             pipeline.update_curves(pool=local, plots=plots)
