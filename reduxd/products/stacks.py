@@ -140,7 +140,7 @@ class _Group:
     signature: str
     chunks: list = dataclasses.field(default_factory=list)
     unchanged: bool = False
-    acc: object = None  # its runs merged (StackAccumulator), once measure_stacks ran
+    merged: object = None  # (mean, count, cards, n_frames) of its runs, once measure_stacks ran
     measured: object = None  # StackMeasured, or its future
     error: object = None  # what stopped measure_stacks at this group
 
@@ -333,17 +333,18 @@ def measure_stacks(pipeline, pending, pool=None):
     :func:`finish_stacks` at its group, as if it had happened there.
     """
     for group in pending.groups:
-        if group.unchanged or group.acc is not None:
+        if group.unchanged or group.merged is not None:
             continue
         try:
-            group.acc, spans = _merged(group, pending)
+            acc, spans = _merged(group, pending)
         except Exception as exc:
             group.error = exc
             return
-        if group.acc.n_frames == 0:
+        if acc.n_frames == 0:
             continue
+        group.merged = (*acc.result(), acc.n_frames)  # the mean, made once
         header = add_cards(group.header, span_cards(spans))
-        args = (group.path, header, group.acc, group.params, group.key, group.signature,
+        args = (group.path, header, group.merged, group.params, group.key, group.signature,
                 pipeline.reference(group.key[0]), pipeline.durable)  # fmt: skip
         group.measured = pool.submit(write_stack, *args) if pool else write_stack(*args)
 
@@ -408,16 +409,17 @@ class StackMeasured:
     radius: float
 
 
-def write_stack(path, header, acc, params, key, signature, reference, durable):
-    """Measure the stack ``acc`` (a StackAccumulator) of group ``key`` (object, filter,
-    gain, exposure) and write its FITS (``header`` plus the stack's and photometry's
-    cards) and photometry table; return :class:`StackMeasured`.
+def write_stack(path, header, merged, params, key, signature, reference, durable):
+    """Measure the stack ``merged`` (``(mean, count, cards, n_frames)``: a
+    StackAccumulator's result and frame count) of group ``key`` (object, filter, gain,
+    exposure) and write its FITS (``header`` plus the stack's and photometry's cards) and
+    photometry table; return :class:`StackMeasured`.
 
     Module level and with plain arguments: a worker process runs it."""
     obj, filt, gain, exptime = key
-    mean, count, cards = acc.result()
+    mean, count, cards, n_frames = merged
     phot = stack_photometry(
-        mean, count, n_frames=acc.n_frames, exptime=exptime, params=params, reference=reference
+        mean, count, n_frames=n_frames, exptime=exptime, params=params, reference=reference
     )
     cards = [*cards, *phot.cards, ("RDXSTSIG", signature, "sha1 of the inputs")]
     hdr = add_cards(header.copy(), cards)
@@ -425,20 +427,20 @@ def write_stack(path, header, acc, params, key, signature, reference, durable):
     radius = dict((k, v) for k, v, _ in phot.cards).get("PHOTRAD", params.radius)
     meta = {"object": obj, "filter": filt, "gain": gain, "exptime": exptime}
     write_stack_photometry(
-        photometry_path(path), phot.table, nframes=acc.n_frames, radius=radius, **meta
+        photometry_path(path), phot.table, nframes=n_frames, radius=radius, **meta
     )
     return StackMeasured(phot.table, radius)
 
 
 def _write_finder(pipeline, group, measured, *, ensembles=None):
     obj, filt, gain, exptime = group.key
-    mean, count, _cards = group.acc.result()
+    mean, count, _cards, n_frames = group.merged
     save = pipeline.config.output.save
     _csv, ecsv, _png = lightcurve_paths(pipeline.outdir, object=obj, filter=filt, save=save)
     marks = ensembles(ecsv) if ensembles is not None else None
     target_id, comparison_ids = marks if marks is not None else read_ensemble(ecsv)
     finder = finder_path(pipeline.outdir, save=save, obj=obj, filt=filt, gain=gain, exptime=exptime)
-    title = f"{obj} {filt}: stack of {group.acc.n_frames} lights ({group.path.name})"
+    title = f"{obj} {filt}: stack of {n_frames} lights ({group.path.name})"
     write_finder(finder, mean, measured.table, radius=measured.radius, target_id=target_id,
                  comparison_ids=comparison_ids, title=title, mask=count == 0,
                  durable=pipeline.durable)  # fmt: skip
@@ -446,7 +448,7 @@ def _write_finder(pipeline, group, measured, *, ensembles=None):
         "stack_written",
         file=str(group.path),
         finder=str(finder),
-        nframes=group.acc.n_frames,
+        nframes=n_frames,
         n_stars=len(measured.table),
     )
 
