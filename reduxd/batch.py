@@ -19,10 +19,10 @@ reason); 1 when nothing could be reduced (no FITS files, or every one refused);
 """
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -56,19 +56,13 @@ from reduxd.watch.watcher import FileFilter, scan
 log = get_logger("reduxd.batch")
 EXIT_OK, EXIT_NOTHING, EXIT_UNUSABLE = 0, 1, 2
 LATER_MODULES = (load_light_modules, "reduxd.products.stacks")
-# The plots' modules: imported by this process while the lights run (the process that
-# plots the curves is forked from it at the end); before the pool's fork they would cost
-# ~0.3 s with no core to spare.
-# First the photometry table's ECSV header (astropy's YAML, ~0.07 s, cached), which the
-# first commit writes: made while the field's first light is measured and a core waits.
-# Last, matplotlib's objects are frozen (reduxd.heap): otherwise this process's
-# collections and the plots' process's walk them (0.04 s in each).
-TAIL_PRELOAD = (
-    tables.ecsv_header,
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
-    partial(heap.settle, collect=False),
-)
+# Made while the lights run: the photometry table's ECSV header (astropy's YAML, ~0.07 s,
+# cached), which the first commit writes, while the field's first light is measured and a
+# core waits.
+TAIL_PRELOAD = (tables.ecsv_header,)
+# Imported by the process that plots the light curves (executors.side_process), forked as
+# the run starts: matplotlib costs ~0.3 s, on the core this process leaves idle then.
+PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 # Lights in the pool per job while stacks' runs are started early: a run waits for
 # at most this many lights per worker before it starts.
 WINDOW_PER_JOB = 4
@@ -351,6 +345,20 @@ class Progress:
 
 def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
+    with executors.side_process(args.executor, args.jobs, _plots_start) as plots:
+        return _run(args, plots)
+
+
+def _plots_start():
+    """The plots' process: matplotlib imported with the collector off, then frozen (a
+    collection there would walk it; see reduxd.heap)."""
+    if heap.in_program():
+        gc.disable()
+    Preload.load(PLOT_MODULES)
+    heap.settle(collect=False)
+
+
+def _run(args, plots):
     config = load_config(args.config, overrides_from_args(args))
     try:
         executors.require(args.executor, args.scheduler)
@@ -411,7 +419,6 @@ def run(args):
         except executors.ExecutorError as exc:
             print(f"reduxd reduce: error: {exc}", file=sys.stderr)
             return EXIT_UNUSABLE
-        preload = Preload(LATER_MODULES)  # imported while the calibration frames are read
         config = uncalibrated_if_no_calibration(config, cal, lights, ledger, roots)
         announce(workers, plans)
         pool = workers.pool
@@ -428,11 +435,12 @@ def run(args):
             Progress(len(cal) + len(lights), every=args.progress_every), plans, night_of
         )
         outcomes = _ingest(pipeline, cal, progress)
-        if pool is not None:
-            preload.join()  # before any fork: no import lock held by a thread
         heap.settle()  # workers forked next share the frozen modules (see reduxd.heap)
-        pipeline.flush(pool=pool)  # the masters, in the pool when there is one
-        preload.join()
+        with executors.forked_now(pool, args.jobs) as masters_pool:  # forked before the preload
+            preload = Preload(LATER_MODULES)  # imported while the masters are combined
+            pipeline.flush(pool=masters_pool)  # the masters, in a pool when there is one
+        preload.join()  # before the pool's fork: no import lock held by a thread
+        heap.settle(collect=False)  # the lights' modules too (collected as they were made)
         pipeline.lightcurves.keep_rows()  # the final light curves built from memory
         pipeline.cache.share_with_workers()  # workers forked from now on: masters not read
         executors.start_workers(pool)  # forked before the next thread can hold an import lock
@@ -446,8 +454,8 @@ def run(args):
         )  # fmt: skip
         outcomes += pipeline.retry_waiting()
         progress.close()  # a light waiting for good leaves the bar short of its total
-        tail.join()  # before the plots' process is forked (see _stacks_and_curves)
-        stacked = _stacks_and_curves(pipeline, pool, early)
+        tail.join()
+        stacked = _stacks_and_curves(pipeline, pool, early, plots)
         summary = make_summary(ledger, outcomes, stacked, time.monotonic() - started, found=found)
     summary["refused"] += bad_names
     summary["frames"] += len(bad_names)
@@ -604,15 +612,15 @@ def _early_runs(pipeline, pool, n_lights):
                             max_bytes=config.reading.max_bytes, rules=config.classify)  # fmt: skip
 
 
-def _stacks_and_curves(pipeline, pool, early=None):
+def _stacks_and_curves(pipeline, pool, early=None, plots=None):
     """The light curves and the stacks, side by side in the workers; the stack paths.
 
     With a local process pool the stacks' last runs (those not started while the
     lights were reduced, ``early``) go to the workers first, then each stack, its
     runs merged, is measured and written by a worker while the light curves are
     built here from the rows kept meanwhile; then a worker writes the curves' tables
-    and a process forked now their plots (it has matplotlib, loaded here while the
-    lights ran), while this process draws the stacks' finder charts, which mark the
+    and ``plots`` (the process forked as the run started, with matplotlib) their
+    plots, while this process draws the stacks' finder charts, which mark the
     curves' comparisons. Dask workers may not see the ledger: not there.
     """
     from reduxd.products import stacks  # see LATER_MODULES
@@ -620,39 +628,36 @@ def _stacks_and_curves(pipeline, pool, early=None):
     local = pool if isinstance(pool, ProcessPoolExecutor) else None
     curves = pipeline.lightcurves
     stack = pipeline.config.output.stack
-    with executors.forked_later(local) as plots:  # matplotlib is here (TAIL_PRELOAD)
-        try:
-            pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
-            if plots is not None:  # forked now, while the last runs are summed, not after
-                plots.submit(os.getpid)  # the curves are built
-            if stack:  # measured and written by the workers while the curves are built here
-                stacks.measure_stacks(pipeline, pending, pool=local)
-            pipeline.update_curves(pool=local, plots=plots)
-            return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked) if stack else []
-        finally:
-            curves.close()
-            if early is not None:
-                early.cancel()
+    try:
+        pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
+        if stack:  # measured and written by the workers while the curves are built here
+            stacks.measure_stacks(pipeline, pending, pool=local)
+        pipeline.update_curves(pool=local, plots=plots if local else None)
+        return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked) if stack else []
+    finally:
+        curves.close()
+        if early is not None:
+            early.cancel()
 
 
 class Preload:
     """Import modules in a background thread; :meth:`join` before forking workers
     (a worker forked while the thread holds a module's lock would wait for it forever).
 
-    The calibration frames need numpy and astropy.io.fits only; photometry,
-    plotting and the stacks (about half a second of imports) load while the
-    calibration frames are read and checksummed (and, without a process pool,
-    while the masters are combined). The overlap is partial: imports hold the
-    GIL, the reading and the checksums release it. ``names`` may hold functions
-    too (called with no argument: a cached value made ahead).
+    The calibration frames need numpy and astropy.io.fits only; the lights' steps and
+    the stacks (scipy among them, about 0.3 s of imports) load while the masters are
+    combined, in workers forked before (:func:`reduxd.executors.forked_now`), or here
+    without a process pool. ``names`` may hold functions too (called with no
+    argument: a cached value made ahead).
     """
 
     def __init__(self, names):
-        self._thread = threading.Thread(target=self._run, args=(names,), daemon=True)
+        self._thread = threading.Thread(target=self.load, args=(names,), daemon=True)
         self._thread.start()
 
     @staticmethod
-    def _run(names):
+    def load(names):
+        """Import (or call) ``names`` in order; stop at the first that fails."""
         for name in names:
             try:
                 name() if callable(name) else importlib.import_module(name)

@@ -134,23 +134,57 @@ def start_workers(pool):
 
 
 @contextlib.contextmanager
-def forked_later(pool):
-    """A one-process pool forked from this process at its first task, for a local process
-    pool ``pool`` (else None): its worker has the modules this process imported by then,
-    which the pool's workers, forked earlier, would import again (matplotlib for a
-    plot, about 0.25 s).
+def forked_now(pool, jobs):
+    """For a local process pool ``pool``: another pool of ``jobs`` processes, forked at once
+    and closed on leaving; else ``pool`` itself (``--jobs 1``: None; Dask's workers are
+    not forked from here).
+
+    ``reduxd reduce`` combines the masters in it while this process imports the lights'
+    modules (scipy and the steps, about 0.25 s): the workers of ``pool``, forked after
+    that, have them and the masters, and the masters do not wait for the imports.
 
     Examples
     --------
-    >>> with forked_later(None) as later:
-    ...     later is None
+    >>> with forked_now(None, 2) as pool:
+    ...     pool is None
     True
     """
     if not isinstance(pool, ProcessPoolExecutor):
+        yield pool
+        return
+    with ProcessPoolExecutor(jobs) as early:
+        widen_pipes(early)
+        start_workers(early)
+        yield early
+
+
+def is_local_pool(kind, jobs):
+    """Whether :func:`open_executor` gives a local process pool for ``kind`` and ``jobs``."""
+    return kind == "local" and jobs > 1
+
+
+@contextlib.contextmanager
+def side_process(kind, jobs, initializer):
+    """A one-process pool forked now that first runs ``initializer``, while this process
+    goes on, when ``kind`` and ``jobs`` make a local process pool (else None).
+
+    ``reduxd reduce`` plots its light curves there: the process imports matplotlib
+    (about 0.3 s) on the core this one leaves idle while it reads the night's
+    headers, instead of this process doing it while both cores reduce lights.
+
+    Examples
+    --------
+    >>> with side_process("local", 1, None) as side:
+    ...     side is None
+    True
+    """
+    if not is_local_pool(kind, jobs):
         yield None
         return
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as later:
-        yield later
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=initializer) as side:
+        side.submit(os.getpid)  # forked now; the task waits for the initializer there
+        yield side
 
 
 def require(kind, scheduler=None):

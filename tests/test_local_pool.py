@@ -1,7 +1,13 @@
 """The local process pool's pipes hold a light's task and result (``executors.widen_pipes``):
-a worker hands its result on without waiting for the coordinator to read it."""
+a worker hands its result on without waiting for the coordinator to read it. The pools a
+batch forks besides it: one for the masters (``forked_now``), one for the plots
+(``side_process``)."""
 
 import fcntl
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 
 import pytest
 
@@ -30,8 +36,6 @@ def test_the_local_pools_pipes_hold_a_lights_task_and_result():
 
 @pytest.mark.skipif(GET_SIZE is None, reason="pipe sizes are a Linux feature")
 def test_a_pool_takes_the_largest_pipe_the_system_allows(monkeypatch):
-    from concurrent.futures import ProcessPoolExecutor
-
     real = fcntl.fcntl
 
     def limited(fd, cmd, arg=0):  # as /proc/sys/fs/pipe-max-size = 256 kB, unprivileged
@@ -46,3 +50,36 @@ def test_a_pool_takes_the_largest_pipe_the_system_allows(monkeypatch):
         assert executors.widen_pipes(pool, sizes=(1 << 19,)) is None  # none allowed: kept
         assert _pipe_bytes(pool._result_queue) == 1 << 18
         assert pool.submit(_bytes, 10).result() == b"x" * 10
+
+
+def _children():
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def test_forked_now_forks_another_pool_at_once_and_closes_it():
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        before = _children()
+        with executors.forked_now(pool, 2) as early:
+            assert early is not pool
+            forked = _children() - before
+            assert len(forked) == 2  # before any task of ours
+            assert early.submit(os.getpid).result() in forked
+        assert not forked & _children()  # gone on leaving
+        assert pool.submit(os.getpid).result() not in forked
+    with ThreadPoolExecutor(2) as other, executors.forked_now(other, 2) as early:
+        assert early is other  # as Dask's executor: that one itself
+    with executors.forked_now(None, 2) as early:  # --jobs 1
+        assert early is None
+
+
+def test_a_side_process_is_forked_at_once_and_runs_its_initializer_first(tmp_path):
+    started = tmp_path / "started"
+    before = _children()
+    with executors.side_process("local", 2, partial(started.write_text, "yes")) as side:
+        assert len(_children() - before) == 1  # forked on entering, not at the first task
+        assert side.submit(started.read_text).result() == "yes"
+    assert not _children() - before
+    for kind, jobs in (("local", 1), ("dask-local", 2), ("dask", 2)):
+        with executors.side_process(kind, jobs, partial(started.write_text, "no")) as side:
+            assert side is None
+    assert started.read_text() == "yes"

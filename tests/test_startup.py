@@ -24,6 +24,13 @@ def test_the_reduce_command_and_the_light_modules_do_not_import_photutils():
     assert "photutils" not in _modules_after(code)
 
 
+def test_the_reduce_command_imports_no_scipy_before_its_masters():
+    # scipy (ndimage and spatial, ~0.25 s) serves the lights: imported while the masters
+    # are combined, by workers forked before (reduxd.batch, executors.forked_now)
+    modules = _modules_after("import reduxd.cli, reduxd.batch")
+    assert not {m for m in modules if m.split(".")[0] == "scipy"}
+
+
 def test_photutils_is_imported_when_a_fallback_needs_it():
     code = (
         "import numpy as np; from reduxd import phot_columns; "

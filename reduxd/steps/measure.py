@@ -26,12 +26,10 @@ import enum
 
 import numpy as np
 from astropy.table import Table
-from scipy.spatial import cKDTree
 
 from reduxd import maskbits
 from reduxd.schema import PHOT_COLUMNS, STAR_NAMES
 from reduxd.steps import _apertures
-from reduxd.steps.sky import row_order
 
 MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857
 
@@ -131,6 +129,8 @@ def _mask_bits_within(mask, x, y, reach):
     finite = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     if py.size == 0 or finite.size == 0:
         return bits
+    from scipy.spatial import cKDTree  # 0.2 s to import: not at the coordinator's start
+
     stars = cKDTree(np.column_stack([x[finite], y[finite]]))
     pixels = cKDTree(np.column_stack([px, py]).astype(np.float64))
     pairs = stars.sparse_distance_matrix(pixels, reach, output_type="ndarray")
@@ -219,6 +219,8 @@ def circle_pass(data, x, y, radii):
     sums, areas = np.zeros((n, m)), np.zeros((n, m))
     bad = np.zeros((n, m), np.uint8)
     sorted_radii = np.ascontiguousarray(radii[ascending])
+    from reduxd.steps.sky import row_order  # with scipy.ndimage: not at the coordinator's start
+
     _apertures.circle_pass(data, x, y, sorted_radii, sums, areas, bad, row_order(y))
     if np.any(ascending != np.arange(m)):  # back to the order of radii
         back = np.argsort(ascending)
