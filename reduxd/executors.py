@@ -130,7 +130,7 @@ def start_workers(pool):
     ``--jobs 1`` and Dask, whose workers are not forked from here.
     """
     if isinstance(pool, ProcessPoolExecutor):
-        pool.submit(os.getpid).result()
+        pool.submit(os.getpid)  # forks them all before it returns (not waiting for the task)
 
 
 @contextlib.contextmanager
@@ -183,7 +183,7 @@ def side_process(kind, jobs, initializer):
         return
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(1, mp_context=context, initializer=initializer) as side:
-        side.submit(os.getpid)  # forked now; the task waits for the initializer there
+        start_workers(side)  # the task waits for the initializer there
         yield side
 
 

@@ -48,19 +48,19 @@ def in_program():
 
 def settle(*, collect=True):
     """In the program: free the garbage cycles there are (``collect``), freeze every object
-    left and turn the collector on; return how many objects are frozen in all (0 outside the
-    program).
+    left and turn the collector on; return whether it did (False outside the program).
+    (Not the count of frozen objects: ``gc.get_freeze_count`` walks them, ~9 ms for 94,000.)
 
     Examples
     --------
     >>> settle()  # not the program: the collector is left alone
-    0
+    False
     """
     if not _program:
-        return 0
+        return False
     if collect:
         gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     gc.enable()
-    return gc.get_freeze_count()
+    return True
