@@ -392,6 +392,8 @@ def _run(args, plots):
     outdir.mkdir(parents=True, exist_ok=True)
     log_file = outdir / run_log_name()
     configure_logging(**logging_options, text_file=log_file)  # the old script's redux_*.log
+    if plots is not None and not executors.broken(plots):  # it logs as this process now does
+        plots.submit(configure_logging, **logging_options, text_file=log_file)
     log.info("run_plan", **run_plan(config), command=" ".join(sys.argv), log_file=str(log_file))
     for unused in unused_flags(config, getattr(args, "typed", None) or {}):
         log.warning("flag_unused", **unused)
@@ -632,7 +634,9 @@ def _stacks_and_curves(pipeline, pool, early=None, plots=None):
         pending = stacks.start_stacks(pipeline, pool, early=early) if stack else None
         if stack:  # measured and written by the workers while the curves are built here
             stacks.measure_stacks(pipeline, pending, pool=local)
-        pipeline.update_curves(pool=local, plots=plots if local else None)
+        if not local or executors.broken(plots):  # its process died: the plots in the pool
+            plots = None
+        pipeline.update_curves(pool=local, plots=plots)
         return stacks.finish_stacks(pipeline, pending, ensembles=curves.marked) if stack else []
     finally:
         curves.close()

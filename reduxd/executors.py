@@ -187,6 +187,18 @@ def side_process(kind, jobs, initializer):
         yield side
 
 
+def broken(pool):
+    """Whether a local process pool can take no more tasks (a worker died: killed, out of
+    memory); False for anything else.
+
+    Examples
+    --------
+    >>> broken(None)
+    False
+    """
+    return isinstance(pool, ProcessPoolExecutor) and bool(pool._broken)
+
+
 def require(kind, scheduler=None):
     """Check that executor ``kind`` can be used; return ``distributed`` (None for local).
 

@@ -83,3 +83,19 @@ def test_a_side_process_is_forked_at_once_and_runs_its_initializer_first(tmp_pat
         with executors.side_process(kind, jobs, partial(started.write_text, "no")) as side:
             assert side is None
     assert started.read_text() == "yes"
+
+
+def test_a_pool_whose_worker_died_is_broken():
+    import signal
+    import time
+
+    with executors.side_process("local", 2, None) as side:
+        pid = side.submit(os.getpid).result()
+        assert not executors.broken(side)
+        os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        for _ in range(100):
+            if executors.broken(side):
+                break
+            time.sleep(0.05)
+        assert executors.broken(side)  # reduxd reduce then plots in its pool
+    assert not executors.broken(None)
