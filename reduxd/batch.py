@@ -345,8 +345,8 @@ class Progress:
 
 def run(args):
     """Run ``reduxd reduce``; return the exit status (see the module docstring)."""
-    with executors.side_process(args.executor, args.jobs, _plots_start) as plots:
-        return _run(args, plots)
+    with contextlib.ExitStack() as outer:  # the plots' process, closed last
+        return _run(args, outer)
 
 
 def _plots_start():
@@ -358,7 +358,7 @@ def _plots_start():
     heap.settle(collect=False)
 
 
-def _run(args, plots):
+def _run(args, outer):
     config = load_config(args.config, overrides_from_args(args))
     try:
         executors.require(args.executor, args.scheduler)
@@ -392,8 +392,9 @@ def _run(args, plots):
     outdir.mkdir(parents=True, exist_ok=True)
     log_file = outdir / run_log_name()
     configure_logging(**logging_options, text_file=log_file)  # the old script's redux_*.log
-    if plots is not None and not executors.broken(plots):  # it logs as this process now does
-        plots.submit(configure_logging, **logging_options, text_file=log_file)
+    plots = outer.enter_context(  # forked now: it logs as this process does
+        executors.side_process(args.executor, args.jobs, _plots_start)
+    )
     log.info("run_plan", **run_plan(config), command=" ".join(sys.argv), log_file=str(log_file))
     for unused in unused_flags(config, getattr(args, "typed", None) or {}):
         log.warning("flag_unused", **unused)
@@ -650,9 +651,9 @@ class Preload:
 
     The calibration frames need numpy and astropy.io.fits only; the lights' steps and
     the stacks (scipy among them, about 0.3 s of imports) load while the masters are
-    combined, in workers forked before (:func:`reduxd.executors.forked_now`), or here
-    without a process pool. ``names`` may hold functions too (called with no
-    argument: a cached value made ahead).
+    combined: in a pool forked before the thread starts
+    (:func:`reduxd.executors.forked_now`), or in this process without one. ``names``
+    may hold functions too (called with no argument: a cached value made ahead).
     """
 
     def __init__(self, names):

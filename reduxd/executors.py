@@ -140,7 +140,7 @@ def forked_now(pool, jobs):
     not forked from here).
 
     ``reduxd reduce`` combines the masters in it while this process imports the lights'
-    modules (scipy and the steps, about 0.25 s): the workers of ``pool``, forked after
+    modules (scipy and the steps, about 0.3 s): the workers of ``pool``, forked after
     that, have them and the masters, and the masters do not wait for the imports.
 
     Examples
