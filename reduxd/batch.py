@@ -23,6 +23,7 @@ import gc
 import importlib
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -351,7 +352,10 @@ def run(args):
 
 def _plots_start():
     """The plots' process: matplotlib imported with the collector off, then frozen (a
-    collection there would walk it; see reduxd.heap)."""
+    collection there would walk it; see reduxd.heap). It ignores Ctrl-C, which reaches the
+    whole process group: waiting for its first task there, it would die with a traceback;
+    the coordinator stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if heap.in_program():
         gc.disable()
     Preload.load(PLOT_MODULES)

@@ -99,3 +99,17 @@ def test_a_pool_whose_worker_died_is_broken():
             time.sleep(0.05)
         assert executors.broken(side)  # reduxd reduce then plots in its pool
     assert not executors.broken(None)
+
+
+def test_the_plots_process_leaves_ctrl_c_to_the_coordinator():
+    import signal
+
+    from reduxd import batch
+
+    # Ctrl-C reaches the whole process group: the plots' process, waiting for its task,
+    # would die with a traceback on the terminal
+    with executors.side_process("local", 2, batch._plots_start) as side:
+        pid = side.submit(os.getpid).result()
+        os.kill(pid, signal.SIGINT)
+        assert side.submit(os.getpid).result() == pid  # still there
+        assert not executors.broken(side)
