@@ -88,12 +88,19 @@ def open_executor(kind, *, jobs=1, scheduler=None, retries=RETRIES):
 
 @contextlib.contextmanager
 def _local(jobs):
-    if jobs <= 1:
+    if not is_local_pool("local", jobs):
         yield Workers(None, "local, this process")
         return
+    with _process_pool(jobs) as pool:
+        yield Workers(pool, f"local, {jobs} processes")
+
+
+@contextlib.contextmanager
+def _process_pool(jobs):
+    """A local pool of ``jobs`` processes, its pipes widened (:func:`widen_pipes`)."""
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         widen_pipes(pool)
-        yield Workers(pool, f"local, {jobs} processes")
+        yield pool
 
 
 def widen_pipes(pool, sizes=PIPE_BYTES):
@@ -152,8 +159,7 @@ def forked_now(pool, jobs):
     if not isinstance(pool, ProcessPoolExecutor):
         yield pool
         return
-    with ProcessPoolExecutor(jobs) as early:
-        widen_pipes(early)
+    with _process_pool(jobs) as early:
         start_workers(early)
         yield early
 
